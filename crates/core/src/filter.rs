@@ -1,0 +1,456 @@
+//! Sync filters (R-S6): condition trees over a record's fields, with `@me`
+//! and relative dates. This module parses and validates them; evaluation
+//! comes with the sync protocol.
+//!
+//! JSON form: `{"all": [..]}`, `{"any": [..]}`, `{"not": {..}}` or
+//! `{"field": "owner_id", "op": "eq", "value": "@me"}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::entity::EntitySet;
+use crate::field::FieldKind;
+
+const MAX_DEPTH: usize = 16;
+const MAX_NODES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Contains,
+    IsNull,
+    NotNull,
+}
+
+const OPS: &[(&str, Op)] = &[
+    ("eq", Op::Eq),
+    ("ne", Op::Ne),
+    ("lt", Op::Lt),
+    ("le", Op::Le),
+    ("gt", Op::Gt),
+    ("ge", Op::Ge),
+    ("in", Op::In),
+    ("contains", Op::Contains),
+    ("is_null", Op::IsNull),
+    ("not_null", Op::NotNull),
+];
+
+/// A value in a comparison: a literal, the current user, or a time relative
+/// to now (evaluated at each sync, R-S6).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Literal(Value),
+    List(Vec<Value>),
+    Me,
+    /// Seconds from now (negative: in the past), from `@now-30d`.
+    Now(i64),
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+    Not(Box<Condition>),
+    Compare {
+        field: String,
+        op: Op,
+        value: Operand,
+    },
+}
+
+/// How a field compares in filters: the common columns have no FieldDef.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Subject {
+    Kind(FieldKind),
+    Owner,
+    State,
+    Timestamp,
+}
+
+fn subject(set: EntitySet, field: &str) -> Option<Subject> {
+    match field {
+        "owner_id" => Some(Subject::Owner),
+        "state" => Some(Subject::State),
+        "created_at" | "modified_at" => Some(Subject::Timestamp),
+        _ => set.field(field).map(|f| Subject::Kind(f.kind)),
+    }
+}
+
+fn ordered(s: Subject) -> bool {
+    matches!(
+        s,
+        Subject::Timestamp
+            | Subject::Kind(
+                FieldKind::DateTime
+                    | FieldKind::Date
+                    | FieldKind::Percent
+                    | FieldKind::Count
+                    | FieldKind::Money
+            )
+    )
+}
+
+fn is_list(s: Subject) -> bool {
+    matches!(
+        s,
+        Subject::Kind(FieldKind::Attendees | FieldKind::AddressList | FieldKind::Parties)
+    )
+}
+
+fn accepts_me(s: Subject) -> bool {
+    matches!(s, Subject::Owner | Subject::Kind(FieldKind::Email)) || is_list(s)
+}
+
+fn is_time(s: Subject) -> bool {
+    matches!(s, Subject::Timestamp | Subject::Kind(FieldKind::DateTime))
+}
+
+/// Parses `@now`, `@now-30d`, `@now+2h` into seconds from now.
+pub fn parse_relative(s: &str) -> Option<i64> {
+    let rest = s.strip_prefix("@now")?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let (sign, amount) = match rest.split_at(1) {
+        ("-", a) => (-1, a),
+        ("+", a) => (1, a),
+        _ => return None,
+    };
+    let unit_at = amount.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = amount.split_at(unit_at);
+    let n: i64 = digits.parse().ok()?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    // Up to ten years either way.
+    let secs = n.checked_mul(scale).filter(|s| *s <= 10 * 366 * 86_400)?;
+    Some(sign * secs)
+}
+
+fn literal(set: EntitySet, field: &str, s: Subject, v: &Value) -> Result<Value, String> {
+    match s {
+        Subject::Owner => v
+            .as_str()
+            .and_then(|x| Uuid::parse_str(x).ok())
+            .map(|u| json!(u))
+            .ok_or_else(|| format!("{field}: value must be a user id or @me")),
+        Subject::State => match v.as_str() {
+            Some(x) if set.states().contains(&x) => Ok(v.clone()),
+            _ => Err(format!(
+                "{field}: value must be one of: {}",
+                set.states().join(", ")
+            )),
+        },
+        Subject::Timestamp => {
+            let x = v
+                .as_str()
+                .ok_or_else(|| format!("{field}: value must be a date-time or @now-30d"))?;
+            crate::time::parse_datetime(x)
+                .map(|t| json!(crate::time::format_timestamp(t)))
+                .map_err(|e| format!("{field}: {e}"))
+        }
+        // A list field is compared element-wise with one address.
+        Subject::Kind(FieldKind::Attendees | FieldKind::AddressList | FieldKind::Parties) => {
+            crate::field::email(v)
+                .map(Value::String)
+                .map_err(|e| format!("{field}: {e}"))
+        }
+        // `contains` on text compares with any substring.
+        Subject::Kind(FieldKind::Text | FieldKind::LongText) => match v.as_str() {
+            Some(_) => Ok(v.clone()),
+            None => Err(format!("{field}: value must be a string")),
+        },
+        Subject::Kind(_) => {
+            let def = set.field(field).expect("subject() found the field");
+            def.normalize(v).map_err(|e| format!("{field}: value {e}"))
+        }
+    }
+}
+
+impl Condition {
+    /// Parses and validates a condition tree for one entity set.
+    pub fn parse(set: EntitySet, value: &Value) -> Result<Condition, String> {
+        let mut nodes = 0;
+        parse_node(set, value, 0, &mut nodes, "condition")
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Condition::All(c) => {
+                json!({"all": c.iter().map(Condition::to_json).collect::<Vec<_>>()})
+            }
+            Condition::Any(c) => {
+                json!({"any": c.iter().map(Condition::to_json).collect::<Vec<_>>()})
+            }
+            Condition::Not(c) => json!({"not": c.to_json()}),
+            Condition::Compare { field, op, value } => {
+                let op_name = OPS
+                    .iter()
+                    .find(|(_, o)| o == op)
+                    .map(|(n, _)| *n)
+                    .unwrap_or("eq");
+                let mut out = json!({"field": field, "op": op_name});
+                let v = match value {
+                    Operand::Literal(v) => Some(v.clone()),
+                    Operand::List(l) => Some(Value::Array(l.clone())),
+                    Operand::Me => Some(json!("@me")),
+                    Operand::Now(0) => Some(json!("@now")),
+                    Operand::Now(s) if s % 86_400 == 0 => {
+                        Some(json!(format!("@now{:+}d", s / 86_400)))
+                    }
+                    Operand::Now(s) => Some(json!(format!("@now{s:+}s"))),
+                    Operand::None => None,
+                };
+                if let Some(v) = v {
+                    out["value"] = v;
+                }
+                out
+            }
+        }
+    }
+}
+
+fn parse_node(
+    set: EntitySet,
+    value: &Value,
+    depth: usize,
+    nodes: &mut usize,
+    path: &str,
+) -> Result<Condition, String> {
+    *nodes += 1;
+    if depth > MAX_DEPTH || *nodes > MAX_NODES {
+        return Err(format!(
+            "{path}: the condition is too large (at most {MAX_DEPTH} levels and {MAX_NODES} nodes)"
+        ));
+    }
+    let obj = value
+        .as_object()
+        .ok_or_else(|| format!("{path}: must be an object: {{\"all\": [..]}}, {{\"any\": [..]}}, {{\"not\": {{..}}}} or {{\"field\", \"op\", \"value\"}}"))?;
+    let children = |key: &str, list: &Value, nodes: &mut usize| -> Result<Vec<Condition>, String> {
+        let items = list
+            .as_array()
+            .ok_or_else(|| format!("{path}.{key}: must be a list of conditions"))?;
+        if items.is_empty() {
+            return Err(format!("{path}.{key}: must not be empty"));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_node(set, c, depth + 1, nodes, &format!("{path}.{key}[{i}]")))
+            .collect()
+    };
+    if obj.len() == 1 {
+        if let Some(list) = obj.get("all") {
+            return children("all", list, nodes).map(Condition::All);
+        }
+        if let Some(list) = obj.get("any") {
+            return children("any", list, nodes).map(Condition::Any);
+        }
+        if let Some(inner) = obj.get("not") {
+            return parse_node(set, inner, depth + 1, nodes, &format!("{path}.not"))
+                .map(|c| Condition::Not(Box::new(c)));
+        }
+    }
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["field", "op", "value"].contains(&k.as_str()))
+    {
+        return Err(format!("{path}: unknown key '{k}'"));
+    }
+    let field = obj
+        .get("field")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{path}: needs 'field'"))?;
+    let s =
+        subject(set, field).ok_or_else(|| format!("{path}: '{field}' is not a field of {set}"))?;
+    let op_name = obj
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{path}: needs 'op'"))?;
+    let op = OPS
+        .iter()
+        .find(|(n, _)| *n == op_name)
+        .map(|(_, o)| *o)
+        .ok_or_else(|| {
+            format!(
+                "{path}: unknown op '{op_name}'; use one of: {}",
+                OPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    let raw = obj.get("value");
+    let path_field = format!("{path} ({field} {op_name})");
+    let value = match op {
+        Op::IsNull | Op::NotNull => match raw {
+            None | Some(Value::Null) => Operand::None,
+            Some(_) => return Err(format!("{path_field}: takes no value")),
+        },
+        _ => {
+            let raw = raw.ok_or_else(|| format!("{path_field}: needs 'value'"))?;
+            match raw.as_str() {
+                Some("@me") if accepts_me(s) => Operand::Me,
+                Some("@me") => {
+                    return Err(format!(
+                        "{path_field}: @me only compares with owner_id or email fields"
+                    ))
+                }
+                Some(r) if r.starts_with("@now") => {
+                    if !is_time(s) {
+                        return Err(format!(
+                            "{path_field}: relative dates only compare with date-time fields"
+                        ));
+                    }
+                    Operand::Now(parse_relative(r).ok_or_else(|| {
+                        format!("{path_field}: '{r}' is not a relative date such as @now, @now-30d or @now+2w")
+                    })?)
+                }
+                _ if op == Op::In => {
+                    let items = raw
+                        .as_array()
+                        .ok_or_else(|| format!("{path_field}: 'in' takes a list"))?;
+                    Operand::List(
+                        items
+                            .iter()
+                            .map(|v| literal(set, field, s, v))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                _ => Operand::Literal(literal(set, field, s, raw)?),
+            }
+        }
+    };
+    let fits = match op {
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => ordered(s),
+        Op::Contains => {
+            is_list(s) || matches!(s, Subject::Kind(FieldKind::Text | FieldKind::LongText))
+        }
+        Op::Eq | Op::Ne | Op::In => !is_list(s),
+        Op::IsNull | Op::NotNull => {
+            !matches!(s, Subject::Owner | Subject::State | Subject::Timestamp)
+        }
+    };
+    if !fits {
+        return Err(format!(
+            "{path_field}: op '{op_name}' does not apply to this field"
+        ));
+    }
+    Ok(Condition::Compare {
+        field: field.to_string(),
+        op,
+        value,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterScope {
+    /// Organization-wide, made by an admin; applies to every user.
+    System,
+    /// One user's own filter.
+    User,
+}
+
+/// The default filters every organization starts with (R-S6).
+pub fn default_filters() -> Vec<(String, EntitySet, Value)> {
+    let me_involved = json!({"any": [
+        {"field": "owner_id", "op": "eq", "value": "@me"},
+        {"field": "organizer", "op": "eq", "value": "@me"},
+        {"field": "attendees", "op": "contains", "value": "@me"}
+    ]});
+    let my_open_or_recent = json!({"all": [
+        {"field": "owner_id", "op": "eq", "value": "@me"},
+        {"any": [
+            {"field": "state", "op": "eq", "value": "open"},
+            {"field": "modified_at", "op": "ge", "value": "@now-30d"}
+        ]}
+    ]});
+    let mut out = vec![(
+        "My contacts".to_string(),
+        EntitySet::Contacts,
+        json!({"field": "owner_id", "op": "eq", "value": "@me"}),
+    )];
+    for set in [EntitySet::Appointments, EntitySet::Serviceappointments] {
+        out.push((format!("My {set}"), set, me_involved.clone()));
+    }
+    for set in [
+        EntitySet::Tasks,
+        EntitySet::Phonecalls,
+        EntitySet::Letters,
+        EntitySet::Faxes,
+    ] {
+        out.push((
+            format!("My open or recent {set}"),
+            set,
+            my_open_or_recent.clone(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_s6_default_filters_parse_and_round_trip() {
+        for (_, set, cond) in default_filters() {
+            let parsed = Condition::parse(set, &cond).unwrap();
+            assert_eq!(parsed.to_json(), cond, "{set}");
+        }
+    }
+
+    #[test]
+    fn r_s6_relative_dates() {
+        assert_eq!(parse_relative("@now"), Some(0));
+        assert_eq!(parse_relative("@now-30d"), Some(-30 * 86_400));
+        assert_eq!(parse_relative("@now+2w"), Some(14 * 86_400));
+        assert_eq!(parse_relative("@now-x"), None);
+        assert_eq!(parse_relative("@nowish"), None);
+    }
+
+    #[test]
+    fn r_s6_invalid_filters_are_explained() {
+        let c = |v: Value| Condition::parse(EntitySet::Contacts, &v).unwrap_err();
+        assert!(c(json!({"field": "shoe", "op": "eq", "value": 1})).contains("not a field"));
+        assert!(
+            c(json!({"field": "last_name", "op": "lt", "value": "x"})).contains("does not apply")
+        );
+        assert!(
+            c(json!({"field": "last_name", "op": "eq", "value": "@now-1d"}))
+                .contains("relative dates")
+        );
+        assert!(c(json!({"field": "state", "op": "eq", "value": "won"})).contains("one of"));
+        assert!(c(json!({"all": []})).contains("must not be empty"));
+        assert!(c(json!({"field": "owner_id", "op": "eq"})).contains("needs 'value'"));
+        assert!(
+            c(json!({"field": "email", "op": "is_null", "value": 1})).contains("takes no value")
+        );
+        assert!(c(json!([1])).contains("must be an object"));
+        let mut deep = json!({"field": "owner_id", "op": "eq", "value": "@me"});
+        for _ in 0..40 {
+            deep = json!({"not": deep});
+        }
+        assert!(c(deep).contains("too large"));
+    }
+
+    #[test]
+    fn in_lists_are_checked_per_item() {
+        let ok = json!({"field": "state", "op": "in", "value": ["active", "inactive"]});
+        assert!(Condition::parse(EntitySet::Contacts, &ok).is_ok());
+        let bad = json!({"field": "state", "op": "in", "value": ["active", "gone"]});
+        assert!(Condition::parse(EntitySet::Contacts, &bad).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! crmsync core: records, field definitions, validation, settings, filters
+//! and field rules. Pure logic: nothing here does I/O.
+
+pub mod entity;
+pub mod field;
+pub mod field_rules;
+pub mod filter;
+pub mod record;
+pub mod settings;
+pub mod time;
+
+pub use entity::EntitySet;
+pub use record::{InvalidRecord, Record, RecordInput};
