@@ -1,1 +1,43 @@
-pub fn x() {}
+//! The crmsync CRM server (`crmsync serve`): storage on SQLite or
+//! PostgreSQL and the REST API of SPEC §4.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod export;
+pub mod metrics;
+pub mod records;
+pub mod store;
+
+use std::net::SocketAddr;
+
+pub use store::Store;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+/// Default request body limit (SPEC issue: 10 MiB, configurable).
+pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Serves the API on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    store: Store,
+    listener: tokio::net::TcpListener,
+    max_body_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    metrics::init();
+    let app = api::router(AppState { store }, max_body_bytes);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    Ok(())
+}

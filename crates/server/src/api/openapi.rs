@@ -1,0 +1,858 @@
+//! `GET /api/v1/openapi.json`, generated from the field definitions of
+//! crmsync-core, so every entity set, field, type and enum the server
+//! validates is described, and nothing else.
+
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr,
+    Required, ResponseBuilder,
+};
+
+use crmsync_core::field::{FieldKind, MAX_TEXT};
+use crmsync_core::field_rules::Direction;
+use crmsync_core::settings::{OrgSettings, UserSettings};
+use crmsync_core::EntitySet;
+
+use crate::auth::Caller;
+
+pub async fn serve_openapi(_caller: Caller) -> Json<Value> {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    Json(
+        DOC.get_or_init(|| serde_json::to_value(document()).expect("OpenAPI serializes"))
+            .clone(),
+    )
+}
+
+fn string(format: Option<&str>) -> ObjectBuilder {
+    let s = ObjectBuilder::new().schema_type(Type::String);
+    match format {
+        Some(f) => s.format(Some(SchemaFormat::Custom(f.into()))),
+        None => s,
+    }
+}
+
+/// `additionalProperties: false`: the server refuses unknown keys.
+fn closed() -> AdditionalProperties<Schema> {
+    AdditionalProperties::FreeForm(false)
+}
+
+fn uuid() -> Schema {
+    string(Some("uuid")).into()
+}
+
+fn record_ref(sets: &[EntitySet]) -> Schema {
+    ObjectBuilder::new()
+        .property(
+            "set",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(sets.iter().map(|s| s.as_str()))),
+        )
+        .property("id", uuid())
+        .required("set")
+        .required("id")
+        .additional_properties(Some(closed()))
+        .into()
+}
+
+fn field_schema(kind: FieldKind) -> Schema {
+    match kind {
+        FieldKind::Text => string(None).max_length(Some(MAX_TEXT)).into(),
+        FieldKind::LongText => string(None).into(),
+        FieldKind::Email => string(Some("email")).into(),
+        FieldKind::Bool => ObjectBuilder::new().schema_type(Type::Boolean).into(),
+        FieldKind::DateTime => string(Some("date-time")).into(),
+        FieldKind::Date => string(Some("date")).into(),
+        FieldKind::TimeZone => string(None)
+            .pattern(Some("^[A-Za-z][A-Za-z0-9/_+-]{0,63}$"))
+            .into(),
+        FieldKind::Enum(values) => string(None)
+            .enum_values(Some(values.iter().copied()))
+            .into(),
+        FieldKind::Percent => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(100))
+            .into(),
+        FieldKind::Count => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .into(),
+        FieldKind::Money => ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .minimum(Some(0))
+            .into(),
+        FieldKind::Reference(_) => uuid(),
+        FieldKind::Regarding => record_ref(crmsync_core::entity::REGARDING_SETS),
+        FieldKind::Attendees => ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .property("email", string(Some("email")))
+                    .property(
+                        "role",
+                        string(None).enum_values(Some(["required", "optional"])),
+                    )
+                    .property("resolved", record_ref(&EntitySet::ALL))
+                    .required("email")
+                    .additional_properties(Some(closed())),
+            )
+            .into(),
+        FieldKind::Recurrence => ObjectBuilder::new()
+            .property(
+                "rrule",
+                string(None).description(Some("RFC 5545 RRULE value, e.g. FREQ=WEEKLY;BYDAY=MO")),
+            )
+            .property(
+                "exdates",
+                ArrayBuilder::new().items(string(Some("date-time"))),
+            )
+            .required("rrule")
+            .additional_properties(Some(closed()))
+            .into(),
+        FieldKind::AddressList => ArrayBuilder::new().items(string(Some("email"))).into(),
+        FieldKind::Parties => ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .property("address", string(Some("email")))
+                    .property(
+                        "role",
+                        string(None).enum_values(Some(["from", "to", "cc", "bcc"])),
+                    )
+                    .property("resolved", record_ref(&EntitySet::ALL))
+                    .required("address")
+                    .required("role")
+                    .additional_properties(Some(closed())),
+            )
+            .into(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Record,
+    Create,
+    Update,
+}
+
+fn type_name(set: EntitySet, shape: Shape) -> String {
+    let base = set.as_str();
+    let mut name = base[..1].to_uppercase() + &base[1..];
+    name.push_str(match shape {
+        Shape::Record => "",
+        Shape::Create => "Create",
+        Shape::Update => "Update",
+    });
+    name
+}
+
+fn record_schema(set: EntitySet, shape: Shape) -> Schema {
+    let mut obj = ObjectBuilder::new().additional_properties(Some(AdditionalProperties::FreeForm(
+        shape == Shape::Record && set == EntitySet::Users,
+    )));
+    if shape == Shape::Record {
+        obj = obj
+            .property("id", uuid())
+            .property(
+                "version",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .property("created_at", string(Some("date-time")))
+            .property("modified_at", string(Some("date-time")));
+        for f in [
+            "id",
+            "version",
+            "owner_id",
+            "state",
+            "created_at",
+            "modified_at",
+        ] {
+            obj = obj.required(f);
+        }
+    }
+    if set != EntitySet::Users || shape == Shape::Record {
+        obj = obj.property("owner_id", uuid());
+    }
+    obj = obj.property(
+        "state",
+        string(None).enum_values(Some(set.states().iter().copied())),
+    );
+    for def in set.fields() {
+        obj = obj.property(def.name, field_schema(def.kind));
+        if def.required && shape != Shape::Update {
+            obj = obj.required(def.name);
+        }
+    }
+    obj.into()
+}
+
+fn json_body(schema: impl Into<RefOr<Schema>>) -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(schema)).build()
+}
+
+fn reference(name: &str) -> Ref {
+    Ref::from_schema_name(name)
+}
+
+fn response(description: &str, schema: Option<RefOr<Schema>>) -> utoipa::openapi::Response {
+    let r = ResponseBuilder::new().description(description);
+    match schema {
+        Some(s) => r.content("application/json", json_body(s)).build(),
+        None => r.build(),
+    }
+}
+
+fn error_responses(op: OperationBuilder, codes: &[&str]) -> OperationBuilder {
+    codes.iter().fold(op, |op, code| {
+        let what = match *code {
+            "400" => "malformed request",
+            "401" => "missing or bad token",
+            "403" => "not allowed",
+            "404" => "not found",
+            "409" => "conflict",
+            "412" => "stale If-Match version",
+            "413" => "body too large",
+            "422" => "invalid input",
+            _ => "error",
+        };
+        op.response(*code, response(what, Some(reference("Error").into())))
+    })
+}
+
+fn path_param(name: &str, schema: Schema) -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(schema))
+        .build()
+}
+
+fn query_param(name: &str, schema: Schema, description: &str) -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+fn if_match_header() -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name("If-Match")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some("the record's version; 412 if it changed"))
+        .schema(Some(Schema::from(
+            string(None).pattern(Some("^\"?[0-9]{1,18}\"?$")),
+        )))
+        .build()
+}
+
+fn body(schema: impl Into<RefOr<Schema>>) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .content("application/json", json_body(schema))
+        .required(Some(Required::True))
+        .build()
+}
+
+fn any_object() -> Schema {
+    ObjectBuilder::new().into()
+}
+
+fn add(paths: &mut Paths, path: &str, method: HttpMethod, op: OperationBuilder) {
+    let item = PathItem::new(method, op.build());
+    match paths.paths.get_mut(path) {
+        Some(existing) => existing.merge_operations(item),
+        None => {
+            paths.paths.insert(path.to_string(), item);
+        }
+    }
+}
+
+fn record_paths(paths: &mut Paths) {
+    let id_schema = uuid;
+    for set in EntitySet::ALL {
+        let name = set.as_str();
+        let rec: RefOr<Schema> = reference(&type_name(set, Shape::Record)).into();
+        let list = ObjectBuilder::new()
+            .property("items", ArrayBuilder::new().items(rec.clone()))
+            .property(
+                "next_cursor",
+                ObjectBuilder::new().schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+                    Type::String,
+                    Type::Null,
+                ])),
+            )
+            .required("items")
+            .required("next_cursor");
+        let op = OperationBuilder::new()
+            .tag(name)
+            .operation_id(Some(format!("list_{name}")))
+            .summary(Some(format!("List {name}, newest change first")))
+            .parameter(query_param(
+                "owner",
+                string(None).pattern(Some("^(me|[0-9a-fA-F-]{36})$")).into(),
+                "'me' or a user id",
+            ))
+            .parameter(query_param(
+                "modified_since",
+                string(Some("date-time")).into(),
+                "only records modified at or after this time",
+            ))
+            .parameter(query_param(
+                "q",
+                string(None).max_length(Some(200)).into(),
+                "text to find in the record's text fields",
+            ))
+            .parameter(query_param(
+                "limit",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(1000))
+                    .into(),
+                "page size, 1 to 1000 (default 50)",
+            ))
+            .parameter(query_param(
+                "cursor",
+                string(None).into(),
+                "next_cursor of the previous page",
+            ))
+            .response(
+                "200",
+                response("a page of records", Some(Schema::from(list).into())),
+            );
+        add(
+            paths,
+            &format!("/api/v1/{name}"),
+            HttpMethod::Get,
+            error_responses(op, &["400", "401"]),
+        );
+        let mut created = response("the created record", Some(rec.clone()));
+        if set == EntitySet::Users {
+            created.description =
+                "the created user, with its API token (shown only this once)".into();
+        }
+        let op = OperationBuilder::new()
+            .tag(name)
+            .operation_id(Some(format!("create_{name}")))
+            .request_body(Some(body(reference(&type_name(set, Shape::Create)))))
+            .response("201", created);
+        add(
+            paths,
+            &format!("/api/v1/{name}"),
+            HttpMethod::Post,
+            error_responses(op, &["400", "401", "403", "409", "413", "422"]),
+        );
+        let item = format!("/api/v1/{name}/{{id}}");
+        let op = OperationBuilder::new()
+            .tag(name)
+            .operation_id(Some(format!("get_{name}")))
+            .parameter(path_param("id", id_schema()))
+            .response(
+                "200",
+                response("the record (ETag: its version)", Some(rec.clone())),
+            );
+        add(
+            paths,
+            &item,
+            HttpMethod::Get,
+            error_responses(op, &["400", "401", "404"]),
+        );
+        let op = OperationBuilder::new()
+            .tag(name)
+            .operation_id(Some(format!("update_{name}")))
+            .parameter(path_param("id", id_schema()))
+            .parameter(if_match_header())
+            .request_body(Some(body(reference(&type_name(set, Shape::Update)))))
+            .response("200", response("the updated record", Some(rec.clone())));
+        add(
+            paths,
+            &item,
+            HttpMethod::Patch,
+            error_responses(
+                op,
+                &["400", "401", "403", "404", "409", "412", "413", "422"],
+            ),
+        );
+        let op = OperationBuilder::new()
+            .tag(name)
+            .operation_id(Some(format!("delete_{name}")))
+            .parameter(path_param("id", id_schema()))
+            .parameter(if_match_header())
+            .response(
+                "204",
+                response("deleted; a tombstone keeps the id and a new version", None),
+            );
+        add(
+            paths,
+            &item,
+            HttpMethod::Delete,
+            error_responses(op, &["400", "401", "403", "404", "409", "412"]),
+        );
+    }
+}
+
+/// Settings and sync-field schemas come from the defaults' JSON shape.
+fn schema_of_example(example: &Value) -> Schema {
+    match example {
+        Value::Bool(_) => ObjectBuilder::new().schema_type(Type::Boolean).into(),
+        Value::Number(_) => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .into(),
+        Value::String(_) => string(None).into(),
+        Value::Array(_) => ArrayBuilder::new().items(string(None)).into(),
+        _ => any_object(),
+    }
+}
+
+fn settings_schema(defaults: &Value, overrides: &[(&str, Schema)]) -> Schema {
+    let mut obj = ObjectBuilder::new().additional_properties(Some(closed()));
+    for (k, v) in defaults.as_object().expect("settings are objects") {
+        let schema = overrides
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| schema_of_example(v));
+        obj = obj.property(k, schema);
+    }
+    obj.into()
+}
+
+fn admin_paths(paths: &mut Paths) {
+    let interval = || Schema::from(string(None).pattern(Some("^[0-9]{1,6}[smhd]$")));
+    let org = settings_schema(
+        &json!(OrgSettings::default()),
+        &[
+            ("sync_interval", interval()),
+            ("sync_interval_min", interval()),
+            (
+                "mass_delete_max_percent",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(100))
+                    .into(),
+            ),
+        ],
+    );
+    let mailbox_sets = crmsync_core::settings::MAILBOX_TYPES.map(|s| s.as_str());
+    let user = settings_schema(
+        &json!(UserSettings::default()),
+        &[
+            ("schedule_interval", interval()),
+            (
+                "entity_types",
+                ArrayBuilder::new()
+                    .items(string(None).enum_values(Some(mailbox_sets)))
+                    .into(),
+            ),
+            (
+                "auto_track",
+                string(None)
+                    .enum_values(Some([
+                        "none",
+                        "all",
+                        "replies_to_crm_email",
+                        "from_crm_contacts_leads_accounts",
+                        "from_crm_records",
+                    ]))
+                    .into(),
+            ),
+        ],
+    );
+    let tag = "admin";
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_settings"))
+        .response(
+            "200",
+            response("organization settings", Some(org.clone().into())),
+        );
+    add(
+        paths,
+        "/api/v1/settings",
+        HttpMethod::Get,
+        error_responses(op, &["401"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_settings"))
+        .request_body(Some(body(org.clone())))
+        .response("200", response("organization settings", Some(org.into())));
+    add(
+        paths,
+        "/api/v1/settings",
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "422"]),
+    );
+    let p = "/api/v1/users/{id}/settings";
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_user_settings"))
+        .parameter(path_param("id", uuid()))
+        .response(
+            "200",
+            response("the user's settings", Some(user.clone().into())),
+        );
+    add(
+        paths,
+        p,
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_user_settings"))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(user.clone())))
+        .response("200", response("the user's settings", Some(user.into())));
+    add(
+        paths,
+        p,
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
+
+    let filter = || {
+        ObjectBuilder::new()
+        .property("name", string(None).min_length(Some(1)).max_length(Some(200)))
+        .property("entity_set", string(None).enum_values(Some(mailbox_sets)))
+        .property("scope", string(None).enum_values(Some(["system", "user"])))
+        .property("user_id", uuid())
+        .property("active", ObjectBuilder::new().schema_type(Type::Boolean))
+        .property("condition", ObjectBuilder::new().description(Some("condition tree: {\"all\": [..]}, {\"any\": [..]}, {\"not\": {..}} or {\"field\", \"op\", \"value\"}; values may be @me or @now-30d")))
+        .additional_properties(Some(closed()))
+    };
+    let filter_create: Schema = filter()
+        .required("name")
+        .required("entity_set")
+        .required("condition")
+        .into();
+    let filter: Schema = filter().into();
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("list_sync_filters"))
+        .response(
+            "200",
+            response(
+                "system filters and the caller's filters",
+                Some(any_object().into()),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/sync-filters",
+        HttpMethod::Get,
+        error_responses(op, &["401"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("create_sync_filter"))
+        .request_body(Some(body(filter_create)))
+        .response("201", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        "/api/v1/sync-filters",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "422"]),
+    );
+    let p = "/api/v1/sync-filters/{id}";
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_sync_filter"))
+        .parameter(path_param("id", uuid()))
+        .response("200", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        p,
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_sync_filter"))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(filter)))
+        .response("200", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        p,
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("delete_sync_filter"))
+        .parameter(path_param("id", uuid()))
+        .response("204", response("deleted", None));
+    add(
+        paths,
+        p,
+        HttpMethod::Delete,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+
+    let directions = [
+        Direction::ToMailbox,
+        Direction::ToCrm,
+        Direction::Both,
+        Direction::None,
+    ]
+    .map(|d| json!(d));
+    let sync_sets: Vec<&str> = EntitySet::ALL
+        .iter()
+        .filter(|s| s.syncs_to_mailbox())
+        .map(|s| s.as_str())
+        .collect();
+    let fields_patch: Schema = ObjectBuilder::new()
+        .additional_properties(Some(RefOr::T(Schema::from(
+            string(None).enum_values(Some(directions)),
+        ))))
+        .description(Some(
+            "field name → direction (to_mailbox, to_crm, both, none)",
+        ))
+        .into();
+    let p = "/api/v1/sync-fields/{set}";
+    let set_param = || {
+        path_param(
+            "set",
+            string(None).enum_values(Some(sync_sets.clone())).into(),
+        )
+    };
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_sync_fields"))
+        .parameter(set_param())
+        .response(
+            "200",
+            response("directions of every field", Some(any_object().into())),
+        );
+    add(
+        paths,
+        p,
+        HttpMethod::Get,
+        error_responses(op, &["401", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_sync_fields"))
+        .parameter(set_param())
+        .request_body(Some(body(fields_patch)))
+        .response(
+            "200",
+            response("directions of every field", Some(any_object().into())),
+        );
+    add(
+        paths,
+        p,
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
+
+    let rule: Schema = ObjectBuilder::new()
+        .property(
+            "entity_set",
+            string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
+        )
+        .property("field", string(None))
+        .property("user_id", uuid())
+        .property("can_read", ObjectBuilder::new().schema_type(Type::Boolean))
+        .property(
+            "can_update",
+            ObjectBuilder::new().schema_type(Type::Boolean),
+        )
+        .required("entity_set")
+        .required("field")
+        .required("can_read")
+        .required("can_update")
+        .additional_properties(Some(closed()))
+        .into();
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("list_field_security"))
+        .response(
+            "200",
+            response("field-security rules", Some(any_object().into())),
+        );
+    add(
+        paths,
+        "/api/v1/field-security",
+        HttpMethod::Get,
+        error_responses(op, &["401", "403"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("create_field_security"))
+        .request_body(Some(body(rule)))
+        .response("201", response("the rule", Some(any_object().into())));
+    add(
+        paths,
+        "/api/v1/field-security",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "409", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("delete_field_security"))
+        .parameter(path_param("id", uuid()))
+        .response("204", response("deleted", None));
+    add(
+        paths,
+        "/api/v1/field-security/{id}",
+        HttpMethod::Delete,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+
+    let op = OperationBuilder::new()
+        .tag("sync")
+        .operation_id(Some("changes"))
+        .summary(Some(
+            "ids and versions of everything changed or deleted after a version",
+        ))
+        .parameter(query_param(
+            "since",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .into(),
+            "version (default 0)",
+        ))
+        .parameter(query_param(
+            "limit",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(1000))
+                .into(),
+            "at most this many (default 50)",
+        ))
+        .response(
+            "200",
+            response("changes, oldest first", Some(any_object().into())),
+        );
+    add(
+        paths,
+        "/api/v1/changes",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401"]),
+    );
+    let op = OperationBuilder::new()
+        .tag("meta")
+        .operation_id(Some("openapi"))
+        .response("200", response("this document", Some(any_object().into())));
+    add(
+        paths,
+        "/api/v1/openapi.json",
+        HttpMethod::Get,
+        error_responses(op, &["401"]),
+    );
+    let op = OperationBuilder::new()
+        .tag("meta")
+        .operation_id(Some("healthz"))
+        .securities(Some(Vec::<SecurityRequirement>::new()))
+        .response(
+            "200",
+            response(
+                "the server and its database answer",
+                Some(any_object().into()),
+            ),
+        )
+        .response(
+            "503",
+            response("the database does not answer", Some(any_object().into())),
+        );
+    add(paths, "/healthz", HttpMethod::Get, op);
+    let op = OperationBuilder::new()
+        .tag("meta")
+        .operation_id(Some("metrics"))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("Prometheus text")
+                .content("text/plain", ContentBuilder::new().build())
+                .build(),
+        );
+    add(
+        paths,
+        "/metrics",
+        HttpMethod::Get,
+        error_responses(op, &["401"]),
+    );
+}
+
+pub fn document() -> OpenApi {
+    let mut components = ComponentsBuilder::new()
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        )
+        .schema(
+            "Error",
+            ObjectBuilder::new().property(
+                "error",
+                ObjectBuilder::new()
+                    .property("code", string(None))
+                    .property("message", string(None))
+                    .required("code")
+                    .required("message"),
+            ),
+        );
+    for set in EntitySet::ALL {
+        for shape in [Shape::Record, Shape::Create, Shape::Update] {
+            components = components.schema(type_name(set, shape), record_schema(set, shape));
+        }
+    }
+    let mut paths = Paths::new();
+    record_paths(&mut paths);
+    admin_paths(&mut paths);
+    OpenApiBuilder::new()
+        .info(InfoBuilder::new().title("crmsync CRM server").version(env!("CARGO_PKG_VERSION")).description(Some("SPEC §4: records, admin resources and health. Errors are {\"error\": {\"code\", \"message\"}}.")))
+        .paths(paths)
+        .components(Some(components.build()))
+        .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_set_and_field_is_described() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for set in EntitySet::ALL {
+            assert!(
+                doc["paths"][format!("/api/v1/{set}")]["post"].is_object(),
+                "{set}"
+            );
+            assert!(
+                doc["paths"][format!("/api/v1/{set}/{{id}}")]["patch"].is_object(),
+                "{set}"
+            );
+            let schema = &doc["components"]["schemas"][type_name(set, Shape::Record)];
+            for f in set.fields() {
+                assert!(schema["properties"][f.name].is_object(), "{set}.{}", f.name);
+            }
+        }
+        assert!(doc["paths"]["/api/v1/sync-filters"]["post"].is_object());
+        assert_eq!(
+            doc["components"]["schemas"]["ContactsCreate"]["required"],
+            json!(["last_name"])
+        );
+    }
+}

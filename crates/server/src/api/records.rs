@@ -1,0 +1,192 @@
+//! `/api/v1/{set}` and `/api/v1/{set}/{id}`: create, read, update, delete
+//! and list records; `/api/v1/changes`: what changed since a version.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crmsync_core::time::{format_timestamp, parse_datetime};
+use crmsync_core::Record;
+
+use super::{if_match, parse_id, parse_set, ApiJson, ApiPath, ApiQuery};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::records;
+use crate::store::ListQuery;
+use crate::AppState;
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 1000;
+
+fn with_etag(status: StatusCode, record: &Record, body: Value) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", record.version))
+        .expect("digits are a valid header");
+    (status, [(header::ETAG, etag)], Json(body)).into_response()
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(set): ApiPath<String>,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Response> {
+    let set = parse_set(&set)?;
+    let created = records::create(&state.store, caller, set, &body).await?;
+    let mut out = created.record.to_json();
+    if let Some(token) = created.token {
+        // Shown once: only its hash is stored.
+        out["token"] = json!(token);
+    }
+    Ok(with_etag(StatusCode::CREATED, &created.record, out))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath((set, id)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    let (set, id) = (parse_set(&set)?, parse_id(&id)?);
+    match state.store.get(id).await? {
+        Some(r) if r.set == set => Ok(with_etag(StatusCode::OK, &r, r.to_json())),
+        _ => Err(ApiError::not_found(format!(
+            "no record in {set} has id {id}"
+        ))),
+    }
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((set, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Response> {
+    let (set, id) = (parse_set(&set)?, parse_id(&id)?);
+    let record = records::update(&state.store, caller, set, id, &body, if_match(&headers)?).await?;
+    Ok(with_etag(StatusCode::OK, &record, record.to_json()))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((set, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let (set, id) = (parse_set(&set)?, parse_id(&id)?);
+    records::delete(&state.store, caller, set, id, if_match(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_limit(q: &ApiQuery) -> ApiResult<i64> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "bad_limit",
+                format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+            )),
+        },
+    }
+}
+
+/// Cursors are opaque to clients: the version of the last item shown.
+fn encode_cursor(version: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v{version}"))
+}
+
+fn decode_cursor(s: &str) -> ApiResult<i64> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.strip_prefix('v').and_then(|v| v.parse().ok()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_cursor",
+                "cursor is not one this server handed out; start again without it",
+            )
+        })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(set): ApiPath<String>,
+    query: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    let set = parse_set(&set)?;
+    query.only(&["owner", "modified_since", "q", "limit", "cursor"])?;
+    let owner = match query.get("owner") {
+        None => None,
+        Some("me") => Some(caller.user_id),
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
+            ApiError::bad_request("bad_owner", "owner must be 'me' or a user's UUID")
+        })?),
+    };
+    let modified_since = query
+        .get("modified_since")
+        .map(|s| {
+            parse_datetime(s).map(format_timestamp).map_err(|e| {
+                ApiError::bad_request("bad_modified_since", format!("modified_since: {e}"))
+            })
+        })
+        .transpose()?;
+    let text = match query.get("q") {
+        Some(q) if q.chars().count() > 200 => {
+            return Err(ApiError::bad_request(
+                "bad_q",
+                "q must be at most 200 characters",
+            ))
+        }
+        Some(q) if !q.trim().is_empty() => Some(q.trim().to_lowercase()),
+        _ => None,
+    };
+    let limit = parse_limit(&query)?;
+    let before_version = query.get("cursor").map(decode_cursor).transpose()?;
+    let list = ListQuery {
+        owner,
+        modified_since,
+        text,
+        before_version,
+        limit: limit + 1,
+    };
+    let mut rows = state.store.list(set, &list).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|r| encode_cursor(r.version))
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "items": rows.iter().map(Record::to_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// Everything changed or deleted after `since` (ids, sets, versions), oldest first.
+pub async fn changes(
+    State(state): State<AppState>,
+    _caller: Caller,
+    query: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    query.only(&["since", "limit"])?;
+    let since = match query.get("since") {
+        None => 0,
+        Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad_request("bad_since", "since must be a version number (0 or more)")
+        })?,
+    };
+    let limit = parse_limit(&query)?;
+    let changes = state.store.changes_since(since, limit).await?;
+    let next = changes.last().map_or(since, |c| c.version);
+    Ok(Json(
+        json!({"items": changes, "next_since": next, "complete": (changes.len() as i64) < limit}),
+    ))
+}

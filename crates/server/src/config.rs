@@ -1,0 +1,385 @@
+//! Admin-managed configuration: organization and user settings, sync
+//! filters (R-S6), sync-field directions (R-F1) and field-level security
+//! (R-F3). Validation lives in crmsync-core; this module stores documents
+//! and applies who-may-change-what.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crmsync_core::field_rules::{
+    default_sync_fields, patch_sync_fields, FieldSecurityRule, SyncFields,
+};
+use crmsync_core::filter::{Condition, FilterScope};
+use crmsync_core::settings::{merge_patch, OrgSettings, UserSettings, MAILBOX_TYPES};
+use crmsync_core::EntitySet;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{self, Store};
+
+pub const SETTINGS_KIND: &str = "settings";
+pub const FILTER_KIND: &str = "sync_filter";
+pub const SYNC_FIELDS_KIND: &str = "sync_fields";
+pub const FIELD_SECURITY_KIND: &str = "field_security";
+const ORG_KEY: &str = "organization";
+
+fn corrupt(what: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "corrupt_config",
+        format!("the stored {what} cannot be read; it was changed outside crmsync"),
+    )
+}
+
+pub async fn org_settings(store: &Store) -> ApiResult<OrgSettings> {
+    match store.get_config(SETTINGS_KIND, ORG_KEY).await? {
+        Some(v) => serde_json::from_value(v).map_err(|_| corrupt("organization settings")),
+        None => Ok(OrgSettings::default()),
+    }
+}
+
+pub async fn patch_org_settings(
+    store: &Store,
+    caller: Caller,
+    patch: &Value,
+) -> ApiResult<OrgSettings> {
+    caller.require_admin()?;
+    let next: OrgSettings =
+        merge_patch(&org_settings(store).await?, patch).map_err(ApiError::invalid)?;
+    next.validate().map_err(ApiError::invalid)?;
+    let mut conn = store.pool.acquire().await?;
+    store::put_config(&mut conn, SETTINGS_KIND, ORG_KEY, &json!(next)).await?;
+    Ok(next)
+}
+
+async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> {
+    if !caller.is_admin && caller.user_id != user {
+        return Err(ApiError::forbidden(
+            "users may read and change only their own settings",
+        ));
+    }
+    let mut conn = store.pool.acquire().await?;
+    if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
+        return Err(ApiError::not_found(format!("no user has id {user}")));
+    }
+    Ok(())
+}
+
+pub async fn user_settings(store: &Store, caller: Caller, user: Uuid) -> ApiResult<UserSettings> {
+    check_user(store, caller, user).await?;
+    match store.get_config(SETTINGS_KIND, &user.to_string()).await? {
+        Some(v) => serde_json::from_value(v).map_err(|_| corrupt("user settings")),
+        None => Ok(UserSettings::default()),
+    }
+}
+
+pub async fn patch_user_settings(
+    store: &Store,
+    caller: Caller,
+    user: Uuid,
+    patch: &Value,
+) -> ApiResult<UserSettings> {
+    let current = user_settings(store, caller, user).await?;
+    let next: UserSettings = merge_patch(&current, patch).map_err(ApiError::invalid)?;
+    next.validate(&org_settings(store).await?)
+        .map_err(ApiError::invalid)?;
+    let mut conn = store.pool.acquire().await?;
+    store::put_config(&mut conn, SETTINGS_KIND, &user.to_string(), &json!(next)).await?;
+    Ok(next)
+}
+
+/// A sync filter (R-S6) as stored and shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncFilter {
+    pub id: Uuid,
+    pub name: String,
+    pub entity_set: EntitySet,
+    pub scope: FilterScope,
+    pub user_id: Option<Uuid>,
+    pub active: bool,
+    pub condition: Condition,
+}
+
+impl SyncFilter {
+    pub fn system(name: String, entity_set: EntitySet, condition: Value) -> SyncFilter {
+        SyncFilter {
+            id: Uuid::new_v4(),
+            name,
+            entity_set,
+            scope: FilterScope::System,
+            user_id: None,
+            active: true,
+            condition: Condition::parse(entity_set, &condition).expect("default filters are valid"),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "name": self.name, "entity_set": self.entity_set, "scope": self.scope,
+            "user_id": self.user_id, "active": self.active, "condition": self.condition.to_json(),
+        })
+    }
+
+    /// Parses a filter from its JSON form; `base` holds the current values
+    /// for a PATCH (keys missing from `body` keep them).
+    fn parse(body: &Value, base: Option<&Value>, caller: Caller) -> ApiResult<SyncFilter> {
+        const KEYS: &[&str] = &[
+            "id",
+            "name",
+            "entity_set",
+            "scope",
+            "user_id",
+            "active",
+            "condition",
+        ];
+        let patch = body
+            .as_object()
+            .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
+        if let Some(k) = patch.keys().find(|k| !KEYS[1..].contains(&k.as_str())) {
+            return Err(ApiError::invalid(format!(
+                "unknown or read-only key '{k}'; filters have: {}",
+                KEYS[1..].join(", ")
+            )));
+        }
+        let mut merged = base.cloned().unwrap_or_else(|| json!({}));
+        for (k, v) in patch {
+            merged[k] = v.clone();
+        }
+        let get = |k: &str| merged.get(k).filter(|v| !v.is_null());
+        let name = get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty() && n.len() <= 200);
+        let name = name.ok_or_else(|| {
+            ApiError::invalid("name: a filter needs a name of 1 to 200 characters")
+        })?;
+        let set: EntitySet = get("entity_set")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid("entity_set: required"))?
+            .parse()
+            .map_err(|e: crmsync_core::entity::UnknownEntitySet| {
+                ApiError::invalid(format!("entity_set: {e}"))
+            })?;
+        if !MAILBOX_TYPES.contains(&set) {
+            return Err(ApiError::invalid(format!(
+                "entity_set: {set} is never delivered to mailboxes; filters apply to {}",
+                MAILBOX_TYPES.map(|s| s.as_str()).join(", ")
+            )));
+        }
+        let scope: FilterScope = match get("scope") {
+            None => FilterScope::User,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| ApiError::invalid("scope: must be system or user"))?,
+        };
+        let user_id = match (scope, get("user_id")) {
+            (FilterScope::System, None) => None,
+            (FilterScope::System, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "user_id: a system filter applies to everyone; leave it out",
+                ))
+            }
+            (FilterScope::User, None) => Some(caller.user_id),
+            (FilterScope::User, Some(v)) => Some(
+                v.as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| ApiError::invalid("user_id: must be a user's UUID"))?,
+            ),
+        };
+        let active = match get("active") {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ApiError::invalid("active: must be true or false"))?,
+        };
+        let condition = get("condition").ok_or_else(|| ApiError::invalid("condition: required"))?;
+        let condition = Condition::parse(set, condition).map_err(ApiError::invalid)?;
+        let id = merged
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or_else(Uuid::new_v4);
+        Ok(SyncFilter {
+            id,
+            name: name.trim().to_string(),
+            entity_set: set,
+            scope,
+            user_id,
+            active,
+            condition,
+        })
+    }
+}
+
+/// System filters are the admin's; user filters belong to their user.
+fn check_filter_access(caller: Caller, f: &SyncFilter) -> ApiResult<()> {
+    match (f.scope, f.user_id) {
+        _ if caller.is_admin => Ok(()),
+        (FilterScope::User, Some(u)) if u == caller.user_id => Ok(()),
+        (FilterScope::System, _) => Err(ApiError::forbidden(
+            "only an admin may change system filters",
+        )),
+        _ => Err(ApiError::forbidden(
+            "users may change only their own filters",
+        )),
+    }
+}
+
+pub async fn list_filters(store: &Store, caller: Caller) -> ApiResult<Vec<Value>> {
+    let all = store.list_config(FILTER_KIND).await?;
+    Ok(all
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| {
+            caller.is_admin
+                || v["scope"] == "system"
+                || v["user_id"].as_str() == Some(caller.user_id.to_string().as_str())
+        })
+        .collect())
+}
+
+pub async fn get_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> {
+    let v = store
+        .get_config(FILTER_KIND, &id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sync filter has id {id}")))?;
+    let visible = caller.is_admin
+        || v["scope"] == "system"
+        || v["user_id"].as_str() == Some(caller.user_id.to_string().as_str());
+    if visible {
+        Ok(v)
+    } else {
+        Err(ApiError::not_found(format!("no sync filter has id {id}")))
+    }
+}
+
+async fn save_filter(store: &Store, caller: Caller, filter: &SyncFilter) -> ApiResult<Value> {
+    check_filter_access(caller, filter)?;
+    let mut conn = store.pool.acquire().await?;
+    if let Some(user) = filter.user_id {
+        if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
+            return Err(ApiError::invalid(format!("user_id: no user has id {user}")));
+        }
+    }
+    let v = filter.to_json();
+    store::put_config(&mut conn, FILTER_KIND, &filter.id.to_string(), &v).await?;
+    Ok(v)
+}
+
+pub async fn create_filter(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
+    let filter = SyncFilter::parse(body, None, caller)?;
+    save_filter(store, caller, &filter).await
+}
+
+pub async fn patch_filter(
+    store: &Store,
+    caller: Caller,
+    id: Uuid,
+    body: &Value,
+) -> ApiResult<Value> {
+    let current = get_filter(store, caller, id).await?;
+    let before = SyncFilter::parse(&json!({}), Some(&current), caller)?;
+    check_filter_access(caller, &before)?;
+    let next = SyncFilter::parse(body, Some(&current), caller)?;
+    save_filter(store, caller, &next).await
+}
+
+pub async fn delete_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult<()> {
+    let current = get_filter(store, caller, id).await?;
+    check_filter_access(
+        caller,
+        &SyncFilter::parse(&json!({}), Some(&current), caller)?,
+    )?;
+    let mut conn = store.pool.acquire().await?;
+    store::delete_config(&mut conn, FILTER_KIND, &id.to_string()).await?;
+    Ok(())
+}
+
+fn mailbox_set(set: EntitySet) -> ApiResult<EntitySet> {
+    if set.syncs_to_mailbox() {
+        Ok(set)
+    } else {
+        Err(ApiError::not_found(format!(
+            "{set} never synchronizes to mailboxes, so it has no sync fields"
+        )))
+    }
+}
+
+pub async fn sync_fields(store: &Store, set: EntitySet) -> ApiResult<SyncFields> {
+    let set = mailbox_set(set)?;
+    let mut fields = default_sync_fields(set);
+    if let Some(v) = store.get_config(SYNC_FIELDS_KIND, set.as_str()).await? {
+        let stored: SyncFields = serde_json::from_value(v).map_err(|_| corrupt("sync fields"))?;
+        fields.extend(stored);
+    }
+    Ok(fields)
+}
+
+pub async fn patch_sync_fields_of(
+    store: &Store,
+    caller: Caller,
+    set: EntitySet,
+    patch: &Value,
+) -> ApiResult<SyncFields> {
+    caller.require_admin()?;
+    let next = patch_sync_fields(set, &sync_fields(store, set).await?, patch)
+        .map_err(ApiError::invalid)?;
+    let mut conn = store.pool.acquire().await?;
+    store::put_config(&mut conn, SYNC_FIELDS_KIND, set.as_str(), &json!(next)).await?;
+    Ok(next)
+}
+
+pub async fn list_field_security(store: &Store, caller: Caller) -> ApiResult<Vec<Value>> {
+    caller.require_admin()?;
+    Ok(store
+        .list_config(FIELD_SECURITY_KIND)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+pub async fn create_field_security(
+    store: &Store,
+    caller: Caller,
+    body: &Value,
+) -> ApiResult<Value> {
+    caller.require_admin()?;
+    if body.get("id").is_some() {
+        return Err(ApiError::invalid("id: is set by the server"));
+    }
+    let mut rule = FieldSecurityRule::parse(body).map_err(ApiError::invalid)?;
+    let mut conn = store.pool.acquire().await?;
+    if let Some(user) = rule.user_id {
+        if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
+            return Err(ApiError::invalid(format!("user_id: no user has id {user}")));
+        }
+    }
+    let existing = store.list_config(FIELD_SECURITY_KIND).await?;
+    let same_target = existing.iter().any(|(_, v)| {
+        serde_json::from_value::<FieldSecurityRule>(v.clone()).is_ok_and(|r| {
+            r.entity_set == rule.entity_set && r.field == rule.field && r.user_id == rule.user_id
+        })
+    });
+    if same_target {
+        return Err(ApiError::conflict(
+            "duplicate",
+            "a rule for this set, field and user exists; delete it first",
+        ));
+    }
+    let id = Uuid::new_v4();
+    rule.id = Some(id);
+    let v = json!(rule);
+    store::put_config(&mut conn, FIELD_SECURITY_KIND, &id.to_string(), &v).await?;
+    Ok(v)
+}
+
+pub async fn delete_field_security(store: &Store, caller: Caller, id: Uuid) -> ApiResult<()> {
+    caller.require_admin()?;
+    let mut conn = store.pool.acquire().await?;
+    if store::delete_config(&mut conn, FIELD_SECURITY_KIND, &id.to_string()).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no field-security rule has id {id}"
+        )))
+    }
+}

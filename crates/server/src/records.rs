@@ -1,0 +1,299 @@
+//! Writing records under the access rule R-A, in one transaction each:
+//! validation (crmsync-core), references, ownership, If-Match, the version
+//! sequence and tombstones. Users are records too, with a few extra rules.
+
+use serde_json::{json, Map, Value};
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+use crmsync_core::record::{apply_input, parse_input, references};
+use crmsync_core::time::now_timestamp;
+use crmsync_core::{EntitySet, Record, RecordInput};
+
+use crate::auth::{hash_token, new_token, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{self, Store};
+
+/// A created record, and for a new user the token shown once.
+pub struct Created {
+    pub record: Record,
+    pub token: Option<String>,
+}
+
+/// The natural key that must stay unique among live records.
+fn unique_key(set: EntitySet, fields: &Map<String, Value>) -> Option<String> {
+    match set {
+        EntitySet::Users => fields
+            .get("email")
+            .and_then(Value::as_str)
+            .map(|e| format!("user-email:{}", e.to_lowercase())),
+        _ => None,
+    }
+}
+
+/// Fields every new user gets unless given (SPEC §2).
+fn user_defaults(fields: &mut Map<String, Value>) {
+    for (k, v) in [
+        ("role", json!("user")),
+        ("approved_email", json!(false)),
+        ("sync_to_mailbox", json!(true)),
+        ("go_offline", json!(true)),
+    ] {
+        fields.entry(k).or_insert(v);
+    }
+}
+
+async fn check_write(
+    conn: &mut AnyConnection,
+    set: EntitySet,
+    id: Uuid,
+    owner: Uuid,
+    fields: &Map<String, Value>,
+) -> ApiResult<()> {
+    if set != EntitySet::Users && !store::record_exists(conn, EntitySet::Users, owner).await? {
+        return Err(ApiError::invalid(format!(
+            "owner_id: no user has id {owner}"
+        )));
+    }
+    for (field, target, target_id) in references(set, fields) {
+        if !store::record_exists(conn, target, target_id).await? {
+            return Err(ApiError::invalid(format!(
+                "{field}: no record in {target} has id {target_id}"
+            )));
+        }
+    }
+    if let Some(key) = unique_key(set, fields) {
+        if store::unique_key_taken(conn, &key, Some(id)).await? {
+            return Err(ApiError::conflict(
+                "duplicate",
+                "another user already has this email address",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a record owned by the caller (or by `owner_id` if given).
+pub async fn create(
+    store: &Store,
+    caller: Caller,
+    set: EntitySet,
+    body: &Value,
+) -> ApiResult<Created> {
+    let input = parse_input(set, body)?;
+    if set == EntitySet::Users {
+        caller.require_admin()?;
+        if input.owner_id.is_some() {
+            return Err(ApiError::invalid(
+                "owner_id: a user always owns its own user record",
+            ));
+        }
+    }
+    let mut fields = apply_input(set, None, &input)?;
+    let id = Uuid::new_v4();
+    let owner_id = match set {
+        EntitySet::Users => {
+            user_defaults(&mut fields);
+            id
+        }
+        _ => input.owner_id.unwrap_or(caller.user_id),
+    };
+    let mut tx = store.begin().await?;
+    let version = store::next_version(&mut tx).await?;
+    check_write(&mut tx, set, id, owner_id, &fields).await?;
+    let now = now_timestamp();
+    let record = Record {
+        id,
+        set,
+        version,
+        owner_id,
+        state: input
+            .state
+            .clone()
+            .unwrap_or_else(|| set.default_state().to_string()),
+        created_at: now.clone(),
+        modified_at: now.clone(),
+        fields,
+    };
+    store::insert_record(&mut tx, &record, unique_key(set, &record.fields).as_deref()).await?;
+    let token = if set == EntitySet::Users {
+        let token = new_token();
+        store::insert_token(&mut tx, &hash_token(&token), id, &now).await?;
+        Some(token)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(Created { record, token })
+}
+
+fn check_if_match(current: &Record, if_match: Option<i64>) -> ApiResult<()> {
+    match if_match {
+        Some(v) if v != current.version => Err(ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "version_mismatch",
+            format!(
+                "the record is at version {}, not {v}; read it again and retry",
+                current.version
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// R-A: only the owner or an admin may change a record. On a user record,
+/// a user may change only their own name.
+fn check_may_change(
+    caller: Caller,
+    current: &Record,
+    input: Option<&RecordInput>,
+) -> ApiResult<()> {
+    if caller.is_admin {
+        return Ok(());
+    }
+    if current.set == EntitySet::Users {
+        let only_name = input.is_some_and(|i| {
+            i.owner_id.is_none() && i.state.is_none() && i.fields.keys().all(|k| k == "name")
+        });
+        return if current.id == caller.user_id && only_name {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "users may change only their own name; an admin manages the rest",
+            ))
+        };
+    }
+    if current.owner_id == caller.user_id {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "only the owner of this {} record or an admin may change it",
+            current.set
+        )))
+    }
+}
+
+async fn current_record(conn: &mut AnyConnection, set: EntitySet, id: Uuid) -> ApiResult<Record> {
+    match store::get_record(conn, id).await? {
+        Some(r) if r.set == set => Ok(r),
+        _ => Err(ApiError::not_found(format!(
+            "no record in {set} has id {id}"
+        ))),
+    }
+}
+
+/// Applies a partial update; an update that changes nothing keeps the version.
+pub async fn update(
+    store: &Store,
+    caller: Caller,
+    set: EntitySet,
+    id: Uuid,
+    body: &Value,
+    if_match: Option<i64>,
+) -> ApiResult<Record> {
+    let input = parse_input(set, body)?;
+    let mut tx = store.begin().await?;
+    let version = store::next_version(&mut tx).await?;
+    let current = current_record(&mut tx, set, id).await?;
+    check_if_match(&current, if_match)?;
+    check_may_change(caller, &current, Some(&input))?;
+    if set == EntitySet::Users && input.owner_id.is_some_and(|o| o != id) {
+        return Err(ApiError::invalid(
+            "owner_id: a user always owns its own user record",
+        ));
+    }
+    let fields = apply_input(set, Some(&current.fields), &input)?;
+    let owner_id = input.owner_id.unwrap_or(current.owner_id);
+    let state = input.state.clone().unwrap_or_else(|| current.state.clone());
+    if fields == current.fields && owner_id == current.owner_id && state == current.state {
+        tx.rollback().await?;
+        return Ok(current);
+    }
+    check_write(&mut tx, set, id, owner_id, &fields).await?;
+    let record = Record {
+        version,
+        owner_id,
+        state,
+        modified_at: now_timestamp(),
+        fields,
+        ..current
+    };
+    store::update_record(&mut tx, &record, unique_key(set, &record.fields).as_deref()).await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// Deletes a record, leaving a tombstone at a new version.
+pub async fn delete(
+    store: &Store,
+    caller: Caller,
+    set: EntitySet,
+    id: Uuid,
+    if_match: Option<i64>,
+) -> ApiResult<()> {
+    let mut tx = store.begin().await?;
+    let version = store::next_version(&mut tx).await?;
+    let current = current_record(&mut tx, set, id).await?;
+    check_if_match(&current, if_match)?;
+    if set == EntitySet::Users {
+        caller.require_admin()?;
+        if id == caller.user_id {
+            return Err(ApiError::conflict(
+                "cannot_delete_self",
+                "an admin cannot delete their own user; ask another admin",
+            ));
+        }
+        store::delete_tokens(&mut tx, id).await?;
+    } else {
+        check_may_change(caller, &current, None)?;
+    }
+    store::tombstone_record(&mut tx, id, version, &now_timestamp()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `crmsync admin init`: a new organization, its default filters and its
+/// first admin. Returns the admin's token.
+pub async fn init_organization(store: &Store, email: &str, name: &str) -> anyhow::Result<String> {
+    if let Some((_, org)) = store.organization().await? {
+        anyhow::bail!("this database already holds the organization '{org}'; use `crmsync admin user add` to add users");
+    }
+    // The organization is named after the first admin's mail domain.
+    let org_name = email.rsplit_once('@').map_or(email, |(_, domain)| domain);
+    let mut tx = store.begin().await?;
+    store::insert_organization(&mut tx, Uuid::new_v4(), org_name, &now_timestamp()).await?;
+    for (filter_name, set, condition) in crmsync_core::filter::default_filters() {
+        let filter = crate::config::SyncFilter::system(filter_name, set, condition);
+        store::put_config(
+            &mut tx,
+            crate::config::FILTER_KIND,
+            &filter.id.to_string(),
+            &filter.to_json(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    add_user(store, email, name, true).await
+}
+
+/// `crmsync admin user add`: returns the new user's token.
+pub async fn add_user(
+    store: &Store,
+    email: &str,
+    name: &str,
+    admin: bool,
+) -> anyhow::Result<String> {
+    if store.organization().await?.is_none() {
+        anyhow::bail!("this database has no organization yet; run `crmsync admin init` first");
+    }
+    let body = json!({"email": email, "name": name, "role": if admin { "admin" } else { "user" }});
+    // The command line acts with admin rights: it has the database itself.
+    let system = Caller {
+        user_id: Uuid::nil(),
+        is_admin: true,
+    };
+    let created = create(store, system, EntitySet::Users, &body)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(created.token.expect("creating a user makes a token"))
+}

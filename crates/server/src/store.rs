@@ -1,0 +1,503 @@
+//! The server's storage layer: records with tombstones and the version
+//! sequence, tokens, and configuration documents. Every statement is static
+//! SQL with bound parameters; nothing here knows HTTP or access rules.
+
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
+use uuid::Uuid;
+
+use crmsync_core::{EntitySet, Record};
+
+use crate::db::DbKind;
+
+pub type Tx = Transaction<'static, Any>;
+
+#[derive(Clone)]
+pub struct Store {
+    pub pool: AnyPool,
+    pub kind: DbKind,
+}
+
+/// One entry of "everything changed or deleted since version V".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    pub id: Uuid,
+    pub set: EntitySet,
+    pub version: i64,
+    pub deleted: bool,
+}
+
+/// A tombstone: what remains of a deleted record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    pub id: Uuid,
+    pub set: EntitySet,
+    pub version: i64,
+    pub owner_id: Uuid,
+    pub state: String,
+    pub created_at: String,
+    pub deleted_at: String,
+}
+
+/// Filters of a list request; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub owner: Option<Uuid>,
+    pub modified_since: Option<String>,
+    /// Lower-cased text to find in the record's text fields.
+    pub text: Option<String>,
+    /// Only records with a version below this (the cursor).
+    pub before_version: Option<i64>,
+    pub limit: i64,
+}
+
+const RECORD_COLUMNS: &str =
+    "id, entity_set, version, owner_id, state, created_at, modified_at, data";
+
+fn corrupt(what: &str) -> sqlx::Error {
+    sqlx::Error::Decode(
+        format!("stored {what} is not valid; the database was changed outside crmsync").into(),
+    )
+}
+
+fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
+    Uuid::parse_str(&row.try_get::<String, _>(col)?).map_err(|_| corrupt(col))
+}
+
+fn set_col(row: &AnyRow, col: &str) -> Result<EntitySet, sqlx::Error> {
+    row.try_get::<String, _>(col)?
+        .parse()
+        .map_err(|_| corrupt(col))
+}
+
+fn record_from_row(row: &AnyRow) -> Result<Record, sqlx::Error> {
+    let data: String = row.try_get("data")?;
+    let fields: Map<String, Value> =
+        serde_json::from_str(&data).map_err(|_| corrupt("record data"))?;
+    Ok(Record {
+        id: uuid_col(row, "id")?,
+        set: set_col(row, "entity_set")?,
+        version: row.try_get("version")?,
+        owner_id: uuid_col(row, "owner_id")?,
+        state: row.try_get("state")?,
+        created_at: row.try_get("created_at")?,
+        modified_at: row.try_get("modified_at")?,
+        fields,
+    })
+}
+
+/// Reserves the next version. Updating the counter row first also takes
+/// the write lock, so concurrent writers commit in version order.
+pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE sequence_counter SET value = value + 1 WHERE name = 'version' RETURNING value",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// A live (not deleted) record by id.
+pub async fn get_record(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1 AND deleted_at IS NULL");
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(record_from_row).transpose()
+}
+
+/// Whether a live record of `set` with this id exists.
+pub async fn record_exists(
+    conn: &mut AnyConnection,
+    set: EntitySet,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM records WHERE id = $1 AND entity_set = $2 AND deleted_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(set.as_str())
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Whether any row (live or tombstone) has this id.
+pub async fn id_taken(conn: &mut AnyConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Inserts a new record row.
+pub async fn insert_record(
+    conn: &mut AnyConnection,
+    r: &Record,
+    unique_key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10)",
+    )
+    .bind(r.id.to_string())
+    .bind(r.set.as_str())
+    .bind(r.version)
+    .bind(r.owner_id.to_string())
+    .bind(r.state.clone())
+    .bind(r.created_at.clone())
+    .bind(r.modified_at.clone())
+    .bind(unique_key.map(str::to_string))
+    .bind(r.search_text())
+    .bind(Value::Object(r.fields.clone()).to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Overwrites a live record's row with its new state.
+pub async fn update_record(
+    conn: &mut AnyConnection,
+    r: &Record,
+    unique_key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE records SET version = $2, owner_id = $3, state = $4, modified_at = $5, unique_key = $6, search_text = $7, data = $8 \
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(r.id.to_string())
+    .bind(r.version)
+    .bind(r.owner_id.to_string())
+    .bind(r.state.clone())
+    .bind(r.modified_at.clone())
+    .bind(unique_key.map(str::to_string))
+    .bind(r.search_text())
+    .bind(Value::Object(r.fields.clone()).to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Turns a live record into a tombstone at `version`.
+pub async fn tombstone_record(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    version: i64,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE records SET version = $2, modified_at = $3, deleted_at = $3, unique_key = NULL, search_text = '', data = '{}' \
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(version)
+    .bind(at.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a live record other than `except` holds this unique key.
+pub async fn unique_key_taken(
+    conn: &mut AnyConnection,
+    key: &str,
+    except: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let holder: Option<String> = sqlx::query_scalar("SELECT id FROM records WHERE unique_key = $1")
+        .bind(key.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(holder.is_some_and(|h| Some(h) != except.map(|e| e.to_string())))
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        let (kind, pool) = crate::db::connect(url).await?;
+        Ok(Store { pool, kind })
+    }
+
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        get_record(&mut conn, id).await
+    }
+
+    /// Live records of one set, newest change first.
+    pub async fn list(&self, set: EntitySet, q: &ListQuery) -> Result<Vec<Record>, sqlx::Error> {
+        // The WHERE clause is assembled from fixed fragments; every value is bound.
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND deleted_at IS NULL"
+        );
+        let mut n = 1;
+        let mut param = |fragment: &str| {
+            n += 1;
+            sql.push_str(&fragment.replace("$?", &format!("${n}")));
+        };
+        if q.owner.is_some() {
+            param(" AND owner_id = $?");
+        }
+        if q.modified_since.is_some() {
+            param(" AND modified_at >= $?");
+        }
+        if q.text.is_some() {
+            param(" AND search_text LIKE $? ESCAPE '\\'");
+        }
+        if q.before_version.is_some() {
+            param(" AND version < $?");
+        }
+        param(" ORDER BY version DESC LIMIT $?");
+        let mut query = sqlx::query(&sql).bind(set.as_str());
+        if let Some(owner) = q.owner {
+            query = query.bind(owner.to_string());
+        }
+        if let Some(since) = &q.modified_since {
+            query = query.bind(since.clone());
+        }
+        if let Some(text) = &q.text {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            query = query.bind(format!("%{escaped}%"));
+        }
+        if let Some(v) = q.before_version {
+            query = query.bind(v);
+        }
+        let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Everything changed or deleted after `since`, oldest first: one range
+    /// scan of the covering index `records_by_version`.
+    pub async fn changes_since(&self, since: i64, limit: i64) -> Result<Vec<Change>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 ORDER BY version LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    id: uuid_col(row, "id")?,
+                    set: set_col(row, "entity_set")?,
+                    version: row.try_get("version")?,
+                    deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// The highest version handed out so far.
+    pub async fn current_version(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Tombstones, for export.
+    pub async fn tombstones(&self) -> Result<Vec<Tombstone>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, entity_set, version, owner_id, state, created_at, deleted_at FROM records \
+             WHERE deleted_at IS NOT NULL ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Tombstone {
+                    id: uuid_col(row, "id")?,
+                    set: set_col(row, "entity_set")?,
+                    version: row.try_get("version")?,
+                    owner_id: uuid_col(row, "owner_id")?,
+                    state: row.try_get("state")?,
+                    created_at: row.try_get("created_at")?,
+                    deleted_at: row.try_get("deleted_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// All live records in version order, for export.
+    pub async fn all_records(&self) -> Result<Vec<Record>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE deleted_at IS NULL ORDER BY version"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The user a token hash belongs to, if the user still exists.
+    pub async fn user_by_token(&self, hash: &str) -> Result<Option<Record>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT r.id, r.entity_set, r.version, r.owner_id, r.state, r.created_at, r.modified_at, r.data \
+             FROM tokens t JOIN records r ON r.id = t.user_id WHERE t.hash = $1 AND r.deleted_at IS NULL",
+        )
+        .bind(hash.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    pub async fn organization(&self) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, name FROM organization")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((uuid_col(&r, "id")?, r.try_get("name")?)))
+            .transpose()
+    }
+
+    pub async fn get_config(&self, kind: &str, key: &str) -> Result<Option<Value>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        get_config(&mut conn, kind, key).await
+    }
+
+    pub async fn list_config(&self, kind: &str) -> Result<Vec<(String, Value)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT key, data FROM config WHERE kind = $1 ORDER BY key")
+            .bind(kind.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get("data")?;
+                Ok((
+                    r.try_get("key")?,
+                    serde_json::from_str(&data).map_err(|_| corrupt("config"))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every stored token hash with its user, for export.
+    pub async fn all_tokens(&self) -> Result<Vec<(String, Uuid, String)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT hash, user_id, created_at FROM tokens ORDER BY hash")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hash")?,
+                    uuid_col(r, "user_id")?,
+                    r.try_get("created_at")?,
+                ))
+            })
+            .collect()
+    }
+}
+
+pub async fn get_config(
+    conn: &mut AnyConnection,
+    kind: &str,
+    key: &str,
+) -> Result<Option<Value>, sqlx::Error> {
+    let data: Option<String> =
+        sqlx::query_scalar("SELECT data FROM config WHERE kind = $1 AND key = $2")
+            .bind(kind.to_string())
+            .bind(key.to_string())
+            .fetch_optional(conn)
+            .await?;
+    data.map(|d| serde_json::from_str(&d).map_err(|_| corrupt("config")))
+        .transpose()
+}
+
+pub async fn put_config(
+    conn: &mut AnyConnection,
+    kind: &str,
+    key: &str,
+    data: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO config (kind, key, data) VALUES ($1, $2, $3) \
+         ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data",
+    )
+    .bind(kind.to_string())
+    .bind(key.to_string())
+    .bind(data.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_config(
+    conn: &mut AnyConnection,
+    kind: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM config WHERE kind = $1 AND key = $2")
+        .bind(kind.to_string())
+        .bind(key.to_string())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn insert_token(
+    conn: &mut AnyConnection,
+    hash: &str,
+    user: Uuid,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
+        .bind(hash.to_string())
+        .bind(user.to_string())
+        .bind(at.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_tokens(conn: &mut AnyConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+        .bind(user.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_organization(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    name: &str,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO organization (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(id.to_string())
+        .bind(name.to_string())
+        .bind(at.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Restores a tombstone row as exported (import only).
+pub async fn insert_tombstone(conn: &mut AnyConnection, t: &Tombstone) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, '', '{}')",
+    )
+    .bind(t.id.to_string())
+    .bind(t.set.as_str())
+    .bind(t.version)
+    .bind(t.owner_id.to_string())
+    .bind(t.state.clone())
+    .bind(t.created_at.clone())
+    .bind(t.deleted_at.clone())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets the sequence (import only): later versions continue above it.
+pub async fn set_version_counter(conn: &mut AnyConnection, value: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sequence_counter SET value = $1 WHERE name = 'version'")
+        .bind(value)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
