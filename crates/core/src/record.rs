@@ -178,7 +178,13 @@ pub fn apply_input(
         }
     }
     check_record(set, &fields)?;
-    Ok(fields)
+    // Canonical order (the set's field order), whatever order the input had.
+    Ok(set
+        .fields()
+        .iter()
+        .filter_map(|f| fields.get_key_value(f.name))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
 }
 
 /// Whole-record checks that no single field can make.
