@@ -1,0 +1,176 @@
+//! The `crmsync` command line (SPEC §12): tokens on one stdout line, exit
+//! statuses 0/1/2, export and import through files, and `serve`.
+
+use std::process::{Command, Output};
+
+fn crmsync(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(args)
+        .env_remove("CRMSYNC_DB")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn admin_commands_print_one_token_line_and_refuse_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("data/crm.db").display());
+    let init = crmsync(&["admin", "init", "--db", &db, "--email", "boss@example.com"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let out = stdout(&init);
+    assert_eq!(out.lines().count(), 1, "one line: {out:?}");
+    assert!(out.trim().starts_with("crm_") && out.trim().len() >= 36);
+
+    let again = crmsync(&["admin", "init", "--db", &db, "--email", "boss@example.com"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already holds"),
+        "{}",
+        stderr(&again)
+    );
+
+    let add = crmsync(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--email",
+        "ann@example.com",
+        "--name",
+        "Ann",
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert_eq!(stdout(&add).lines().count(), 1);
+    assert_ne!(stdout(&add), out, "every user has their own token");
+    let dup = crmsync(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--email",
+        "ANN@example.com",
+        "--name",
+        "Ann",
+    ]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        stderr(&dup).contains("already has this email"),
+        "{}",
+        stderr(&dup)
+    );
+    let bad = crmsync(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--email",
+        "not-an-address",
+        "--name",
+        "X",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("email"), "{}", stderr(&bad));
+
+    // Export, then import into a second database: the same lines come out.
+    let file = dir.path().join("org.jsonl");
+    let file = file.to_str().unwrap();
+    assert!(crmsync(&["admin", "export", "--db", &db, file])
+        .status
+        .success());
+    let db2 = format!("sqlite://{}", dir.path().join("copy.db").display());
+    let imported = crmsync(&["admin", "import", "--db", &db2, file]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let file2 = dir.path().join("copy.jsonl");
+    assert!(
+        crmsync(&["admin", "export", "--db", &db2, file2.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(
+        std::fs::read_to_string(file).unwrap(),
+        std::fs::read_to_string(&file2).unwrap()
+    );
+}
+
+#[test]
+fn bad_usage_exits_2_and_bad_config_exits_1_with_the_fix() {
+    assert_eq!(
+        crmsync(&["admin", "init"]).status.code(),
+        Some(2),
+        "missing --email"
+    );
+    assert_eq!(crmsync(&["frobnicate"]).status.code(), Some(2));
+    let wrong_db = crmsync(&["admin", "init", "--db", "mysql://x", "--email", "a@b.c"]);
+    assert_eq!(wrong_db.status.code(), Some(1));
+    assert!(
+        stderr(&wrong_db).contains("postgres://"),
+        "{}",
+        stderr(&wrong_db)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let user_first = crmsync(&[
+        "admin", "user", "add", "--db", &db, "--email", "a@b.c", "--name", "A",
+    ]);
+    assert_eq!(user_first.status.code(), Some(1));
+    assert!(
+        stderr(&user_first).contains("admin init"),
+        "{}",
+        stderr(&user_first)
+    );
+    let missing = crmsync(&["admin", "import", "--db", &db, "/nonexistent/file.jsonl"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn serve_answers_healthz_and_refuses_a_busy_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
+    assert!(
+        crmsync(&["admin", "init", "--db", &db, "--email", "a@example.com"])
+            .status
+            .success()
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let refused = crmsync(&["serve", "--db", &db, "--listen", &addr]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("cannot listen"),
+        "{}",
+        stderr(&refused)
+    );
+    drop(busy);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(["serve", "--db", &db, "--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            ok = reply.starts_with("HTTP/1.1 200");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ok, "the server answered /healthz");
+}
