@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::entity::EntitySet;
 use crate::field::FieldKind;
+use crate::record::Record;
 
 const MAX_DEPTH: usize = 16;
 const MAX_NODES: usize = 256;
@@ -337,7 +338,13 @@ fn parse_node(
         Op::Contains => {
             is_list(s) || matches!(s, Subject::Kind(FieldKind::Text | FieldKind::LongText))
         }
-        Op::Eq | Op::Ne | Op::In => !is_list(s),
+        Op::Eq | Op::Ne | Op::In => {
+            !is_list(s)
+                && !matches!(
+                    s,
+                    Subject::Kind(FieldKind::Regarding | FieldKind::Recurrence)
+                )
+        }
         Op::IsNull | Op::NotNull => {
             !matches!(s, Subject::Owner | Subject::State | Subject::Timestamp)
         }
@@ -352,6 +359,157 @@ fn parse_node(
         op,
         value,
     })
+}
+
+/// What a condition is evaluated against besides the record: who "@me"
+/// is and what time "@now" is.
+#[derive(Debug, Clone)]
+pub struct EvalContext {
+    pub me: Uuid,
+    pub me_email: String,
+    pub now: time::OffsetDateTime,
+}
+
+impl EvalContext {
+    /// The text an `@now±offset` operand compares as, for this field.
+    pub fn now_text(&self, field: &str, offset_secs: i64) -> String {
+        let t = self.now + time::Duration::seconds(offset_secs);
+        if field == "created_at" || field == "modified_at" {
+            crate::time::format_timestamp(t)
+        } else {
+            crate::time::format_datetime(t)
+        }
+    }
+}
+
+/// The value of a field as filters see it: the common columns come from
+/// the record itself.
+fn field_value(r: &Record, field: &str) -> Option<Value> {
+    match field {
+        "owner_id" => Some(json!(r.owner_id)),
+        "state" => Some(json!(r.state)),
+        "created_at" => Some(json!(r.created_at)),
+        "modified_at" => Some(json!(r.modified_at)),
+        _ => r.fields.get(field).cloned(),
+    }
+}
+
+/// Email addresses compare without regard to ASCII case (the SQL side uses
+/// `lower()`, which folds ASCII only in SQLite).
+fn same_address(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// The addresses held by a list field (attendees, parties, address lists).
+pub fn list_addresses(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    i.as_str()
+                        .or_else(|| i.get("email").and_then(Value::as_str))
+                        .or_else(|| i.get("address").and_then(Value::as_str))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn compare(kind: Option<FieldKind>, a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) if kind == Some(FieldKind::Email) => {
+            Some(x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase()))
+        }
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+impl Condition {
+    /// Whether a record matches, in memory (`explain`, incremental prepare).
+    /// A comparison with a field the record lacks is false, as in SQL.
+    pub fn matches(&self, set: EntitySet, r: &Record, ctx: &EvalContext) -> bool {
+        match self {
+            Condition::All(c) => c.iter().all(|c| c.matches(set, r, ctx)),
+            Condition::Any(c) => c.iter().any(|c| c.matches(set, r, ctx)),
+            Condition::Not(c) => !c.matches(set, r, ctx),
+            Condition::Compare { field, op, value } => {
+                let kind = set.field(field).map(|f| f.kind);
+                let actual = field_value(r, field);
+                let Some(actual) = actual else {
+                    return *op == Op::IsNull;
+                };
+                let target = match value {
+                    Operand::Me if field == "owner_id" => json!(ctx.me),
+                    Operand::Me => json!(ctx.me_email),
+                    Operand::Now(offset) => json!(ctx.now_text(field, *offset)),
+                    Operand::Literal(v) => v.clone(),
+                    Operand::List(_) | Operand::None => Value::Null,
+                };
+                let ord = || compare(kind, &actual, &target);
+                match op {
+                    Op::IsNull => false,
+                    Op::NotNull => true,
+                    Op::Eq => ord() == Some(std::cmp::Ordering::Equal),
+                    Op::Ne => ord().is_some_and(|o| o != std::cmp::Ordering::Equal),
+                    Op::Lt => ord() == Some(std::cmp::Ordering::Less),
+                    Op::Le => ord().is_some_and(|o| o != std::cmp::Ordering::Greater),
+                    Op::Gt => ord() == Some(std::cmp::Ordering::Greater),
+                    Op::Ge => ord().is_some_and(|o| o != std::cmp::Ordering::Less),
+                    Op::In => match value {
+                        Operand::List(items) => items
+                            .iter()
+                            .any(|v| compare(kind, &actual, v) == Some(std::cmp::Ordering::Equal)),
+                        _ => false,
+                    },
+                    Op::Contains => match (&actual, target.as_str()) {
+                        (Value::String(text), Some(needle)) => text.contains(needle),
+                        (Value::Array(_), Some(address)) => list_addresses(&actual)
+                            .iter()
+                            .any(|a| same_address(a, address)),
+                        _ => false,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The condition in words, for `explain`.
+    pub fn describe(&self) -> String {
+        match self {
+            Condition::All(c) => format!(
+                "all of ({})",
+                c.iter()
+                    .map(Condition::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Condition::Any(c) => format!(
+                "any of ({})",
+                c.iter()
+                    .map(Condition::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Condition::Not(c) => format!("not ({})", c.describe()),
+            Condition::Compare { .. } => {
+                let j = self.to_json();
+                let value = j.get("value").map(|v| v.to_string()).unwrap_or_default();
+                format!(
+                    "{} {} {}",
+                    j["field"].as_str().unwrap_or(""),
+                    j["op"].as_str().unwrap_or(""),
+                    value
+                )
+                .trim()
+                .to_string()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,6 +602,103 @@ mod tests {
             deep = json!({"not": deep});
         }
         assert!(c(deep).contains("too large"));
+    }
+
+    fn contact(fields: Value) -> Record {
+        Record {
+            id: Uuid::new_v4(),
+            set: EntitySet::Contacts,
+            version: 1,
+            owner_id: Uuid::nil(),
+            state: "active".into(),
+            created_at: "2026-01-01T00:00:00.000000Z".into(),
+            modified_at: "2026-11-20T00:00:00.000000Z".into(),
+            fields: fields.as_object().unwrap().clone(),
+        }
+    }
+
+    fn ctx() -> EvalContext {
+        EvalContext {
+            me: Uuid::nil(),
+            me_email: "Me@Example.com".into(),
+            now: crate::time::parse_datetime("2026-11-25T00:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn r_s6_evaluation_with_me_relative_dates_and_missing_fields() {
+        let parse = |v: Value| Condition::parse(EntitySet::Contacts, &v).unwrap();
+        let r = contact(json!({"last_name": "Lee", "city": "Berlin"}));
+        let c = ctx();
+        assert!(
+            parse(json!({"field": "owner_id", "op": "eq", "value": "@me"})).matches(
+                EntitySet::Contacts,
+                &r,
+                &c
+            )
+        );
+        assert!(
+            parse(json!({"field": "modified_at", "op": "ge", "value": "@now-30d"})).matches(
+                EntitySet::Contacts,
+                &r,
+                &c
+            )
+        );
+        assert!(
+            !parse(json!({"field": "modified_at", "op": "ge", "value": "@now-1d"})).matches(
+                EntitySet::Contacts,
+                &r,
+                &c
+            )
+        );
+        // A missing field: comparisons are false, even `ne`; `not` inverts that.
+        let ne = parse(json!({"field": "email", "op": "ne", "value": "a@b.c"}));
+        assert!(!ne.matches(EntitySet::Contacts, &r, &c));
+        assert!(Condition::Not(Box::new(ne)).matches(EntitySet::Contacts, &r, &c));
+        assert!(parse(json!({"field": "email", "op": "is_null"})).matches(
+            EntitySet::Contacts,
+            &r,
+            &c
+        ));
+        assert!(
+            parse(json!({"field": "city", "op": "contains", "value": "erl"})).matches(
+                EntitySet::Contacts,
+                &r,
+                &c
+            )
+        );
+        assert!(
+            !parse(json!({"field": "city", "op": "contains", "value": "ERL"})).matches(
+                EntitySet::Contacts,
+                &r,
+                &c
+            )
+        );
+        let with_email = contact(json!({"last_name": "Lee", "email": "me@example.COM"}));
+        assert!(
+            parse(json!({"field": "email", "op": "eq", "value": "@me"})).matches(
+                EntitySet::Contacts,
+                &with_email,
+                &c
+            )
+        );
+    }
+
+    #[test]
+    fn r_s6_attendee_contains_me() {
+        let cond = Condition::parse(
+            EntitySet::Appointments,
+            &json!({"field": "attendees", "op": "contains", "value": "@me"}),
+        )
+        .unwrap();
+        let mut r = contact(
+            json!({"attendees": [{"email": "other@x.org", "role": "required", "resolved": null}, {"email": "me@example.com", "role": "optional", "resolved": null}]}),
+        );
+        r.set = EntitySet::Appointments;
+        assert!(cond.matches(EntitySet::Appointments, &r, &ctx()));
+        r.fields
+            .insert("attendees".into(), json!([{"email": "other@x.org"}]));
+        assert!(!cond.matches(EntitySet::Appointments, &r, &ctx()));
     }
 
     #[test]

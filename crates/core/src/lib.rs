@@ -5,8 +5,10 @@ pub mod entity;
 pub mod field;
 pub mod field_rules;
 pub mod filter;
+pub mod merge;
 pub mod record;
 pub mod settings;
+pub mod sync_rules;
 pub mod time;
 
 pub use entity::EntitySet;

@@ -25,11 +25,15 @@ pub fn parse_date(s: &str) -> Result<Date, String> {
     })
 }
 
-/// RFC 3339 in UTC (`Z`), with fractional seconds only when present.
+/// RFC 3339 in UTC to the second (`2026-11-25T09:00:00Z`). Fixed width, so
+/// that text order is time order in both databases (filters compare stored
+/// date-times as text); calendar data does not need sub-second precision.
 pub fn format_datetime(t: OffsetDateTime) -> String {
-    t.to_offset(UtcOffset::UTC)
-        .format(&Rfc3339)
-        .expect("UTC times always format")
+    let t = t.to_offset(UtcOffset::UTC);
+    t.format(format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+    ))
+    .expect("UTC times always format")
 }
 
 /// Fixed-width UTC time with microseconds, for `created_at`/`modified_at`:
@@ -58,6 +62,12 @@ mod tests {
         assert!(parse_datetime("yesterday")
             .unwrap_err()
             .contains("RFC 3339"));
+    }
+
+    #[test]
+    fn datetimes_drop_fractions_and_keep_fixed_width() {
+        let a = format_datetime(parse_datetime("2026-01-01T00:00:00.75Z").unwrap());
+        assert_eq!(a, "2026-01-01T00:00:00Z");
     }
 
     #[test]

@@ -1,0 +1,383 @@
+//! The entity and deletion rules the server decides (SPEC §7, §9): pure
+//! functions over a record, the user and the time.
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::entity::EntitySet;
+use crate::record::Record;
+use crate::time::parse_datetime;
+
+/// What happens to the mailbox copy when it leaves the mailbox's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removal {
+    /// Delete the mailbox item.
+    Delete,
+    /// Keep the item, remove its link (X-CRM-ID, tracking marker).
+    Unlink,
+}
+
+/// What a mailbox-side deletion or untracking does in the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrmEffect {
+    DeleteInCrm,
+    Unlink,
+}
+
+fn time_field(r: &Record, name: &str) -> Option<OffsetDateTime> {
+    r.fields
+        .get(name)
+        .and_then(Value::as_str)
+        .and_then(|s| parse_datetime(s).ok())
+}
+
+fn starts_in_future(r: &Record, now: OffsetDateTime) -> bool {
+    time_field(r, "start").is_some_and(|s| s > now)
+}
+
+fn is_appointment(set: EntitySet) -> bool {
+    matches!(
+        set,
+        EntitySet::Appointments | EntitySet::Serviceappointments
+    )
+}
+
+fn is_todo(set: EntitySet) -> bool {
+    matches!(
+        set,
+        EntitySet::Tasks | EntitySet::Phonecalls | EntitySet::Letters | EntitySet::Faxes
+    )
+}
+
+/// R-E4: a completed or cancelled task, phone call, letter or fax.
+pub fn is_closed_activity(r: &Record) -> bool {
+    is_todo(r.set) && r.state != "open"
+}
+
+/// R-E3: service appointments go one way, CRM to mailbox.
+pub fn accepts_mailbox_edits(set: EntitySet) -> bool {
+    set != EntitySet::Serviceappointments
+}
+
+/// The end of a series from its RRULE's UNTIL, if it has one.
+fn series_until(r: &Record) -> Option<OffsetDateTime> {
+    let rrule = r.fields.get("recurrence")?.get("rrule")?.as_str()?;
+    let until = rrule.split(';').find_map(|p| p.strip_prefix("UNTIL="))?;
+    let (date, rest) = until.split_at(until.len().min(8));
+    if date.len() != 8 {
+        return None;
+    }
+    let stamp = format!(
+        "{}-{}-{}T{}Z",
+        &date[0..4],
+        &date[4..6],
+        &date[6..8],
+        match rest.trim_start_matches('T').trim_end_matches('Z') {
+            t if t.len() == 6 => format!("{}:{}:{}", &t[0..2], &t[2..4], &t[4..6]),
+            _ => "23:59:59".to_string(),
+        }
+    );
+    parse_datetime(&stamp).ok()
+}
+
+/// R-E1: an appointment that has ended. A series has ended only when its
+/// UNTIL has passed; one without an end (or with COUNT) is never past here.
+pub fn is_past_appointment(r: &Record, now: OffsetDateTime) -> bool {
+    if !is_appointment(r.set) {
+        return false;
+    }
+    let ended = time_field(r, "end").is_some_and(|e| e < now);
+    match r.fields.get("recurrence").filter(|v| !v.is_null()) {
+        None => ended,
+        Some(_) => series_until(r).is_some_and(|u| u < now),
+    }
+}
+
+/// §9, CRM → mailbox: a record deleted in the CRM (its tombstone keeps the
+/// last fields) leaves this user's mailbox how?
+pub fn removal_for_crm_delete(r: &Record, user: Uuid, now: OffsetDateTime) -> Removal {
+    match r.set {
+        // The message is the user's own; only the tracking keyword goes.
+        EntitySet::Emails => Removal::Unlink,
+        s if is_appointment(s) => {
+            if starts_in_future(r, now) {
+                Removal::Delete
+            } else {
+                Removal::Unlink
+            }
+        }
+        // The owner keeps a copy of a contact deleted in the CRM.
+        EntitySet::Contacts if r.owner_id == user => Removal::Unlink,
+        EntitySet::Contacts => Removal::Delete,
+        s if is_todo(s) => {
+            if r.state == "completed" {
+                Removal::Unlink
+            } else {
+                Removal::Delete
+            }
+        }
+        _ => Removal::Delete,
+    }
+}
+
+/// Whether the user owns or organizes an appointment.
+fn owns_or_organizes(r: &Record, user: Uuid, user_email: &str) -> bool {
+    r.owner_id == user
+        || r.fields
+            .get("organizer")
+            .and_then(Value::as_str)
+            .is_some_and(|o| o.eq_ignore_ascii_case(user_email))
+}
+
+/// §9, mailbox → CRM: the user deleted the item in the mailbox
+/// (`untracked` false) or removed its tracking marker (`untracked` true,
+/// with `delete_in_crm` as asked).
+pub fn effect_of_mailbox_removal(
+    r: &Record,
+    user: Uuid,
+    user_email: &str,
+    untracked: bool,
+    delete_in_crm: bool,
+    now: OffsetDateTime,
+) -> CrmEffect {
+    let delete_if = |yes: bool| {
+        if yes {
+            CrmEffect::DeleteInCrm
+        } else {
+            CrmEffect::Unlink
+        }
+    };
+    match r.set {
+        EntitySet::Emails | EntitySet::Contacts => delete_if(untracked && delete_in_crm),
+        s if is_appointment(s) => delete_if(
+            matches!(r.state.as_str(), "open" | "scheduled")
+                && starts_in_future(r, now)
+                && owns_or_organizes(r, user, user_email),
+        ),
+        s if is_todo(s) => delete_if(!untracked && r.state != "completed" && r.owner_id == user),
+        _ => CrmEffect::Unlink,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(set: EntitySet, owner: Uuid, state: &str, fields: Value) -> Record {
+        Record {
+            id: Uuid::new_v4(),
+            set,
+            version: 1,
+            owner_id: owner,
+            state: state.into(),
+            created_at: String::new(),
+            modified_at: String::new(),
+            fields: fields.as_object().unwrap().clone(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        parse_datetime("2026-11-25T12:00:00Z").unwrap()
+    }
+
+    const FUTURE: &str = "2026-12-01T10:00:00Z";
+    const PAST: &str = "2026-11-01T10:00:00Z";
+
+    #[test]
+    fn r_e1_past_appointments() {
+        let me = Uuid::new_v4();
+        let past = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": PAST, "end": "2026-11-01T11:00:00Z"}),
+        );
+        assert!(is_past_appointment(&past, now()));
+        let future = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": FUTURE, "end": FUTURE}),
+        );
+        assert!(!is_past_appointment(&future, now()));
+        let endless = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": PAST, "end": PAST, "recurrence": {"rrule": "FREQ=WEEKLY"}}),
+        );
+        assert!(
+            !is_past_appointment(&endless, now()),
+            "R-E2: a series with no end goes on"
+        );
+        let ended = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": PAST, "end": PAST, "recurrence": {"rrule": "FREQ=DAILY;UNTIL=20261110T000000Z"}}),
+        );
+        assert!(is_past_appointment(&ended, now()));
+        let ended_date = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": PAST, "end": PAST, "recurrence": {"rrule": "FREQ=DAILY;UNTIL=20261110"}}),
+        );
+        assert!(is_past_appointment(&ended_date, now()));
+    }
+
+    #[test]
+    fn r_e3_and_r_e4() {
+        assert!(!accepts_mailbox_edits(EntitySet::Serviceappointments));
+        assert!(accepts_mailbox_edits(EntitySet::Appointments));
+        let me = Uuid::new_v4();
+        assert!(is_closed_activity(&rec(
+            EntitySet::Tasks,
+            me,
+            "completed",
+            json!({})
+        )));
+        assert!(is_closed_activity(&rec(
+            EntitySet::Faxes,
+            me,
+            "canceled",
+            json!({})
+        )));
+        assert!(!is_closed_activity(&rec(
+            EntitySet::Tasks,
+            me,
+            "open",
+            json!({})
+        )));
+    }
+
+    #[test]
+    fn crm_deletes_leave_the_mailbox_per_the_table_of_section_9() {
+        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let n = now();
+        assert_eq!(
+            removal_for_crm_delete(&rec(EntitySet::Emails, me, "completed", json!({})), me, n),
+            Removal::Unlink
+        );
+        assert_eq!(
+            removal_for_crm_delete(
+                &rec(
+                    EntitySet::Appointments,
+                    me,
+                    "open",
+                    json!({"start": FUTURE})
+                ),
+                me,
+                n
+            ),
+            Removal::Delete
+        );
+        assert_eq!(
+            removal_for_crm_delete(
+                &rec(EntitySet::Appointments, me, "open", json!({"start": PAST})),
+                me,
+                n
+            ),
+            Removal::Unlink
+        );
+        assert_eq!(
+            removal_for_crm_delete(&rec(EntitySet::Contacts, other, "active", json!({})), me, n),
+            Removal::Delete
+        );
+        assert_eq!(
+            removal_for_crm_delete(&rec(EntitySet::Contacts, me, "active", json!({})), me, n),
+            Removal::Unlink
+        );
+        assert_eq!(
+            removal_for_crm_delete(&rec(EntitySet::Tasks, me, "open", json!({})), me, n),
+            Removal::Delete
+        );
+        assert_eq!(
+            removal_for_crm_delete(&rec(EntitySet::Tasks, me, "completed", json!({})), me, n),
+            Removal::Unlink
+        );
+    }
+
+    #[test]
+    fn mailbox_removals_reach_the_crm_per_the_table_of_section_9() {
+        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let n = now();
+        let e = |r: &Record, untracked, ask| {
+            effect_of_mailbox_removal(r, me, "me@x.org", untracked, ask, n)
+        };
+        let email = rec(EntitySet::Emails, me, "completed", json!({}));
+        assert_eq!(
+            e(&email, false, false),
+            CrmEffect::Unlink,
+            "deleted email: CRM record kept"
+        );
+        assert_eq!(e(&email, true, false), CrmEffect::Unlink);
+        assert_eq!(e(&email, true, true), CrmEffect::DeleteInCrm);
+        let mine = rec(
+            EntitySet::Appointments,
+            me,
+            "scheduled",
+            json!({"start": FUTURE}),
+        );
+        assert_eq!(e(&mine, false, false), CrmEffect::DeleteInCrm);
+        assert_eq!(
+            e(&mine, true, false),
+            CrmEffect::DeleteInCrm,
+            "untracking an appointment = deleting it"
+        );
+        let organized = rec(
+            EntitySet::Appointments,
+            other,
+            "open",
+            json!({"start": FUTURE, "organizer": "ME@x.org"}),
+        );
+        assert_eq!(e(&organized, false, false), CrmEffect::DeleteInCrm);
+        let theirs = rec(
+            EntitySet::Appointments,
+            other,
+            "open",
+            json!({"start": FUTURE}),
+        );
+        assert_eq!(e(&theirs, false, false), CrmEffect::Unlink);
+        let past = rec(EntitySet::Appointments, me, "open", json!({"start": PAST}));
+        assert_eq!(e(&past, false, false), CrmEffect::Unlink);
+        let done = rec(
+            EntitySet::Appointments,
+            me,
+            "completed",
+            json!({"start": FUTURE}),
+        );
+        assert_eq!(e(&done, false, false), CrmEffect::Unlink);
+        let contact = rec(EntitySet::Contacts, me, "active", json!({}));
+        assert_eq!(e(&contact, false, false), CrmEffect::Unlink);
+        assert_eq!(e(&contact, true, true), CrmEffect::DeleteInCrm);
+        let task = rec(EntitySet::Tasks, me, "open", json!({}));
+        assert_eq!(e(&task, false, false), CrmEffect::DeleteInCrm);
+        assert_eq!(
+            e(&task, true, true),
+            CrmEffect::Unlink,
+            "untracked task: unlinked"
+        );
+        assert_eq!(
+            e(
+                &rec(EntitySet::Tasks, me, "completed", json!({})),
+                false,
+                false
+            ),
+            CrmEffect::Unlink
+        );
+        assert_eq!(
+            e(
+                &rec(EntitySet::Tasks, other, "open", json!({})),
+                false,
+                false
+            ),
+            CrmEffect::Unlink
+        );
+    }
+}
