@@ -78,6 +78,9 @@ pub struct UserSettings {
     pub schedule_interval: String,
     /// R-M6: the user's own exclusion list.
     pub exclusions: Vec<String>,
+    /// R-C5: email addresses of the users who may run a delegated client
+    /// on this user's mailbox.
+    pub delegates: Vec<String>,
 }
 
 impl Default for UserSettings {
@@ -90,6 +93,7 @@ impl Default for UserSettings {
             schedule_enabled: true,
             schedule_interval: "15m".into(),
             exclusions: vec![],
+            delegates: vec![],
         }
     }
 }
@@ -189,7 +193,16 @@ impl UserSettings {
                 MAILBOX_TYPES.map(|s| s.as_str()).join(", ")
             ));
         }
-        check_exclusions(&self.exclusions)
+        check_exclusions(&self.exclusions)?;
+        for d in &self.delegates {
+            crate::field::email(&serde_json::json!(d)).map_err(|e| format!("delegates: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// R-C5: whether the user with this address may act on this mailbox.
+    pub fn allows_delegate(&self, email: &str) -> bool {
+        self.delegates.iter().any(|d| d.eq_ignore_ascii_case(email))
     }
 }
 

@@ -163,6 +163,88 @@ pub fn effect_of_mailbox_removal(
     }
 }
 
+/// What a client's mailbox holds of a record (its sync entry, R-S1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub delivered_version: i64,
+    /// Tracked manually from the mailbox: stays whatever the filters say (R-S8).
+    pub manual: bool,
+    /// Deleted by the user in the mailbox: never sent again until reset (R-S9).
+    pub excluded: bool,
+}
+
+/// What the server asks a client's mailbox to do with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "action", content = "removal")]
+pub enum Delivery {
+    Create,
+    Update,
+    Remove(Removal),
+}
+
+/// The facts about one record and one client that decide its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryFacts {
+    /// The record is a tombstone.
+    pub deleted: bool,
+    pub held: Option<Held>,
+    /// It matches an active filter of the mailbox owner (R-S6).
+    pub filter_match: bool,
+    /// Filters deliver this type to this client: it acts as primary (R-C3),
+    /// the owner has the privilege (R-S11) and the type is checked (R-S10).
+    pub delivers_type: bool,
+    /// The client synchronizes non-email items at all (primary or roaming, R-C3).
+    pub syncs_items: bool,
+    /// Email tagging is on (R-M7).
+    pub tagging: bool,
+}
+
+/// The delivery table: (record, what the mailbox holds, filters, role) ->
+/// what to do, each arm citing its rule.
+pub fn plan_delivery(
+    r: &Record,
+    f: DeliveryFacts,
+    user: Uuid,
+    now: OffsetDateTime,
+) -> Option<Delivery> {
+    let held = f.held.filter(|h| !h.excluded);
+    if r.set == EntitySet::Emails {
+        return match (held, f.deleted) {
+            (None, _) => None,
+            // §9: the message stays; only its tracking keyword goes.
+            (Some(_), true) => Some(Delivery::Remove(Removal::Unlink)),
+            // R-M7: regarding changes reach the mailbox unless tagging is off.
+            (Some(h), false) if f.tagging && r.version > h.delivered_version => {
+                Some(Delivery::Update)
+            }
+            (Some(_), false) => None,
+        };
+    }
+    if !f.syncs_items {
+        // R-C3: only the primary synchronizes contacts, appointments, tasks.
+        return None;
+    }
+    if f.deleted {
+        // §9 CRM -> mailbox.
+        return held.map(|_| Delivery::Remove(removal_for_crm_delete(r, user, now)));
+    }
+    if f.held.is_some_and(|h| h.excluded) {
+        // R-S9: deleted in the mailbox, not sent again until reset.
+        return None;
+    }
+    let wanted = held.is_some_and(|h| h.manual) || (f.delivers_type && f.filter_match);
+    match (wanted, held) {
+        // R-E1: past appointments are never sent.
+        (true, None) if is_past_appointment(r, now) => None,
+        (true, None) => Some(Delivery::Create),
+        (true, Some(h)) if r.version > h.delivered_version => Some(Delivery::Update),
+        (true, Some(_)) => None,
+        // R-S8: it left the user's filters and was not tracked manually.
+        (false, Some(_)) => Some(Delivery::Remove(Removal::Delete)),
+        (false, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +261,147 @@ mod tests {
             modified_at: String::new(),
             fields: fields.as_object().unwrap().clone(),
         }
+    }
+
+    fn facts(held: Option<Held>) -> DeliveryFacts {
+        DeliveryFacts {
+            deleted: false,
+            held,
+            filter_match: true,
+            delivers_type: true,
+            syncs_items: true,
+            tagging: true,
+        }
+    }
+
+    const HELD: Held = Held {
+        delivered_version: 1,
+        manual: false,
+        excluded: false,
+    };
+
+    #[test]
+    fn r_s8_reassigned_contact_leaves_mailbox_unless_tracked() {
+        let me = Uuid::new_v4();
+        let mut c = rec(EntitySet::Contacts, Uuid::new_v4(), "active", json!({}));
+        c.version = 5;
+        let gone = DeliveryFacts {
+            filter_match: false,
+            ..facts(Some(HELD))
+        };
+        assert_eq!(
+            plan_delivery(&c, gone, me, now()),
+            Some(Delivery::Remove(Removal::Delete))
+        );
+        let manual = DeliveryFacts {
+            filter_match: false,
+            ..facts(Some(Held {
+                manual: true,
+                ..HELD
+            }))
+        };
+        assert_eq!(plan_delivery(&c, manual, me, now()), Some(Delivery::Update));
+    }
+
+    #[test]
+    fn r_s9_excluded_records_are_not_sent_again() {
+        let c = rec(EntitySet::Contacts, Uuid::new_v4(), "active", json!({}));
+        let excluded = facts(Some(Held {
+            excluded: true,
+            ..HELD
+        }));
+        assert_eq!(plan_delivery(&c, excluded, Uuid::new_v4(), now()), None);
+    }
+
+    #[test]
+    fn r_c3_secondaries_get_no_items_but_emails() {
+        let me = Uuid::new_v4();
+        let c = rec(EntitySet::Contacts, me, "active", json!({}));
+        let secondary = DeliveryFacts {
+            syncs_items: false,
+            ..facts(None)
+        };
+        assert_eq!(plan_delivery(&c, secondary, me, now()), None);
+        let mut e = rec(EntitySet::Emails, me, "completed", json!({}));
+        e.version = 3;
+        assert_eq!(
+            plan_delivery(
+                &e,
+                DeliveryFacts {
+                    syncs_items: false,
+                    ..facts(Some(HELD))
+                },
+                me,
+                now()
+            ),
+            Some(Delivery::Update)
+        );
+    }
+
+    #[test]
+    fn r_m7_tagging_off_sends_no_regarding_changes() {
+        let me = Uuid::new_v4();
+        let mut e = rec(EntitySet::Emails, me, "completed", json!({}));
+        e.version = 3;
+        assert_eq!(
+            plan_delivery(
+                &e,
+                DeliveryFacts {
+                    tagging: false,
+                    ..facts(Some(HELD))
+                },
+                me,
+                now()
+            ),
+            None
+        );
+        assert_eq!(
+            plan_delivery(&e, facts(None), me, now()),
+            None,
+            "untracked emails are never sent"
+        );
+    }
+
+    #[test]
+    fn r_e1_past_appointments_are_not_created_in_mailboxes() {
+        let me = Uuid::new_v4();
+        let past = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": PAST, "end": PAST}),
+        );
+        assert_eq!(plan_delivery(&past, facts(None), me, now()), None);
+        let future = rec(
+            EntitySet::Appointments,
+            me,
+            "open",
+            json!({"start": FUTURE, "end": FUTURE}),
+        );
+        assert_eq!(
+            plan_delivery(&future, facts(None), me, now()),
+            Some(Delivery::Create)
+        );
+    }
+
+    #[test]
+    fn r_s10_and_r_s11_undelivered_types_only_keep_manual_items() {
+        let me = Uuid::new_v4();
+        let mut c = rec(EntitySet::Contacts, me, "active", json!({}));
+        c.version = 2;
+        let off = DeliveryFacts {
+            delivers_type: false,
+            ..facts(None)
+        };
+        assert_eq!(plan_delivery(&c, off, me, now()), None);
+        let manual = DeliveryFacts {
+            delivers_type: false,
+            ..facts(Some(Held {
+                manual: true,
+                ..HELD
+            }))
+        };
+        assert_eq!(plan_delivery(&c, manual, me, now()), Some(Delivery::Update));
     }
 
     fn now() -> OffsetDateTime {

@@ -67,6 +67,11 @@ async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> 
 
 pub async fn user_settings(store: &Store, caller: Caller, user: Uuid) -> ApiResult<UserSettings> {
     check_user(store, caller, user).await?;
+    stored_user_settings(store, user).await
+}
+
+/// A user's settings, without an access check (for the sync engine).
+pub async fn stored_user_settings(store: &Store, user: Uuid) -> ApiResult<UserSettings> {
     match store.get_config(SETTINGS_KIND, &user.to_string()).await? {
         Some(v) => serde_json::from_value(v).map_err(|_| corrupt("user settings")),
         None => Ok(UserSettings::default()),
@@ -111,6 +116,23 @@ impl SyncFilter {
             active: true,
             condition: Condition::parse(entity_set, &condition).expect("default filters are valid"),
         }
+    }
+
+    /// A filter as stored (validated when it was written).
+    pub fn from_stored(v: &Value) -> Option<SyncFilter> {
+        let set: EntitySet = v.get("entity_set")?.as_str()?.parse().ok()?;
+        Some(SyncFilter {
+            id: Uuid::parse_str(v.get("id")?.as_str()?).ok()?,
+            name: v.get("name")?.as_str()?.to_string(),
+            entity_set: set,
+            scope: serde_json::from_value(v.get("scope")?.clone()).ok()?,
+            user_id: v
+                .get("user_id")
+                .and_then(Value::as_str)
+                .and_then(|u| Uuid::parse_str(u).ok()),
+            active: v.get("active")?.as_bool()?,
+            condition: Condition::parse(set, v.get("condition")?).ok()?,
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -325,6 +347,27 @@ pub async fn patch_sync_fields_of(
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SYNC_FIELDS_KIND, set.as_str(), &json!(next)).await?;
     Ok(next)
+}
+
+/// Every field-security rule, parsed (for the sync engine).
+pub async fn field_security_rules(store: &Store) -> ApiResult<Vec<FieldSecurityRule>> {
+    let all = store.list_config(FIELD_SECURITY_KIND).await?;
+    all.into_iter()
+        .map(|(_, v)| serde_json::from_value(v).map_err(|_| corrupt("field-security rule")))
+        .collect()
+}
+
+/// Every active filter that applies to `user`, parsed (R-S6).
+pub async fn filters_for(store: &Store, user: Uuid) -> ApiResult<Vec<SyncFilter>> {
+    let all = store.list_config(FILTER_KIND).await?;
+    all.iter()
+        .map(|(_, v)| SyncFilter::from_stored(v).ok_or_else(|| corrupt("sync filter")))
+        .filter(|f| {
+            f.as_ref().map_or(true, |f| {
+                f.active && (f.scope == FilterScope::System || f.user_id == Some(user))
+            })
+        })
+        .collect()
 }
 
 pub async fn list_field_security(store: &Store, caller: Caller) -> ApiResult<Vec<Value>> {

@@ -148,7 +148,10 @@ pub async fn import(store: &Store, input: impl BufRead) -> anyhow::Result<usize>
                             .map(|e| format!("user-email:{}", e.to_lowercase())),
                         _ => None,
                     };
-                    store::insert_record(&mut tx, &r, key.as_deref()).await?
+                    store::insert_record(&mut tx, &r, key.as_deref()).await?;
+                    crate::records::index_addresses(&mut tx, &r, true)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e.message))?
                 }
                 Some("tombstone") => {
                     let mut t = v.clone();

@@ -10,6 +10,7 @@ pub mod export;
 pub mod metrics;
 pub mod records;
 pub mod store;
+pub mod sync;
 
 use std::net::SocketAddr;
 

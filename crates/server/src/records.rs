@@ -80,7 +80,22 @@ pub async fn create(
     set: EntitySet,
     body: &Value,
 ) -> ApiResult<Created> {
-    let input = parse_input(set, body)?;
+    let mut tx = store.begin().await?;
+    let version = store::next_version(&mut tx).await?;
+    let created = create_in(&mut tx, caller, set, body, version).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`create`] inside a transaction that already holds `version`.
+pub async fn create_in(
+    conn: &mut AnyConnection,
+    caller: Caller,
+    set: EntitySet,
+    body: &Value,
+    version: i64,
+) -> ApiResult<Created> {
+    let mut input = parse_input(set, body)?;
     if set == EntitySet::Users {
         caller.require_admin()?;
         if input.owner_id.is_some() {
@@ -88,19 +103,16 @@ pub async fn create(
                 "owner_id: a user always owns its own user record",
             ));
         }
+        user_defaults(&mut input.fields);
     }
-    let mut fields = apply_input(set, None, &input)?;
+    let fields = apply_input(set, None, &input)?;
     let id = Uuid::new_v4();
-    let owner_id = match set {
-        EntitySet::Users => {
-            user_defaults(&mut fields);
-            id
-        }
-        _ => input.owner_id.unwrap_or(caller.user_id),
+    let owner_id = if set == EntitySet::Users {
+        id
+    } else {
+        input.owner_id.unwrap_or(caller.user_id)
     };
-    let mut tx = store.begin().await?;
-    let version = store::next_version(&mut tx).await?;
-    check_write(&mut tx, set, id, owner_id, &fields).await?;
+    check_write(conn, set, id, owner_id, &fields).await?;
     let now = now_timestamp();
     let record = Record {
         id,
@@ -115,16 +127,31 @@ pub async fn create(
         modified_at: now.clone(),
         fields,
     };
-    store::insert_record(&mut tx, &record, unique_key(set, &record.fields).as_deref()).await?;
+    store::insert_record(conn, &record, unique_key(set, &record.fields).as_deref()).await?;
+    index_addresses(conn, &record, true).await?;
     let token = if set == EntitySet::Users {
         let token = new_token();
-        store::insert_token(&mut tx, &hash_token(&token), id, &now).await?;
+        store::insert_token(conn, &hash_token(&token), id, &now).await?;
         Some(token)
     } else {
         None
     };
-    tx.commit().await?;
     Ok(Created { record, token })
+}
+
+/// Keeps `record_addresses` in step for the sets parties resolve to (R-E8).
+pub(crate) async fn index_addresses(
+    conn: &mut AnyConnection,
+    r: &Record,
+    live: bool,
+) -> ApiResult<()> {
+    if matches!(
+        r.set,
+        EntitySet::Contacts | EntitySet::Leads | EntitySet::Accounts | EntitySet::Users
+    ) {
+        store::set_addresses(conn, r, live).await?;
+    }
+    Ok(())
 }
 
 fn check_if_match(current: &Record, if_match: Option<i64>) -> ApiResult<()> {
@@ -143,7 +170,7 @@ fn check_if_match(current: &Record, if_match: Option<i64>) -> ApiResult<()> {
 
 /// R-A: only the owner or an admin may change a record. On a user record,
 /// a user may change only their own name.
-fn check_may_change(
+pub(crate) fn check_may_change(
     caller: Caller,
     current: &Record,
     input: Option<&RecordInput>,
@@ -173,7 +200,11 @@ fn check_may_change(
     }
 }
 
-async fn current_record(conn: &mut AnyConnection, set: EntitySet, id: Uuid) -> ApiResult<Record> {
+pub(crate) async fn current_record(
+    conn: &mut AnyConnection,
+    set: EntitySet,
+    id: Uuid,
+) -> ApiResult<Record> {
     match store::get_record(conn, id).await? {
         Some(r) if r.set == set => Ok(r),
         _ => Err(ApiError::not_found(format!(
@@ -191,10 +222,30 @@ pub async fn update(
     body: &Value,
     if_match: Option<i64>,
 ) -> ApiResult<Record> {
-    let input = parse_input(set, body)?;
     let mut tx = store.begin().await?;
     let version = store::next_version(&mut tx).await?;
-    let current = current_record(&mut tx, set, id).await?;
+    let (record, changed) = update_in(&mut tx, caller, set, id, body, if_match, version).await?;
+    if changed {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(record)
+}
+
+/// [`update`] inside a transaction that holds `version`; says whether
+/// anything changed (if not, nothing was written).
+pub async fn update_in(
+    conn: &mut AnyConnection,
+    caller: Caller,
+    set: EntitySet,
+    id: Uuid,
+    body: &Value,
+    if_match: Option<i64>,
+    version: i64,
+) -> ApiResult<(Record, bool)> {
+    let input = parse_input(set, body)?;
+    let current = current_record(conn, set, id).await?;
     check_if_match(&current, if_match)?;
     check_may_change(caller, &current, Some(&input))?;
     if set == EntitySet::Users && input.owner_id.is_some_and(|o| o != id) {
@@ -206,10 +257,9 @@ pub async fn update(
     let owner_id = input.owner_id.unwrap_or(current.owner_id);
     let state = input.state.clone().unwrap_or_else(|| current.state.clone());
     if fields == current.fields && owner_id == current.owner_id && state == current.state {
-        tx.rollback().await?;
-        return Ok(current);
+        return Ok((current, false));
     }
-    check_write(&mut tx, set, id, owner_id, &fields).await?;
+    check_write(conn, set, id, owner_id, &fields).await?;
     let record = Record {
         version,
         owner_id,
@@ -218,9 +268,9 @@ pub async fn update(
         fields,
         ..current
     };
-    store::update_record(&mut tx, &record, unique_key(set, &record.fields).as_deref()).await?;
-    tx.commit().await?;
-    Ok(record)
+    store::update_record(conn, &record, unique_key(set, &record.fields).as_deref()).await?;
+    index_addresses(conn, &record, true).await?;
+    Ok((record, true))
 }
 
 /// Deletes a record, leaving a tombstone at a new version.
@@ -233,7 +283,21 @@ pub async fn delete(
 ) -> ApiResult<()> {
     let mut tx = store.begin().await?;
     let version = store::next_version(&mut tx).await?;
-    let current = current_record(&mut tx, set, id).await?;
+    delete_in(&mut tx, caller, set, id, if_match, version).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`delete`] inside a transaction that holds `version`.
+pub async fn delete_in(
+    conn: &mut AnyConnection,
+    caller: Caller,
+    set: EntitySet,
+    id: Uuid,
+    if_match: Option<i64>,
+    version: i64,
+) -> ApiResult<()> {
+    let current = current_record(conn, set, id).await?;
     check_if_match(&current, if_match)?;
     if set == EntitySet::Users {
         caller.require_admin()?;
@@ -243,12 +307,12 @@ pub async fn delete(
                 "an admin cannot delete their own user; ask another admin",
             ));
         }
-        store::delete_tokens(&mut tx, id).await?;
+        store::delete_tokens(conn, id).await?;
     } else {
         check_may_change(caller, &current, None)?;
     }
-    store::tombstone_record(&mut tx, id, version, &now_timestamp()).await?;
-    tx.commit().await?;
+    store::tombstone_record(conn, id, version, &now_timestamp()).await?;
+    index_addresses(conn, &current, false).await?;
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub struct Tombstone {
     pub state: String,
     pub created_at: String,
     pub deleted_at: String,
+    #[serde(default)]
+    pub fields: Map<String, Value>,
 }
 
 /// Filters of a list request; all optional.
@@ -97,6 +99,15 @@ pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> 
     .await
 }
 
+/// Takes the organization's write lock without using a version: for rare
+/// writes that must not interleave (moving the primary role).
+pub async fn lock_writes(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sequence_counter SET value = value WHERE name = 'version'")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A live (not deleted) record by id.
 pub async fn get_record(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
     let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1 AND deleted_at IS NULL");
@@ -105,6 +116,84 @@ pub async fn get_record(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Rec
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(record_from_row).transpose()
+}
+
+/// Records by id, live or tombstone (`true` when deleted), in one query.
+pub async fn records_by_ids(
+    conn: &mut AnyConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Record, bool)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS}, deleted_at FROM records WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id.to_string());
+    }
+    let rows = q.fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                record_from_row(row)?,
+                row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
+            ))
+        })
+        .collect()
+}
+
+/// Replaces the indexed email addresses of a record (R-E8 resolution).
+pub async fn set_addresses(
+    conn: &mut AnyConnection,
+    r: &Record,
+    live: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM record_addresses WHERE record_id = $1")
+        .bind(r.id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    if !live {
+        return Ok(());
+    }
+    let mut addresses: Vec<String> = ["email", "email2"]
+        .iter()
+        .filter_map(|f| r.fields.get(*f).and_then(Value::as_str))
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    for a in addresses {
+        sqlx::query(
+            "INSERT INTO record_addresses (address, record_id, entity_set) VALUES ($1, $2, $3)",
+        )
+        .bind(a)
+        .bind(r.id.to_string())
+        .bind(r.set.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Live records (of the indexed sets) holding an address, oldest first.
+pub async fn records_with_address(
+    conn: &mut AnyConnection,
+    address: &str,
+) -> Result<Vec<(EntitySet, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.entity_set, a.record_id FROM record_addresses a JOIN records r ON r.id = a.record_id \
+         WHERE a.address = $1 AND r.deleted_at IS NULL ORDER BY r.version",
+    )
+    .bind(address.to_ascii_lowercase())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((set_col(row, "entity_set")?, uuid_col(row, "record_id")?)))
+        .collect()
 }
 
 /// Whether a live record of `set` with this id exists.
@@ -180,7 +269,9 @@ pub async fn update_record(
     Ok(())
 }
 
-/// Turns a live record into a tombstone at `version`.
+/// Turns a live record into a tombstone at `version`. The tombstone keeps
+/// the last fields: the CRM -> mailbox rules of §9 look at them (an
+/// appointment's start, a task's state).
 pub async fn tombstone_record(
     conn: &mut AnyConnection,
     id: Uuid,
@@ -188,7 +279,7 @@ pub async fn tombstone_record(
     at: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE records SET version = $2, modified_at = $3, deleted_at = $3, unique_key = NULL, search_text = '', data = '{}' \
+        "UPDATE records SET version = $2, modified_at = $3, deleted_at = $3, unique_key = NULL, search_text = '' \
          WHERE id = $1 AND deleted_at IS NULL",
     )
     .bind(id.to_string())
@@ -294,6 +385,55 @@ impl Store {
             .collect()
     }
 
+    /// Changes in `(since, upto]`, oldest first (prepare reads the sequence
+    /// only up to the version it saw committed).
+    pub async fn changes_between(
+        &self,
+        since: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
+        )
+        .bind(since)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    id: uuid_col(row, "id")?,
+                    set: set_col(row, "entity_set")?,
+                    version: row.try_get("version")?,
+                    deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Live records of a set with versions in `(after, upto]`, oldest first.
+    pub async fn records_after(
+        &self,
+        set: EntitySet,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND version > $2 AND version <= $3 AND deleted_at IS NULL ORDER BY version LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(set.as_str())
+            .bind(after)
+            .bind(upto)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     /// The highest version handed out so far.
     pub async fn current_version(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
@@ -304,7 +444,7 @@ impl Store {
     /// Tombstones, for export.
     pub async fn tombstones(&self) -> Result<Vec<Tombstone>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT id, entity_set, version, owner_id, state, created_at, deleted_at FROM records \
+            "SELECT id, entity_set, version, owner_id, state, created_at, deleted_at, data FROM records \
              WHERE deleted_at IS NOT NULL ORDER BY version",
         )
         .fetch_all(&self.pool)
@@ -319,6 +459,8 @@ impl Store {
                     state: row.try_get("state")?,
                     created_at: row.try_get("created_at")?,
                     deleted_at: row.try_get("deleted_at")?,
+                    fields: serde_json::from_str(&row.try_get::<String, _>("data")?)
+                        .map_err(|_| corrupt("record data"))?,
                 })
             })
             .collect()
@@ -479,7 +621,7 @@ pub async fn insert_organization(
 pub async fn insert_tombstone(conn: &mut AnyConnection, t: &Tombstone) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, '', '{}')",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, '', $8)",
     )
     .bind(t.id.to_string())
     .bind(t.set.as_str())
@@ -488,6 +630,7 @@ pub async fn insert_tombstone(conn: &mut AnyConnection, t: &Tombstone) -> Result
     .bind(t.state.clone())
     .bind(t.created_at.clone())
     .bind(t.deleted_at.clone())
+    .bind(Value::Object(t.fields.clone()).to_string())
     .execute(conn)
     .await?;
     Ok(())

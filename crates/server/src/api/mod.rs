@@ -4,6 +4,7 @@
 mod admin;
 pub mod openapi;
 mod records;
+mod sync;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -55,6 +56,21 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::delete(admin::delete_field_security),
         )
         .route("/openapi.json", get(openapi::serve_openapi))
+        .route(
+            "/sync/clients",
+            get(sync::list_clients).post(sync::register),
+        )
+        .route(
+            "/sync/clients/{id}/primary",
+            axum::routing::post(sync::set_primary),
+        )
+        .route("/sync/clients/{id}/reset", axum::routing::post(sync::reset))
+        .route("/sync/prepare", axum::routing::post(sync::prepare))
+        .route("/sync/data", get(sync::data))
+        .route("/sync/ack", axum::routing::post(sync::ack))
+        .route("/sync/push", axum::routing::post(sync::push))
+        .route("/sync/conflicts", get(sync::conflicts))
+        .route("/sync/explain", get(sync::explain))
         .route("/{set}", get(records::list).post(records::create))
         .route(
             "/{set}/{id}",

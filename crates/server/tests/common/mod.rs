@@ -223,3 +223,131 @@ macro_rules! both_dbs {
         }
     )*};
 }
+
+/// One delivery a client received and acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub id: String,
+    pub set: String,
+    pub action: String,
+    pub version: i64,
+    pub removal: Option<String>,
+    pub record: Option<Value>,
+}
+
+impl TestServer {
+    /// Registers a sync client; returns its JSON.
+    pub async fn register(&self, token: &str, name: &str) -> Value {
+        let r = self
+            .post(token, "/api/v1/sync/clients", json!({"name": name}))
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.body);
+        r.body
+    }
+
+    /// prepare + data (ids, then records) without acknowledging.
+    pub async fn prepare_and_fetch(
+        &self,
+        token: &str,
+        client: &str,
+    ) -> (Option<String>, Vec<Delivered>) {
+        let prep = self
+            .post(token, "/api/v1/sync/prepare", json!({"client_id": client}))
+            .await
+            .expect(200);
+        let Some(batch) = prep["batch"].as_str().map(str::to_string) else {
+            return (None, vec![]);
+        };
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .get(
+                    token,
+                    &format!("/api/v1/sync/data?client_id={client}&batch={batch}{cursor}"),
+                )
+                .await
+                .expect(200);
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_i64() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(items.len() as i64, prep["total"].as_i64().unwrap());
+        let wanted: Vec<&str> = items
+            .iter()
+            .filter(|i| i["action"] != "remove")
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        let mut records = std::collections::HashMap::new();
+        if !wanted.is_empty() {
+            let got = self
+                .get(
+                    token,
+                    &format!(
+                        "/api/v1/sync/data?client_id={client}&batch={batch}&ids={}",
+                        wanted.join(",")
+                    ),
+                )
+                .await
+                .expect(200);
+            for r in got["records"].as_array().unwrap() {
+                records.insert(r["id"].as_str().unwrap().to_string(), r.clone());
+            }
+        }
+        let delivered = items
+            .iter()
+            .map(|i| Delivered {
+                id: i["id"].as_str().unwrap().into(),
+                set: i["set"].as_str().unwrap().into(),
+                action: i["action"].as_str().unwrap().into(),
+                version: i["version"].as_i64().unwrap(),
+                removal: i["removal"].as_str().map(str::to_string),
+                record: records.get(i["id"].as_str().unwrap()).cloned(),
+            })
+            .collect();
+        (Some(batch), delivered)
+    }
+
+    /// A whole sync: prepare, fetch, acknowledge everything.
+    pub async fn sync_once(&self, token: &str, client: &str) -> Vec<Delivered> {
+        let (batch, items) = self.prepare_and_fetch(token, client).await;
+        if let Some(batch) = batch {
+            let prep_items: Vec<Value> = items
+                .iter()
+                .map(|d| json!({"id": d.id, "version": d.version}))
+                .collect();
+            self.post(
+                token,
+                "/api/v1/sync/ack",
+                json!({"client_id": client, "batch": batch, "items": prep_items}),
+            )
+            .await
+            .expect(200);
+        }
+        items
+    }
+
+    /// Pushes operations; returns the per-operation results.
+    pub async fn push(&self, token: &str, client: &str, ops: Value) -> Vec<Value> {
+        let r = self
+            .post(
+                token,
+                "/api/v1/sync/push",
+                json!({"client_id": client, "ops": ops}),
+            )
+            .await
+            .expect(200);
+        r["results"].as_array().unwrap().clone()
+    }
+}
+
+pub fn ids(items: &[Delivered]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = items
+        .iter()
+        .map(|d| (d.id.clone(), d.action.clone()))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,133 @@
+//! `/api/v1/sync/...`: the sync protocol of SPEC §5 (see docs/sync-protocol.md).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::Value;
+
+use super::{parse_id, parse_set, ApiJson, ApiPath, ApiQuery};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::sync::{clients, prepare, push, report};
+use crate::AppState;
+
+fn optional_id(q: &ApiQuery, key: &str) -> ApiResult<Option<uuid::Uuid>> {
+    q.get(key).map(parse_id).transpose()
+}
+
+pub async fn register(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (created, client) = clients::register(&s.store, caller, &body).await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(client),
+    ))
+}
+
+pub async fn list_clients(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["user"])?;
+    Ok(Json(
+        serde_json::json!({"items": clients::list(&s.store, caller, optional_id(&q, "user")?).await?}),
+    ))
+}
+
+pub async fn set_primary(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        clients::set_primary(&s.store, caller, parse_id(&id)?).await?,
+    ))
+}
+
+pub async fn reset(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        clients::reset(&s.store, caller, parse_id(&id)?).await?,
+    ))
+}
+
+pub async fn prepare(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(prepare::prepare(&s.store, caller, &body).await?))
+}
+
+pub async fn data(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["client_id", "batch", "cursor", "ids"])?;
+    Ok(Json(prepare::data(&s.store, caller, &q.0).await?))
+}
+
+pub async fn ack(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(prepare::ack(&s.store, caller, &body).await?))
+}
+
+pub async fn push(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(push::push(&s.store, caller, &body).await?))
+}
+
+pub async fn conflicts(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["user", "record"])?;
+    Ok(Json(
+        report::conflicts(
+            &s.store,
+            caller,
+            optional_id(&q, "user")?,
+            optional_id(&q, "record")?,
+        )
+        .await?,
+    ))
+}
+
+pub async fn explain(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["client_id", "set", "id"])?;
+    let need = |k: &str| {
+        q.get(k)
+            .ok_or_else(|| ApiError::bad_request("bad_parameter", format!("{k}: required")))
+    };
+    let (client, set, id) = (
+        parse_id(need("client_id")?)?,
+        parse_set(need("set")?)?,
+        parse_id(need("id")?)?,
+    );
+    Ok(Json(
+        report::explain(&s.store, caller, client, set, id).await?,
+    ))
+}

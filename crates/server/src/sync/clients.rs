@@ -1,0 +1,211 @@
+//! Clients (R-C1..R-C5): registration, the primary role held by the
+//! database, roaming, delegation, reset.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crmsync_core::time::now_timestamp;
+use crmsync_core::EntitySet;
+
+use super::context::MailboxOwner;
+use super::store::{self as sync_store, Client};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{self, Store};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    name: String,
+    #[serde(default)]
+    on_behalf_of: Option<String>,
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The client as the API shows it.
+pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
+    let role = if c.is_delegated() {
+        "delegated"
+    } else if c.is_primary {
+        "primary"
+    } else {
+        "secondary"
+    };
+    json!({
+        "id": c.id, "name": c.name, "user_id": c.user_id, "mailbox_user_id": c.mailbox_user_id,
+        "role": role, "acts_as_primary": owner.is_some_and(|o| o.acts_as_primary(c)),
+    })
+}
+
+/// Finds a user by id or email.
+async fn find_user(store: &Store, who: &str) -> ApiResult<Uuid> {
+    let mut conn = store.pool.acquire().await?;
+    if let Ok(id) = Uuid::parse_str(who) {
+        if store::record_exists(&mut conn, EntitySet::Users, id).await? {
+            return Ok(id);
+        }
+    }
+    let found = store::records_with_address(&mut conn, who).await?;
+    found
+        .into_iter()
+        .find(|(set, _)| *set == EntitySet::Users)
+        .map(|(_, id)| id)
+        .ok_or_else(|| ApiError::invalid(format!("on_behalf_of: no CRM user is '{who}'")))
+}
+
+/// R-C1: registers a client (or returns the one already registered under
+/// that name: a reinstall finds its subscription again).
+pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<(bool, Value)> {
+    let reg: Registration = serde_json::from_value(body.clone()).map_err(|e| {
+        ApiError::invalid(format!(
+            "a client registration is {{\"name\", \"on_behalf_of\"?}}: {e}"
+        ))
+    })?;
+    let name = reg.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid(
+            "name: give the client a name of 1 to 100 characters (usually the machine's)",
+        ));
+    }
+    let me = MailboxOwner::load(store, caller.user_id).await?;
+    let mailbox_user = match &reg.on_behalf_of {
+        None => caller.user_id,
+        Some(who) => {
+            let owner_id = find_user(store, who).await?;
+            // R-C5: the delegate must be a CRM user allowed to sync, and the
+            // owner must have named them.
+            if !me.may_sync_to_mailbox() {
+                return Err(ApiError::forbidden("you do not have the sync_to_mailbox privilege, so you cannot run a delegated client"));
+            }
+            let owner = MailboxOwner::load(store, owner_id).await?;
+            if owner_id != caller.user_id && !owner.settings.allows_delegate(&me.email) {
+                return Err(ApiError::forbidden(format!(
+                    "{} has not delegated their mailbox to {}; they can add you to 'delegates' in their settings",
+                    owner.email, me.email
+                )));
+            }
+            owner_id
+        }
+    };
+    let mut conn = store.pool.acquire().await?;
+    if let Some(existing) =
+        sync_store::find_client(&mut conn, caller.user_id, mailbox_user, name).await?
+    {
+        let owner = MailboxOwner::load(store, mailbox_user).await?;
+        return Ok((false, client_json(&existing, Some(&owner))));
+    }
+    let now = now_timestamp();
+    let mut client = Client {
+        id: Uuid::new_v4(),
+        user_id: caller.user_id,
+        mailbox_user_id: mailbox_user,
+        name: name.to_string(),
+        is_primary: false,
+        scanned_version: 0,
+        full_scan: true,
+        time_checked_at: now.clone(),
+        current_batch: None,
+    };
+    // The first client of a user becomes primary; a race for it leaves one
+    // primary (the partial unique index) and the other client secondary.
+    client.is_primary =
+        !client.is_delegated() && !sync_store::has_primary(&mut conn, mailbox_user).await?;
+    match sync_store::insert_client(&mut conn, &client, &now).await {
+        Err(e) if is_unique_violation(&e) && client.is_primary => {
+            client.is_primary = false;
+            sync_store::insert_client(&mut conn, &client, &now).await?;
+        }
+        other => other?,
+    }
+    let owner = MailboxOwner::load(store, mailbox_user).await?;
+    Ok((true, client_json(&client, Some(&owner))))
+}
+
+/// A client the caller may act on: their own, or any for an admin.
+pub async fn own_client(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Client> {
+    let mut conn = store.pool.acquire().await?;
+    let client = sync_store::get_client(&mut conn, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_client",
+                format!("no sync client has id {id}; register it first"),
+            )
+        })?;
+    if client.user_id != caller.user_id && !caller.is_admin {
+        return Err(ApiError::forbidden(
+            "this client and its subscription belong to another user",
+        ));
+    }
+    Ok(client)
+}
+
+pub async fn list(store: &Store, caller: Caller, user: Option<Uuid>) -> ApiResult<Vec<Value>> {
+    let user = match user {
+        Some(u) if u != caller.user_id => {
+            caller.require_admin()?;
+            u
+        }
+        _ => caller.user_id,
+    };
+    let owner = MailboxOwner::load(store, user).await?;
+    let mut conn = store.pool.acquire().await?;
+    let clients = sync_store::clients_of(&mut conn, user).await?;
+    Ok(clients
+        .iter()
+        .map(|c| client_json(c, Some(&owner)))
+        .collect())
+}
+
+/// R-C1: moves the primary role to this client. The user whose mailbox it
+/// is (or an admin) may do it.
+pub async fn set_primary(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> {
+    let client = own_client(store, caller, id).await?;
+    if client.is_delegated() {
+        return Err(ApiError::conflict(
+            "delegated_client",
+            "a delegated client never synchronizes, so it cannot be primary",
+        ));
+    }
+    for _ in 0..5 {
+        let mut tx = store.begin().await?;
+        // Serialized: concurrent moves would otherwise lock rows in
+        // different orders and deadlock on PostgreSQL.
+        store::lock_writes(&mut tx).await?;
+        let moved = sync_store::set_primary(&mut tx, client.mailbox_user_id, client.id).await;
+        match moved {
+            Ok(()) => {
+                tx.commit().await?;
+                let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
+                let mut conn = store.pool.acquire().await?;
+                let now = sync_store::get_client(&mut conn, id)
+                    .await?
+                    .unwrap_or(client);
+                return Ok(client_json(&now, Some(&owner)));
+            }
+            // A concurrent move won the race for the index: try again on
+            // the state it left.
+            Err(e) if is_unique_violation(&e) => tx.rollback().await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "busy",
+        "the primary role is being moved by another request; try again",
+    ))
+}
+
+/// R-S9: forgets the items deleted in the mailbox and evaluates the filters
+/// again at the next prepare.
+pub async fn reset(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> {
+    let client = own_client(store, caller, id).await?;
+    let mut tx = store.begin().await?;
+    sync_store::reset_client(&mut tx, client.id).await?;
+    tx.commit().await?;
+    Ok(json!({"id": client.id, "reset": true}))
+}

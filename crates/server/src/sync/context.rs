@@ -1,0 +1,154 @@
+//! Everything the sync engine needs to know about the owner of a mailbox:
+//! user record, settings, filters, field rules. Loaded once per request.
+
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crmsync_core::field_rules::{Direction, FieldSecurityRule, SyncFields};
+use crmsync_core::filter::EvalContext;
+use crmsync_core::settings::{OrgSettings, UserSettings, MAILBOX_TYPES};
+use crmsync_core::{EntitySet, Record};
+
+use super::store::Client;
+use crate::config::{self, SyncFilter};
+use crate::error::{ApiError, ApiResult};
+use crate::store::Store;
+
+pub struct MailboxOwner {
+    pub user: Record,
+    pub email: String,
+    pub settings: UserSettings,
+    pub org: OrgSettings,
+    pub filters: Vec<SyncFilter>,
+    pub security: Vec<FieldSecurityRule>,
+    sync_fields: HashMap<EntitySet, SyncFields>,
+}
+
+impl MailboxOwner {
+    pub async fn load(store: &Store, user_id: Uuid) -> ApiResult<MailboxOwner> {
+        let user = match store.get(user_id).await? {
+            Some(u) if u.set == EntitySet::Users => u,
+            _ => return Err(ApiError::not_found(format!("no user has id {user_id}"))),
+        };
+        let mut sync_fields = HashMap::new();
+        for set in MAILBOX_TYPES.iter().chain([&EntitySet::Emails]) {
+            sync_fields.insert(*set, config::sync_fields(store, *set).await?);
+        }
+        Ok(MailboxOwner {
+            email: user
+                .fields
+                .get("email")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            settings: config::stored_user_settings(store, user_id).await?,
+            org: config::org_settings(store).await?,
+            filters: config::filters_for(store, user_id).await?,
+            security: config::field_security_rules(store).await?,
+            sync_fields,
+            user,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.user.id
+    }
+
+    pub fn eval_context(&self, now: OffsetDateTime) -> EvalContext {
+        EvalContext {
+            me: self.user.id,
+            me_email: self.email.clone(),
+            now,
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.user
+            .fields
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// R-S11: the privilege to receive contacts, appointments and tasks.
+    pub fn may_sync_to_mailbox(&self) -> bool {
+        self.flag("sync_to_mailbox")
+    }
+
+    pub fn approved_email(&self) -> bool {
+        self.flag("approved_email")
+    }
+
+    /// R-C2: in roaming mode every (non-delegated) client acts as primary.
+    pub fn acts_as_primary(&self, client: &Client) -> bool {
+        !client.is_delegated() && (client.is_primary || self.settings.roaming)
+    }
+
+    /// R-S10/R-S11: whether records of `set` are delivered by filters.
+    pub fn delivers(&self, set: EntitySet) -> bool {
+        self.may_sync_to_mailbox() && self.settings.entity_types.contains(&set)
+    }
+
+    /// R-S6/R-S7: the active filters of a set that apply to this user.
+    pub fn filters_of(&self, set: EntitySet) -> impl Iterator<Item = &SyncFilter> {
+        self.filters.iter().filter(move |f| f.entity_set == set)
+    }
+
+    /// The first active filter the record matches (R-S6), if any.
+    pub fn matching_filter(&self, r: &Record, now: OffsetDateTime) -> Option<&SyncFilter> {
+        let ctx = self.eval_context(now);
+        self.filters_of(r.set)
+            .find(|f| f.condition.matches(r.set, r, &ctx))
+    }
+
+    fn rule(&self, set: EntitySet, field: &str) -> Option<&FieldSecurityRule> {
+        // A rule naming the user beats one for everyone; admins are exempt.
+        if self.user.fields.get("role").and_then(Value::as_str) == Some("admin") {
+            return None;
+        }
+        let mine = self
+            .security
+            .iter()
+            .find(|r| r.entity_set == set && r.field == field && r.user_id == Some(self.id()));
+        mine.or_else(|| {
+            self.security
+                .iter()
+                .find(|r| r.entity_set == set && r.field == field && r.user_id.is_none())
+        })
+    }
+
+    fn direction(&self, set: EntitySet, field: &str) -> Direction {
+        self.sync_fields
+            .get(&set)
+            .and_then(|f| f.get(field))
+            .copied()
+            .unwrap_or(Direction::None)
+    }
+
+    /// R-F1 + R-F3: may this field be written to the mailbox?
+    pub fn to_mailbox(&self, set: EntitySet, field: &str) -> bool {
+        matches!(
+            self.direction(set, field),
+            Direction::ToMailbox | Direction::Both
+        ) && self.rule(set, field).is_none_or(|r| r.can_read)
+    }
+
+    /// R-F1 + R-F3: may a mailbox change of this field reach the CRM?
+    pub fn to_crm(&self, set: EntitySet, field: &str) -> bool {
+        matches!(
+            self.direction(set, field),
+            Direction::ToCrm | Direction::Both
+        ) && self.rule(set, field).is_none_or(|r| r.can_update)
+    }
+
+    /// The fields of a record as the mailbox gets them.
+    pub fn mailbox_fields(&self, r: &Record) -> Map<String, Value> {
+        r.fields
+            .iter()
+            .filter(|(k, _)| self.to_mailbox(r.set, k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}

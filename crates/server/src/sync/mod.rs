@@ -1,0 +1,9 @@
+//! The server side of the sync protocol (SPEC §3, §5, §6, §7, §9):
+//! clients, prepare/data/ack, push with merging, conflicts, explain.
+
+pub mod clients;
+pub mod context;
+pub mod prepare;
+pub mod push;
+pub mod report;
+pub mod store;

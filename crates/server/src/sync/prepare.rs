@@ -1,0 +1,375 @@
+//! Prepare, get data, acknowledge (R-S1..R-S4): what a client's mailbox
+//! must create, update or remove since its last sync, computed from the
+//! change sequence (never a rescan of the organization, except the first
+//! sync and after a reset).
+
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crmsync_core::settings::MAILBOX_TYPES;
+use crmsync_core::sync_rules::{plan_delivery, Delivery, DeliveryFacts, Held};
+use crmsync_core::time::{now_timestamp, parse_datetime};
+use crmsync_core::{EntitySet, Record};
+
+use super::clients::own_client;
+use super::context::MailboxOwner;
+use super::store::{self as sync_store, BatchItem, Client};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{self, Store};
+
+/// How often the time-relative conditions (relative dates in filters,
+/// appointments becoming past) are evaluated again for a client's items.
+pub const TIME_RECHECK_SECS: i64 = 3600;
+/// Records are looked at in chunks of this many, so memory does not grow
+/// with the number of changes.
+const CHUNK: usize = 500;
+
+fn uuid_field(body: &Value, key: &str) -> ApiResult<Uuid> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::invalid(format!("{key}: required, the UUID the server gave")))
+}
+
+fn time_due(client: &Client, now: OffsetDateTime) -> bool {
+    parse_datetime(&client.time_checked_at)
+        .map_or(true, |t| (now - t).whole_seconds() >= TIME_RECHECK_SECS)
+}
+
+/// Does a record change concern mailboxes at all?
+fn mailbox_set(set: EntitySet) -> bool {
+    set == EntitySet::Emails || MAILBOX_TYPES.contains(&set)
+}
+
+/// An exception of a recurring series travels with its series (R-E2).
+fn is_exception(r: &Record) -> bool {
+    r.fields.contains_key("series_id")
+}
+
+async fn committed_version(conn: &mut sqlx::AnyConnection) -> ApiResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Ids of live records of `set` (up to `upto`) that match the owner's filters.
+async fn filter_scan(
+    store: &Store,
+    owner: &MailboxOwner,
+    set: EntitySet,
+    upto: i64,
+    now: OffsetDateTime,
+    out: &mut BTreeSet<Uuid>,
+) -> ApiResult<()> {
+    let mut after = 0;
+    loop {
+        let page = store.records_after(set, after, upto, CHUNK as i64).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.version;
+        out.extend(
+            page.iter()
+                .filter(|r| owner.matching_filter(r, now).is_some())
+                .map(|r| r.id),
+        );
+    }
+}
+
+fn counts(items: &[BatchItem]) -> Value {
+    let mut counts: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    for item in items {
+        let entry = counts.entry(item.set.as_str()).or_default();
+        let n = entry.get(&item.action).and_then(Value::as_i64).unwrap_or(0);
+        entry.insert(item.action.clone(), json!(n + 1));
+    }
+    json!(counts)
+}
+
+/// R-S2: prepares the next batch for a client.
+pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
+    let client_id = uuid_field(body, "client_id")?;
+    let now = OffsetDateTime::now_utc();
+    // Nothing changed: one query answers (plus the token check).
+    let mut conn = store.pool.acquire().await?;
+    let status = sync_store::client_status(&mut conn, client_id).await?;
+    drop(conn);
+    let Some((client, upto, pending)) = status else {
+        return Err(own_client(store, caller, client_id)
+            .await
+            .err()
+            .unwrap_or_else(|| ApiError::not_found("no such client")));
+    };
+    if client.user_id != caller.user_id && !caller.is_admin {
+        return Err(ApiError::forbidden(
+            "this client and its subscription belong to another user",
+        ));
+    }
+    let recheck = time_due(&client, now);
+    if !client.full_scan && client.scanned_version >= upto && pending == 0 && !recheck {
+        return Ok(json!({"batch": null, "upto_version": upto, "counts": {}, "total": 0}));
+    }
+
+    let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
+    let syncs_items = owner.acts_as_primary(&client);
+    let mut tx = store.begin().await?;
+    let upto = committed_version(&mut tx).await?;
+    let mut candidates: BTreeSet<Uuid> = sync_store::pending_ids(&mut tx, client.id)
+        .await?
+        .into_iter()
+        .collect();
+    if client.full_scan || recheck {
+        candidates.extend(sync_store::entry_ids(&mut tx, client.id).await?);
+    }
+    if client.full_scan {
+        for set in MAILBOX_TYPES {
+            if syncs_items && owner.delivers(set) {
+                filter_scan(store, &owner, set, upto, now, &mut candidates).await?;
+            }
+        }
+    } else {
+        let mut since = client.scanned_version;
+        while since < upto {
+            let page = store.changes_between(since, upto, CHUNK as i64).await?;
+            let Some(last) = page.last() else { break };
+            since = last.version;
+            candidates.extend(page.iter().filter(|c| mailbox_set(c.set)).map(|c| c.id));
+        }
+    }
+
+    let mut items = Vec::new();
+    let candidates: Vec<Uuid> = candidates.into_iter().collect();
+    for chunk in candidates.chunks(CHUNK) {
+        let records = store::records_by_ids(&mut tx, chunk).await?;
+        let entries = sync_store::entries_for(&mut tx, client.id, chunk).await?;
+        for (record, deleted) in records {
+            // Changes committed after `upto` are taken up next time.
+            if record.version > upto || !mailbox_set(record.set) || is_exception(&record) {
+                continue;
+            }
+            let held = entries.get(&record.id).map(|e| Held {
+                delivered_version: e.delivered_version,
+                manual: e.manual,
+                excluded: e.excluded,
+            });
+            let facts = DeliveryFacts {
+                deleted,
+                held,
+                filter_match: !deleted && owner.matching_filter(&record, now).is_some(),
+                delivers_type: syncs_items && owner.delivers(record.set),
+                syncs_items,
+                tagging: owner.org.tagging,
+            };
+            let delivery = plan_delivery(&record, facts, owner.id(), now);
+            if let Some(d) = delivery {
+                let (action, removal) = match d {
+                    Delivery::Create => ("create", None),
+                    Delivery::Update => ("update", None),
+                    Delivery::Remove(r) => (
+                        "remove",
+                        Some(json!(r).as_str().unwrap_or("delete").to_string()),
+                    ),
+                };
+                items.push(BatchItem {
+                    id: record.id,
+                    set: record.set,
+                    action: action.into(),
+                    version: record.version,
+                    removal,
+                });
+            }
+            sync_store::set_pending(&mut tx, client.id, record.id, delivery.is_some()).await?;
+        }
+    }
+    sync_store::drop_batches(&mut tx, client.id).await?;
+    let batch = if items.is_empty() {
+        None
+    } else {
+        Some(Uuid::new_v4())
+    };
+    if let Some(b) = batch {
+        sync_store::insert_batch(&mut tx, b, client.id, upto, &items, &now_timestamp()).await?;
+    }
+    let checked = if recheck || client.full_scan {
+        now_timestamp()
+    } else {
+        client.time_checked_at.clone()
+    };
+    sync_store::advance_client(&mut tx, client.id, upto, &checked, batch).await?;
+    tx.commit().await?;
+    Ok(
+        json!({"batch": batch, "upto_version": upto, "counts": counts(&items), "total": items.len()}),
+    )
+}
+
+async fn current_batch(
+    store: &Store,
+    caller: Caller,
+    client_id: Uuid,
+    batch: Uuid,
+) -> ApiResult<Client> {
+    let client = own_client(store, caller, client_id).await?;
+    if client.current_batch != Some(batch) {
+        return Err(ApiError::conflict(
+            "stale_batch",
+            "this batch is not the client's current one (a newer prepare replaced it); prepare again",
+        ));
+    }
+    Ok(client)
+}
+
+/// The record as the mailbox receives it: only fields that go to the
+/// mailbox (R-F1, R-F3), plus the company name (R-F4).
+async fn delivered_record(
+    conn: &mut sqlx::AnyConnection,
+    owner: &MailboxOwner,
+    r: &Record,
+    manual: bool,
+) -> ApiResult<Value> {
+    let mut out = json!({
+        "id": r.id, "set": r.set, "version": r.version, "state": r.state, "owner_id": r.owner_id,
+        "modified_at": r.modified_at, "manual": manual, "fields": owner.mailbox_fields(r),
+    });
+    if r.set == EntitySet::Contacts && owner.settings.update_company_field {
+        if let Some(account) = r
+            .fields
+            .get("account_id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+        {
+            if let Some(acc) = store::get_record(conn, account).await? {
+                out["company"] = acc.fields.get("name").cloned().unwrap_or(Value::Null);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// R-S3: pages of a batch's deliveries (`cursor`), or the full records of
+/// the ids asked for (`ids`).
+pub async fn data(
+    store: &Store,
+    caller: Caller,
+    query: &std::collections::HashMap<String, String>,
+) -> ApiResult<Value> {
+    let get = |k: &str| query.get(k).map(String::as_str);
+    let parse = |k: &str| {
+        get(k)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| ApiError::bad_request("bad_parameter", format!("{k}: required, a UUID")))
+    };
+    let (client_id, batch) = (parse("client_id")?, parse("batch")?);
+    let client = current_batch(store, caller, client_id, batch).await?;
+    let mut conn = store.pool.acquire().await?;
+    if let Some(ids) = get("ids") {
+        let ids: Vec<Uuid> = ids
+            .split(',')
+            .map(|s| {
+                Uuid::parse_str(s.trim()).map_err(|_| {
+                    ApiError::bad_request("bad_parameter", format!("ids: '{s}' is not a UUID"))
+                })
+            })
+            .collect::<ApiResult<_>>()?;
+        if ids.is_empty() || ids.len() > 500 {
+            return Err(ApiError::bad_request(
+                "bad_parameter",
+                "ids: ask for 1 to 500 records at a time",
+            ));
+        }
+        let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
+        let entries = sync_store::entries_for(&mut conn, client.id, &ids).await?;
+        let mut out = Vec::new();
+        for id in &ids {
+            let Some(item) = sync_store::batch_item(&mut conn, batch, *id).await? else {
+                return Err(ApiError::invalid(format!("ids: {id} is not in this batch")));
+            };
+            if item.action == "remove" {
+                return Err(ApiError::invalid(format!(
+                    "ids: {id} is a removal; it has no record to send"
+                )));
+            }
+            let Some(r) = store::get_record(&mut conn, *id).await? else {
+                continue;
+            };
+            out.push(
+                delivered_record(
+                    &mut conn,
+                    &owner,
+                    &r,
+                    entries.get(id).is_some_and(|e| e.manual),
+                )
+                .await?,
+            );
+        }
+        return Ok(json!({"records": out}));
+    }
+    let cursor = match get("cursor") {
+        None => 0,
+        Some(c) => c.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_cursor",
+                "cursor: use the next_cursor of the previous page",
+            )
+        })?,
+    };
+    let page = sync_store::batch_items(&mut conn, batch, cursor, 500).await?;
+    let next = if page.len() == 500 {
+        page.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    Ok(json!({"items": page.into_iter().map(|(_, i)| i).collect::<Vec<_>>(), "next_cursor": next}))
+}
+
+/// R-S4: the client confirms what it applied. All or nothing; replaying an
+/// acknowledgement changes nothing.
+pub async fn ack(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
+    let (client_id, batch) = (uuid_field(body, "client_id")?, uuid_field(body, "batch")?);
+    let items = body.get("items").and_then(Value::as_array).ok_or_else(|| {
+        ApiError::invalid("items: required, a list of {\"id\", \"version\"} the client applied")
+    })?;
+    let client = current_batch(store, caller, client_id, batch).await?;
+    let mut tx = store.begin().await?;
+    for (i, item) in items.iter().enumerate() {
+        let id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok());
+        let version = item.get("version").and_then(Value::as_i64);
+        let (Some(id), Some(version)) = (id, version) else {
+            return Err(ApiError::invalid(format!(
+                "items[{i}]: needs 'id' (UUID) and 'version' (number)"
+            )));
+        };
+        let delivered = sync_store::batch_item(&mut tx, batch, id).await?;
+        let Some(delivered) = delivered.filter(|d| d.version == version) else {
+            return Err(ApiError::invalid(format!("items[{i}]: {id} at version {version} is not in this batch; nothing was acknowledged")));
+        };
+        let existing = sync_store::entry(&mut tx, client.id, id).await?;
+        match delivered.action.as_str() {
+            "remove" => sync_store::delete_entry(&mut tx, client.id, id).await?,
+            _ => {
+                let manual = existing.is_some_and(|e| e.manual);
+                sync_store::put_entry(
+                    &mut tx,
+                    client.id,
+                    id,
+                    delivered.set,
+                    version,
+                    manual,
+                    false,
+                    None,
+                )
+                .await?
+            }
+        }
+        sync_store::set_pending(&mut tx, client.id, id, false).await?;
+    }
+    tx.commit().await?;
+    Ok(json!({"acknowledged": items.len()}))
+}

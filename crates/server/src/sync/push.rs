@@ -1,0 +1,531 @@
+//! Push (R-S5): mailbox-side operations, each all or nothing in its own
+//! transaction, each answered once and the answer kept, so a replayed
+//! operation (same client, same `op_id`) changes nothing.
+
+use serde_json::{json, Map, Value};
+use sqlx::AnyConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crmsync_core::merge::{merge, Side};
+use crmsync_core::sync_rules::{
+    accepts_mailbox_edits, effect_of_mailbox_removal, is_closed_activity, CrmEffect,
+};
+use crmsync_core::time::{now_timestamp, parse_datetime};
+use crmsync_core::{EntitySet, Record};
+
+use super::clients::own_client;
+use super::context::MailboxOwner;
+use super::store::{self as sync_store, Client, ConflictRow};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::records;
+use crate::store::{self, Store};
+
+/// The most operations one push may carry.
+pub const MAX_OPS: usize = 500;
+
+/// A reasoned refusal of one operation (the batch goes on).
+pub struct Refusal {
+    code: &'static str,
+    message: String,
+    record: Option<Value>,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        record: None,
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal {
+            code: e.code,
+            message: e.message,
+            record: None,
+        }
+    }
+}
+
+/// An operation's outcome: a refusal, or the fields of a success.
+type Outcome = Result<Value, Refusal>;
+
+/// What every operation handler gets.
+pub struct OpContext<'a> {
+    pub client: &'a Client,
+    pub owner: &'a MailboxOwner,
+    /// The client's user, with the caller's admin right.
+    pub actor: Caller,
+    pub version: i64,
+    pub now: OffsetDateTime,
+}
+
+fn text<'a>(op: &'a Value, key: &str) -> Result<&'a str, Refusal> {
+    op.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse("invalid_operation", format!("'{key}' is required")))
+}
+
+fn set_of(op: &Value) -> Result<EntitySet, Refusal> {
+    text(op, "set")?
+        .parse()
+        .map_err(|e: crmsync_core::entity::UnknownEntitySet| {
+            refuse("invalid_operation", e.to_string())
+        })
+}
+
+fn id_of(op: &Value) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(text(op, "id")?)
+        .map_err(|_| refuse("invalid_operation", "'id' must be the record's UUID"))
+}
+
+fn object(op: &Value, key: &str) -> Result<Map<String, Value>, Refusal> {
+    match op.get(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(refuse(
+            "invalid_operation",
+            format!("'{key}' must be an object of fields"),
+        )),
+    }
+}
+
+/// R-C3/R-C4/R-C5 and R-T2: who may push what.
+fn check_role(ctx: &OpContext, set: EntitySet) -> Result<(), Refusal> {
+    if ctx.client.is_delegated() {
+        return Err(refuse(
+            "delegated_client",
+            "a delegated client only marks items; the mailbox owner's primary client tracks them at its next sync",
+        ));
+    }
+    if set != EntitySet::Emails && !ctx.owner.acts_as_primary(ctx.client) {
+        return Err(refuse(
+            "secondary_client",
+            "only the primary client synchronizes contacts, appointments and tasks; make this client primary (crmsync client set-primary) or use the primary",
+        ));
+    }
+    Ok(())
+}
+
+async fn current(conn: &mut AnyConnection, set: EntitySet, id: Uuid) -> Result<Record, Refusal> {
+    match store::get_record(conn, id).await.map_err(ApiError::from)? {
+        Some(r) if r.set == set => Ok(r),
+        _ => Err(refuse(
+            "not_found",
+            format!("{set} {id} no longer exists in the CRM; the next sync removes or unlinks it"),
+        )),
+    }
+}
+
+async fn held(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    id: Uuid,
+) -> Result<sync_store::Entry, Refusal> {
+    sync_store::entry(conn, ctx.client.id, id)
+        .await
+        .map_err(ApiError::from)?
+        .filter(|e| !e.excluded)
+        .ok_or_else(|| {
+            refuse(
+                "not_linked",
+                format!("{id} is not linked to this client's mailbox; track it first"),
+            )
+        })
+}
+
+/// The record as the mailbox should now show it.
+fn shown(ctx: &OpContext, r: &Record) -> Value {
+    json!({"id": r.id, "set": r.set, "version": r.version, "state": r.state, "modified_at": r.modified_at, "fields": ctx.owner.mailbox_fields(r)})
+}
+
+async fn link(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    r: &Record,
+    uid: Option<&str>,
+) -> ApiResult<()> {
+    sync_store::put_entry(
+        conn,
+        ctx.client.id,
+        r.id,
+        r.set,
+        r.version,
+        true,
+        false,
+        uid,
+    )
+    .await?;
+    sync_store::set_pending(conn, ctx.client.id, r.id, false).await?;
+    Ok(())
+}
+
+/// `track`: create the CRM record, or link the item to an existing one
+/// (its X-CRM-ID, or the same item tracked before).
+async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
+    let set = set_of(op)?;
+    check_role(ctx, set)?;
+    if set == EntitySet::Emails {
+        return Err(refuse("not_trackable", "this server does not accept tracked email yet"));
+    }
+    if !crmsync_core::settings::MAILBOX_TYPES.contains(&set) {
+        return Err(refuse(
+            "not_trackable",
+            format!("{set} cannot be tracked from a mailbox"),
+        ));
+    }
+    if !ctx.owner.may_sync_to_mailbox() {
+        return Err(refuse(
+            "no_sync_privilege",
+            "this user lacks the sync_to_mailbox privilege: only email can be tracked (R-S11)",
+        ));
+    }
+    if ctx.owner.filters_of(set).next().is_none() {
+        return Err(refuse("no_filter", format!("there is no active {set} filter for this user, so {set} cannot be tracked (R-S7); ask an admin")));
+    }
+    let uid = op.get("item_uid").and_then(Value::as_str);
+    let existing = match op
+        .get("crm_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+    {
+        Some(id) => Some(id),
+        None => match uid {
+            Some(u) => sync_store::entry_by_uid(conn, ctx.client.id, u)
+                .await
+                .map_err(ApiError::from)?,
+            None => None,
+        },
+    };
+    if let Some(id) = existing {
+        if let Some(r) = store::get_record(conn, id)
+            .await
+            .map_err(ApiError::from)?
+            .filter(|r| r.set == set)
+        {
+            // R-M2: a known item is linked again, never duplicated; the
+            // CRM version is what the mailbox shows next.
+            link(conn, ctx, &r, uid).await?;
+            return Ok(
+                json!({"id": r.id, "version": r.version, "linked": true, "record": shown(ctx, &r)}),
+            );
+        }
+    }
+    let mut body = object(op, "fields")?;
+    body.retain(|k, _| ctx.owner.to_crm(set, k) || set.field(k).is_some_and(|f| f.required));
+    let created =
+        records::create_in(conn, ctx.actor, set, &Value::Object(body), ctx.version).await?;
+    link(conn, ctx, &created.record, uid).await?;
+    Ok(
+        json!({"id": created.record.id, "version": created.record.version, "linked": false, "record": shown(ctx, &created.record)}),
+    )
+}
+
+/// The fields the mailbox maps for a set: merging looks at these only.
+fn mapped(ctx: &OpContext, set: EntitySet, fields: &Map<String, Value>) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(k, _)| ctx.owner.to_mailbox(set, k) || ctx.owner.to_crm(set, k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `update`: the item changed in the mailbox. Merged per field against the
+/// baseline (R-F5); the answer carries the merged record for the mailbox.
+async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
+    let (set, id) = (set_of(op)?, id_of(op)?);
+    check_role(ctx, set)?;
+    if set == EntitySet::Emails {
+        return Err(refuse(
+            "read_only_email",
+            "a tracked email cannot change except its regarding (R-E5); use set_regarding",
+        ));
+    }
+    let entry = held(conn, ctx, id).await?;
+    let crm = current(conn, set, id).await?;
+    let with_record = |mut r: Refusal, rec: &Record| {
+        r.record = Some(shown(ctx, rec));
+        r
+    };
+    if !accepts_mailbox_edits(set) {
+        return Err(with_record(refuse("one_way", "service appointments synchronize CRM to mailbox only (R-E3); the mailbox copy is overwritten"), &crm));
+    }
+    if is_closed_activity(&crm) {
+        return Err(refuse(
+            "closed_activity",
+            "the activity is completed or canceled in the CRM; mailbox edits are not pushed (R-E4)",
+        ));
+    }
+    let base_version = op
+        .get("base_version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| refuse("invalid_operation", "'base_version' is required"))?;
+    if base_version > crm.version {
+        return Err(refuse(
+            "bad_base_version",
+            format!(
+                "base_version {base_version} is newer than the CRM's {}",
+                crm.version
+            ),
+        ));
+    }
+    let baseline = mapped(ctx, set, &object(op, "baseline")?);
+    let mailbox = mapped(ctx, set, &object(op, "fields")?);
+    let crm_mapped = mapped(ctx, set, &crm.fields);
+    let mailbox_time = op
+        .get("mailbox_modified_at")
+        .and_then(Value::as_str)
+        .and_then(|s| parse_datetime(s).ok());
+    let crm_time = parse_datetime(&crm.modified_at).ok();
+    // CRM wins ties and unknown times (R-F5).
+    let mailbox_is_later = matches!((mailbox_time, crm_time), (Some(m), Some(c)) if m > c);
+    let merged = merge(&baseline, &crm_mapped, &mailbox, mailbox_is_later, |f| {
+        ctx.owner.to_crm(set, f)
+    });
+    // The CRM write: every mapped field that differs from the CRM now.
+    let mut patch = Map::new();
+    for name in crm_mapped.keys().chain(merged.fields.keys()) {
+        let new = merged.fields.get(name).cloned().unwrap_or(Value::Null);
+        if crm.fields.get(name).cloned().unwrap_or(Value::Null) != new
+            && ctx.owner.to_crm(set, name)
+        {
+            patch.insert(name.clone(), new);
+        }
+    }
+    let record = if patch.is_empty() {
+        crm
+    } else {
+        if crm.owner_id != ctx.actor.user_id && !ctx.actor.is_admin {
+            return Err(with_record(refuse("not_owner", "only the owner may change this record in the CRM (R-A); the mailbox shows the CRM version"), &crm));
+        }
+        match records::update_in(
+            conn,
+            ctx.actor,
+            set,
+            id,
+            &Value::Object(patch),
+            None,
+            ctx.version,
+        )
+        .await
+        {
+            Ok((r, _)) => r,
+            Err(e) => return Err(with_record(e.into(), &crm)),
+        }
+    };
+    for c in &merged.conflicts {
+        let row = ConflictRow {
+            id: Uuid::new_v4(),
+            user_id: ctx.owner.id(),
+            client_id: ctx.client.id,
+            record_id: id,
+            set,
+            field: c.field.clone(),
+            crm_value: c.crm_value.clone(),
+            mailbox_value: c.mailbox_value.clone(),
+            kept: if c.kept == Side::Crm {
+                "crm".into()
+            } else {
+                "mailbox".into()
+            },
+            at: now_timestamp(),
+        };
+        sync_store::insert_conflict(conn, &row)
+            .await
+            .map_err(ApiError::from)?;
+    }
+    sync_store::put_entry(
+        conn,
+        ctx.client.id,
+        id,
+        set,
+        record.version,
+        entry.manual,
+        false,
+        None,
+    )
+    .await
+    .map_err(ApiError::from)?;
+    Ok(
+        json!({"id": id, "version": record.version, "record": shown(ctx, &record), "conflicts": merged.conflicts}),
+    )
+}
+
+/// `untrack` and `delete`: §9 mailbox → CRM.
+async fn remove(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    op: &Value,
+    untracked: bool,
+) -> Outcome {
+    let (set, id) = (set_of(op)?, id_of(op)?);
+    check_role(ctx, set)?;
+    held(conn, ctx, id).await?;
+    let delete_in_crm = op
+        .get("delete_in_crm")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let effect = match current(conn, set, id).await {
+        Ok(r) => effect_of_mailbox_removal(
+            &r,
+            ctx.owner.id(),
+            &ctx.owner.email,
+            untracked,
+            delete_in_crm,
+            ctx.now,
+        ),
+        // Already gone in the CRM: only the link remains to drop.
+        Err(_) => CrmEffect::Unlink,
+    };
+    if effect == CrmEffect::DeleteInCrm {
+        // The §9 table decides; it already checked ownership where it matters.
+        let system = Caller {
+            user_id: ctx.actor.user_id,
+            is_admin: true,
+        };
+        let asked = untracked && delete_in_crm;
+        let actor = if asked { ctx.actor } else { system };
+        records::delete_in(conn, actor, set, id, None, ctx.version).await?;
+    }
+    if untracked {
+        sync_store::delete_entry(conn, ctx.client.id, id)
+            .await
+            .map_err(ApiError::from)?;
+    } else {
+        // R-S9: remembered, not sent to this mailbox again until reset.
+        sync_store::put_entry(conn, ctx.client.id, id, set, 0, false, true, None)
+            .await
+            .map_err(ApiError::from)?;
+    }
+    sync_store::set_pending(conn, ctx.client.id, id, false)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(json!({"id": id, "effect": effect}))
+}
+
+/// `set_regarding`: links an activity or email to an account, contact,
+/// lead, opportunity or case.
+async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
+    let (set, id) = (set_of(op)?, id_of(op)?);
+    check_role(ctx, set)?;
+    if set.field("regarding").is_none() {
+        return Err(refuse(
+            "invalid_operation",
+            format!("{set} has no regarding"),
+        ));
+    }
+    let entry = held(conn, ctx, id).await?;
+    let regarding = op.get("regarding").cloned().unwrap_or(Value::Null);
+    let (record, _) = records::update_in(
+        conn,
+        ctx.actor,
+        set,
+        id,
+        &json!({"regarding": regarding}),
+        None,
+        ctx.version,
+    )
+    .await?;
+    sync_store::put_entry(
+        conn,
+        ctx.client.id,
+        id,
+        set,
+        record.version,
+        entry.manual,
+        false,
+        None,
+    )
+    .await
+    .map_err(ApiError::from)?;
+    Ok(json!({"id": id, "version": record.version, "record": shown(ctx, &record)}))
+}
+
+async fn apply(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
+    match text(op, "kind")? {
+        "track" => track(conn, ctx, op).await,
+        "update" => update(conn, ctx, op).await,
+        "untrack" => remove(conn, ctx, op, true).await,
+        "delete" => remove(conn, ctx, op, false).await,
+        "set_regarding" => set_regarding(conn, ctx, op).await,
+        other => Err(refuse(
+            "invalid_operation",
+            format!("unknown kind '{other}'; use track, update, untrack, delete or set_regarding"),
+        )),
+    }
+}
+
+/// R-S5: applies a batch of operations, each on its own.
+pub async fn push(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
+    let client_id = body
+        .get("client_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::invalid("client_id: required, the UUID the server gave"))?;
+    let ops = body
+        .get("ops")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("ops: required, a list of operations"))?;
+    if ops.len() > MAX_OPS {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_operations",
+            format!("a push carries at most {MAX_OPS} operations; send the rest in further pushes"),
+        ));
+    }
+    let client = own_client(store, caller, client_id).await?;
+    let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
+    let actor = Caller {
+        user_id: client.user_id,
+        is_admin: caller.is_admin,
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let Some(op_id) = op
+            .get("op_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 200)
+        else {
+            results.push(json!({"index": i, "status": "refused", "code": "invalid_operation", "message": "'op_id' is required: a unique string per operation"}));
+            continue;
+        };
+        let mut tx = store.begin().await?;
+        if let Some(done) = sync_store::op_result(&mut tx, client.id, op_id).await? {
+            tx.rollback().await?;
+            results.push(done);
+            continue;
+        }
+        let version = store::next_version(&mut tx).await?;
+        let ctx = OpContext {
+            client: &client,
+            owner: &owner,
+            actor,
+            version,
+            now: OffsetDateTime::now_utc(),
+        };
+        let result = match apply(&mut tx, &ctx, op).await {
+            Ok(mut ok) => {
+                ok["op_id"] = json!(op_id);
+                ok["status"] = json!("ok");
+                ok
+            }
+            Err(refusal) => {
+                // All or nothing: nothing of a refused operation stays.
+                tx.rollback().await?;
+                tx = store.begin().await?;
+                let mut r = json!({"op_id": op_id, "status": "refused", "code": refusal.code, "message": refusal.message});
+                if let Some(rec) = refusal.record {
+                    r["record"] = rec;
+                }
+                r
+            }
+        };
+        sync_store::save_op_result(&mut tx, client.id, op_id, &result, &now_timestamp()).await?;
+        tx.commit().await?;
+        results.push(result);
+    }
+    Ok(json!({"results": results}))
+}
