@@ -795,6 +795,231 @@ fn admin_paths(paths: &mut Paths) {
     );
 }
 
+fn sync_paths(paths: &mut Paths) {
+    let tag = "sync";
+    let obj = |props: &[(&str, Schema)], required: &[&str]| -> Schema {
+        let mut o = ObjectBuilder::new().additional_properties(Some(closed()));
+        for (k, v) in props {
+            o = o.property(*k, v.clone());
+        }
+        for r in required {
+            o = o.required(*r);
+        }
+        o.into()
+    };
+    let op_kinds = ["track", "update", "untrack", "delete", "set_regarding"];
+    let operation: Schema = ObjectBuilder::new()
+        .property(
+            "op_id",
+            string(None).min_length(Some(1)).max_length(Some(200)),
+        )
+        .property("kind", string(None).enum_values(Some(op_kinds)))
+        .property(
+            "set",
+            string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
+        )
+        .property("id", uuid())
+        .property("crm_id", uuid())
+        .property("item_uid", string(None))
+        .property(
+            "base_version",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
+        .property("baseline", any_object())
+        .property("fields", any_object())
+        .property("mailbox_modified_at", string(Some("date-time")))
+        .property(
+            "delete_in_crm",
+            ObjectBuilder::new().schema_type(Type::Boolean),
+        )
+        .property(
+            "regarding",
+            record_ref(crmsync_core::entity::REGARDING_SETS),
+        )
+        .property(
+            "raw",
+            string(None).description(Some("tracked email: the RFC 5322 message, base64")),
+        )
+        .required("op_id")
+        .required("kind")
+        .into();
+    let ok = |what: &str| response(what, Some(any_object().into()));
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("register_client"))
+        .request_body(Some(body(obj(
+            &[
+                (
+                    "name",
+                    string(None)
+                        .min_length(Some(1))
+                        .max_length(Some(100))
+                        .into(),
+                ),
+                ("on_behalf_of", string(None).into()),
+            ],
+            &["name"],
+        ))))
+        .response("201", ok("the new client"))
+        .response("200", ok("the client already registered under that name"));
+    add(
+        paths,
+        "/api/v1/sync/clients",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("list_clients"))
+        .parameter(query_param(
+            "user",
+            uuid(),
+            "another user's clients (admins)",
+        ))
+        .response("200", ok("clients"));
+    add(
+        paths,
+        "/api/v1/sync/clients",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403"]),
+    );
+    for (suffix, id, what) in [
+        ("primary", "set_primary", "the client, now primary (R-C1)"),
+        (
+            "reset",
+            "reset_client",
+            "forgets R-S9 exclusions; the next prepare re-evaluates everything",
+        ),
+    ] {
+        let op = OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(id))
+            .parameter(path_param("id", uuid()))
+            .response("200", ok(what));
+        add(
+            paths,
+            &format!("/api/v1/sync/clients/{{id}}/{suffix}"),
+            HttpMethod::Post,
+            error_responses(op, &["400", "401", "403", "404", "409"]),
+        );
+    }
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("prepare"))
+        .request_body(Some(body(obj(&[("client_id", uuid())], &["client_id"]))))
+        .response("200", ok("batch id (or null), counts per type"));
+    add(
+        paths,
+        "/api/v1/sync/prepare",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("data"))
+        .parameter(query_param("client_id", uuid(), "the client"))
+        .parameter(query_param(
+            "batch",
+            uuid(),
+            "the batch of the last prepare",
+        ))
+        .parameter(query_param(
+            "cursor",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .into(),
+            "next_cursor of the previous page",
+        ))
+        .parameter(query_param(
+            "ids",
+            string(None).into(),
+            "comma-separated record ids: their full records",
+        ))
+        .response("200", ok("a page of deliveries, or records"));
+    add(
+        paths,
+        "/api/v1/sync/data",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404", "409", "422"]),
+    );
+    let ack_item = obj(
+        &[
+            ("id", uuid()),
+            (
+                "version",
+                ObjectBuilder::new().schema_type(Type::Integer).into(),
+            ),
+        ],
+        &["id", "version"],
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("ack"))
+        .request_body(Some(body(obj(
+            &[
+                ("client_id", uuid()),
+                ("batch", uuid()),
+                (
+                    "items",
+                    ArrayBuilder::new().items(RefOr::T(ack_item)).into(),
+                ),
+            ],
+            &["client_id", "batch", "items"],
+        ))))
+        .response("200", ok("how many were acknowledged"));
+    add(
+        paths,
+        "/api/v1/sync/ack",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "404", "409", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("push"))
+        .request_body(Some(body(obj(&[("client_id", uuid()), ("ops", ArrayBuilder::new().items(RefOr::T(operation)).max_items(Some(500)).into())], &["client_id", "ops"]))))
+        .response("200", ok("one result per operation: ok (with the record) or refused (with a code and reason)"));
+    add(
+        paths,
+        "/api/v1/sync/push",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "404", "413", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("conflicts"))
+        .parameter(query_param("user", uuid(), "another user's log (admins)"))
+        .parameter(query_param("record", uuid(), "only this record"))
+        .response("200", ok("R-F6 conflict log, newest first"));
+    add(
+        paths,
+        "/api/v1/sync/conflicts",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("explain"))
+        .parameter(query_param("client_id", uuid(), "the client"))
+        .parameter(query_param(
+            "set",
+            string(None)
+                .enum_values(Some(EntitySet::ALL.map(|s| s.as_str())))
+                .into(),
+            "entity set",
+        ))
+        .parameter(query_param("id", uuid(), "record id"))
+        .response("200", ok("whether the record reaches the mailbox, and why"));
+    add(
+        paths,
+        "/api/v1/sync/explain",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+}
+
 pub fn document() -> OpenApi {
     let mut components = ComponentsBuilder::new()
         .security_scheme(
@@ -820,6 +1045,7 @@ pub fn document() -> OpenApi {
     let mut paths = Paths::new();
     record_paths(&mut paths);
     admin_paths(&mut paths);
+    sync_paths(&mut paths);
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("crmsync CRM server").version(env!("CARGO_PKG_VERSION")).description(Some("SPEC §4: records, admin resources and health. Errors are {\"error\": {\"code\", \"message\"}}.")))
         .paths(paths)
