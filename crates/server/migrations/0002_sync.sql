@@ -96,3 +96,8 @@ CREATE TABLE record_addresses (
     PRIMARY KEY (address, record_id)
 );
 CREATE INDEX record_addresses_by_record ON record_addresses (record_id);
+
+-- R-E2: an exception of a recurring series points to its series; the
+-- series is delivered with its exceptions.
+ALTER TABLE records ADD COLUMN parent_id TEXT;
+CREATE INDEX records_by_parent ON records (parent_id);

@@ -129,6 +129,7 @@ pub async fn create_in(
     };
     store::insert_record(conn, &record, unique_key(set, &record.fields).as_deref()).await?;
     index_addresses(conn, &record, true).await?;
+    touch_series(conn, store::parent_of(&record), version).await?;
     let token = if set == EntitySet::Users {
         let token = new_token();
         store::insert_token(conn, &hash_token(&token), id, &now).await?;
@@ -150,6 +151,19 @@ pub(crate) async fn index_addresses(
         EntitySet::Contacts | EntitySet::Leads | EntitySet::Accounts | EntitySet::Users
     ) {
         store::set_addresses(conn, r, live).await?;
+    }
+    Ok(())
+}
+
+/// R-E2: a change to an exception is a change to its series, which
+/// mailboxes receive as one item with its exceptions.
+async fn touch_series(
+    conn: &mut AnyConnection,
+    series: Option<Uuid>,
+    version: i64,
+) -> ApiResult<()> {
+    if let Some(series) = series {
+        store::touch(conn, series, version).await?;
     }
     Ok(())
 }
@@ -260,6 +274,8 @@ pub async fn update_in(
         return Ok((current, false));
     }
     check_write(conn, set, id, owner_id, &fields).await?;
+    // The series it was an exception of before, if it moves (R-E2).
+    let old_series = store::parent_of(&current);
     let record = Record {
         version,
         owner_id,
@@ -270,6 +286,8 @@ pub async fn update_in(
     };
     store::update_record(conn, &record, unique_key(set, &record.fields).as_deref()).await?;
     index_addresses(conn, &record, true).await?;
+    touch_series(conn, old_series, version).await?;
+    touch_series(conn, store::parent_of(&record), version).await?;
     Ok((record, true))
 }
 
@@ -313,6 +331,7 @@ pub async fn delete_in(
     }
     store::tombstone_record(conn, id, version, &now_timestamp()).await?;
     index_addresses(conn, &current, false).await?;
+    touch_series(conn, store::parent_of(&current), version).await?;
     Ok(())
 }
 

@@ -228,8 +228,8 @@ pub async fn insert_record(
     unique_key: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10)",
+        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data, parent_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10, $11)",
     )
     .bind(r.id.to_string())
     .bind(r.set.as_str())
@@ -241,9 +241,44 @@ pub async fn insert_record(
     .bind(unique_key.map(str::to_string))
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
+    .bind(parent_of(r).map(|p| p.to_string()))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// R-E2: the series an exception belongs to.
+pub fn parent_of(r: &Record) -> Option<Uuid> {
+    r.fields
+        .get("series_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// Gives a record a new version without changing it, so that the change
+/// feed shows it (a series whose exception changed, R-E2).
+pub async fn touch(conn: &mut AnyConnection, id: Uuid, version: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE records SET version = $2 WHERE id = $1 AND deleted_at IS NULL AND version < $2",
+    )
+    .bind(id.to_string())
+    .bind(version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The live exceptions of a recurring series (R-E2).
+pub async fn exceptions_of(
+    conn: &mut AnyConnection,
+    series: Uuid,
+) -> Result<Vec<Record>, sqlx::Error> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE parent_id = $1 AND deleted_at IS NULL ORDER BY version");
+    let rows = sqlx::query(&sql)
+        .bind(series.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(record_from_row).collect()
 }
 
 /// Overwrites a live record's row with its new state.
@@ -253,7 +288,7 @@ pub async fn update_record(
     unique_key: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE records SET version = $2, owner_id = $3, state = $4, modified_at = $5, unique_key = $6, search_text = $7, data = $8 \
+        "UPDATE records SET version = $2, owner_id = $3, state = $4, modified_at = $5, unique_key = $6, search_text = $7, data = $8, parent_id = $9 \
          WHERE id = $1 AND deleted_at IS NULL",
     )
     .bind(r.id.to_string())
@@ -264,6 +299,7 @@ pub async fn update_record(
     .bind(unique_key.map(str::to_string))
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
+    .bind(parent_of(r).map(|p| p.to_string()))
     .execute(conn)
     .await?;
     Ok(())

@@ -435,3 +435,33 @@ both_dbs! {
         assert_eq!(s.version().await, before, "refused operations change nothing");
     }
 }
+
+both_dbs! {
+    async fn r_e2_a_series_travels_with_its_exceptions(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        // A weekly series with no end, started in the past: still delivered.
+        let series = s.post(&ann, "/api/v1/appointments", json!({"subject": "Weekly", "start": "2025-01-06T09:00:00Z", "end": "2025-01-06T10:00:00Z",
+            "time_zone": "Europe/Berlin", "recurrence": {"rrule": "FREQ=WEEKLY;BYDAY=MO", "exdates": ["2025-01-13T09:00:00Z"]}})).await.expect(201);
+        let got = s.sync_once(&ann, &client).await;
+        assert_eq!(ids(&got), vec![(id(&series), "create".into())]);
+        // A moved instance, however old, is an exception of the series:
+        // the mailbox gets the series again, carrying it.
+        let moved = s.post(&ann, "/api/v1/appointments", json!({"subject": "Weekly (moved)", "start": "2025-01-21T09:00:00Z", "end": "2025-01-21T10:00:00Z",
+            "series_id": series["id"], "recurrence_id": "2025-01-20T09:00:00Z"})).await.expect(201);
+        let got = s.sync_once(&ann, &client).await;
+        assert_eq!(ids(&got), vec![(id(&series), "update".into())], "never the exception on its own");
+        let exceptions = got[0].record.as_ref().unwrap()["exceptions"].as_array().unwrap().clone();
+        assert_eq!(exceptions.len(), 1);
+        assert_eq!(exceptions[0]["id"], moved["id"]);
+        assert_eq!(exceptions[0]["recurrence_id"], "2025-01-20T09:00:00Z");
+        // Cancelling the instance changes the series too.
+        s.patch(&ann, &format!("/api/v1/appointments/{}", id(&moved)), json!({"state": "canceled"})).await.expect(200);
+        let got = s.sync_once(&ann, &client).await;
+        assert_eq!(got[0].record.as_ref().unwrap()["exceptions"][0]["state"], "canceled");
+        // A series that ended (UNTIL passed) is past: never created in a mailbox (R-E1).
+        s.post(&ann, "/api/v1/appointments", json!({"subject": "Ended", "start": "2024-01-01T09:00:00Z", "end": "2024-01-01T10:00:00Z",
+            "recurrence": {"rrule": "FREQ=DAILY;UNTIL=20240110T000000Z"}})).await.expect(201);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
+    }
+}

@@ -40,7 +40,10 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
     let s = common::start(backend).await;
     let (ann_id, ann) = s.add_user("ann@example.com").await;
     let (bob_id, _) = s.add_user("bob@example.com").await;
-    let client = s.register(&ann, "laptop").await["id"].as_str().unwrap().to_string();
+    let client = s.register(&ann, "laptop").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut live: Vec<String> = Vec::new();
     let mut owner: HashMap<String, bool> = HashMap::new();
     let mut manual: BTreeSet<String> = BTreeSet::new();
@@ -68,18 +71,35 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
             }
             Step::Reassign(i, mine) => {
                 if let Some(id) = pick(i) {
-                    s.patch(&s.admin, &format!("/api/v1/contacts/{id}"), json!({"owner_id": if mine { &ann_id } else { &bob_id }})).await.expect(200);
+                    s.patch(
+                        &s.admin,
+                        &format!("/api/v1/contacts/{id}"),
+                        json!({"owner_id": if mine { &ann_id } else { &bob_id }}),
+                    )
+                    .await
+                    .expect(200);
                     owner.insert(id, mine);
                 }
             }
             Step::Edit(i) => {
                 if let Some(id) = pick(i) {
-                    s.patch(&s.admin, &format!("/api/v1/contacts/{id}"), json!({"city": format!("city{n}")})).await.expect(200);
+                    s.patch(
+                        &s.admin,
+                        &format!("/api/v1/contacts/{id}"),
+                        json!({"city": format!("city{n}")}),
+                    )
+                    .await
+                    .expect(200);
                 }
             }
             Step::DeleteInCrm(i) => {
                 if let Some(id) = pick(i) {
-                    assert_eq!(s.delete(&s.admin, &format!("/api/v1/contacts/{id}")).await.status, 204);
+                    assert_eq!(
+                        s.delete(&s.admin, &format!("/api/v1/contacts/{id}"))
+                            .await
+                            .status,
+                        204
+                    );
                     live.retain(|x| x != &id);
                     manual.remove(&id);
                 }
@@ -96,9 +116,21 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
             Step::Sync => {
                 for d in s.sync_once(&ann, &client).await {
                     match d.action.as_str() {
-                        "create" => assert!(held.insert(d.id.clone()), "create of an item the mailbox holds: {}", d.id),
-                        "update" => assert!(held.contains(&d.id), "update of an item the mailbox lacks: {}", d.id),
-                        _ => assert!(held.remove(&d.id), "removal of an item the mailbox lacks: {}", d.id),
+                        "create" => assert!(
+                            held.insert(d.id.clone()),
+                            "create of an item the mailbox holds: {}",
+                            d.id
+                        ),
+                        "update" => assert!(
+                            held.contains(&d.id),
+                            "update of an item the mailbox lacks: {}",
+                            d.id
+                        ),
+                        _ => assert!(
+                            held.remove(&d.id),
+                            "removal of an item the mailbox lacks: {}",
+                            d.id
+                        ),
                     }
                 }
                 let expected: BTreeSet<String> = live
@@ -113,7 +145,12 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
 }
 
 fn check(backend: common::Backend, steps: Vec<Step>) {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(run(backend, steps));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(backend, steps));
 }
 
 proptest! {

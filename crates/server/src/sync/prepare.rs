@@ -247,6 +247,17 @@ async fn delivered_record(
             }
         }
     }
+    // R-E2: a series travels with its modified and cancelled instances.
+    if r.fields.contains_key("recurrence") {
+        let exceptions = store::exceptions_of(conn, r.id).await?;
+        out["exceptions"] = Value::Array(
+            exceptions
+                .iter()
+                .map(|e| json!({"id": e.id, "version": e.version, "state": e.state, "fields": owner.mailbox_fields(e),
+                    "recurrence_id": e.fields.get("recurrence_id").cloned().unwrap_or(Value::Null)}))
+                .collect(),
+        );
+    }
     Ok(out)
 }
 

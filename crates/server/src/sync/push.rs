@@ -169,7 +169,10 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     let set = set_of(op)?;
     check_role(ctx, set)?;
     if set == EntitySet::Emails {
-        return Err(refuse("not_trackable", "this server does not accept tracked email yet"));
+        return Err(refuse(
+            "not_trackable",
+            "this server does not accept tracked email yet",
+        ));
     }
     if !crmsync_core::settings::MAILBOX_TYPES.contains(&set) {
         return Err(refuse(
