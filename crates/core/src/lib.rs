@@ -1,6 +1,7 @@
 //! crmsync core: records, field definitions, validation, settings, filters
 //! and field rules. Pure logic: nothing here does I/O.
 
+pub mod email;
 pub mod entity;
 pub mod field;
 pub mod field_rules;
