@@ -101,3 +101,16 @@ CREATE INDEX record_addresses_by_record ON record_addresses (record_id);
 -- series is delivered with its exceptions.
 ALTER TABLE records ADD COLUMN parent_id TEXT;
 CREATE INDEX records_by_parent ON records (parent_id);
+
+-- Tracked email: the raw message as received (base64, kept unchanged),
+-- and the keys that find it again (Message-ID per owner, tracking token).
+CREATE TABLE email_messages (
+    record_id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    tracking_token TEXT NOT NULL,
+    raw TEXT NOT NULL
+);
+CREATE INDEX email_messages_by_message_id ON email_messages (message_id, owner_id);
+CREATE INDEX email_messages_by_token ON email_messages (tracking_token);
+INSERT INTO sequence_counter (name, value) VALUES ('tracking_token', 0);

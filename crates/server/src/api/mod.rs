@@ -71,6 +71,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sync/push", axum::routing::post(sync::push))
         .route("/sync/conflicts", get(sync::conflicts))
         .route("/sync/explain", get(sync::explain))
+        .route("/sync/emails/lookup", get(sync::email_lookup))
+        .route("/sync/emails/tagging", get(sync::email_tagging))
+        .route("/emails/{id}/raw", get(sync::email_raw))
         .route("/{set}", get(records::list).post(records::create))
         .route(
             "/{set}/{id}",

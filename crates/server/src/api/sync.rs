@@ -131,3 +131,41 @@ pub async fn explain(
         report::explain(&s.store, caller, client, set, id).await?,
     ))
 }
+
+pub async fn email_lookup(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["message_ids", "subject", "addresses"])?;
+    Ok(Json(
+        crate::sync::email::lookup(&s.store, caller, &q.0).await?,
+    ))
+}
+
+pub async fn email_tagging(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["since", "client_id"])?;
+    let since = match q.get("since") {
+        None => 0,
+        Some(v) => v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad_request("bad_since", "since must be a version number (0 or more)")
+        })?,
+    };
+    Ok(Json(
+        crate::sync::email::tagging(&s.store, caller, since, optional_id(&q, "client_id")?).await?,
+    ))
+}
+
+pub async fn email_raw(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let raw = crate::sync::email::raw_message(&s.store, caller, parse_id(&id)?).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], raw).into_response())
+}

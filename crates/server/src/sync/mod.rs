@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod context;
+pub mod email;
 pub mod prepare;
 pub mod push;
 pub mod report;

@@ -32,7 +32,7 @@ pub struct Refusal {
     record: Option<Value>,
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+pub fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -51,7 +51,7 @@ impl From<ApiError> for Refusal {
 }
 
 /// An operation's outcome: a refusal, or the fields of a success.
-type Outcome = Result<Value, Refusal>;
+pub type Outcome = Result<Value, Refusal>;
 
 /// What every operation handler gets.
 pub struct OpContext<'a> {
@@ -138,7 +138,7 @@ async fn held(
 }
 
 /// The record as the mailbox should now show it.
-fn shown(ctx: &OpContext, r: &Record) -> Value {
+pub fn shown(ctx: &OpContext, r: &Record) -> Value {
     json!({"id": r.id, "set": r.set, "version": r.version, "state": r.state, "modified_at": r.modified_at, "fields": ctx.owner.mailbox_fields(r)})
 }
 
@@ -169,10 +169,7 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     let set = set_of(op)?;
     check_role(ctx, set)?;
     if set == EntitySet::Emails {
-        return Err(refuse(
-            "not_trackable",
-            "this server does not accept tracked email yet",
-        ));
+        return super::email::track_email(conn, ctx, op).await;
     }
     if !crmsync_core::settings::MAILBOX_TYPES.contains(&set) {
         return Err(refuse(
