@@ -335,6 +335,24 @@ pub async fn sync_fields(store: &Store, set: EntitySet) -> ApiResult<SyncFields>
     Ok(fields)
 }
 
+/// The directions of every mailbox set, from one query (for the sync engine).
+pub async fn all_sync_fields(
+    store: &Store,
+) -> ApiResult<std::collections::HashMap<EntitySet, SyncFields>> {
+    let stored = store.list_config(SYNC_FIELDS_KIND).await?;
+    let mut out = std::collections::HashMap::new();
+    for set in EntitySet::ALL.into_iter().filter(|s| s.syncs_to_mailbox()) {
+        let mut fields = default_sync_fields(set);
+        if let Some((_, v)) = stored.iter().find(|(k, _)| k == set.as_str()) {
+            let v: SyncFields =
+                serde_json::from_value(v.clone()).map_err(|_| corrupt("sync fields"))?;
+            fields.extend(v);
+        }
+        out.insert(set, fields);
+    }
+    Ok(out)
+}
+
 pub async fn patch_sync_fields_of(
     store: &Store,
     caller: Caller,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crmsync_core::field_rules::{Direction, FieldSecurityRule, SyncFields};
 use crmsync_core::filter::EvalContext;
-use crmsync_core::settings::{OrgSettings, UserSettings, MAILBOX_TYPES};
+use crmsync_core::settings::{OrgSettings, UserSettings};
 use crmsync_core::{EntitySet, Record};
 
 use super::store::Client;
@@ -32,10 +32,7 @@ impl MailboxOwner {
             Some(u) if u.set == EntitySet::Users => u,
             _ => return Err(ApiError::not_found(format!("no user has id {user_id}"))),
         };
-        let mut sync_fields = HashMap::new();
-        for set in MAILBOX_TYPES.iter().chain([&EntitySet::Emails]) {
-            sync_fields.insert(*set, config::sync_fields(store, *set).await?);
-        }
+        let sync_fields = config::all_sync_fields(store).await?;
         Ok(MailboxOwner {
             email: user
                 .fields

@@ -144,6 +144,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
 
     let mut items = Vec::new();
     let candidates: Vec<Uuid> = candidates.into_iter().collect();
+    let mut pending = Vec::new();
     for chunk in candidates.chunks(CHUNK) {
         let records = store::records_by_ids(&mut tx, chunk).await?;
         let entries = sync_store::entries_for(&mut tx, client.id, chunk).await?;
@@ -183,8 +184,12 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
                     removal,
                 });
             }
-            sync_store::set_pending(&mut tx, client.id, record.id, delivery.is_some()).await?;
+            if delivery.is_some() {
+                pending.push(record.id);
+            }
         }
+        sync_store::set_pending_many(&mut tx, client.id, chunk, &pending).await?;
+        pending.clear();
     }
     sync_store::drop_batches(&mut tx, client.id).await?;
     let batch = if items.is_empty() {

@@ -388,19 +388,78 @@ pub async fn insert_batch(
         .bind(upto)
         .execute(&mut *conn)
         .await?;
-    for (seq, item) in items.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO sync_batch_items (batch_id, seq, record_id, entity_set, action, version, removal) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(batch.to_string())
-        .bind(seq as i64 + 1)
-        .bind(item.id.to_string())
-        .bind(item.set.as_str())
-        .bind(item.action.clone())
-        .bind(item.version)
-        .bind(item.removal.clone())
-        .execute(&mut *conn)
-        .await?;
+    // Multi-row inserts: one round trip per 500 items, not per item.
+    for (chunk_no, chunk) in items.chunks(500).enumerate() {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|k| {
+                let b = k * 7;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO sync_batch_items (batch_id, seq, record_id, entity_set, action, version, removal) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, item) in chunk.iter().enumerate() {
+            q = q
+                .bind(batch.to_string())
+                .bind((chunk_no * 500 + k) as i64 + 1)
+                .bind(item.id.to_string())
+                .bind(item.set.as_str())
+                .bind(item.action.clone())
+                .bind(item.version)
+                .bind(item.removal.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Marks exactly `pending` of `considered` as delivered-but-unacknowledged
+/// for the client, in two statements.
+pub async fn set_pending_many(
+    conn: &mut AnyConnection,
+    client: Uuid,
+    considered: &[Uuid],
+    pending: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if !considered.is_empty() {
+        let placeholders: Vec<String> = (2..=considered.len() + 1)
+            .map(|i| format!("${i}"))
+            .collect();
+        let sql = format!(
+            "DELETE FROM sync_pending WHERE client_id = $1 AND record_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(client.to_string());
+        for id in considered {
+            q = q.bind(id.to_string());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    if !pending.is_empty() {
+        let rows: Vec<String> = (0..pending.len())
+            .map(|k| format!("($1, ${})", k + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO sync_pending (client_id, record_id) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(client.to_string());
+        for id in pending {
+            q = q.bind(id.to_string());
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
