@@ -125,6 +125,8 @@ fn normalize(kind: FieldKind, value: &Value) -> Result<Value, String> {
 
 fn text(value: &Value, max: usize) -> Result<Value, String> {
     match value.as_str() {
+        // PostgreSQL cannot store NUL in text or JSON; no mail client needs it.
+        Some(s) if s.contains('\0') => Err("must not contain NUL characters (\\u0000)".into()),
         Some(s) if s.len() <= max => Ok(value.clone()),
         Some(_) => Err(format!("is longer than {max} bytes")),
         None => Err("must be a string".into()),
@@ -385,6 +387,14 @@ mod tests {
             .contains("cannot point"));
         assert!(regarding(&json!({"set": "accounts"})).is_err());
         assert!(regarding(&json!({"set": "accounts", "id": id, "x": 1})).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        assert!(text(&json!("a\u{0}b"), MAX_TEXT)
+            .unwrap_err()
+            .contains("NUL"));
+        assert!(text(&json!("ab"), MAX_TEXT).is_ok());
     }
 
     #[test]

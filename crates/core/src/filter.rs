@@ -301,6 +301,9 @@ fn parse_node(
         },
         _ => {
             let raw = raw.ok_or_else(|| format!("{path_field}: needs 'value'"))?;
+            if op == Op::In && !raw.is_array() {
+                return Err(format!("{path_field}: 'in' takes a list of values"));
+            }
             match raw.as_str() {
                 Some("@me") if accepts_me(s) => Operand::Me,
                 Some("@me") => {
@@ -707,5 +710,9 @@ mod tests {
         assert!(Condition::parse(EntitySet::Contacts, &ok).is_ok());
         let bad = json!({"field": "state", "op": "in", "value": ["active", "gone"]});
         assert!(Condition::parse(EntitySet::Contacts, &bad).is_err());
+        let me = json!({"field": "owner_id", "op": "in", "value": "@me"});
+        assert!(Condition::parse(EntitySet::Contacts, &me)
+            .unwrap_err()
+            .contains("takes a list"));
     }
 }

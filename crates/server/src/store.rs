@@ -449,27 +449,6 @@ impl Store {
             .collect()
     }
 
-    /// Live records of a set with versions in `(after, upto]`, oldest first.
-    pub async fn records_after(
-        &self,
-        set: EntitySet,
-        after: i64,
-        upto: i64,
-        limit: i64,
-    ) -> Result<Vec<Record>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND version > $2 AND version <= $3 AND deleted_at IS NULL ORDER BY version LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(set.as_str())
-            .bind(after)
-            .bind(upto)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(record_from_row).collect()
-    }
-
     /// The highest version handed out so far.
     pub async fn current_version(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")

@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod context;
 pub mod email;
+pub mod filter_sql;
 pub mod prepare;
 pub mod push;
 pub mod report;

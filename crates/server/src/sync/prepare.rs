@@ -57,27 +57,27 @@ async fn committed_version(conn: &mut sqlx::AnyConnection) -> ApiResult<i64> {
     )
 }
 
-/// Ids of live records of `set` (up to `upto`) that match the owner's filters.
+/// Ids of live records of `set` that match the owner's filters, evaluated
+/// in SQL, page by page (a client's first sync, or after a reset).
 async fn filter_scan(
     store: &Store,
     owner: &MailboxOwner,
     set: EntitySet,
-    upto: i64,
     now: OffsetDateTime,
     out: &mut BTreeSet<Uuid>,
 ) -> ApiResult<()> {
+    let conditions: Vec<_> = owner.filters_of(set).map(|f| &f.condition).collect();
+    let ctx = owner.eval_context(now);
     let mut after = 0;
     loop {
-        let page = store.records_after(set, after, upto, CHUNK as i64).await?;
-        let Some(last) = page.last() else {
+        let page =
+            super::filter_sql::matching_ids(store, set, &conditions, &ctx, after, CHUNK as i64)
+                .await?;
+        let Some((_, last)) = page.last() else {
             return Ok(());
         };
-        after = last.version;
-        out.extend(
-            page.iter()
-                .filter(|r| owner.matching_filter(r, now).is_some())
-                .map(|r| r.id),
-        );
+        after = *last;
+        out.extend(page.iter().map(|(id, _)| *id));
     }
 }
 
@@ -129,7 +129,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     if client.full_scan {
         for set in MAILBOX_TYPES {
             if syncs_items && owner.delivers(set) {
-                filter_scan(store, &owner, set, upto, now, &mut candidates).await?;
+                filter_scan(store, &owner, set, now, &mut candidates).await?;
             }
         }
     } else {
