@@ -465,3 +465,36 @@ both_dbs! {
         assert!(s.sync_once(&ann, &client).await.is_empty());
     }
 }
+
+both_dbs! {
+    async fn r_t5_prepare_reports_a_mass_deletion(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let (bob_id, _) = s.add_user("bob@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let mut all = Vec::new();
+        for i in 0..60 {
+            all.push(contact(&s, &ann, &format!("C{i}")).await);
+        }
+        s.sync_once(&ann, &client).await;
+        // A few leave the filter: within the limits.
+        for c in &all[..5] {
+            s.patch(&s.admin, &format!("/api/v1/contacts/{}", id(c)), json!({"owner_id": bob_id})).await.expect(200);
+        }
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["deletes"], 5);
+        assert_eq!(prep["mass_delete"]["exceeded"], false);
+        s.sync_once(&ann, &client).await;
+        // A mistaken reassignment of everything: 55 deletions of 55 held.
+        for c in &all[5..] {
+            s.patch(&s.admin, &format!("/api/v1/contacts/{}", id(c)), json!({"owner_id": bob_id})).await.expect(200);
+        }
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["deletes"], 55);
+        assert_eq!(prep["mass_delete"]["held"], 55);
+        assert_eq!(prep["mass_delete"]["exceeded"], true);
+        // The share limit alone: 20% is the default.
+        s.patch(&s.admin, "/api/v1/settings", json!({"mass_delete_max_items": 1000, "mass_delete_max_percent": 100})).await.expect(200);
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["exceeded"], false);
+    }
+}

@@ -200,6 +200,8 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     if let Some(b) = batch {
         sync_store::insert_batch(&mut tx, b, client.id, upto, &items, &now_timestamp()).await?;
     }
+    let held = sync_store::held_count(&mut tx, client.id).await?;
+    let mass_delete = mass_delete(&owner.org, &items, held);
     let checked = if recheck || client.full_scan {
         now_timestamp()
     } else {
@@ -207,9 +209,24 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     };
     sync_store::advance_client(&mut tx, client.id, upto, &checked, batch).await?;
     tx.commit().await?;
-    Ok(
-        json!({"batch": batch, "upto_version": upto, "counts": counts(&items), "total": items.len()}),
-    )
+    Ok(json!({
+        "batch": batch, "upto_version": upto, "counts": counts(&items), "total": items.len(),
+        "mass_delete": mass_delete,
+    }))
+}
+
+/// R-T5: how many mailbox items this batch deletes, against the limits. The
+/// agent deletes nothing of a batch that exceeds them unless the user
+/// allows it (`crmsync sync --allow-mass-delete`).
+fn mass_delete(org: &crmsync_core::settings::OrgSettings, items: &[BatchItem], held: i64) -> Value {
+    let deletes = items
+        .iter()
+        .filter(|i| i.removal.as_deref() == Some("delete"))
+        .count() as i64;
+    let too_many = deletes > org.mass_delete_max_items as i64;
+    let too_large_share = held > 0 && deletes * 100 > org.mass_delete_max_percent as i64 * held;
+    json!({"deletes": deletes, "held": held, "max_items": org.mass_delete_max_items,
+        "max_percent": org.mass_delete_max_percent, "exceeded": too_many || too_large_share})
 }
 
 async fn current_batch(

@@ -323,6 +323,14 @@ pub async fn delete_entry(
     Ok(())
 }
 
+/// How many records the client's mailbox holds (R-T5's denominator).
+pub async fn held_count(conn: &mut AnyConnection, client: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM sync_entries WHERE client_id = $1 AND excluded = 0")
+        .bind(client.to_string())
+        .fetch_one(conn)
+        .await
+}
+
 pub async fn pending_ids(conn: &mut AnyConnection, client: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     let rows = sqlx::query("SELECT record_id FROM sync_pending WHERE client_id = $1")
         .bind(client.to_string())
