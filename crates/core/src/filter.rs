@@ -481,6 +481,31 @@ impl Condition {
         }
     }
 
+    /// Whether the passage of time alone can make a record start matching:
+    /// an upper bound relative to now (`start le @now+7d`), or a lower
+    /// bound under `not`. Such filters need a periodic re-evaluation over
+    /// all records, not only over those the mailbox holds.
+    pub fn may_gain_matches_over_time(&self) -> bool {
+        self.gains(true)
+    }
+
+    fn gains(&self, positive: bool) -> bool {
+        match self {
+            Condition::All(c) | Condition::Any(c) => c.iter().any(|c| c.gains(positive)),
+            Condition::Not(c) => c.gains(!positive),
+            Condition::Compare {
+                op,
+                value: Operand::Now(_),
+                ..
+            } => match op {
+                Op::Lt | Op::Le => positive,
+                Op::Gt | Op::Ge => !positive,
+                _ => true,
+            },
+            Condition::Compare { .. } => false,
+        }
+    }
+
     /// The condition in words, for `explain`.
     pub fn describe(&self) -> String {
         match self {
@@ -702,6 +727,35 @@ mod tests {
         r.fields
             .insert("attendees".into(), json!([{"email": "other@x.org"}]));
         assert!(!cond.matches(EntitySet::Appointments, &r, &ctx()));
+    }
+
+    #[test]
+    fn r_s6_which_filters_gain_records_as_time_passes() {
+        let gains = |v: Value| {
+            Condition::parse(EntitySet::Appointments, &v)
+                .unwrap()
+                .may_gain_matches_over_time()
+        };
+        assert!(gains(
+            json!({"field": "start", "op": "le", "value": "@now+7d"})
+        ));
+        assert!(!gains(
+            json!({"field": "modified_at", "op": "ge", "value": "@now-30d"})
+        ));
+        assert!(gains(
+            json!({"not": {"field": "modified_at", "op": "ge", "value": "@now-30d"}})
+        ));
+        assert!(!gains(
+            json!({"field": "owner_id", "op": "eq", "value": "@me"})
+        ));
+        for (_, set, cond) in default_filters() {
+            assert!(
+                !Condition::parse(set, &cond)
+                    .unwrap()
+                    .may_gain_matches_over_time(),
+                "{set}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crmsync_core::EntitySet;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, Store};
+use crate::sync::store::{self as sync_store, reevaluate};
 
 pub const SETTINGS_KIND: &str = "settings";
 pub const FILTER_KIND: &str = "sync_filter";
@@ -90,6 +91,7 @@ pub async fn patch_user_settings(
         .map_err(ApiError::invalid)?;
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SETTINGS_KIND, &user.to_string(), &json!(next)).await?;
+    reevaluate(&mut conn, Some(user)).await?;
     Ok(next)
 }
 
@@ -283,6 +285,7 @@ async fn save_filter(store: &Store, caller: Caller, filter: &SyncFilter) -> ApiR
     }
     let v = filter.to_json();
     store::put_config(&mut conn, FILTER_KIND, &filter.id.to_string(), &v).await?;
+    reevaluate(&mut conn, filter.user_id).await?;
     Ok(v)
 }
 
@@ -312,6 +315,11 @@ pub async fn delete_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult
     )?;
     let mut conn = store.pool.acquire().await?;
     store::delete_config(&mut conn, FILTER_KIND, &id.to_string()).await?;
+    let owner = current
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| Uuid::parse_str(u).ok());
+    reevaluate(&mut conn, owner).await?;
     Ok(())
 }
 
@@ -364,6 +372,7 @@ pub async fn patch_sync_fields_of(
         .map_err(ApiError::invalid)?;
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SYNC_FIELDS_KIND, set.as_str(), &json!(next)).await?;
+    sync_store::redeliver_set(&mut conn, set).await?;
     Ok(next)
 }
 
@@ -430,13 +439,24 @@ pub async fn create_field_security(
     rule.id = Some(id);
     let v = json!(rule);
     store::put_config(&mut conn, FIELD_SECURITY_KIND, &id.to_string(), &v).await?;
+    sync_store::redeliver_set(&mut conn, rule.entity_set).await?;
     Ok(v)
 }
 
 pub async fn delete_field_security(store: &Store, caller: Caller, id: Uuid) -> ApiResult<()> {
     caller.require_admin()?;
     let mut conn = store.pool.acquire().await?;
+    let rule = store
+        .get_config(FIELD_SECURITY_KIND, &id.to_string())
+        .await?;
     if store::delete_config(&mut conn, FIELD_SECURITY_KIND, &id.to_string()).await? {
+        if let Some(set) = rule.and_then(|r| {
+            r.get("entity_set")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        }) {
+            sync_store::redeliver_set(&mut conn, set).await?;
+        }
         Ok(())
     } else {
         Err(ApiError::not_found(format!(

@@ -286,6 +286,10 @@ pub async fn update_in(
     };
     store::update_record(conn, &record, unique_key(set, &record.fields).as_deref()).await?;
     index_addresses(conn, &record, true).await?;
+    if set == EntitySet::Users {
+        // Privileges may have changed (R-S11): the user's clients re-evaluate.
+        crate::sync::store::reevaluate(conn, Some(id)).await?;
+    }
     touch_series(conn, old_series, version).await?;
     touch_series(conn, store::parent_of(&record), version).await?;
     Ok((record, true))

@@ -498,3 +498,43 @@ both_dbs! {
         assert_eq!(prep["mass_delete"]["exceeded"], false);
     }
 }
+
+both_dbs! {
+    async fn r_s6_a_new_or_changed_filter_takes_effect_at_the_next_sync(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let (_, bob) = s.add_user("bob@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let berlin = s.post(&bob, "/api/v1/contacts", json!({"last_name": "Berliner", "city": "Berlin"})).await.expect(201);
+        s.post(&bob, "/api/v1/contacts", json!({"last_name": "Roman", "city": "Rome"})).await.expect(201);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
+        // Ann adds her own filter; the existing record now matches.
+        let f = s.post(&ann, "/api/v1/sync-filters", json!({"name": "Berlin", "entity_set": "contacts", "condition": {"field": "city", "op": "eq", "value": "Berlin"}})).await.expect(201);
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&berlin), "create".into())]);
+        // Deactivated: it leaves the mailbox (R-S8).
+        s.patch(&ann, &format!("/api/v1/sync-filters/{}", id(&f)), json!({"active": false})).await.expect(200);
+        let got = s.sync_once(&ann, &client).await;
+        assert_eq!(ids(&got), vec![(id(&berlin), "remove".into())]);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
+    }
+
+    async fn r_f1_a_direction_change_redelivers_held_records(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let c = s.post(&ann, "/api/v1/contacts", json!({"last_name": "Lee", "notes": "private"})).await.expect(201);
+        let got = s.sync_once(&ann, &client).await;
+        assert_eq!(got[0].record.as_ref().unwrap()["fields"]["notes"], "private");
+        s.patch(&s.admin, "/api/v1/sync-fields/contacts", json!({"notes": "none"})).await.expect(200);
+        let again = s.sync_once(&ann, &client).await;
+        assert_eq!(ids(&again), vec![(id(&c), "update".into())]);
+        assert!(again[0].record.as_ref().unwrap()["fields"].get("notes").is_none());
+    }
+
+    async fn r_s11_losing_the_privilege_removes_synchronized_items(s: TestServer) {
+        let (ann_id, ann) = s.add_user("ann@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let c = contact(&s, &ann, "Lee").await;
+        s.sync_once(&ann, &client).await;
+        s.patch(&s.admin, &format!("/api/v1/users/{ann_id}"), json!({"sync_to_mailbox": false})).await.expect(200);
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&c), "remove".into())]);
+    }
+}

@@ -126,13 +126,18 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     if client.full_scan || recheck {
         candidates.extend(sync_store::entry_ids(&mut tx, client.id).await?);
     }
-    if client.full_scan {
-        for set in MAILBOX_TYPES {
-            if syncs_items && owner.delivers(set) {
-                filter_scan(store, &owner, set, now, &mut candidates).await?;
-            }
+    for set in MAILBOX_TYPES {
+        // A first sync or reset evaluates every filter; an hourly re-check
+        // evaluates those that time alone can make match (R-S6).
+        let gains = recheck
+            && owner
+                .filters_of(set)
+                .any(|f| f.condition.may_gain_matches_over_time());
+        if syncs_items && owner.delivers(set) && (client.full_scan || gains) {
+            filter_scan(store, &owner, set, now, &mut candidates).await?;
         }
-    } else {
+    }
+    if !client.full_scan {
         let mut since = client.scanned_version;
         while since < upto {
             let page = store.changes_between(since, upto, CHUNK as i64).await?;

@@ -195,6 +195,40 @@ pub async fn advance_client(
     Ok(())
 }
 
+/// After a change of filters, settings or privileges: the clients (of one
+/// mailbox user, or all) evaluate everything again at their next prepare.
+pub async fn reevaluate(
+    conn: &mut AnyConnection,
+    mailbox_user: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    match mailbox_user {
+        Some(u) => {
+            sqlx::query("UPDATE sync_clients SET full_scan = 1 WHERE mailbox_user_id = $1")
+                .bind(u.to_string())
+                .execute(conn)
+                .await?
+        }
+        None => {
+            sqlx::query("UPDATE sync_clients SET full_scan = 1")
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// After a change of which fields reach mailboxes (R-F1, R-F3): every held
+/// record of the set is delivered again as an update.
+pub async fn redeliver_set(conn: &mut AnyConnection, set: EntitySet) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync_entries SET delivered_version = 0 WHERE entity_set = $1 AND excluded = 0",
+    )
+    .bind(set.as_str())
+    .execute(&mut *conn)
+    .await?;
+    reevaluate(conn, None).await
+}
+
 /// R-S9 reset: forget the exclusions and evaluate everything again.
 pub async fn reset_client(conn: &mut AnyConnection, c: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM sync_entries WHERE client_id = $1 AND excluded = 1")
