@@ -1018,6 +1018,73 @@ fn sync_paths(paths: &mut Paths) {
         HttpMethod::Get,
         error_responses(op, &["400", "401", "403", "404"]),
     );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("email_lookup"))
+        .parameter(query_param(
+            "message_ids",
+            string(None).into(),
+            "comma-separated Message-IDs from In-Reply-To and References",
+        ))
+        .parameter(query_param(
+            "subject",
+            string(None).into(),
+            "the subject (tracking token, smart matching)",
+        ))
+        .parameter(query_param(
+            "addresses",
+            string(None).into(),
+            "comma-separated addresses of the message (smart matching)",
+        ))
+        .response(
+            "200",
+            ok("R-M5: the tracked email the message belongs to, and how it matched"),
+        );
+    add(
+        paths,
+        "/api/v1/sync/emails/lookup",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("email_tagging"))
+        .parameter(query_param(
+            "since",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .into(),
+            "version",
+        ))
+        .parameter(query_param("client_id", uuid(), "the asking client"))
+        .response(
+            "200",
+            ok("R-M7: emails of the caller changed after the version"),
+        );
+    add(
+        paths,
+        "/api/v1/sync/emails/tagging",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag("emails")
+        .operation_id(Some("email_raw"))
+        .parameter(path_param("id", uuid()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("the message as received")
+                .content("message/rfc822", ContentBuilder::new().build())
+                .build(),
+        );
+    add(
+        paths,
+        "/api/v1/emails/{id}/raw",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "404"]),
+    );
 }
 
 pub fn document() -> OpenApi {
