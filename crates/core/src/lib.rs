@@ -7,6 +7,7 @@ pub mod field;
 pub mod field_rules;
 pub mod filter;
 pub mod merge;
+pub mod plan;
 pub mod record;
 pub mod settings;
 pub mod sync_rules;
