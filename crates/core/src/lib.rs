@@ -6,6 +6,7 @@ pub mod entity;
 pub mod field;
 pub mod field_rules;
 pub mod filter;
+pub mod mapping;
 pub mod merge;
 pub mod plan;
 pub mod record;

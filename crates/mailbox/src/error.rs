@@ -1,0 +1,105 @@
+//! The one error type of every backend. Each message says what failed, on
+//! which collection/item, and what happens next or what to do (STYLE.md §8).
+
+use std::path::PathBuf;
+
+use crate::types::Etag;
+
+/// Result of a mailbox operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong with a mailbox operation.
+///
+/// Whole-call failures (`NoSuchCollection`, `Io` on a folder, `Watch`) come
+/// back as the `Err` of the call; per-item failures of bulk calls
+/// (`get_many`, `message_flags`, `changes_since`) come back next to the items
+/// that did work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{collection}: no such collection; check the [mailbox] section of the agent configuration"
+    )]
+    NoSuchCollection { collection: String },
+
+    #[error("{collection}/{href}: not found (deleted or moved by another client); the next sync picks up the deletion")]
+    NotFound { collection: String, href: String },
+
+    /// The precondition failed: the item is no longer the version the caller
+    /// read. Nothing was written; `current` is the etag the item has now.
+    #[error("{collection}/{href}: changed by another client since it was read (now etag {current}); nothing was written, read it again and merge")]
+    Conflict {
+        collection: String,
+        href: String,
+        current: Etag,
+    },
+
+    /// `create` refused: the name is taken. Nothing was written.
+    #[error("{collection}/{href}: already exists; nothing was written, read the existing item and update it instead")]
+    AlreadyExists { collection: String, href: String },
+
+    /// The item's bytes are not what the collection holds (e.g. a `.vcf`
+    /// that is not a vCard). Only the framing is checked, never the fields.
+    #[error("{collection}/{href}: {reason}; the item is skipped and listed in `crmsync status`")]
+    Malformed {
+        collection: String,
+        href: String,
+        reason: String,
+    },
+
+    #[error("{collection}: {operation} is not possible here: {reason}")]
+    Unsupported {
+        collection: String,
+        operation: &'static str,
+        reason: &'static str,
+    },
+
+    #[error("keyword {keyword:?}: {reason}")]
+    InvalidKeyword {
+        keyword: String,
+        reason: &'static str,
+    },
+
+    #[error("{collection}: all 26 keyword letters of dovecot-keywords are taken, so {keyword} cannot be stored; remove keywords no message uses from that file")]
+    KeywordSlotsFull { collection: String, keyword: String },
+
+    #[error("{collection}: the stored sync state cannot be used ({reason}); the agent must list the whole collection again (`crmsync client reset`)")]
+    InvalidSyncState { collection: String, reason: String },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: timed out waiting for the lock {}; if no other program is writing this folder, delete the lock file", folder.display(), lock.display())]
+    LockTimeout { folder: PathBuf, lock: PathBuf },
+
+    #[error("watching {}: {reason}; changes are still found by the scheduled sync", path.display())]
+    Watch { path: PathBuf, reason: String },
+
+    #[error("mailbox backend task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True if the write was refused because another client changed the item.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// The item's current etag when the error is a [`Error::Conflict`].
+    pub fn current_etag(&self) -> Option<&Etag> {
+        match self {
+            Error::Conflict { current, .. } => Some(current),
+            _ => None,
+        }
+    }
+}
