@@ -10,6 +10,7 @@ pub mod mapping;
 pub mod merge;
 pub mod plan;
 pub mod record;
+pub mod recurrence;
 pub mod settings;
 pub mod sync_rules;
 pub mod time;

@@ -63,29 +63,8 @@ pub fn accepts_mailbox_edits(set: EntitySet) -> bool {
     set != EntitySet::Serviceappointments
 }
 
-/// The end of a series from its RRULE's UNTIL, if it has one.
-fn series_until(r: &Record) -> Option<OffsetDateTime> {
-    let rrule = r.fields.get("recurrence")?.get("rrule")?.as_str()?;
-    let until = rrule.split(';').find_map(|p| p.strip_prefix("UNTIL="))?;
-    let (date, rest) = until.split_at(until.len().min(8));
-    if date.len() != 8 {
-        return None;
-    }
-    let stamp = format!(
-        "{}-{}-{}T{}Z",
-        &date[0..4],
-        &date[4..6],
-        &date[6..8],
-        match rest.trim_start_matches('T').trim_end_matches('Z') {
-            t if t.len() == 6 => format!("{}:{}:{}", &t[0..2], &t[2..4], &t[4..6]),
-            _ => "23:59:59".to_string(),
-        }
-    );
-    parse_datetime(&stamp).ok()
-}
-
-/// R-E1: an appointment that has ended. A series has ended only when its
-/// UNTIL has passed; one without an end (or with COUNT) is never past here.
+/// R-E1: an appointment that has ended. A series has ended when its last
+/// occurrence (by UNTIL or COUNT) has; one without an end never does.
 pub fn is_past_appointment(r: &Record, now: OffsetDateTime) -> bool {
     if !is_appointment(r.set) {
         return false;
@@ -93,7 +72,7 @@ pub fn is_past_appointment(r: &Record, now: OffsetDateTime) -> bool {
     let ended = time_field(r, "end").is_some_and(|e| e < now);
     match r.fields.get("recurrence").filter(|v| !v.is_null()) {
         None => ended,
-        Some(_) => series_until(r).is_some_and(|u| u < now),
+        Some(_) => crate::recurrence::series_end(r).is_some_and(|end| end < now),
     }
 }
 

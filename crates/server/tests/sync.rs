@@ -538,3 +538,26 @@ both_dbs! {
         assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&c), "remove".into())]);
     }
 }
+
+both_dbs! {
+    async fn r_e2_the_crm_shows_a_series_instances_for_the_next_12_months(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let series = s.post(&ann, "/api/v1/appointments", json!({"subject": "Monthly review", "start": "2026-01-15T14:00:00Z", "end": "2026-01-15T15:00:00Z",
+            "recurrence": {"rrule": "FREQ=MONTHLY"}})).await.expect(201);
+        let exception = s.post(&ann, "/api/v1/appointments", json!({"subject": "Review (cancelled)", "start": "2026-02-15T14:00:00Z", "end": "2026-02-15T15:00:00Z",
+            "series_id": series["id"], "recurrence_id": "2026-02-15T14:00:00Z", "state": "canceled"})).await.expect(201);
+        let path = format!("/api/v1/appointments/{}/instances?from=2026-06-01T00:00:00Z", id(&series));
+        let got = s.get(&ann, &path).await.expect(200);
+        let items = got["items"].as_array().unwrap();
+        // The February exception (before the window) plus 12 monthly instances.
+        assert_eq!(items.len(), 13, "{got}");
+        assert_eq!(items[0]["exception_id"], exception["id"]);
+        assert_eq!(items[0]["state"], "canceled");
+        assert_eq!(items[1]["start"], "2026-06-15T14:00:00Z");
+        assert_eq!(items[12]["start"], "2027-05-15T14:00:00Z");
+        assert_eq!(got["truncated"], false);
+        let plain = s.post(&ann, "/api/v1/appointments", json!({"subject": "Once", "start": FUTURE, "end": FUTURE_END})).await.expect(201);
+        assert_eq!(s.get(&ann, &format!("/api/v1/appointments/{}/instances", id(&plain))).await.error(422), "invalid_input");
+        assert_eq!(s.get(&ann, &format!("{path}&to=2030-01-01T00:00:00Z")).await.error(400), "bad_window");
+    }
+}

@@ -74,6 +74,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sync/emails/lookup", get(sync::email_lookup))
         .route("/sync/emails/tagging", get(sync::email_tagging))
         .route("/emails/{id}/raw", get(sync::email_raw))
+        .route("/appointments/{id}/instances", get(records::instances))
+        .route(
+            "/serviceappointments/{id}/instances",
+            get(records::instances),
+        )
         .route("/{set}", get(records::list).post(records::create))
         .route(
             "/{set}/{id}",

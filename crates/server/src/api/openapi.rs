@@ -1085,6 +1085,32 @@ fn sync_paths(paths: &mut Paths) {
         HttpMethod::Get,
         error_responses(op, &["400", "401", "404"]),
     );
+    for set in ["appointments", "serviceappointments"] {
+        let op = OperationBuilder::new()
+            .tag(set)
+            .operation_id(Some(format!("instances_{set}")))
+            .parameter(path_param("id", uuid()))
+            .parameter(query_param(
+                "from",
+                string(Some("date-time")).into(),
+                "window start (default now)",
+            ))
+            .parameter(query_param(
+                "to",
+                string(Some("date-time")).into(),
+                "window end (default from + 12 months; at most 2 years)",
+            ))
+            .response(
+                "200",
+                ok("R-E2: the series' instances in the window and its exceptions"),
+            );
+        add(
+            paths,
+            &format!("/api/v1/{set}/{{id}}/instances"),
+            HttpMethod::Get,
+            error_responses(op, &["400", "401", "404", "422"]),
+        );
+    }
 }
 
 pub fn document() -> OpenApi {

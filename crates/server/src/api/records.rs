@@ -190,3 +190,54 @@ pub async fn changes(
         json!({"items": changes, "next_since": next, "complete": (changes.len() as i64) < limit}),
     ))
 }
+
+/// R-E2: the instances of a recurring series in a window (default: the
+/// next 12 months), with its exceptions whatever their date.
+pub async fn instances(
+    State(state): State<AppState>,
+    _caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    ApiPath(id): ApiPath<String>,
+    query: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    query.only(&["from", "to"])?;
+    let set = if uri.path().contains("/serviceappointments/") {
+        crmsync_core::EntitySet::Serviceappointments
+    } else {
+        crmsync_core::EntitySet::Appointments
+    };
+    let id = parse_id(&id)?;
+    let time = |k: &str| {
+        query
+            .get(k)
+            .map(|s| {
+                parse_datetime(s)
+                    .map_err(|e| ApiError::bad_request("bad_time", format!("{k}: {e}")))
+            })
+            .transpose()
+    };
+    let from = time("from")?.unwrap_or_else(time::OffsetDateTime::now_utc);
+    let to = time("to")?.unwrap_or(from + time::Duration::days(365));
+    if to <= from || to - from > time::Duration::days(731) {
+        return Err(ApiError::bad_request(
+            "bad_window",
+            "'to' must be after 'from', at most 2 years later",
+        ));
+    }
+    let series = match state.store.get(id).await? {
+        Some(r) if r.set == set => r,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no record in {set} has id {id}"
+            )))
+        }
+    };
+    let mut conn = state.store.pool.acquire().await?;
+    let exceptions = crate::store::exceptions_of(&mut conn, id).await?;
+    let (items, truncated) = crmsync_core::recurrence::instances(&series, &exceptions, from, to)
+        .map_err(ApiError::invalid)?;
+    Ok(Json(
+        json!({"series_id": id, "from": crmsync_core::time::format_datetime(from),
+        "to": crmsync_core::time::format_datetime(to), "items": items, "truncated": truncated}),
+    ))
+}
