@@ -60,7 +60,7 @@ both_dbs! {
         assert_eq!(primaries, 1);
     }
 
-    async fn r_c3_secondary_gets_no_items_and_cannot_push_them(s: TestServer) {
+    async fn r_c3_r_c4_secondary_gets_no_items_and_cannot_push_or_track_them(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let primary = id(&s.register(&ann, "laptop").await);
         let secondary = id(&s.register(&ann, "phone").await);
@@ -107,7 +107,7 @@ both_dbs! {
         assert_eq!(s.register(&boss, "laptop").await["role"], "primary");
     }
 
-    async fn r_s2_prepare_delivers_creates_updates_and_removals_incrementally(s: TestServer) {
+    async fn r_s1_r_s2_r_s3_prepare_and_data_deliver_creates_updates_and_removals_incrementally(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let client = id(&s.register(&ann, "laptop").await);
         let a = contact(&s, &ann, "Alpha").await;
