@@ -402,23 +402,7 @@ impl Store {
     /// Everything changed or deleted after `since`, oldest first: one range
     /// scan of the covering index `records_by_version`.
     pub async fn changes_since(&self, since: i64, limit: i64) -> Result<Vec<Change>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 ORDER BY version LIMIT $2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Change {
-                    id: uuid_col(row, "id")?,
-                    set: set_col(row, "entity_set")?,
-                    version: row.try_get("version")?,
-                    deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
-                })
-            })
-            .collect()
+        self.changes_between(since, i64::MAX, limit).await
     }
 
     /// Changes in `(since, upto]`, oldest first (prepare reads the sequence

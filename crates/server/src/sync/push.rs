@@ -163,6 +163,19 @@ async fn link(
     Ok(())
 }
 
+/// The mailbox now holds this version of the record (it got it in the answer).
+async fn holds(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    id: Uuid,
+    set: EntitySet,
+    version: i64,
+    manual: bool,
+) -> ApiResult<()> {
+    sync_store::put_entry(conn, ctx.client.id, id, set, version, manual, false, None).await?;
+    Ok(())
+}
+
 /// `track`: create the CRM record, or link the item to an existing one
 /// (its X-CRM-ID, or the same item tracked before).
 async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
@@ -337,18 +350,7 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
             .await
             .map_err(ApiError::from)?;
     }
-    sync_store::put_entry(
-        conn,
-        ctx.client.id,
-        id,
-        set,
-        record.version,
-        entry.manual,
-        false,
-        None,
-    )
-    .await
-    .map_err(ApiError::from)?;
+    holds(conn, ctx, id, set, record.version, entry.manual).await?;
     Ok(
         json!({"id": id, "version": record.version, "record": shown(ctx, &record), "conflicts": merged.conflicts}),
     )
@@ -429,18 +431,7 @@ async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value
         ctx.version,
     )
     .await?;
-    sync_store::put_entry(
-        conn,
-        ctx.client.id,
-        id,
-        set,
-        record.version,
-        entry.manual,
-        false,
-        None,
-    )
-    .await
-    .map_err(ApiError::from)?;
+    holds(conn, ctx, id, set, record.version, entry.manual).await?;
     Ok(json!({"id": id, "version": record.version, "record": shown(ctx, &record)}))
 }
 
