@@ -201,6 +201,16 @@ impl ApiQuery {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
+
+    /// `since`: a version of the change sequence, 0 when absent.
+    pub fn since(&self) -> ApiResult<i64> {
+        match self.get("since") {
+            None => Ok(0),
+            Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                ApiError::bad_request("bad_since", "since must be a version number (0 or more)")
+            }),
+        }
+    }
 }
 
 pub fn parse_set(s: &str) -> ApiResult<EntitySet> {

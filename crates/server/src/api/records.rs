@@ -177,12 +177,7 @@ pub async fn changes(
     query: ApiQuery,
 ) -> ApiResult<Json<Value>> {
     query.only(&["since", "limit"])?;
-    let since = match query.get("since") {
-        None => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-            ApiError::bad_request("bad_since", "since must be a version number (0 or more)")
-        })?,
-    };
+    let since = query.since()?;
     let limit = parse_limit(&query)?;
     let changes = state.store.changes_since(since, limit).await?;
     let next = changes.last().map_or(since, |c| c.version);

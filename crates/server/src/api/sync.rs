@@ -149,12 +149,7 @@ pub async fn email_tagging(
     q: ApiQuery,
 ) -> ApiResult<Json<Value>> {
     q.only(&["since", "client_id"])?;
-    let since = match q.get("since") {
-        None => 0,
-        Some(v) => v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-            ApiError::bad_request("bad_since", "since must be a version number (0 or more)")
-        })?,
-    };
+    let since = q.since()?;
     Ok(Json(
         crate::sync::email::tagging(&s.store, caller, since, optional_id(&q, "client_id")?).await?,
     ))

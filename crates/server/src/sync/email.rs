@@ -18,7 +18,6 @@ use crmsync_core::EntitySet;
 use super::clients::own_client;
 use super::context::MailboxOwner;
 use super::push::{refuse, OpContext, Outcome};
-use super::store as sync_store;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::records;
@@ -223,18 +222,7 @@ pub async fn track_email(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Val
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| refuse("not_found", "the email vanished"))?;
-        sync_store::put_entry(
-            conn,
-            ctx.client.id,
-            r.id,
-            r.set,
-            r.version,
-            true,
-            false,
-            Some(&uid),
-        )
-        .await
-        .map_err(ApiError::from)?;
+        super::push::link(conn, ctx, &r, Some(&uid)).await?;
         return Ok(
             json!({"id": r.id, "version": r.version, "linked": true, "record": super::push::shown(ctx, &r)}),
         );
@@ -293,18 +281,7 @@ pub async fn track_email(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Val
         }
     }
     let record = mine.expect("the tracking user's own activity is always created");
-    sync_store::put_entry(
-        conn,
-        ctx.client.id,
-        record.id,
-        record.set,
-        record.version,
-        true,
-        false,
-        Some(&uid),
-    )
-    .await
-    .map_err(ApiError::from)?;
+    super::push::link(conn, ctx, &record, Some(&uid)).await?;
     Ok(
         json!({"id": record.id, "version": record.version, "linked": false, "record": super::push::shown(ctx, &record),
         "tracking_token": record.fields.get("tracking_token"), "problems": parsed.problems}),

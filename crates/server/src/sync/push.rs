@@ -142,7 +142,7 @@ pub fn shown(ctx: &OpContext, r: &Record) -> Value {
     json!({"id": r.id, "set": r.set, "version": r.version, "state": r.state, "modified_at": r.modified_at, "fields": ctx.owner.mailbox_fields(r)})
 }
 
-async fn link(
+pub(super) async fn link(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     r: &Record,
