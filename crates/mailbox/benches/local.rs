@@ -1,0 +1,75 @@
+//! Local mailbox benchmark (BENCHMARKS.md "Local mailbox"): a sync with
+//! nothing changed over N contacts + N events + N to-dos, i.e. one
+//! `changes_since` per collection from the stored state. Run at two sizes
+//! to see the per-item cost.
+//!
+//!   cargo bench -p crmsync-mailbox --bench local -- [--items N]   (N per collection, default 10000)
+
+use std::time::{Duration, Instant};
+
+use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox};
+
+fn item(kind: &str, i: usize) -> String {
+    match kind {
+        "contacts" => format!("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c{i}\r\nFN:Person {i}\r\nN:{i};Person;;;\r\nEMAIL:p{i}@example.com\r\nEND:VCARD\r\n"),
+        "calendar" => format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//bench//EN\r\nBEGIN:VEVENT\r\nUID:e{i}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20270101T090000Z\r\nDTEND:20270101T100000Z\r\nSUMMARY:Meeting {i}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"),
+        _ => format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//bench//EN\r\nBEGIN:VTODO\r\nUID:t{i}\r\nDTSTAMP:20260101T000000Z\r\nSUMMARY:Task {i}\r\nEND:VTODO\r\nEND:VCALENDAR\r\n"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let n: usize = argv
+        .iter()
+        .position(|a| a == "--items")
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mailbox = LocalMailbox::open(&LocalConfig {
+        root: dir.path().to_path_buf(),
+    })
+    .unwrap();
+    let collections = ["contacts", "calendar", "tasks"];
+    for c in collections {
+        let ext = if c == "contacts" { "vcf" } else { "ics" };
+        for i in 0..n {
+            std::fs::write(dir.path().join(c).join(format!("{i}.{ext}")), item(c, i)).unwrap();
+        }
+    }
+    let t = Instant::now();
+    let mut states = Vec::new();
+    for c in collections {
+        let changes = mailbox.changes_since(c, None).await.unwrap();
+        assert_eq!(changes.changed.len(), n);
+        states.push(changes.state);
+    }
+    let first = t.elapsed();
+    // Past the "racily clean" window, so that the no-change scans read nothing.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for (c, s) in collections.iter().zip(&states) {
+        mailbox.changes_since(c, Some(s)).await.unwrap();
+    }
+    let mut runs = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        for (c, s) in collections.iter().zip(&states) {
+            let changes = mailbox.changes_since(c, Some(s)).await.unwrap();
+            assert!(changes.changed.is_empty() && changes.deleted.is_empty());
+        }
+        runs.push(t.elapsed());
+    }
+    runs.sort();
+    let median = runs[runs.len() / 2];
+    println!("local mailbox, {} items ({n} per collection)", 3 * n);
+    println!(
+        "first scan (reads every file):       {:>8.1} ms",
+        first.as_secs_f64() * 1e3
+    );
+    println!(
+        "no-change sync, median of 7:         {:>8.1} ms  ({:.2} µs per item)",
+        median.as_secs_f64() * 1e3,
+        median.as_secs_f64() * 1e6 / (3 * n) as f64
+    );
+}
