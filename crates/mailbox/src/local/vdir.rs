@@ -84,11 +84,18 @@ impl Vdir<'_> {
             if !self.is_item_name(&name) {
                 continue;
             }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let file_type = entry.file_type();
+            if file_type.as_ref().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            // Follows symlinks: a dangling link is an item that cannot be read.
-            out.push((name, fs::metadata(entry.path())));
+            // The directory entry's own stat avoids a path walk per file;
+            // links are followed (a dangling link is an item that cannot be read).
+            let meta = if file_type.is_ok_and(|t| t.is_symlink()) {
+                fs::metadata(entry.path())
+            } else {
+                entry.metadata()
+            };
+            out.push((name, meta));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
