@@ -47,6 +47,84 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Synchronize the mailbox with the CRM now and wait for completion (R-T1).
+    Sync {
+        /// The agent configuration (SPEC §13).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Go on with a sync that would delete many items (R-T5).
+        #[arg(long)]
+        allow_mass_delete: bool,
+    },
+    /// Show the agent's state: items per link state (R-M3).
+    Status {
+        /// The agent configuration (SPEC §13).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure that is the user's usage (exit status 2).
+#[derive(Debug)]
+struct BadUsage(String);
+
+impl std::fmt::Display for BadUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadUsage {}
+
+async fn open_agent(config: &std::path::Path) -> anyhow::Result<crmsync_agent::Agent> {
+    let cfg = crmsync_agent::Config::load(config).map_err(|e| BadUsage(e.to_string()))?;
+    crmsync_agent::Agent::open(cfg).await
+}
+
+fn print_sync(report: &crmsync_agent::SyncReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        let pushed: Vec<String> = report
+            .pushed
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "synchronized (client {}, {}): {} written to the mailbox, {} deleted, {} unlinked; pushed to the CRM: {}",
+            report.client_id,
+            report.role,
+            report.written_to_mailbox,
+            report.deleted_from_mailbox,
+            report.unlinked_in_mailbox,
+            if pushed.is_empty() { "nothing".to_string() } else { pushed.join(", ") }
+        );
+        if report.left_for_primary > 0 {
+            println!(
+                "{} change(s) wait for the primary client (R-C3)",
+                report.left_for_primary
+            );
+        }
+        for line in report.refused.iter().chain(&report.reported) {
+            println!("{line}");
+        }
+    }
+    if let Some(why) = &report.mass_delete {
+        eprintln!("held back {} deletion(s): {why}", report.held_deletions);
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    if report.mass_delete.is_some() || !report.errors.is_empty() {
+        anyhow::bail!("the sync did not complete; see above");
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -129,6 +207,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             crmsync_server::serve(store, listener, max_body, shutdown_signal()).await
         }
+        Command::Sync {
+            config,
+            json,
+            allow_mass_delete,
+        } => {
+            let agent = open_agent(&config).await?;
+            let report = agent
+                .sync_once(crmsync_agent::SyncOptions { allow_mass_delete })
+                .await?;
+            print_sync(&report, json)
+        }
+        Command::Status { config, json } => {
+            let agent = open_agent(&config).await?;
+            let s = agent.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "client: {}\nnot tracked (0): {}\nto be tracked (1): {}\ntracked (2): {}\npending operations: {}",
+                    s.client_id.as_deref().unwrap_or("(not registered yet; run `crmsync sync`)"),
+                    s.not_tracked,
+                    s.to_be_tracked,
+                    s.tracked,
+                    s.pending_operations
+                );
+            }
+            Ok(())
+        }
         Command::Admin { command } => match command {
             AdminCommand::Init { db, email, name } => {
                 let store = Store::connect(&db.db).await?;
@@ -191,6 +297,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<BadUsage>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,196 @@
+//! HTTP client of the CRM server's sync API (docs/sync-protocol.md).
+
+use serde_json::{json, Value};
+
+/// A refused or failed call, with the server's error code when it sent one.
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    #[error("cannot reach the CRM server at {url} ({source}); check [crm] url and that `crmsync serve` runs")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "the CRM server refused the token (401); check [crm] token or the CRMSYNC_TOKEN variable"
+    )]
+    Unauthorized,
+    #[error("the CRM server answered {status} to {what}: {code}: {message}")]
+    Refused {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl CrmError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CrmError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CrmClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl CrmClient {
+    pub fn new(base: &str, token: &str) -> CrmClient {
+        CrmClient {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CrmError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let unreachable = |source| CrmError::Unreachable {
+            url: self.base.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.as_u16() == 401 {
+            return Err(CrmError::Unauthorized);
+        }
+        if !status.is_success() {
+            return Err(CrmError::Refused {
+                what: format!("{method} {}", path.split('?').next().unwrap_or(path)),
+                status: status.as_u16(),
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
+                message: value["error"]["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            });
+        }
+        Ok(value)
+    }
+
+    /// R-C1: registers (or finds again) this client.
+    pub async fn register(
+        &self,
+        name: &str,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Value, CrmError> {
+        let mut body = json!({"name": name});
+        if let Some(u) = on_behalf_of {
+            body["on_behalf_of"] = json!(u);
+        }
+        self.call(reqwest::Method::POST, "/api/v1/sync/clients", Some(body))
+            .await
+    }
+
+    /// R-S2.
+    pub async fn prepare(&self, client: &str) -> Result<Value, CrmError> {
+        self.call(
+            reqwest::Method::POST,
+            "/api/v1/sync/prepare",
+            Some(json!({"client_id": client})),
+        )
+        .await
+    }
+
+    /// R-S3: every delivery of the batch (all pages).
+    pub async fn deliveries(&self, client: &str, batch: &str) -> Result<Vec<Value>, CrmError> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/sync/data?client_id={client}&batch={batch}{cursor}"),
+                    None,
+                )
+                .await?;
+            out.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_i64() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// R-S3: full records for `ids` (500 at a time).
+    pub async fn records(
+        &self,
+        client: &str,
+        batch: &str,
+        ids: &[String],
+    ) -> Result<Vec<Value>, CrmError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let got = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/api/v1/sync/data?client_id={client}&batch={batch}&ids={}",
+                        chunk.join(",")
+                    ),
+                    None,
+                )
+                .await?;
+            out.extend(got["records"].as_array().cloned().unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// R-S4.
+    pub async fn ack(
+        &self,
+        client: &str,
+        batch: &str,
+        items: &[(String, i64)],
+    ) -> Result<Value, CrmError> {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(id, version)| json!({"id": id, "version": version}))
+            .collect();
+        self.call(
+            reqwest::Method::POST,
+            "/api/v1/sync/ack",
+            Some(json!({"client_id": client, "batch": batch, "items": items})),
+        )
+        .await
+    }
+
+    /// R-S5: the per-operation results, in order (500 operations per call).
+    pub async fn push(&self, client: &str, ops: &[Value]) -> Result<Vec<Value>, CrmError> {
+        let mut out = Vec::new();
+        for chunk in ops.chunks(500) {
+            let r = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/sync/push",
+                    Some(json!({"client_id": client, "ops": chunk})),
+                )
+                .await?;
+            out.extend(r["results"].as_array().cloned().unwrap_or_default());
+        }
+        Ok(out)
+    }
+}

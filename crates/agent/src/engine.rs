@@ -1,0 +1,993 @@
+//! One synchronization (`crmsync sync`): scan the mailbox, prepare + data,
+//! decide each item with `core::plan::plan_item` (CRM → mailbox first, then
+//! mailbox → CRM, R-F5), execute with etag preconditions, acknowledge, push.
+//!
+//! Durability (R-T4): push operations are journaled with stable `op_id`s
+//! before they are sent and re-sent at the next sync until their answer is
+//! applied; a collection's mailbox sync state is stored only when every
+//! change found in it was handled, so a failed or interrupted item is found
+//! again; items carrying `X-CRM-ID` that the cache does not know (a lost
+//! cache, a crash after a mailbox write) are linked again, never duplicated
+//! (R-M2).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crmsync_core::entity::EntitySet;
+use crmsync_core::mapping::{
+    parse_item, project_fields, render_item, MailboxItem, RenderOptions, VcardVersion,
+};
+use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
+use crmsync_core::record::Record;
+use crmsync_core::sync_rules::Removal;
+use crmsync_mailbox::{Etag, LocalConfig, LocalMailbox, Mailbox, SyncState};
+
+use crate::cache::{Cache, CachedItem, JournalEntry};
+use crate::config::Config;
+use crate::crm::CrmClient;
+
+/// The sets this agent synchronizes and the collection each lives in.
+pub const COLLECTIONS: &[(EntitySet, &str)] = &[
+    (EntitySet::Contacts, "contacts"),
+    (EntitySet::Appointments, "calendar"),
+    (EntitySet::Serviceappointments, "calendar"),
+    (EntitySet::Tasks, "tasks"),
+    (EntitySet::Phonecalls, "tasks"),
+    (EntitySet::Letters, "tasks"),
+    (EntitySet::Faxes, "tasks"),
+];
+
+/// Each collection once, in order.
+fn collections() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (_, c) in COLLECTIONS {
+        if !out.contains(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn collection_of(set: EntitySet) -> Option<&'static str> {
+    COLLECTIONS.iter().find(|(s, _)| *s == set).map(|(_, c)| *c)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// R-T5: go on with a batch whose deletions exceed the limits.
+    pub allow_mass_delete: bool,
+}
+
+/// What one sync did (`crmsync sync --json`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub client_id: String,
+    pub role: String,
+    /// Deliveries written into the mailbox (created or updated).
+    pub written_to_mailbox: usize,
+    pub deleted_from_mailbox: usize,
+    pub unlinked_in_mailbox: usize,
+    pub acknowledged: usize,
+    pub pushed: BTreeMap<String, usize>,
+    pub refused: Vec<String>,
+    /// R-T5: deletions held back, and why.
+    pub held_deletions: usize,
+    pub mass_delete: Option<String>,
+    pub left_for_primary: usize,
+    pub reported: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// `crmsync status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub client_id: Option<String>,
+    /// R-M3: items per link state.
+    pub not_tracked: i64,
+    pub to_be_tracked: i64,
+    pub tracked: i64,
+    pub pending_operations: usize,
+}
+
+/// One item as the scan found it.
+#[derive(Debug, Clone)]
+struct Found {
+    collection: String,
+    href: String,
+    etag: String,
+    bytes: Vec<u8>,
+    item: MailboxItem,
+}
+
+/// A mailbox item the scan found changed, deleted, or newly marked.
+#[derive(Debug, Clone)]
+struct Touched {
+    cached: Option<CachedItem>,
+    current: Option<Found>,
+    link: LinkState,
+    side: MailboxSide,
+}
+
+pub struct Agent {
+    cfg: Config,
+    cache: Cache,
+    crm: CrmClient,
+    mailbox: Arc<dyn Mailbox>,
+    local_root: Option<PathBuf>,
+}
+
+fn now_rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A record as the sync API shows it (data or push answer) → core Record.
+fn record_of(v: &Value) -> anyhow::Result<Record> {
+    let id = Uuid::parse_str(v["id"].as_str().unwrap_or("")).context("record without id")?;
+    let set = EntitySet::from_str(v["set"].as_str().unwrap_or(""))
+        .map_err(|_| anyhow::anyhow!("record {id}: unknown set {}", v["set"]))?;
+    Ok(Record {
+        id,
+        set,
+        version: v["version"].as_i64().unwrap_or(0),
+        owner_id: v["owner_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or(Uuid::nil()),
+        state: v["state"].as_str().unwrap_or("").to_string(),
+        created_at: String::new(),
+        modified_at: v["modified_at"].as_str().unwrap_or("").to_string(),
+        fields: v["fields"].as_object().cloned().unwrap_or_default(),
+    })
+}
+
+impl Agent {
+    /// Opens the cache and the mailbox named by the configuration.
+    pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
+        let root = cfg
+            .local_root
+            .clone()
+            .context("[mailbox.local] root is missing; set it in the configuration")?;
+        let mailbox = LocalMailbox::open(&LocalConfig { root: root.clone() })
+            .with_context(|| format!("[mailbox.local] root = {}", root.display()))?;
+        let cache = Cache::open(&cfg.cache).await?;
+        let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
+        Ok(Agent {
+            cfg,
+            cache,
+            crm,
+            mailbox: Arc::new(mailbox),
+            local_root: Some(root),
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusReport> {
+        let [not_tracked, to_be_tracked, tracked] = self.cache.link_counts().await?;
+        Ok(StatusReport {
+            client_id: self.cache.meta("client_id").await?,
+            not_tracked,
+            to_be_tracked,
+            tracked,
+            pending_operations: self.cache.journal_pending().await?.len(),
+        })
+    }
+
+    /// The item's modification time in the mailbox (R-F5), when the
+    /// backend can tell.
+    fn modified_at(&self, collection: &str, href: &str) -> Option<String> {
+        let path = self.local_root.as_ref()?.join(collection).join(href);
+        let t = std::fs::metadata(path).ok()?.modified().ok()?;
+        Some(now_rfc3339(OffsetDateTime::from(t)))
+    }
+
+    async fn register(&self, report: &mut SyncReport) -> anyhow::Result<(String, Role)> {
+        let client = self
+            .crm
+            .register(&self.cfg.client_name, self.cfg.on_behalf_of.as_deref())
+            .await?;
+        let id = client["id"]
+            .as_str()
+            .context("the server answered a registration without id")?
+            .to_string();
+        self.cache.set_meta("client_id", &id).await?;
+        let role = if client["role"] == "delegated" {
+            Role::Delegated
+        } else if client["acts_as_primary"] == true {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
+        report.client_id = id.clone();
+        report.role = client["role"].as_str().unwrap_or("").to_string();
+        Ok((id, role))
+    }
+
+    /// One synchronization.
+    pub async fn sync_once(&self, options: SyncOptions) -> anyhow::Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let (client, role) = self.register(&mut report).await?;
+
+        // 0. Operations journaled by an earlier, interrupted sync (R-T4).
+        let pending = self.cache.journal_pending().await?;
+        if !pending.is_empty() {
+            self.send(&client, pending, &mut report).await?;
+        }
+
+        // (a) scan.
+        let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
+        let mut new_states: Vec<(String, SyncState)> = Vec::new();
+        let mut incomplete: std::collections::HashSet<String> = Default::default();
+        for collection in collections() {
+            let state = self.cache.sync_state(collection).await?.map(SyncState::new);
+            let changes = match self.mailbox.changes_since(collection, state.as_ref()).await {
+                Ok(c) => c,
+                Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
+                    self.mailbox.changes_since(collection, None).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !changes.failed.is_empty() {
+                incomplete.insert(collection.to_string());
+                for (href, e) in &changes.failed {
+                    report.errors.push(format!("{collection}/{href}: {e}"));
+                }
+            }
+            for r in &changes.changed {
+                let cached = self.cache.item(collection, &r.href).await?;
+                if cached.as_ref().is_some_and(|c| c.etag == r.etag.as_str()) {
+                    continue;
+                }
+                let got = match self.mailbox.get(collection, &r.href).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        incomplete.insert(collection.to_string());
+                        report.errors.push(e.to_string());
+                        continue;
+                    }
+                };
+                let item = match parse_item(&got.data) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        report.errors.push(format!(
+                            "{collection}/{}: cannot be read ({e}); fix or remove the item",
+                            r.href
+                        ));
+                        continue;
+                    }
+                };
+                let found = Found {
+                    collection: collection.to_string(),
+                    href: got.href.clone(),
+                    etag: got.etag.as_str().to_string(),
+                    bytes: got.data,
+                    item,
+                };
+                if let Some(t) = self.classify(cached, found).await? {
+                    touched.insert((collection.to_string(), r.href.clone()), t);
+                }
+            }
+            for href in &changes.deleted {
+                let Some(cached) = self.cache.item(collection, href).await? else {
+                    continue;
+                };
+                if cached.link == 2 {
+                    touched.insert(
+                        (collection.to_string(), href.clone()),
+                        Touched {
+                            cached: Some(cached),
+                            current: None,
+                            link: LinkState::Tracked,
+                            side: MailboxSide::Deleted,
+                        },
+                    );
+                } else {
+                    self.cache.remove_item(collection, href).await?;
+                }
+            }
+            new_states.push((collection.to_string(), changes.state));
+        }
+
+        // (b) prepare + data.
+        let prep = self.crm.prepare(&client).await?;
+        let mut acks: Vec<(String, i64)> = Vec::new();
+        let mut ops: Vec<JournalEntry> = Vec::new();
+        let batch = prep["batch"].as_str().map(str::to_string);
+        if let Some(batch) = &batch {
+            let exceeded = prep["mass_delete"]["exceeded"] == true;
+            if exceeded && !options.allow_mass_delete {
+                report.mass_delete = Some(format!(
+                    "this sync would delete {} items from the mailbox (limits: {} items or {}%); nothing was deleted. Check the sync filters, then run `crmsync sync --allow-mass-delete` to go on",
+                    prep["mass_delete"]["deletes"], prep["mass_delete"]["max_items"], prep["mass_delete"]["max_percent"]
+                ));
+            }
+            let deliveries = self.crm.deliveries(&client, batch).await?;
+            let wanted: Vec<String> = deliveries
+                .iter()
+                .filter(|d| d["action"] != "remove")
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect();
+            let records: HashMap<String, Value> = self
+                .crm
+                .records(&client, batch, &wanted)
+                .await?
+                .into_iter()
+                .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
+                .collect();
+            // Items the scan found with an X-CRM-ID the cache does not hold
+            // linked (R-M2): a delivery of that record updates them.
+            let mut by_crm_id: HashMap<String, (String, String)> = HashMap::new();
+            for (key, t) in &touched {
+                if t.link == LinkState::ToBeTracked {
+                    if let Some(id) = t.current.as_ref().and_then(|f| f.item.crm_id) {
+                        by_crm_id.insert(id.to_string(), key.clone());
+                    }
+                }
+            }
+
+            // (c) CRM → mailbox.
+            for d in &deliveries {
+                let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
+                    continue;
+                };
+                let version = d["version"].as_i64().unwrap_or(0);
+                let Some(collection) = EntitySet::from_str(set).ok().and_then(collection_of) else {
+                    continue; // not synchronized by this agent yet: not acknowledged
+                };
+                let crm_side = match (d["action"].as_str(), d["removal"].as_str()) {
+                    (Some("remove"), Some("unlink")) => CrmSide::Removed(Removal::Unlink),
+                    (Some("remove"), _) => CrmSide::Removed(Removal::Delete),
+                    _ => CrmSide::Changed,
+                };
+                if crm_side == CrmSide::Removed(Removal::Delete) && report.mass_delete.is_some() {
+                    report.held_deletions += 1;
+                    continue;
+                }
+                let record = records.get(id);
+                if crm_side == CrmSide::Changed && record.is_none() {
+                    report.errors.push(format!(
+                        "{set}/{id}: delivered without its record; retried next sync"
+                    ));
+                    continue;
+                }
+                // The local side of this record.
+                let (key, mut t) =
+                    if let Some(c) = self.cache.item_by_crm_id(id).await?.filter(|c| c.link == 2) {
+                        let key = (c.collection.clone(), c.href.clone());
+                        match touched.remove(&key) {
+                            Some(t) => (Some(key), t),
+                            None => (
+                                Some(key),
+                                Touched {
+                                    cached: Some(c),
+                                    current: None,
+                                    link: LinkState::Tracked,
+                                    side: MailboxSide::Unchanged,
+                                },
+                            ),
+                        }
+                    } else if let Some(key) = by_crm_id.remove(id) {
+                        let mut t = touched.remove(&key).expect("scanned item");
+                        let f = t.current.as_ref().expect("scanned item");
+                        // Found again by X-CRM-ID: linked, the CRM version wins.
+                        t.cached = Some(CachedItem {
+                            collection: f.collection.clone(),
+                            href: f.href.clone(),
+                            etag: f.etag.clone(),
+                            uid: f.item.uid.clone(),
+                            set: set.to_string(),
+                            crm_id: Some(id.to_string()),
+                            link: 2,
+                            version: 0,
+                            baseline: f.item.fields.clone(),
+                        });
+                        t.link = LinkState::Tracked;
+                        t.side = MailboxSide::Unchanged;
+                        (Some(key), t)
+                    } else {
+                        (
+                            None,
+                            Touched {
+                                cached: None,
+                                current: None,
+                                link: LinkState::NotTracked,
+                                side: MailboxSide::Unchanged,
+                            },
+                        )
+                    };
+                let actions = plan_item(t.link, crm_side, t.side, role);
+                let mut done = true;
+                for action in actions {
+                    let r = self
+                        .execute(action, collection, &mut t, record, &mut ops, &mut report)
+                        .await;
+                    if let Err(e) = r {
+                        done = false;
+                        report.errors.push(format!("{set}/{id}: {e:#}"));
+                        if let Some(k) = &key {
+                            incomplete.insert(k.0.clone());
+                        }
+                        break;
+                    }
+                }
+                if done {
+                    acks.push((id.to_string(), version));
+                }
+            }
+        }
+
+        // Mailbox → CRM for the items no delivery touched.
+        for ((collection, _), mut t) in std::mem::take(&mut touched) {
+            let actions = plan_item(t.link, CrmSide::Unchanged, t.side, role);
+            for action in actions {
+                if let Err(e) = self
+                    .execute(action, &collection, &mut t, None, &mut ops, &mut report)
+                    .await
+                {
+                    incomplete.insert(collection.clone());
+                    report.errors.push(format!("{e:#}"));
+                    break;
+                }
+            }
+            if t.link == LinkState::ToBeTracked && role != Role::Primary {
+                incomplete.insert(collection.clone());
+            }
+        }
+
+        // (d) acknowledge what was applied.
+        if let (Some(batch), false) = (&batch, acks.is_empty()) {
+            let r = self.crm.ack(&client, batch, &acks).await?;
+            report.acknowledged += r["acknowledged"].as_u64().unwrap_or(0) as usize;
+        }
+
+        // Mailbox → CRM: journal first, then send (R-T4).
+        if !ops.is_empty() {
+            for op in &ops {
+                self.cache.journal_add(op).await?;
+            }
+            let failed = self.send(&client, ops, &mut report).await?;
+            for c in failed {
+                incomplete.insert(c);
+            }
+        }
+        if report.left_for_primary > 0 {
+            for c in collections() {
+                incomplete.insert(c.to_string());
+            }
+        }
+        for (collection, state) in new_states {
+            if !incomplete.contains(&collection) {
+                let state = self.settle(&collection, state).await?;
+                self.cache
+                    .set_sync_state(&collection, state.as_str())
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The state to store after a sync: the scan's state moved over the
+    /// agent's own writes (items whose etag the cache holds, deletions of
+    /// items it forgot), so the next scan does not see them as the user's.
+    /// If anything else changed meanwhile, the scan's state is kept and the
+    /// next scan finds it (R-T3).
+    async fn settle(&self, collection: &str, scanned: SyncState) -> anyhow::Result<SyncState> {
+        let Ok(after) = self.mailbox.changes_since(collection, Some(&scanned)).await else {
+            return Ok(scanned);
+        };
+        if !after.failed.is_empty() {
+            return Ok(scanned);
+        }
+        for r in &after.changed {
+            match self.cache.item(collection, &r.href).await? {
+                Some(c) if c.etag == r.etag.as_str() => {}
+                _ => return Ok(scanned),
+            }
+        }
+        for href in &after.deleted {
+            if self.cache.item(collection, href).await?.is_some() {
+                return Ok(scanned);
+            }
+        }
+        Ok(after.state)
+    }
+
+    /// Decides what a changed mailbox item is against the cache.
+    async fn classify(
+        &self,
+        cached: Option<CachedItem>,
+        found: Found,
+    ) -> anyhow::Result<Option<Touched>> {
+        let item = &found.item;
+        let linked_here = cached.as_ref().is_some_and(|c| c.link == 2);
+        if linked_here {
+            let c = cached.clone().unwrap();
+            let side = if !item.tracked || item.crm_id.is_none() {
+                MailboxSide::MarkerRemoved
+            } else if item.fields == c.baseline {
+                // Only unmapped properties changed: nothing to synchronize.
+                let mut c = c;
+                c.etag = found.etag.clone();
+                self.cache.put_item(&c).await?;
+                return Ok(None);
+            } else {
+                MailboxSide::Changed
+            };
+            return Ok(Some(Touched {
+                cached,
+                current: Some(found),
+                link: LinkState::Tracked,
+                side,
+            }));
+        }
+        // Marked for tracking (R-M1), or carrying an X-CRM-ID the cache does
+        // not hold linked (R-M2: relink, never duplicate).
+        if item.tracked || item.crm_id.is_some() {
+            let row = CachedItem {
+                collection: found.collection.clone(),
+                href: found.href.clone(),
+                etag: String::new(),
+                uid: item.uid.clone(),
+                set: item.set.as_str().to_string(),
+                crm_id: None,
+                link: 1,
+                version: 0,
+                baseline: Map::new(),
+            };
+            self.cache.put_item(&row).await?;
+            return Ok(Some(Touched {
+                cached: Some(row),
+                current: Some(found),
+                link: LinkState::ToBeTracked,
+                side: MailboxSide::Changed,
+            }));
+        }
+        // Not (or no longer) marked.
+        let row = CachedItem {
+            collection: found.collection.clone(),
+            href: found.href.clone(),
+            etag: found.etag.clone(),
+            uid: item.uid.clone(),
+            set: item.set.as_str().to_string(),
+            crm_id: None,
+            link: 0,
+            version: 0,
+            baseline: Map::new(),
+        };
+        self.cache.put_item(&row).await?;
+        Ok(None)
+    }
+
+    /// Writes a CRM record into the mailbox at the item of `t` (or as a new
+    /// item) and makes it the item's baseline.
+    async fn write_record(
+        &self,
+        collection: &str,
+        t: &mut Touched,
+        record: &Value,
+    ) -> anyhow::Result<()> {
+        let rec = record_of(record)?;
+        let company = record["company"].as_str();
+        // R-E2: a series travels with its modified and cancelled instances.
+        let exceptions: Vec<Record> = record["exceptions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| {
+                        let mut e = e.clone();
+                        e["set"] = json!(rec.set.as_str());
+                        let rid = e["recurrence_id"].clone();
+                        e["fields"]["recurrence_id"] = rid;
+                        record_of(&e).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let render = |uid: &str, existing: Option<&[u8]>| {
+            let item = MailboxItem::from_records(&rec, &exceptions, uid, true);
+            let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
+            opts.vcard_version = VcardVersion::V4;
+            opts.company = company;
+            opts.existing = existing;
+            render_item(&item, &opts).or_else(|e| {
+                if existing.is_some() {
+                    let mut o = RenderOptions::new(OffsetDateTime::now_utc());
+                    o.company = company;
+                    render_item(&item, &o)
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        let written = match &t.cached {
+            Some(c) => {
+                // Overwrite with the etag we know as precondition.
+                let expected = match &t.current {
+                    Some(f) => f.etag.clone(),
+                    None => c.etag.clone(),
+                };
+                let existing = match &t.current {
+                    Some(f) => f.bytes.clone(),
+                    None => self.mailbox.get(collection, &c.href).await?.data,
+                };
+                let uid = parse_item(&existing)
+                    .map(|i| i.uid)
+                    .unwrap_or_else(|_| c.uid.clone());
+                let bytes = render(&uid, Some(&existing))?;
+                let r = self
+                    .mailbox
+                    .update(collection, &c.href, &Etag::new(expected), &bytes)
+                    .await?;
+                (r, uid)
+            }
+            None => {
+                let uid = rec.id.to_string();
+                let bytes = render(&uid, None)?;
+                let r = match self.mailbox.create(collection, &uid, &bytes).await {
+                    Ok(r) => r,
+                    Err(crmsync_mailbox::Error::AlreadyExists { href, .. }) => {
+                        // A copy written before a crash: overwrite it.
+                        let cur = self.mailbox.get(collection, &href).await?;
+                        let bytes = render(&uid, Some(&cur.data))?;
+                        self.mailbox
+                            .update(collection, &href, &cur.etag, &bytes)
+                            .await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                (r, uid)
+            }
+        };
+        let (r, uid) = written;
+        let row = CachedItem {
+            collection: collection.to_string(),
+            href: r.href.clone(),
+            etag: r.etag.as_str().to_string(),
+            uid,
+            set: rec.set.as_str().to_string(),
+            crm_id: Some(rec.id.to_string()),
+            link: 2,
+            version: rec.version,
+            baseline: project_fields(rec.set, &rec.fields),
+        };
+        self.cache.put_item(&row).await?;
+        t.cached = Some(row);
+        t.current = None;
+        t.link = LinkState::Tracked;
+        Ok(())
+    }
+
+    /// Drops X-CRM-ID and the marker from the item; the cache keeps it as
+    /// not tracked.
+    async fn unlink(&self, collection: &str, t: &mut Touched) -> anyhow::Result<()> {
+        let c = t
+            .cached
+            .clone()
+            .context("unlink of an item the cache does not hold")?;
+        let (etag, bytes) = match &t.current {
+            Some(f) => (f.etag.clone(), f.bytes.clone()),
+            None => {
+                let i = self.mailbox.get(collection, &c.href).await?;
+                (i.etag.as_str().to_string(), i.data)
+            }
+        };
+        let mut item = parse_item(&bytes)?;
+        item.crm_id = None;
+        item.tracked = false;
+        let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
+        opts.existing = Some(&bytes);
+        let out = render_item(&item, &opts)?;
+        let r = self
+            .mailbox
+            .update(collection, &c.href, &Etag::new(etag), &out)
+            .await?;
+        let row = CachedItem {
+            etag: r.etag.as_str().to_string(),
+            crm_id: None,
+            link: 0,
+            version: 0,
+            baseline: Map::new(),
+            ..c
+        };
+        self.cache.put_item(&row).await?;
+        t.cached = Some(row);
+        t.current = None;
+        t.link = LinkState::NotTracked;
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        action: Action,
+        collection: &str,
+        t: &mut Touched,
+        record: Option<&Value>,
+        ops: &mut Vec<JournalEntry>,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let op = |kind: &str, t: &Touched, body: Value| -> JournalEntry {
+            let (href, etag) = match (&t.current, &t.cached) {
+                (Some(f), _) => (f.href.clone(), f.etag.clone()),
+                (None, Some(c)) => (c.href.clone(), c.etag.clone()),
+                (None, None) => (String::new(), String::new()),
+            };
+            let op_id = Uuid::new_v4().to_string();
+            let mut body = body;
+            body["op_id"] = json!(op_id);
+            body["kind"] = json!(kind);
+            JournalEntry {
+                op_id,
+                collection: collection.to_string(),
+                href,
+                etag,
+                op: body,
+            }
+        };
+        let crm_id = t.cached.as_ref().and_then(|c| c.crm_id.clone());
+        let set = t
+            .current
+            .as_ref()
+            .map(|f| f.item.set.as_str().to_string())
+            .or_else(|| t.cached.as_ref().map(|c| c.set.clone()))
+            .unwrap_or_default();
+        match action {
+            Action::WriteToMailbox => {
+                let record = record.context("no record to write")?;
+                self.write_record(collection, t, record).await?;
+                report.written_to_mailbox += 1;
+            }
+            Action::DeleteFromMailbox => {
+                let c = t.cached.clone().context("delete of an unknown item")?;
+                match self
+                    .mailbox
+                    .delete(collection, &c.href, &Etag::new(c.etag.clone()))
+                    .await
+                {
+                    Ok(()) | Err(crmsync_mailbox::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.cache.remove_item(collection, &c.href).await?;
+                report.deleted_from_mailbox += 1;
+            }
+            Action::UnlinkInMailbox => {
+                self.unlink(collection, t).await?;
+                report.unlinked_in_mailbox += 1;
+            }
+            Action::PushTrack => {
+                let f = t.current.as_ref().context("track of an item not scanned")?;
+                let mut body = json!({"set": f.item.set.as_str(), "fields": f.item.fields, "item_uid": f.item.uid});
+                if let Some(id) = f.item.crm_id {
+                    body["crm_id"] = json!(id.to_string());
+                }
+                ops.push(op("track", t, body));
+            }
+            Action::PushUpdate => {
+                let c = t.cached.as_ref().context("update of an unknown item")?;
+                let f = t.current.as_ref().context("update of an item not scanned")?;
+                let mut body = json!({
+                    "set": set, "id": crm_id, "base_version": c.version,
+                    "baseline": c.baseline, "fields": f.item.fields,
+                });
+                if let Some(m) = self.modified_at(collection, &f.href) {
+                    body["mailbox_modified_at"] = json!(m);
+                }
+                ops.push(op("update", t, body));
+            }
+            Action::PushDelete => {
+                ops.push(op("delete", t, json!({"set": set, "id": crm_id})));
+            }
+            Action::PushUntrack => {
+                ops.push(op(
+                    "untrack",
+                    t,
+                    json!({"set": set, "id": crm_id, "delete_in_crm": false}),
+                ));
+            }
+            Action::ForgetLink => {
+                if let Some(c) = t.cached.take() {
+                    match &t.current {
+                        Some(f) => {
+                            let row = CachedItem {
+                                etag: f.etag.clone(),
+                                crm_id: None,
+                                link: 0,
+                                version: 0,
+                                baseline: Map::new(),
+                                ..c
+                            };
+                            self.cache.put_item(&row).await?;
+                        }
+                        None => self.cache.remove_item(collection, &c.href).await?,
+                    }
+                }
+                t.link = LinkState::NotTracked;
+            }
+            Action::LeaveForPrimary => report.left_for_primary += 1,
+            Action::Report => report.reported.push(format!(
+                "{collection}/{}: edited in the mailbox but deleted in the CRM; kept in the mailbox, unlinked",
+                t.cached.as_ref().map(|c| c.href.as_str()).unwrap_or("?")
+            )),
+        }
+        Ok(())
+    }
+
+    /// Sends journaled operations and applies their answers; returns the
+    /// collections with an operation that must be tried again.
+    async fn send(
+        &self,
+        client: &str,
+        entries: Vec<JournalEntry>,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<Vec<String>> {
+        let bodies: Vec<Value> = entries.iter().map(|e| e.op.clone()).collect();
+        let results = self.crm.push(client, &bodies).await?;
+        let mut retry = Vec::new();
+        for (entry, result) in entries.iter().zip(results) {
+            let kind = entry.op["kind"].as_str().unwrap_or("").to_string();
+            match self.apply_answer(entry, &kind, &result, report).await {
+                Ok(true) => {}
+                Ok(false) => retry.push(entry.collection.clone()),
+                Err(e) => {
+                    retry.push(entry.collection.clone());
+                    report.errors.push(format!(
+                        "{}/{}: {kind}: {e:#}",
+                        entry.collection, entry.href
+                    ));
+                }
+            }
+            self.cache.journal_done(&entry.op_id).await?;
+        }
+        Ok(retry)
+    }
+
+    /// Applies one push answer. `Ok(false)`: refused in a way that a later
+    /// sync may resolve (the item is looked at again).
+    async fn apply_answer(
+        &self,
+        entry: &JournalEntry,
+        kind: &str,
+        result: &Value,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<bool> {
+        let collection = entry.collection.as_str();
+        let cached = self.cache.item(collection, &entry.href).await?;
+        if result["status"] != "ok" {
+            let code = result["code"].as_str().unwrap_or("refused");
+            report.refused.push(format!(
+                "{collection}/{}: {kind} refused: {code}: {}",
+                entry.href,
+                result["message"].as_str().unwrap_or("")
+            ));
+            // The CRM version to show instead (R-E3, R-A).
+            if let (Some(rec), Some(c)) = (result.get("record"), cached.clone()) {
+                let mut t = Touched {
+                    current: None,
+                    cached: Some(CachedItem {
+                        etag: entry.etag.clone(),
+                        ..c
+                    }),
+                    link: LinkState::Tracked,
+                    side: MailboxSide::Unchanged,
+                };
+                self.write_record(collection, &mut t, rec).await?;
+                return Ok(true);
+            }
+            if matches!(code, "not_linked" | "not_found") && kind != "track" {
+                if let Some(c) = cached {
+                    if kind == "delete" {
+                        self.cache.remove_item(collection, &c.href).await?;
+                    } else {
+                        let mut t = Touched {
+                            cached: Some(c),
+                            current: None,
+                            link: LinkState::Tracked,
+                            side: MailboxSide::Unchanged,
+                        };
+                        self.unlink(collection, &mut t).await?;
+                    }
+                }
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        *report.pushed.entry(kind.to_string()).or_default() += 1;
+        match kind {
+            "track" | "update" => {
+                let rec = result
+                    .get("record")
+                    .context("the server's answer carries no record")?;
+                let base = cached.unwrap_or(CachedItem {
+                    collection: collection.to_string(),
+                    href: entry.href.clone(),
+                    etag: entry.etag.clone(),
+                    uid: String::new(),
+                    set: entry.op["set"].as_str().unwrap_or("").to_string(),
+                    crm_id: None,
+                    link: 1,
+                    version: 0,
+                    baseline: Map::new(),
+                });
+                let mut t = Touched {
+                    cached: Some(CachedItem {
+                        etag: entry.etag.clone(),
+                        ..base
+                    }),
+                    current: None,
+                    link: LinkState::Tracked,
+                    side: MailboxSide::Unchanged,
+                };
+                if let Err(e) = self.write_record(collection, &mut t, rec).await {
+                    // Edited again meanwhile: linked now, the edit goes out
+                    // as an update next time (baseline = the CRM's answer).
+                    let r = record_of(rec)?;
+                    let row = CachedItem {
+                        collection: collection.to_string(),
+                        href: entry.href.clone(),
+                        etag: entry.etag.clone(),
+                        uid: t.cached.as_ref().map(|c| c.uid.clone()).unwrap_or_default(),
+                        set: r.set.as_str().to_string(),
+                        crm_id: Some(r.id.to_string()),
+                        link: 2,
+                        version: r.version,
+                        baseline: project_fields(r.set, &r.fields),
+                    };
+                    self.cache.put_item(&row).await?;
+                    report.errors.push(format!(
+                        "{collection}/{}: linked, but the CRM's answer could not be written ({e}); retried next sync",
+                        entry.href
+                    ));
+                    return Ok(false);
+                }
+            }
+            "delete" => {
+                self.cache.remove_item(collection, &entry.href).await?;
+            }
+            "untrack" => {
+                if let Some(c) = cached {
+                    let mut t = Touched {
+                        cached: Some(CachedItem {
+                            etag: entry.etag.clone(),
+                            ..c
+                        }),
+                        current: None,
+                        link: LinkState::Tracked,
+                        side: MailboxSide::Unchanged,
+                    };
+                    if self.unlink(collection, &mut t).await.is_err() {
+                        // Keep it unlinked in the cache; X-CRM-ID stays.
+                        if let Some(c) = self.cache.item(collection, &entry.href).await? {
+                            self.cache
+                                .put_item(&CachedItem {
+                                    crm_id: None,
+                                    link: 0,
+                                    ..c
+                                })
+                                .await?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+}

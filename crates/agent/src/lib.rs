@@ -1,0 +1,11 @@
+//! The crmsync sync agent (SPEC §3, §8, §9, §10, §13): its configuration,
+//! its SQLite cache, the CRM sync API client, and the engine that runs one
+//! synchronization between a mailbox and the CRM server.
+
+pub mod cache;
+pub mod config;
+pub mod crm;
+pub mod engine;
+
+pub use config::Config;
+pub use engine::{Agent, StatusReport, SyncOptions, SyncReport};

@@ -1,0 +1,789 @@
+//! The agent end to end: a real CRM server (in-process, SQLite in a temp
+//! folder) and a real local mailbox in a temp folder. Each test is named
+//! after the rule it checks.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crmsync_agent::{Agent, Config, SyncOptions};
+use crmsync_core::mapping::{parse_item, render_item, RenderOptions};
+
+struct World {
+    base: String,
+    admin: String,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let store = crmsync_server::Store::connect(&url).await.unwrap();
+    let admin = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        crmsync_server::serve(store, listener, crmsync_server::DEFAULT_MAX_BODY, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    World {
+        base,
+        admin,
+        http: reqwest::Client::new(),
+        dir,
+        _stop: stop,
+    }
+}
+
+impl World {
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A user; returns (id, token).
+    async fn user(&self, email: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                &self.admin,
+                Method::POST,
+                "/api/v1/users",
+                Some(json!({"email": email, "name": email})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_str().unwrap().into(),
+            body["token"].as_str().unwrap().into(),
+        )
+    }
+
+    async fn contact(&self, token: &str, last: &str) -> String {
+        let (status, body) = self
+            .call(
+                token,
+                Method::POST,
+                "/api/v1/contacts",
+                Some(json!({"last_name": last, "email": format!("{}@example.com", last.to_lowercase())})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().into()
+    }
+
+    async fn my_contacts(&self, token: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                token,
+                Method::GET,
+                "/api/v1/contacts?owner=me&limit=500",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    /// An agent of `token` on the mailbox `name` with cache `cache`.
+    async fn agent(&self, token: &str, name: &str, cache: &str) -> Agent {
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let cfg_path = self.dir.path().join(format!("{name}-{cache}.toml"));
+        let text = format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{token}\"\n[client]\nname = \"{name}\"\ncache = \"{cache}.db\"\n[mailbox.local]\nroot = \"{}\"\n",
+            self.base,
+            root.display()
+        );
+        std::fs::write(&cfg_path, text).unwrap();
+        Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap()
+    }
+
+    fn contacts_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("contacts")
+    }
+}
+
+/// The vCards of a mailbox: (file, parsed item).
+fn vcards(dir: &Path) -> Vec<(PathBuf, crmsync_core::mapping::MailboxItem)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vcf"))
+        .map(|p| {
+            let item = parse_item(&std::fs::read(&p).unwrap()).unwrap();
+            (p, item)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn find<'a>(
+    items: &'a [(PathBuf, crmsync_core::mapping::MailboxItem)],
+    crm_id: &str,
+) -> Option<&'a (PathBuf, crmsync_core::mapping::MailboxItem)> {
+    items
+        .iter()
+        .find(|(_, i)| i.crm_id.map(|u| u.to_string()).as_deref() == Some(crm_id))
+}
+
+/// Edits a vCard as a mail client would: one field changed, the rest kept.
+fn edit(path: &Path, field: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut item = parse_item(&bytes).unwrap();
+    item.fields.insert(field.into(), json!(value));
+    let mut opts = RenderOptions::new(time::OffsetDateTime::now_utc());
+    opts.existing = Some(&bytes);
+    std::fs::write(path, render_item(&item, &opts).unwrap()).unwrap();
+}
+
+async fn sync(agent: &Agent) -> crmsync_agent::SyncReport {
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert!(r.refused.is_empty(), "{r:?}");
+    r
+}
+
+#[tokio::test]
+async fn r_s2_crm_contacts_appear_in_the_address_book() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let beta = w.contact(&ann, "Beta").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 2);
+    assert_eq!(r.acknowledged, 2);
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(cards.len(), 2);
+    let (_, a) = find(&cards, &alpha).expect("Alpha in the address book");
+    assert_eq!(a.fields["last_name"], "Alpha");
+    assert_eq!(a.fields["email"], "alpha@example.com");
+    assert!(a.tracked, "R-M1: linked items carry the marker");
+    assert!(find(&cards, &beta).is_some());
+    let status = agent.status().await.unwrap();
+    assert_eq!(
+        (status.not_tracked, status.to_be_tracked, status.tracked),
+        (0, 0, 2)
+    );
+    // Nothing changed: nothing written, nothing pushed.
+    let again = sync(&agent).await;
+    assert_eq!(again.written_to_mailbox, 0);
+    assert!(again.pushed.is_empty(), "{again:?}");
+    // The user's client adds a property the mapping does not own.
+    let path = find(&vcards(&w.contacts_dir("ann")), &alpha)
+        .unwrap()
+        .0
+        .clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("END:VCARD", "NICKNAME:Al\r\nEND:VCARD")).unwrap();
+    let r = sync(&agent).await;
+    assert!(
+        r.pushed.is_empty(),
+        "an unmapped property is not pushed: {r:?}"
+    );
+    // A CRM edit reaches the mailbox, keeping the user's copy.
+    let (s, _) = w
+        .call(
+            &ann,
+            Method::PATCH,
+            &format!("/api/v1/contacts/{alpha}"),
+            Some(json!({"city": "Oslo"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 1);
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(find(&cards, &alpha).unwrap().1.fields["city"], "Oslo");
+    assert_eq!(cards.len(), 2);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("NICKNAME:Al"),
+        "the user's property stays: {text}"
+    );
+}
+
+#[tokio::test]
+async fn r_f5_mailbox_edit_reaches_the_crm() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let cards = vcards(&w.contacts_dir("ann"));
+    let (path, _) = find(&cards, &alpha).unwrap();
+    edit(path, "job_title", "Buyer");
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:?}");
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["job_title"], "Buyer");
+    assert_eq!(rec["last_name"], "Alpha");
+    // Both sides changed, different fields: both kept on both sides.
+    edit(path, "city", "Bergen");
+    let (s, _) = w
+        .call(
+            &ann,
+            Method::PATCH,
+            &format!("/api/v1/contacts/{alpha}"),
+            Some(json!({"mobile": "+4712345678"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    sync(&agent).await;
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["city"], "Bergen");
+    assert_eq!(rec["mobile"], "+4712345678");
+    let cards = vcards(&w.contacts_dir("ann"));
+    let (_, item) = find(&cards, &alpha).unwrap();
+    assert_eq!(item.fields["city"], "Bergen");
+    assert_eq!(item.fields["mobile"], "+4712345678");
+    assert_eq!(item.fields["job_title"], "Buyer");
+    // And it is stable: the next sync does nothing.
+    let r = sync(&agent).await;
+    assert!(r.pushed.is_empty() && r.written_to_mailbox == 0, "{r:?}");
+}
+
+const MARKED: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:marked-1\r\nFN:Mark Edwards\r\nN:Edwards;Mark;;;\r\nEMAIL:mark@example.com\r\nCATEGORIES:Tracked to CRM\r\nEND:VCARD\r\n";
+const PLAIN: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:plain-1\r\nFN:Paula Plain\r\nN:Plain;Paula;;;\r\nEMAIL:paula@example.com\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn r_m1_marking_a_vcard_tracks_it() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let dir = w.contacts_dir("ann");
+    std::fs::write(dir.join("marked-1.vcf"), MARKED).unwrap();
+    std::fs::write(dir.join("plain-1.vcf"), PLAIN).unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let crm = w.my_contacts(&ann).await;
+    assert_eq!(crm.len(), 1, "only the marked vCard is tracked: {crm:?}");
+    assert_eq!(crm[0]["last_name"], "Edwards");
+    assert_eq!(crm[0]["email"], "mark@example.com");
+    let id = crm[0]["id"].as_str().unwrap();
+    let marked = parse_item(&std::fs::read(dir.join("marked-1.vcf")).unwrap()).unwrap();
+    assert_eq!(
+        marked.crm_id.unwrap().to_string(),
+        id,
+        "R-M2: X-CRM-ID written back"
+    );
+    assert_eq!(marked.uid, "marked-1");
+    let status = agent.status().await.unwrap();
+    assert_eq!(
+        (status.not_tracked, status.to_be_tracked, status.tracked),
+        (1, 0, 1)
+    );
+    // Marking the plain one later tracks it too; nothing is tracked twice.
+    let bytes = PLAIN.replace("END:VCARD", "CATEGORIES:Tracked to CRM\r\nEND:VCARD");
+    std::fs::write(dir.join("plain-1.vcf"), bytes).unwrap();
+    sync(&agent).await;
+    sync(&agent).await;
+    assert_eq!(w.my_contacts(&ann).await.len(), 2);
+    assert_eq!(vcards(&dir).len(), 2);
+    let status = agent.status().await.unwrap();
+    assert_eq!(
+        (status.not_tracked, status.to_be_tracked, status.tracked),
+        (0, 0, 2)
+    );
+}
+
+#[tokio::test]
+async fn r_m2_lost_cache_relinks_without_duplicates() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    w.contact(&ann, "Beta").await;
+    let first = w.agent(&ann, "ann", "cache").await;
+    sync(&first).await;
+    std::fs::write(w.contacts_dir("ann").join("marked-1.vcf"), MARKED).unwrap();
+    sync(&first).await;
+    assert_eq!(w.my_contacts(&ann).await.len(), 3);
+    drop(first);
+    // A reinstall: a new, empty cache on the same mailbox.
+    let second = w.agent(&ann, "ann", "fresh-cache").await;
+    let r = sync(&second).await;
+    assert_eq!(
+        r.pushed.get("track"),
+        Some(&3),
+        "relinked by X-CRM-ID: {r:?}"
+    );
+    sync(&second).await;
+    assert_eq!(
+        w.my_contacts(&ann).await.len(),
+        3,
+        "no duplicate in the CRM"
+    );
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(cards.len(), 3, "no duplicate in the mailbox");
+    let status = second.status().await.unwrap();
+    assert_eq!(status.tracked, 3);
+    // Still linked: a mailbox edit reaches the CRM record.
+    let (path, _) = find(&cards, &alpha).unwrap();
+    edit(path, "city", "Tromsø");
+    sync(&second).await;
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["city"], "Tromsø");
+}
+
+#[tokio::test]
+async fn r9_contact_deleted_in_mailbox_stays_in_crm() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let cards = vcards(&w.contacts_dir("ann"));
+    std::fs::remove_file(&find(&cards, &alpha).unwrap().0).unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
+    let (status, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "§9: the contact stays in the CRM: {rec}");
+    assert_eq!(agent.status().await.unwrap().tracked, 0);
+    // R-S9: not sent to the mailbox again, even when it changes.
+    w.call(
+        &ann,
+        Method::PATCH,
+        &format!("/api/v1/contacts/{alpha}"),
+        Some(json!({"city": "Oslo"})),
+    )
+    .await;
+    sync(&agent).await;
+    assert!(vcards(&w.contacts_dir("ann")).is_empty());
+}
+
+#[tokio::test]
+async fn r_s8_reassigned_contact_leaves_the_mailbox() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (bob_id, _) = w.user("bob@example.com").await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(w.contact(&ann, &format!("Person{n}")).await);
+    }
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 10);
+    let (s, _) = w
+        .call(
+            &ann,
+            Method::PATCH,
+            &format!("/api/v1/contacts/{}", ids[0]),
+            Some(json!({"owner_id": bob_id})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = sync(&agent).await;
+    assert_eq!(r.deleted_from_mailbox, 1, "{r:?}");
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(cards.len(), 9);
+    assert!(find(&cards, &ids[0]).is_none());
+    let (status, _) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "it only left ann's mailbox");
+}
+
+#[tokio::test]
+async fn r_t5_mass_delete_is_held_back() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (bob_id, _) = w.user("bob@example.com").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(w.contact(&ann, &format!("Person{n}")).await);
+    }
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    // Three of five (60% > 20%) leave ann's filter at once.
+    for id in &ids[..3] {
+        w.call(
+            &ann,
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"owner_id": bob_id})),
+        )
+        .await;
+    }
+    let r = sync(&agent).await;
+    assert_eq!(r.held_deletions, 3, "{r:?}");
+    assert_eq!(r.deleted_from_mailbox, 0);
+    assert!(r
+        .mass_delete
+        .as_deref()
+        .unwrap()
+        .contains("--allow-mass-delete"));
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 5, "nothing deleted");
+    // Held again at the next plain sync.
+    let r = sync(&agent).await;
+    assert_eq!(r.held_deletions, 3);
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 5);
+    // The user allows it.
+    let r = agent
+        .sync_once(SyncOptions {
+            allow_mass_delete: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.deleted_from_mailbox, 3, "{r:?}");
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 2);
+}
+
+/// The parsed items of a vdir folder (`calendar`, `tasks`).
+fn items_in(dir: &Path) -> Vec<(PathBuf, crmsync_core::mapping::MailboxItem)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ics" || e == "vcf"))
+        .map(|p| {
+            let item = parse_item(&std::fs::read(&p).unwrap()).unwrap();
+            (p, item)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn r_s2_appointments_and_tasks_reach_calendar_and_task_list() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (s, meeting) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/appointments",
+            Some(json!({"subject": "Kickoff", "location": "Room 1", "start": "2030-06-01T10:00:00Z", "end": "2030-06-01T11:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{meeting}");
+    let (s, task) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"subject": "Send offer", "priority": "high"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{task}");
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 2, "{r:?}");
+    let root = w.dir.path().join("ann");
+    let events = items_in(&root.join("calendar"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1.fields["subject"], "Kickoff");
+    assert_eq!(events[0].1.fields["start"], "2030-06-01T10:00:00Z");
+    assert_eq!(
+        events[0].1.crm_id.unwrap().to_string(),
+        meeting["id"].as_str().unwrap()
+    );
+    let todos = items_in(&root.join("tasks"));
+    assert_eq!(todos.len(), 1);
+    assert_eq!(todos[0].1.fields["subject"], "Send offer");
+    // Nothing moves on a second sync (the round trip is exact, R-F2).
+    let again = sync(&agent).await;
+    assert!(
+        again.pushed.is_empty() && again.written_to_mailbox == 0,
+        "{again:?}"
+    );
+    // A mailbox edit of the event reaches the CRM.
+    edit(&events[0].0, "location", "Room 2");
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:?}");
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/appointments/{}", meeting["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(rec["location"], "Room 2");
+}
+
+#[tokio::test]
+async fn r_m1_marking_a_todo_tracks_it() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let dir = w.dir.path().join("ann").join("tasks");
+    std::fs::write(
+        dir.join("todo-1.ics"),
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VTODO\r\nUID:todo-1\r\nDTSTAMP:20261125T090000Z\r\nSUMMARY:Call back\r\nCATEGORIES:Tracked to CRM\r\nEND:VTODO\r\nEND:VCALENDAR\r\n",
+    )
+    .unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let (_, list) = w
+        .call(&ann, Method::GET, "/api/v1/tasks?owner=me", None)
+        .await;
+    let list = list["items"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["subject"], "Call back");
+    let item = parse_item(&std::fs::read(dir.join("todo-1.ics")).unwrap()).unwrap();
+    assert_eq!(
+        item.crm_id.unwrap().to_string(),
+        list[0]["id"].as_str().unwrap()
+    );
+    sync(&agent).await;
+    let (_, list) = w
+        .call(&ann, Method::GET, "/api/v1/tasks?owner=me", None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn r_c3_secondary_leaves_mailbox_changes_for_the_primary() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let primary = w.agent(&ann, "laptop", "cache").await;
+    sync(&primary).await;
+    let secondary = w.agent(&ann, "phone", "cache").await;
+    std::fs::write(w.contacts_dir("phone").join("marked-1.vcf"), MARKED).unwrap();
+    let r = sync(&secondary).await;
+    assert_eq!(r.role, "secondary");
+    assert_eq!(r.left_for_primary, 1, "{r:?}");
+    assert!(r.pushed.is_empty());
+    assert!(
+        w.my_contacts(&ann).await.is_empty(),
+        "a secondary never pushes (R-C3)"
+    );
+    // The change waits (R-C6): still to be tracked.
+    assert_eq!(secondary.status().await.unwrap().to_be_tracked, 1);
+    let r = sync(&secondary).await;
+    assert_eq!(r.left_for_primary, 1, "still waiting: {r:?}");
+}
+
+#[tokio::test]
+async fn r_t4_journaled_push_is_sent_again_without_duplicates() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let report = sync(&agent).await;
+    let dir = w.contacts_dir("ann");
+    std::fs::write(dir.join("marked-1.vcf"), MARKED).unwrap();
+    // A sync that journaled its track, sent it, and died before the answer
+    // was stored: the server applied it, the journal still holds it.
+    let op = json!({"op_id": "op-crash-1", "kind": "track", "set": "contacts",
+        "fields": {"last_name": "Edwards", "first_name": "Mark", "email": "mark@example.com"}, "item_uid": "marked-1"});
+    let mailbox = crmsync_mailbox::LocalMailbox::open(&crmsync_mailbox::LocalConfig {
+        root: w.dir.path().join("ann"),
+    })
+    .unwrap();
+    use crmsync_mailbox::Mailbox;
+    let current = mailbox.get("contacts", "marked-1.vcf").await.unwrap();
+    agent
+        .cache()
+        .journal_add(&crmsync_agent::cache::JournalEntry {
+            op_id: "op-crash-1".into(),
+            collection: "contacts".into(),
+            href: "marked-1.vcf".into(),
+            etag: current.etag.as_str().into(),
+            op: op.clone(),
+        })
+        .await
+        .unwrap();
+    let (s, _) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/sync/push",
+            Some(json!({"client_id": report.client_id, "ops": [op]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(w.my_contacts(&ann).await.len(), 1);
+    assert_eq!(agent.status().await.unwrap().pending_operations, 1);
+    // The next sync sends the same op_id again and applies the stored answer.
+    sync(&agent).await;
+    sync(&agent).await;
+    let crm = w.my_contacts(&ann).await;
+    assert_eq!(crm.len(), 1, "no duplicate: {crm:?}");
+    let item = parse_item(&std::fs::read(dir.join("marked-1.vcf")).unwrap()).unwrap();
+    assert_eq!(
+        item.crm_id.unwrap().to_string(),
+        crm[0]["id"].as_str().unwrap()
+    );
+    let status = agent.status().await.unwrap();
+    assert_eq!((status.tracked, status.pending_operations), (1, 0));
+}
+
+#[tokio::test]
+async fn r_f5_overlapping_edits_later_side_wins() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let path = find(&vcards(&w.contacts_dir("ann")), &alpha)
+        .unwrap()
+        .0
+        .clone();
+    // CRM first, mailbox a second later: the mailbox's value wins.
+    w.call(
+        &ann,
+        Method::PATCH,
+        &format!("/api/v1/contacts/{alpha}"),
+        Some(json!({"city": "Crm City", "job_title": "CRM title"})),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    edit(&path, "city", "Mailbox City");
+    sync(&agent).await;
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["city"], "Mailbox City");
+    assert_eq!(rec["job_title"], "CRM title", "changed on one side only");
+    let item = parse_item(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(item.fields["city"], "Mailbox City");
+    assert_eq!(item.fields["job_title"], "CRM title");
+    // Mailbox first, CRM a second later: the CRM's value wins.
+    edit(&path, "city", "Mailbox Again");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    w.call(
+        &ann,
+        Method::PATCH,
+        &format!("/api/v1/contacts/{alpha}"),
+        Some(json!({"city": "Crm Again"})),
+    )
+    .await;
+    sync(&agent).await;
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["city"], "Crm Again");
+    let item = parse_item(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(item.fields["city"], "Crm Again");
+}
+
+#[tokio::test]
+async fn r9_contact_deleted_in_crm_by_its_owner_stays_unlinked() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let path = find(&vcards(&w.contacts_dir("ann")), &alpha)
+        .unwrap()
+        .0
+        .clone();
+    let (s, _) = w
+        .call(
+            &ann,
+            Method::DELETE,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let r = sync(&agent).await;
+    assert_eq!(r.unlinked_in_mailbox, 1, "{r:?}");
+    let item = parse_item(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(item.crm_id, None, "X-CRM-ID removed");
+    assert!(!item.tracked, "marker removed");
+    assert_eq!(item.fields["last_name"], "Alpha", "the contact stays");
+    let status = agent.status().await.unwrap();
+    assert_eq!((status.not_tracked, status.tracked), (1, 0));
+}
+
+#[tokio::test]
+async fn r_m1_removing_the_marker_untracks_without_deleting_in_crm() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let dir = w.contacts_dir("ann");
+    std::fs::write(dir.join("marked-1.vcf"), MARKED).unwrap();
+    sync(&agent).await;
+    let id = w.my_contacts(&ann).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = std::fs::read(dir.join("marked-1.vcf")).unwrap();
+    let mut item = parse_item(&bytes).unwrap();
+    item.tracked = false;
+    let mut opts = RenderOptions::new(time::OffsetDateTime::now_utc());
+    opts.existing = Some(&bytes);
+    std::fs::write(dir.join("marked-1.vcf"), render_item(&item, &opts).unwrap()).unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("untrack"), Some(&1), "{r:?}");
+    let (s, _) = w
+        .call(&ann, Method::GET, &format!("/api/v1/contacts/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "§9: untracking a contact keeps it in the CRM");
+    sync(&agent).await;
+    let cards = vcards(&dir);
+    assert_eq!(cards.len(), 1, "{cards:?}");
+}
