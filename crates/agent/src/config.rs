@@ -219,20 +219,11 @@ fn default_cache_dir() -> PathBuf {
     PathBuf::from("crmsync-data")
 }
 
-/// `90s`, `15m`, `1h`, `2d`; at least one second.
+/// `90s`, `15m`, `1h`, `2d` (the syntax of the CRM's settings, R-T1).
 pub fn parse_interval(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86400)?,
-        _ => return None,
-    };
-    (secs >= 1).then(|| Duration::from_secs(secs))
+    crmsync_core::settings::parse_interval(text.trim())
+        .ok()
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

@@ -107,6 +107,21 @@ struct Found {
     item: MailboxItem,
 }
 
+/// The cache row of an item not linked to a CRM record (R-M3 state 0 or 1).
+fn unlinked(found: &Found, etag: String, link: u8) -> CachedItem {
+    CachedItem {
+        collection: found.collection.clone(),
+        href: found.href.clone(),
+        etag,
+        uid: found.item.uid.clone(),
+        set: found.item.set.as_str().to_string(),
+        crm_id: None,
+        link,
+        version: 0,
+        baseline: Map::new(),
+    }
+}
+
 /// A mailbox item the scan found changed, deleted, or newly marked.
 #[derive(Debug, Clone)]
 struct Touched {
@@ -542,17 +557,8 @@ impl Agent {
         // Marked for tracking (R-M1), or carrying an X-CRM-ID the cache does
         // not hold linked (R-M2: relink, never duplicate).
         if item.tracked || item.crm_id.is_some() {
-            let row = CachedItem {
-                collection: found.collection.clone(),
-                href: found.href.clone(),
-                etag: String::new(),
-                uid: item.uid.clone(),
-                set: item.set.as_str().to_string(),
-                crm_id: None,
-                link: 1,
-                version: 0,
-                baseline: Map::new(),
-            };
+            // No etag yet: the item is "changed" until it is tracked.
+            let row = unlinked(&found, String::new(), 1);
             self.cache.put_item(&row).await?;
             return Ok(Some(Touched {
                 cached: Some(row),
@@ -562,17 +568,7 @@ impl Agent {
             }));
         }
         // Not (or no longer) marked.
-        let row = CachedItem {
-            collection: found.collection.clone(),
-            href: found.href.clone(),
-            etag: found.etag.clone(),
-            uid: item.uid.clone(),
-            set: item.set.as_str().to_string(),
-            crm_id: None,
-            link: 0,
-            version: 0,
-            baseline: Map::new(),
-        };
+        let row = unlinked(&found, found.etag.clone(), 0);
         self.cache.put_item(&row).await?;
         Ok(None)
     }
