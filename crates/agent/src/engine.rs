@@ -64,6 +64,9 @@ fn collection_of(set: EntitySet) -> Option<&'static str> {
 pub struct SyncOptions {
     /// R-T5: go on with a batch whose deletions exceed the limits.
     pub allow_mass_delete: bool,
+    /// R-T2: a sync triggered by a change notification leaves deletions
+    /// made in the mailbox for the next scheduled or manual sync.
+    pub defer_deletions: bool,
 }
 
 /// What one sync did (`crmsync sync --json`).
@@ -82,6 +85,8 @@ pub struct SyncReport {
     pub held_deletions: usize,
     pub mass_delete: Option<String>,
     pub left_for_primary: usize,
+    /// R-T2: mailbox deletions left for the next scheduled sync.
+    pub deferred_deletions: usize,
     pub reported: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -194,6 +199,15 @@ impl Agent {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Change notifications of the mailbox (R-T2).
+    pub async fn watch(&self) -> anyhow::Result<crmsync_mailbox::Watch> {
+        Ok(self.mailbox.watch().await?)
     }
 
     pub async fn status(&self) -> anyhow::Result<StatusReport> {
@@ -474,6 +488,17 @@ impl Agent {
             report.acknowledged += r["acknowledged"].as_u64().unwrap_or(0) as usize;
         }
 
+        if options.defer_deletions {
+            let before = ops.len();
+            ops.retain(|o| {
+                let deletion = o.op["kind"] == "delete";
+                if deletion {
+                    incomplete.insert(o.collection.clone());
+                }
+                !deletion
+            });
+            report.deferred_deletions = before - ops.len();
+        }
         // Mailbox → CRM: journal first, then send (R-T4).
         if !ops.is_empty() {
             for op in &ops {

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 pub mod crm;
 pub mod engine;
+pub mod run;
 
 pub use config::Config;
 pub use engine::{Agent, StatusReport, SyncOptions, SyncReport};

@@ -483,6 +483,7 @@ async fn r_t5_mass_delete_is_held_back() {
     let r = agent
         .sync_once(SyncOptions {
             allow_mass_delete: true,
+            ..Default::default()
         })
         .await
         .unwrap();

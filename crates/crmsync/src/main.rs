@@ -47,6 +47,21 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Run the sync agent: at start, on mailbox changes and on the schedule.
+    Agent {
+        /// The agent configuration (SPEC §13).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Server on SQLite + agent on a local mailbox folder, for one user.
+    Up {
+        /// Where the database, the token, the configuration and the mailbox live.
+        #[arg(long, default_value = "./crmsync-up")]
+        dir: PathBuf,
+        /// Address the server listens on.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: String,
+    },
     /// Synchronize the mailbox with the CRM now and wait for completion (R-T1).
     Sync {
         /// The agent configuration (SPEC §13).
@@ -81,6 +96,81 @@ impl std::fmt::Display for BadUsage {
 }
 
 impl std::error::Error for BadUsage {}
+
+fn log_sync(result: &anyhow::Result<crmsync_agent::SyncReport>) {
+    match result {
+        Ok(r) => tracing::info!(written = r.written_to_mailbox, pushed = ?r.pushed, "synchronized"),
+        Err(e) => eprintln!("sync failed, trying again later: {e:#}"),
+    }
+}
+
+/// `crmsync up`: the first run creates the organization, a user, the token
+/// file, the agent configuration and the mailbox folder; every run starts
+/// the server and the agent together.
+async fn up(dir: &std::path::Path, listen: &str) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("--dir {}: not a usable path", dir.display()))?;
+    let (db, token_file, config, mailbox) = (
+        dir.join("crm.db"),
+        dir.join("token"),
+        dir.join("agent.toml"),
+        dir.join("mailbox"),
+    );
+    std::fs::create_dir_all(&mailbox)
+        .with_context(|| format!("cannot create {}", mailbox.display()))?;
+    let store = Store::connect(&format!("sqlite://{}", db.display())).await?;
+    if store.organization().await?.is_none() {
+        let user = std::env::var("USER").unwrap_or_else(|_| "me".into());
+        let token =
+            crmsync_server::records::init_organization(&store, &format!("{user}@localhost"), &user)
+                .await?;
+        write_private(&token_file, &token)?;
+        let toml = format!(
+            "[crm]\nurl = \"http://{listen}\"\ntoken_file = {token:?}\n\n[client]\nname = \"up\"\ncache = {cache:?}\n\n[mailbox.local]\nroot = {root:?}\n\n[sync]\ninterval = \"5m\"\n",
+            token = token_file.display().to_string(),
+            cache = dir.join("cache.db").display().to_string(),
+            root = mailbox.display().to_string(),
+        );
+        std::fs::write(&config, toml)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot listen there (in use, or not an address of this machine)"))?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = crmsync_server::serve(
+            store,
+            listener,
+            crmsync_server::DEFAULT_MAX_BODY,
+            std::future::pending(),
+        )
+        .await
+        {
+            eprintln!("error: the server stopped: {e:#}");
+        }
+    });
+    println!("CRM server:  http://{address}");
+    println!("token file:  {}", token_file.display());
+    println!("mailbox:     {}", mailbox.display());
+    println!("agent config: {}", config.display());
+    let agent = open_agent(&config).await?;
+    crmsync_agent::run::run(&agent, shutdown_signal(), log_sync).await
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
 
 async fn open_agent(config: &std::path::Path) -> anyhow::Result<crmsync_agent::Agent> {
     let cfg = crmsync_agent::Config::load(config).map_err(|e| BadUsage(e.to_string()))?;
@@ -207,6 +297,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             crmsync_server::serve(store, listener, max_body, shutdown_signal()).await
         }
+        Command::Agent { config } => {
+            let agent = open_agent(&config).await?;
+            eprintln!(
+                "crmsync agent: synchronizing {} every {:?} and on mailbox changes; Ctrl-C stops",
+                config.display(),
+                agent.config().interval
+            );
+            crmsync_agent::run::run(&agent, shutdown_signal(), log_sync).await
+        }
+        Command::Up { dir, listen } => up(&dir, &listen).await,
         Command::Sync {
             config,
             json,
@@ -214,7 +314,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let agent = open_agent(&config).await?;
             let report = agent
-                .sync_once(crmsync_agent::SyncOptions { allow_mass_delete })
+                .sync_once(crmsync_agent::SyncOptions {
+                    allow_mass_delete,
+                    ..Default::default()
+                })
                 .await?;
             print_sync(&report, json)
         }

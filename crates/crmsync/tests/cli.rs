@@ -174,3 +174,102 @@ fn serve_answers_healthz_and_refuses_a_busy_address() {
     child.wait().unwrap();
     assert!(ok, "the server answered /healthz");
 }
+
+/// A raw HTTP/1.1 request on loopback (the CLI crate has no HTTP client).
+fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let status = reply.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("up");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let token_file = root.join("token");
+    wait_for("the token file and the server", || {
+        token_file.exists() && std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(root.join("agent.toml").exists() && root.join("mailbox/contacts").is_dir());
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/api/v1/contacts",
+        &token,
+        Some(r#"{"last_name": "FromCrm"}"#),
+    );
+    assert_eq!(status, 201);
+    // A contact marked in the address book reaches the CRM at once (R-T2),
+    // and that sync brings the CRM's contact into the address book.
+    let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:up-1\r\nFN:From Mailbox\r\nN:FromMailbox;;;;\r\nCATEGORIES:Tracked to CRM\r\nEND:VCARD\r\n";
+    std::fs::write(root.join("mailbox/contacts/mine.vcf"), card).unwrap();
+    wait_for("the marked contact in the CRM", || {
+        http(&addr, "GET", "/api/v1/contacts?q=frommailbox", &token, None)
+            .1
+            .contains("FromMailbox")
+    });
+    wait_for("the CRM contact in the address book", || {
+        std::fs::read_dir(root.join("mailbox/contacts"))
+            .unwrap()
+            .any(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap_or_default()
+                    .contains("FromCrm")
+            })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A second run finds its organization again (no second admin, same token).
+    let mut again = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the server again", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    assert_eq!(http(&addr, "GET", "/api/v1/contacts", &token, None).0, 200);
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
