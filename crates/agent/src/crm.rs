@@ -193,4 +193,15 @@ impl CrmClient {
         }
         Ok(out)
     }
+
+    /// Any other call of the sync API (the `crmsync` commands: clients,
+    /// conflicts, explain).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CrmError> {
+        self.call(method, path, body).await
+    }
 }

@@ -3,6 +3,7 @@
 //! synchronization between a mailbox and the CRM server.
 
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod crm;
 pub mod engine;

@@ -74,7 +74,8 @@ enum Command {
         #[arg(long)]
         allow_mass_delete: bool,
     },
-    /// Show the agent's state: items per link state (R-M3).
+    /// Show the agent's state: items per link state (R-M3), the conflict
+    /// log (--conflicts, R-F6) or one item (ITEM: uid:<UID> or a path).
     Status {
         /// The agent configuration (SPEC §13).
         #[arg(long)]
@@ -82,7 +83,276 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// List the values discarded by merges (R-F6), newest first.
+        #[arg(long, conflicts_with = "item")]
+        conflicts: bool,
+        /// One item: uid:<UID> or the path of a file inside the mailbox.
+        item: Option<String>,
     },
+    /// Track items now (R-M1): adds the `Tracked to CRM` category, then
+    /// synchronizes and waits until they are in the CRM (always --wait).
+    Track {
+        #[arg(long)]
+        config: PathBuf,
+        /// uid:<UID> or a path inside the mailbox; several = bulk.
+        #[arg(required = true)]
+        items: Vec<String>,
+        /// Regarding of the tracked activities: SET/ID.
+        #[arg(long)]
+        regarding: Option<String>,
+        /// Accepted for SPEC §12; the command always waits.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop tracking items: removes the marker and synchronizes (waits).
+    Untrack {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(required = true)]
+        items: Vec<String>,
+        /// Delete the record in the CRM too (at once).
+        #[arg(long)]
+        delete_in_crm: bool,
+        /// Accepted for SPEC §12; the command always waits.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Set the regarding of tracked activities (X-CRM-REGARDING + CRM), at once.
+    Regarding {
+        #[arg(long)]
+        config: PathBuf,
+        /// uid:<UID> or a path inside the mailbox; several = bulk, SET/ID last.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+        /// Accepted for SPEC §12; the command always waits.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Why an item or a CRM record does or does not synchronize.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// uid:<UID> or a path inside the mailbox.
+        #[arg(required_unless_present = "crm", conflicts_with = "crm")]
+        item: Option<String>,
+        /// A CRM record: SET/ID.
+        #[arg(long)]
+        crm: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This user's sync clients (R-C1).
+    Client {
+        /// The agent configuration (SPEC §13); before or after the subcommand.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// The user's clients and their roles; `*` marks this one.
+    List {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the client NAME (default: this one) the primary.
+    SetPrimary { name: Option<String> },
+    /// Forget the items deleted in this mailbox (R-S9): the next sync delivers them again.
+    Reset,
+}
+
+/// Turns the agent's usage errors into exit status 2.
+fn usage_exit(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<crmsync_agent::commands::UsageError>() {
+        Ok(u) => BadUsage(u.0).into(),
+        Err(e) => e,
+    }
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "(empty)".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    use crmsync_agent::commands as cmd;
+    match command {
+        Command::Status {
+            config,
+            json,
+            conflicts: true,
+            ..
+        } => {
+            let agent = open_agent(&config).await?;
+            let list = cmd::conflicts(&agent).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no conflicts");
+            } else {
+                for c in list {
+                    println!(
+                        "{} {}/{} {}: CRM {} / mailbox {}; kept the {} value",
+                        c.at,
+                        c.set,
+                        c.record,
+                        c.field,
+                        show(&c.crm_value),
+                        show(&c.mailbox_value),
+                        c.kept
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Status {
+            config,
+            json,
+            item: Some(item),
+            ..
+        } => {
+            let agent = open_agent(&config).await?;
+            let s = cmd::item_status(&agent, &item).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{}\n  uid: {}\n  set: {}\n  link state: {} ({})\n  CRM id: {}\n  version: {}",
+                    s.path,
+                    s.uid,
+                    s.set,
+                    s.link,
+                    s.link_state,
+                    s.crm_id.as_deref().unwrap_or("(none)"),
+                    s.version
+                );
+            }
+            Ok(())
+        }
+        Command::Track {
+            config,
+            items,
+            regarding,
+            ..
+        } => {
+            let agent = open_agent(&config).await?;
+            let r = cmd::track(&agent, &items, regarding.as_deref()).await?;
+            for (path, id) in &r.items {
+                match id {
+                    Some(id) => println!("tracked {path} as {id}"),
+                    None => println!("marked {path}; the mailbox owner's primary client tracks it at its next sync (R-C5)"),
+                }
+            }
+            Ok(())
+        }
+        Command::Untrack {
+            config,
+            items,
+            delete_in_crm,
+            ..
+        } => {
+            let agent = open_agent(&config).await?;
+            let r = cmd::untrack(&agent, &items, delete_in_crm).await?;
+            for (path, _) in &r.items {
+                if delete_in_crm {
+                    println!("untracked {path}; deleted in the CRM where §9 allows");
+                } else {
+                    println!("untracked {path}");
+                }
+            }
+            Ok(())
+        }
+        Command::Regarding {
+            config, mut args, ..
+        } => {
+            let target = args.pop().unwrap_or_default();
+            let agent = open_agent(&config).await?;
+            let r = cmd::set_regarding(&agent, &args, &target).await?;
+            for (path, _) in &r.items {
+                println!("{path}: regarding {target}");
+            }
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            item,
+            crm,
+            json,
+        } => {
+            let agent = open_agent(&config).await?;
+            let e = cmd::explain(&agent, item.as_deref(), crm.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "{}/{} {} this mailbox{}:",
+                    e.set,
+                    e.id,
+                    if e.delivered {
+                        "reaches"
+                    } else {
+                        "does not reach"
+                    },
+                    if e.in_mailbox {
+                        " (the mailbox holds it)"
+                    } else {
+                        ""
+                    }
+                );
+                for r in &e.reasons {
+                    println!("  - {r}");
+                }
+            }
+            Ok(())
+        }
+        Command::Client { config, command } => {
+            let config = config.ok_or_else(|| {
+                BadUsage("--config FILE is required: crmsync client --config FILE list | set-primary [NAME] | reset".into())
+            })?;
+            let agent = open_agent(&config).await?;
+            match command {
+                ClientCommand::List { json } => {
+                    let list = cmd::client_list(&agent).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        for c in list {
+                            println!(
+                                "{} {}  {}{}  {}",
+                                if c.this { "*" } else { " " },
+                                c.name,
+                                c.role,
+                                if c.acts_as_primary && c.role != "primary" {
+                                    " (acts as primary: roaming)"
+                                } else {
+                                    ""
+                                },
+                                c.id
+                            );
+                        }
+                    }
+                }
+                ClientCommand::SetPrimary { name } => {
+                    let c = cmd::client_set_primary(&agent, name.as_deref()).await?;
+                    println!("{} is now the primary client", c.name);
+                }
+                ClientCommand::Reset => {
+                    let id = cmd::client_reset(&agent).await?;
+                    println!("client {id} reset: the next sync delivers again what was deleted in this mailbox (R-S9)");
+                }
+            }
+            Ok(())
+        }
+        _ => unreachable!("run_command is only called for the commands above"),
+    }
 }
 
 /// A failure that is the user's usage (exit status 2).
@@ -321,7 +591,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             print_sync(&report, json)
         }
-        Command::Status { config, json } => {
+        c @ (Command::Status {
+            conflicts: true, ..
+        }
+        | Command::Status { item: Some(_), .. }
+        | Command::Track { .. }
+        | Command::Untrack { .. }
+        | Command::Regarding { .. }
+        | Command::Explain { .. }
+        | Command::Client { .. }) => run_command(c).await.map_err(usage_exit),
+        Command::Status { config, json, .. } => {
             let agent = open_agent(&config).await?;
             let s = agent.status().await?;
             if json {
