@@ -165,6 +165,9 @@ impl Vdir<'_> {
             state: SyncState::new(""),
         };
         let listed = self.list()?;
+        // True while every listed item is clean and unchanged: then the old
+        // state is still exact and is returned as is (no re-encoding).
+        let mut all_clean = true;
         for (href, meta) in &listed {
             let previous = old.get(href);
             let keep_previous = |items: &mut BTreeMap<String, VdirEntry>| {
@@ -175,6 +178,7 @@ impl Vdir<'_> {
             let meta = match meta {
                 Ok(meta) => meta,
                 Err(e) => {
+                    all_clean = false;
                     let path = self.dir.join(href);
                     changes.failed.push((
                         href.clone(),
@@ -192,6 +196,7 @@ impl Vdir<'_> {
                     continue;
                 }
             }
+            all_clean = false;
             let path = self.dir.join(href);
             match read_with_stamp(&path) {
                 Ok((data, stamp)) => {
@@ -219,7 +224,14 @@ impl Vdir<'_> {
             .filter(|href| !items.contains_key(*href))
             .cloned()
             .collect();
-        changes.state = LocalState::vdir(self.id, scan, items).encode();
+        changes.state = match state {
+            // Nothing moved and nothing was racy: the stored state (its
+            // listing time included) is still exact, so skip re-encoding it.
+            Some(s) if all_clean && changes.deleted.is_empty() && items.len() == old.len() => {
+                s.clone()
+            }
+            _ => LocalState::vdir(self.id, scan, items).encode(),
+        };
         Ok(changes)
     }
 
