@@ -28,7 +28,7 @@ use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox};
 
 use crate::cache::CachedItem;
 use crate::crm::CrmClient;
-use crate::engine::{Agent, SyncOptions, SyncReport, COLLECTIONS};
+use crate::engine::{collections, Agent, SyncOptions, SyncReport};
 
 /// A mistake in the command line (exit status 2).
 #[derive(Debug)]
@@ -224,16 +224,6 @@ pub struct Located {
     pub bytes: Vec<u8>,
     pub item: MailboxItem,
     pub cached: Option<CachedItem>,
-}
-
-fn collections() -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for (_, c) in COLLECTIONS {
-        if !out.contains(c) {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn read_item(path: &Path) -> anyhow::Result<(Vec<u8>, MailboxItem)> {

@@ -46,7 +46,7 @@ pub const COLLECTIONS: &[(EntitySet, &str)] = &[
 ];
 
 /// Each collection once, in order.
-fn collections() -> Vec<&'static str> {
+pub(crate) fn collections() -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for (_, c) in COLLECTIONS {
         if !out.contains(c) {
@@ -124,6 +124,22 @@ fn unlinked(found: &Found, etag: String, link: u8) -> CachedItem {
         link,
         version: 0,
         baseline: Map::new(),
+    }
+}
+
+/// The cache row of an item linked to a CRM record (R-M3 state 2), with
+/// the record as its baseline (R-F5).
+fn linked(collection: &str, href: &str, etag: &str, uid: String, rec: &Record) -> CachedItem {
+    CachedItem {
+        collection: collection.to_string(),
+        href: href.to_string(),
+        etag: etag.to_string(),
+        uid,
+        set: rec.set.as_str().to_string(),
+        crm_id: Some(rec.id.to_string()),
+        link: 2,
+        version: rec.version,
+        baseline: project_fields(rec.set, &rec.fields),
     }
 }
 
@@ -679,17 +695,7 @@ impl Agent {
             }
         };
         let (r, uid) = written;
-        let row = CachedItem {
-            collection: collection.to_string(),
-            href: r.href.clone(),
-            etag: r.etag.as_str().to_string(),
-            uid,
-            set: rec.set.as_str().to_string(),
-            crm_id: Some(rec.id.to_string()),
-            link: 2,
-            version: rec.version,
-            baseline: project_fields(rec.set, &rec.fields),
-        };
+        let row = linked(collection, &r.href, r.etag.as_str(), uid, &rec);
         self.cache.put_item(&row).await?;
         t.cached = Some(row);
         t.current = None;
@@ -960,17 +966,8 @@ impl Agent {
                     // Edited again meanwhile: linked now, the edit goes out
                     // as an update next time (baseline = the CRM's answer).
                     let r = record_of(rec)?;
-                    let row = CachedItem {
-                        collection: collection.to_string(),
-                        href: entry.href.clone(),
-                        etag: entry.etag.clone(),
-                        uid: t.cached.as_ref().map(|c| c.uid.clone()).unwrap_or_default(),
-                        set: r.set.as_str().to_string(),
-                        crm_id: Some(r.id.to_string()),
-                        link: 2,
-                        version: r.version,
-                        baseline: project_fields(r.set, &r.fields),
-                    };
+                    let uid = t.cached.as_ref().map(|c| c.uid.clone()).unwrap_or_default();
+                    let row = linked(collection, &entry.href, &entry.etag, uid, &r);
                     self.cache.put_item(&row).await?;
                     report.errors.push(format!(
                         "{collection}/{}: linked, but the CRM's answer could not be written ({e}); retried next sync",

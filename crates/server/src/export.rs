@@ -73,16 +73,10 @@ fn uuid(v: &Value, key: &str) -> anyhow::Result<Uuid> {
 fn record_from_line(v: &Value) -> anyhow::Result<Record> {
     let set: EntitySet = text(v, "entity_set")?.parse()?;
     let mut fields: Map<String, Value> = v.as_object().cloned().unwrap_or_default();
-    for k in [
-        "type",
-        "entity_set",
-        "id",
-        "version",
-        "owner_id",
-        "state",
-        "created_at",
-        "modified_at",
-    ] {
+    for k in ["type", "entity_set"]
+        .into_iter()
+        .chain(crmsync_core::record::COMMON_FIELDS)
+    {
         fields.remove(k);
     }
     let input = parse_input(set, &Value::Object(fields))?;

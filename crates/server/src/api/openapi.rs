@@ -170,14 +170,7 @@ fn record_schema(set: EntitySet, shape: Shape) -> Schema {
             )
             .property("created_at", string(Some("date-time")))
             .property("modified_at", string(Some("date-time")));
-        for f in [
-            "id",
-            "version",
-            "owner_id",
-            "state",
-            "created_at",
-            "modified_at",
-        ] {
+        for f in crmsync_core::record::COMMON_FIELDS {
             obj = obj.required(f);
         }
     }
