@@ -102,13 +102,8 @@ async fn r_s9_client_reset_redelivers_what_the_mailbox_deleted() {
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
     // Excluded (R-S9): not delivered again, even after a CRM change.
-    w.call(
-        &ann,
-        Method::PATCH,
-        &format!("/api/v1/contacts/{alpha}"),
-        Some(json!({"city": "Later"})),
-    )
-    .await;
+    w.patch_contact(&ann, &alpha, json!({"city": "Later"}))
+        .await;
     let r = sync(&agent).await;
     assert_eq!(r.written_to_mailbox, 0, "{r:?}");
     assert!(find(&vcards(&w.contacts_dir("ann")), &alpha).is_none());
@@ -132,13 +127,8 @@ async fn r_f6_status_conflicts_lists_the_discarded_value() {
         .unwrap()
         .0
         .clone();
-    w.call(
-        &ann,
-        Method::PATCH,
-        &format!("/api/v1/contacts/{alpha}"),
-        Some(json!({"city": "Crm City"})),
-    )
-    .await;
+    w.patch_contact(&ann, &alpha, json!({"city": "Crm City"}))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     edit(&path, "city", "Mailbox City");
     sync(&agent).await;

@@ -52,15 +52,7 @@ async fn r_s2_crm_contacts_appear_in_the_address_book() {
         "an unmapped property is not pushed: {r:?}"
     );
     // A CRM edit reaches the mailbox, keeping the user's copy.
-    let (s, _) = w
-        .call(
-            &ann,
-            Method::PATCH,
-            &format!("/api/v1/contacts/{alpha}"),
-            Some(json!({"city": "Oslo"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    w.patch_contact(&ann, &alpha, json!({"city": "Oslo"})).await;
     let r = sync(&agent).await;
     assert_eq!(r.written_to_mailbox, 1);
     let cards = vcards(&w.contacts_dir("ann"));
@@ -97,15 +89,8 @@ async fn r_f5_mailbox_edit_reaches_the_crm() {
     assert_eq!(rec["last_name"], "Alpha");
     // Both sides changed, different fields: both kept on both sides.
     edit(path, "city", "Bergen");
-    let (s, _) = w
-        .call(
-            &ann,
-            Method::PATCH,
-            &format!("/api/v1/contacts/{alpha}"),
-            Some(json!({"mobile": "+4712345678"})),
-        )
+    w.patch_contact(&ann, &alpha, json!({"mobile": "+4712345678"}))
         .await;
-    assert_eq!(s, 200);
     sync(&agent).await;
     let (_, rec) = w
         .call(
@@ -238,13 +223,7 @@ async fn r9_contact_deleted_in_mailbox_stays_in_crm() {
     assert_eq!(status, 200, "§9: the contact stays in the CRM: {rec}");
     assert_eq!(agent.status().await.unwrap().tracked, 0);
     // R-S9: not sent to the mailbox again, even when it changes.
-    w.call(
-        &ann,
-        Method::PATCH,
-        &format!("/api/v1/contacts/{alpha}"),
-        Some(json!({"city": "Oslo"})),
-    )
-    .await;
+    w.patch_contact(&ann, &alpha, json!({"city": "Oslo"})).await;
     sync(&agent).await;
     assert!(vcards(&w.contacts_dir("ann")).is_empty());
 }
@@ -261,15 +240,8 @@ async fn r_s8_reassigned_contact_leaves_the_mailbox() {
     let agent = w.agent(&ann, "ann", "cache").await;
     sync(&agent).await;
     assert_eq!(vcards(&w.contacts_dir("ann")).len(), 10);
-    let (s, _) = w
-        .call(
-            &ann,
-            Method::PATCH,
-            &format!("/api/v1/contacts/{}", ids[0]),
-            Some(json!({"owner_id": bob_id})),
-        )
+    w.patch_contact(&ann, &ids[0], json!({"owner_id": bob_id}))
         .await;
-    assert_eq!(s, 200);
     let r = sync(&agent).await;
     assert_eq!(r.deleted_from_mailbox, 1, "{r:?}");
     let cards = vcards(&w.contacts_dir("ann"));
@@ -299,13 +271,8 @@ async fn r_t5_mass_delete_is_held_back() {
     sync(&agent).await;
     // Three of five (60% > 20%) leave ann's filter at once.
     for id in &ids[..3] {
-        w.call(
-            &ann,
-            Method::PATCH,
-            &format!("/api/v1/contacts/{id}"),
-            Some(json!({"owner_id": bob_id})),
-        )
-        .await;
+        w.patch_contact(&ann, &id, json!({"owner_id": bob_id}))
+            .await;
     }
     let r = sync(&agent).await;
     assert_eq!(r.held_deletions, 3, "{r:?}");
@@ -524,11 +491,10 @@ async fn r_f5_overlapping_edits_later_side_wins() {
         .0
         .clone();
     // CRM first, mailbox a second later: the mailbox's value wins.
-    w.call(
+    w.patch_contact(
         &ann,
-        Method::PATCH,
-        &format!("/api/v1/contacts/{alpha}"),
-        Some(json!({"city": "Crm City", "job_title": "CRM title"})),
+        &alpha,
+        json!({"city": "Crm City", "job_title": "CRM title"}),
     )
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -550,13 +516,8 @@ async fn r_f5_overlapping_edits_later_side_wins() {
     // Mailbox first, CRM a second later: the CRM's value wins.
     edit(&path, "city", "Mailbox Again");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    w.call(
-        &ann,
-        Method::PATCH,
-        &format!("/api/v1/contacts/{alpha}"),
-        Some(json!({"city": "Crm Again"})),
-    )
-    .await;
+    w.patch_contact(&ann, &alpha, json!({"city": "Crm Again"}))
+        .await;
     sync(&agent).await;
     let (_, rec) = w
         .call(

@@ -116,6 +116,19 @@ impl World {
         Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap()
     }
 
+    /// PATCHes a contact in the CRM; the change must be accepted.
+    async fn patch_contact(&self, token: &str, id: &str, body: Value) {
+        let (status, reply) = self
+            .call(
+                token,
+                Method::PATCH,
+                &format!("/api/v1/contacts/{id}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+
     fn contacts_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name).join("contacts")
     }
