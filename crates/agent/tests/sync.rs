@@ -271,8 +271,7 @@ async fn r_t5_mass_delete_is_held_back() {
     sync(&agent).await;
     // Three of five (60% > 20%) leave ann's filter at once.
     for id in &ids[..3] {
-        w.patch_contact(&ann, id, json!({"owner_id": bob_id}))
-            .await;
+        w.patch_contact(&ann, id, json!({"owner_id": bob_id})).await;
     }
     let r = sync(&agent).await;
     assert_eq!(r.held_deletions, 3, "{r:?}");
