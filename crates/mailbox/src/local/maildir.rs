@@ -360,7 +360,7 @@ impl Maildir<'_> {
             .filter(|href| !items.contains_key(*href))
             .cloned()
             .collect();
-        changes.state = LocalState::maildir(self.id, items).encode();
+        changes.state = LocalState::encode_maildir(self.id, &items);
         Ok(changes)
     }
 

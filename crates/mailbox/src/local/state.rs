@@ -1,18 +1,30 @@
-//! The local backend's sync state: a compact JSON map href → stamp that
-//! `changes_since` compares a fresh directory listing against.
+//! The local backend's sync state: a map href → stamp that `changes_since`
+//! compares a fresh directory listing against.
+//!
+//! Written by hand as tab-separated lines rather than JSON: a no-change sync
+//! of 30,000 items decodes it on every call, and a line format sorted by href
+//! decodes several times faster than serde's internally tagged JSON (which
+//! buffers the whole document before dispatching on the tag). Hrefs, etags
+//! and collection ids are percent-escaped for `%`, tab, CR and LF.
+//!
+//! ```text
+//! crmsync-local 2 vdir <collection> <listing time ns>
+//! <href> TAB <size> TAB <mtime ns> TAB <ctime ns> TAB <inode> TAB <etag>
+//! ```
+//! or `crmsync-local 2 maildir <collection>` followed by `<href> TAB <etag>`.
 
 use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
 
 use super::fsutil::Stamp;
 use crate::error::{Error, Result};
 use crate::types::{Etag, SyncState};
 
-const VERSION: u32 = 1;
+const MAGIC: &str = "crmsync-local";
+const VERSION: u32 = 2;
 
 /// A vdir entry: the stamp seen and the content etag computed then.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct VdirEntry(pub u64, pub i64, pub i64, pub u64, pub Etag);
 
 impl VdirEntry {
@@ -34,45 +46,49 @@ impl VdirEntry {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "f", rename_all = "snake_case")]
+#[derive(Debug)]
 pub(super) enum LocalState {
-    /// `v` version, `c` collection, `t` when the listing started (ns since
-    /// the epoch), `i` items.
+    /// `t` when the listing started (ns since the epoch), `i` items.
     Vdir {
-        v: u32,
-        c: String,
         t: i64,
         i: BTreeMap<String, VdirEntry>,
     },
     /// Maildir: the etag is itself a stamp (folder, flags, size, mtime, inode).
-    Maildir {
-        v: u32,
-        c: String,
-        i: BTreeMap<String, Etag>,
-    },
+    Maildir { i: BTreeMap<String, Etag> },
 }
 
 impl LocalState {
-    pub fn vdir(collection: &str, scanned_ns: i64, items: BTreeMap<String, VdirEntry>) -> Self {
-        LocalState::Vdir {
-            v: VERSION,
-            c: collection.to_owned(),
-            t: scanned_ns,
-            i: items,
+    /// Encodes a vdir state for `collection`.
+    pub fn encode_vdir(
+        collection: &str,
+        scanned_ns: i64,
+        items: &BTreeMap<String, VdirEntry>,
+    ) -> SyncState {
+        let mut out = String::with_capacity(64 + items.len() * 96);
+        let _ = writeln!(
+            out,
+            "{MAGIC} {VERSION} vdir {} {scanned_ns}",
+            escape(collection)
+        );
+        for (href, VdirEntry(size, mtime, ctime, ino, etag)) in items {
+            let _ = writeln!(
+                out,
+                "{}\t{size}\t{mtime}\t{ctime}\t{ino}\t{}",
+                escape(href),
+                escape(etag.as_str())
+            );
         }
+        SyncState::new(out)
     }
 
-    pub fn maildir(collection: &str, items: BTreeMap<String, Etag>) -> Self {
-        LocalState::Maildir {
-            v: VERSION,
-            c: collection.to_owned(),
-            i: items,
+    /// Encodes a Maildir state for `collection`.
+    pub fn encode_maildir(collection: &str, items: &BTreeMap<String, Etag>) -> SyncState {
+        let mut out = String::with_capacity(64 + items.len() * 80);
+        let _ = writeln!(out, "{MAGIC} {VERSION} maildir {}", escape(collection));
+        for (href, etag) in items {
+            let _ = writeln!(out, "{}\t{}", escape(href), escape(etag.as_str()));
         }
-    }
-
-    pub fn encode(&self) -> SyncState {
-        SyncState::new(serde_json::to_string(self).expect("sync state serializes"))
+        SyncState::new(out)
     }
 
     /// Decodes a state and checks it belongs to `collection`.
@@ -81,19 +97,99 @@ impl LocalState {
             collection: collection.to_owned(),
             reason,
         };
-        let decoded: LocalState = serde_json::from_str(state.as_str())
-            .map_err(|e| invalid(format!("not a local-backend state: {e}")))?;
-        let (v, c) = match &decoded {
-            LocalState::Vdir { v, c, .. } | LocalState::Maildir { v, c, .. } => (*v, c),
-        };
-        if v != VERSION {
-            return Err(invalid(format!("state version {v}, expected {VERSION}")));
+        let mut lines = state.as_str().lines();
+        let header = lines.next().unwrap_or("");
+        let mut head = header.split(' ');
+        if head.next() != Some(MAGIC) {
+            return Err(invalid("not a local-backend state".to_owned()));
         }
-        if c != collection {
-            return Err(invalid(format!("it belongs to collection {c}")));
+        match head.next().and_then(|v| v.parse::<u32>().ok()) {
+            Some(VERSION) => {}
+            v => {
+                return Err(invalid(format!(
+                    "state version {}, expected {VERSION}",
+                    v.map_or("?".to_owned(), |v| v.to_string())
+                )))
+            }
         }
-        Ok(decoded)
+        let format = head.next().unwrap_or("");
+        let owner = unescape(head.next().unwrap_or(""));
+        if owner != collection {
+            return Err(invalid(format!("it belongs to collection {owner}")));
+        }
+        let bad_line = |n: usize| invalid(format!("line {} is damaged", n + 2));
+        match format {
+            "vdir" => {
+                let t = head
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| invalid("the listing time is missing".to_owned()))?;
+                let mut items = Vec::new();
+                for (n, line) in lines.enumerate() {
+                    let f: Vec<&str> = line.split('\t').collect();
+                    let [href, size, mtime, ctime, ino, etag] = f[..] else {
+                        return Err(bad_line(n));
+                    };
+                    let entry = (|| {
+                        Some(VdirEntry(
+                            size.parse().ok()?,
+                            mtime.parse().ok()?,
+                            ctime.parse().ok()?,
+                            ino.parse().ok()?,
+                            Etag::new(unescape(etag)),
+                        ))
+                    })()
+                    .ok_or_else(|| bad_line(n))?;
+                    items.push((unescape(href), entry));
+                }
+                // Written sorted, so collecting builds the tree in bulk.
+                Ok(LocalState::Vdir {
+                    t,
+                    i: items.into_iter().collect(),
+                })
+            }
+            "maildir" => {
+                let mut items = Vec::new();
+                for (n, line) in lines.enumerate() {
+                    let (href, etag) = line.split_once('\t').ok_or_else(|| bad_line(n))?;
+                    items.push((unescape(href), Etag::new(unescape(etag))));
+                }
+                Ok(LocalState::Maildir {
+                    i: items.into_iter().collect(),
+                })
+            }
+            other => Err(invalid(format!("unknown state format '{other}'"))),
+        }
     }
+}
+
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['%', '\t', '\r', '\n', ' ']) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '\t' => out.push_str("%09"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+fn unescape(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    text.replace("%09", "\t")
+        .replace("%0D", "\r")
+        .replace("%0A", "\n")
+        .replace("%20", " ")
+        .replace("%25", "%")
 }
 
 #[cfg(test)]
@@ -107,7 +203,15 @@ mod tests {
             "a.vcf".to_owned(),
             VdirEntry(3, 10, 11, 42, Etag::new("abc")),
         );
-        let s = LocalState::vdir("contacts", 99, items).encode();
+        items.insert(
+            "odd %\tname\n.vcf".to_owned(),
+            VdirEntry(1, 2, 3, 4, Etag::new("e")),
+        );
+        let s = LocalState::encode_vdir("contacts", 99, &items);
+        match LocalState::decode("contacts", &s).unwrap() {
+            LocalState::Vdir { i, .. } => assert_eq!(i, items),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             LocalState::decode("contacts", &s).unwrap(),
             LocalState::Vdir { t: 99, .. }
