@@ -78,6 +78,16 @@ pub enum Error {
     #[error("watching {}: {reason}; changes are still found by the scheduled sync", path.display())]
     Watch { path: PathBuf, reason: String },
 
+    /// A remote server (CalDAV/CardDAV, IMAP) refused or failed a request.
+    /// `reason` says what the answer means and what to fix; `status` is the
+    /// HTTP status when there was one (`None`: no answer, e.g. connection lost).
+    #[error("{url}: {reason}")]
+    Remote {
+        url: String,
+        status: Option<u16>,
+        reason: String,
+    },
+
     #[error("mailbox backend task failed: {0}")]
     Task(String),
 }

@@ -1,0 +1,121 @@
+//! The mailbox conformance suite (crates/mailbox/tests/conformance) against
+//! a real Dovecot: with CONDSTORE/QRESYNC, with CONDSTORE alone, and with neither.
+
+#[path = "../../mailbox/tests/conformance/mod.rs"]
+#[macro_use]
+mod conformance;
+mod support;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crmsync_imap::ImapMailbox;
+use crmsync_mailbox::{CollectionKind, Href, Mailbox};
+use support::{Dovecot, Flavor};
+
+pub struct ImapFixture {
+    dovecot: Dovecot,
+    mailbox: Arc<ImapMailbox>,
+}
+
+impl ImapFixture {
+    async fn start(flavor: Flavor) -> Self {
+        let dovecot = Dovecot::start(flavor).await;
+        let mailbox = Arc::new(support::mailbox(&dovecot).await);
+        let (condstore, qresync) = mailbox.uses_condstore().await.unwrap();
+        assert_eq!(
+            (condstore, qresync),
+            match flavor {
+                Flavor::Qresync => (true, true),
+                Flavor::Condstore => (true, false),
+                Flavor::Plain => (false, false),
+            },
+            "the {flavor:?} Dovecot offers the wrong capabilities"
+        );
+        ImapFixture { dovecot, mailbox }
+    }
+
+    fn folder(collection: &str) -> &str {
+        collection.strip_prefix("mail/").expect("a mail collection")
+    }
+}
+
+#[async_trait]
+impl conformance::Fixture for ImapFixture {
+    fn mailbox(&self) -> Arc<dyn Mailbox> {
+        self.mailbox.clone()
+    }
+
+    async fn reopen(&self) -> Arc<dyn Mailbox> {
+        Arc::new(ImapMailbox::new(self.dovecot.config()))
+    }
+
+    fn collection(&self, kind: CollectionKind) -> Option<String> {
+        (kind == CollectionKind::Mail).then(|| "mail/INBOX".to_owned())
+    }
+
+    async fn external_put(&self, collection: &str, _name: &str, _data: &[u8]) -> Href {
+        panic!("{collection}: the IMAP backend has no item collections")
+    }
+
+    async fn external_delete(&self, collection: &str, href: &str) {
+        let mut c = self.dovecot.client().await;
+        c.select(Self::folder(collection)).await;
+        c.cmd(&format!("UID STORE {href} +FLAGS.SILENT (\\Deleted)"))
+            .await;
+        c.cmd(&format!("UID EXPUNGE {href}")).await;
+        c.logout().await;
+    }
+
+    async fn external_deliver(&self, folder: &str, data: &[u8]) -> Href {
+        let mut c = self.dovecot.client().await;
+        let uid = c.append(Self::folder(folder), data).await;
+        c.logout().await;
+        uid.to_string()
+    }
+
+    async fn external_mark_seen(&self, folder: &str, href: &str) {
+        let mut c = self.dovecot.client().await;
+        c.select(Self::folder(folder)).await;
+        c.cmd(&format!("UID STORE {href} +FLAGS (\\Seen)")).await;
+        c.logout().await;
+    }
+
+    async fn plant_malformed(&self, _collection: &str) -> Option<Href> {
+        None
+    }
+
+    async fn plant_unreadable(&self, _collection: &str) -> Option<Href> {
+        None
+    }
+}
+
+mod qresync {
+    use super::*;
+
+    async fn fixture() -> ImapFixture {
+        ImapFixture::start(Flavor::Qresync).await
+    }
+
+    mailbox_conformance!(fixture);
+}
+
+mod condstore {
+    use super::*;
+
+    async fn fixture() -> ImapFixture {
+        ImapFixture::start(Flavor::Condstore).await
+    }
+
+    mailbox_conformance!(fixture);
+}
+
+mod plain {
+    use super::*;
+
+    async fn fixture() -> ImapFixture {
+        ImapFixture::start(Flavor::Plain).await
+    }
+
+    mailbox_conformance!(fixture);
+}
