@@ -9,7 +9,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 
 const SCHEMA: &[&str] = &[
@@ -34,6 +36,30 @@ const SCHEMA: &[&str] = &[
         etag TEXT NOT NULL,
         op TEXT NOT NULL,
         created_at TEXT NOT NULL)",
+    // A CRM record about to be written into the mailbox (R-T4): if the agent
+    // dies between the mailbox write and the item's row, the next scan takes
+    // its baseline from here instead of guessing.
+    "CREATE TABLE IF NOT EXISTS write_intents (
+        crm_id TEXT PRIMARY KEY,
+        collection TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        baseline TEXT NOT NULL,
+        old_etag TEXT)",
+    // Messages of the synchronized mail folders (R-M3; `mail` module).
+    "CREATE TABLE IF NOT EXISTS messages (
+        folder TEXT NOT NULL,
+        href TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        message_id TEXT,
+        link INTEGER NOT NULL,
+        crm_id TEXT,
+        regarding TEXT,
+        problem TEXT,
+        rule TEXT,
+        gone INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (folder, href))",
+    "CREATE INDEX IF NOT EXISTS messages_crm_id ON messages (crm_id)",
+    "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
 ];
 
 /// One mailbox item as the cache knows it.
@@ -64,6 +90,43 @@ pub struct JournalEntry {
     pub op: Value,
 }
 
+/// A CRM record the agent is about to write into the mailbox (R-T4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteIntent {
+    pub crm_id: String,
+    pub collection: String,
+    /// The version and baseline the item has once the write is done.
+    pub version: i64,
+    pub baseline: Map<String, Value>,
+    /// The item's etag before the write (`None`: a new item). An item still
+    /// at this etag was not written.
+    pub old_etag: Option<String>,
+}
+
+/// One message of a synchronized mail folder as the cache knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CachedMessage {
+    /// The mail folder's collection id (`mail/INBOX`).
+    pub folder: String,
+    pub href: String,
+    /// The etag the agent last planned the message at.
+    pub etag: String,
+    /// Without angle brackets; known once the message was read.
+    pub message_id: Option<String>,
+    /// R-M3: 0 not tracked, 1 to be tracked, 2 tracked.
+    pub link: u8,
+    pub crm_id: Option<String>,
+    /// `<set>:<uuid>` of the CRM email's regarding as last synchronized.
+    pub regarding: Option<String>,
+    /// Why tracking was refused or failed (shown by `crmsync status`).
+    pub problem: Option<String>,
+    /// The rule that decided the message's state, in words (`explain`).
+    pub rule: Option<String>,
+    /// R-M8: marked but not yet tracked, then moved out of the
+    /// synchronized folders; kept to be reported.
+    pub gone: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Cache {
     pool: SqlitePool,
@@ -82,7 +145,12 @@ impl Cache {
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a commit survives the agent being killed (R-T4);
+            // only a power cut can lose the last commits, never corrupt the
+            // file, and the next scan relinks by X-CRM-ID (R-M2). FULL would
+            // cost an fsync per item on a first sync.
+            .synchronous(SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -253,6 +321,59 @@ impl Cache {
         .collect())
     }
 
+    /// Records a mailbox write before it is made.
+    pub async fn write_intent_put(&self, w: &WriteIntent) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO write_intents (crm_id, collection, version, baseline, old_etag)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&w.crm_id)
+        .bind(&w.collection)
+        .bind(w.version)
+        .bind(Value::Object(w.baseline.clone()).to_string())
+        .bind(&w.old_etag)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The write intended for `crm_id`, if one was left unfinished.
+    pub async fn write_intent(&self, crm_id: &str) -> anyhow::Result<Option<WriteIntent>> {
+        let row = sqlx::query("SELECT * FROM write_intents WHERE crm_id = ?")
+            .bind(crm_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| {
+            let baseline: String = r.get("baseline");
+            WriteIntent {
+                crm_id: r.get("crm_id"),
+                collection: r.get("collection"),
+                version: r.get("version"),
+                baseline: serde_json::from_str(&baseline).unwrap_or_default(),
+                old_etag: r.get("old_etag"),
+            }
+        }))
+    }
+
+    /// The write for `crm_id` is done (or failed without writing).
+    pub async fn write_intent_done(&self, crm_id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM write_intents WHERE crm_id = ?")
+            .bind(crm_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the intents of `collection` once a complete scan has looked
+    /// at every item it could concern.
+    pub async fn write_intents_clear(&self, collection: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM write_intents WHERE collection = ?")
+            .bind(collection)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The answer of `op_id` is applied: the operation is done.
     pub async fn journal_done(&self, op_id: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM journal WHERE op_id = ?")
@@ -260,5 +381,169 @@ impl Cache {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    fn message_row(r: &sqlx::sqlite::SqliteRow) -> CachedMessage {
+        CachedMessage {
+            folder: r.get("folder"),
+            href: r.get("href"),
+            etag: r.get("etag"),
+            message_id: r.get("message_id"),
+            link: r.get::<i64, _>("link") as u8,
+            crm_id: r.get("crm_id"),
+            regarding: r.get("regarding"),
+            problem: r.get("problem"),
+            rule: r.get("rule"),
+            gone: r.get::<i64, _>("gone") != 0,
+        }
+    }
+
+    pub async fn message(&self, folder: &str, href: &str) -> anyhow::Result<Option<CachedMessage>> {
+        Ok(
+            sqlx::query("SELECT * FROM messages WHERE folder = ? AND href = ?")
+                .bind(folder)
+                .bind(href)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| Cache::message_row(&r)),
+        )
+    }
+
+    fn put_message_query(
+        m: &CachedMessage,
+    ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+        sqlx::query(
+            "INSERT INTO messages (folder, href, etag, message_id, link, crm_id, regarding, problem, rule, gone)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (folder, href) DO UPDATE SET etag = excluded.etag,
+               message_id = excluded.message_id, link = excluded.link, crm_id = excluded.crm_id,
+               regarding = excluded.regarding, problem = excluded.problem, rule = excluded.rule,
+               gone = excluded.gone",
+        )
+        .bind(&m.folder)
+        .bind(&m.href)
+        .bind(&m.etag)
+        .bind(&m.message_id)
+        .bind(m.link as i64)
+        .bind(&m.crm_id)
+        .bind(&m.regarding)
+        .bind(&m.problem)
+        .bind(&m.rule)
+        .bind(m.gone as i64)
+    }
+
+    pub async fn put_message(&self, m: &CachedMessage) -> anyhow::Result<()> {
+        Cache::put_message_query(m).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Several rows in one transaction (a first scan of a large folder).
+    pub async fn put_messages(&self, ms: &[CachedMessage]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for m in ms {
+            Cache::put_message_query(m).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every message row of `folder`.
+    pub async fn messages_in(&self, folder: &str) -> anyhow::Result<Vec<CachedMessage>> {
+        Ok(sqlx::query("SELECT * FROM messages WHERE folder = ?")
+            .bind(folder)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(Cache::message_row)
+            .collect())
+    }
+
+    pub async fn remove_message(&self, folder: &str, href: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM messages WHERE folder = ? AND href = ?")
+            .bind(folder)
+            .bind(href)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The messages linked to (or found by) the CRM email `crm_id`.
+    pub async fn messages_by_crm_id(&self, crm_id: &str) -> anyhow::Result<Vec<CachedMessage>> {
+        Ok(sqlx::query(
+            "SELECT * FROM messages WHERE crm_id = ? AND gone = 0 ORDER BY folder, href",
+        )
+        .bind(crm_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Cache::message_row)
+        .collect())
+    }
+
+    /// The messages with this Message-ID (gone ones included).
+    pub async fn messages_by_message_id(
+        &self,
+        message_id: &str,
+    ) -> anyhow::Result<Vec<CachedMessage>> {
+        Ok(
+            sqlx::query("SELECT * FROM messages WHERE message_id = ? ORDER BY gone, folder, href")
+                .bind(message_id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(Cache::message_row)
+                .collect(),
+        )
+    }
+
+    /// Messages per link state (R-M3), those gone (R-M8) left out:
+    /// `[not tracked, to be tracked, tracked]`.
+    pub async fn message_link_counts(&self) -> anyhow::Result<[i64; 3]> {
+        let mut out = [0; 3];
+        for r in sqlx::query("SELECT link, COUNT(*) FROM messages WHERE gone = 0 GROUP BY link")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let link: i64 = r.get(0);
+            if let Some(slot) = out.get_mut(link as usize) {
+                *slot = r.get(1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages to report: refused or failed tracking, or marked and moved
+    /// out of the synchronized folders before they were tracked (R-M8).
+    pub async fn message_problems(&self) -> anyhow::Result<Vec<CachedMessage>> {
+        Ok(sqlx::query(
+            "SELECT * FROM messages WHERE gone = 1 OR problem IS NOT NULL ORDER BY folder, href",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Cache::message_row)
+        .collect())
+    }
+
+    /// Messages of `folder` in link state `link`, those gone left out.
+    pub async fn message_count(&self, folder: &str, link: u8) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE folder = ? AND link = ? AND gone = 0",
+        )
+        .bind(folder)
+        .bind(link as i64)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Messages of `folder` whose row was reset (empty etag) so that the
+    /// next scan plans them again (`crmsync track mid:…`).
+    pub async fn messages_to_replan(&self, folder: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT href FROM messages WHERE folder = ? AND etag = '' AND gone = 0 ORDER BY href",
+        )
+        .bind(folder)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

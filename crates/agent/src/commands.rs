@@ -11,7 +11,7 @@
 //!
 //! ITEM is `uid:<UID>` or the path of a file inside the mailbox root
 //! (`contacts/`, `calendar/`, `tasks/`). `mid:<Message-ID>` names a
-//! message: messages are not handled by this agent yet.
+//! message: those commands are in `crate::mail::commands`.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,6 +29,7 @@ use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox};
 use crate::cache::CachedItem;
 use crate::crm::CrmClient;
 use crate::engine::{collections, Agent, SyncOptions, SyncReport};
+use crate::mail::commands as mail;
 
 /// A mistake in the command line (exit status 2).
 #[derive(Debug)]
@@ -241,9 +242,9 @@ fn read_item(path: &Path) -> anyhow::Result<(Vec<u8>, MailboxItem)> {
 pub async fn locate(agent: &Agent, item: &str) -> anyhow::Result<Located> {
     let root = root(agent)?;
     let root = std::fs::canonicalize(&root).unwrap_or(root);
-    if item.starts_with("mid:") {
+    if mail::is_message(item) {
         return Err(usage(format!(
-            "{item}: messages are not handled by this agent yet; name a contact, event or to-do by uid:<UID> or its path"
+            "{item}: a message has no file here; use it with track, untrack, regarding, status or explain"
         )));
     }
     let (collection, href) = if let Some(uid) = item.strip_prefix("uid:") {
@@ -339,7 +340,7 @@ pub struct ItemStatus {
     pub marker: bool,
 }
 
-fn link_words(link: u8) -> &'static str {
+pub(crate) fn link_words(link: u8) -> &'static str {
     match link {
         0 => "not tracked",
         1 => "to be tracked (marked, not yet in the CRM)",
@@ -348,6 +349,9 @@ fn link_words(link: u8) -> &'static str {
 }
 
 pub async fn item_status(agent: &Agent, item: &str) -> anyhow::Result<ItemStatus> {
+    if mail::is_message(item) {
+        return mail::item_status(agent, item).await;
+    }
     let l = locate(agent, item).await?;
     let (link, crm_id, version) = match &l.cached {
         Some(c) if c.link == 2 => (2, c.crm_id.clone(), c.version),
@@ -389,6 +393,7 @@ pub async fn explain(
 ) -> anyhow::Result<Explanation> {
     let (set, id) = match (item, record) {
         (_, Some(r)) => parse_set_id(r)?,
+        (Some(i), None) if mail::is_message(i) => return mail::explain(agent, i).await,
         (Some(i), None) => {
             let l = locate(agent, i).await?;
             let id = l
@@ -496,6 +501,9 @@ pub async fn track(
     if items.is_empty() {
         return Err(usage("name at least one ITEM to track"));
     }
+    if items.iter().any(|i| mail::is_message(i)) {
+        return mail::track(agent, items, regarding).await;
+    }
     let regarding = regarding.map(parse_set_id).transpose()?;
     let mut found = Vec::new();
     for i in items {
@@ -579,6 +587,9 @@ pub async fn untrack(
 ) -> anyhow::Result<ItemsReport> {
     if items.is_empty() {
         return Err(usage("name at least one ITEM to untrack"));
+    }
+    if items.iter().any(|i| mail::is_message(i)) {
+        return mail::untrack(agent, items, delete_in_crm).await;
     }
     let mut found = Vec::new();
     for i in items {
@@ -665,6 +676,9 @@ pub async fn set_regarding(
     items: &[String],
     regarding: &str,
 ) -> anyhow::Result<ItemsReport> {
+    if items.iter().any(|i| mail::is_message(i)) {
+        return mail::set_regarding(agent, items, regarding).await;
+    }
     let target = parse_set_id(regarding)?;
     let mut found = Vec::new();
     for i in items {

@@ -17,6 +17,93 @@ pub struct Config {
     pub on_behalf_of: Option<String>,
     pub local_root: Option<PathBuf>,
     pub interval: Duration,
+    /// The mail folders and their roles (SPEC §13 `[mailbox.imap]` inbox,
+    /// sent, drafts, tracked_folders; R-M4, R-M8).
+    pub mail: MailFolders,
+    /// `[mailbox.dav]`: contacts, calendar and tasks on a CalDAV/CardDAV server.
+    pub dav: Option<DavSettings>,
+    /// `[mailbox.imap]`: mail folders on an IMAP server.
+    pub imap: Option<ImapSettings>,
+}
+
+/// `[mailbox.dav]` (SPEC §13). `server` (a server root to discover the
+/// collections from) is this agent's addition; it fills in the ones not named.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DavSettings {
+    pub contacts: Option<String>,
+    pub calendar: Option<String>,
+    pub tasks: Option<String>,
+    pub server: Option<String>,
+    pub username: String,
+    pub password: String,
+}
+
+/// `[mailbox.imap]` (SPEC §13); the folder roles are in [`MailFolders`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImapSettings {
+    pub host: String,
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub security: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for DavSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DavSettings")
+            .field("contacts", &self.contacts)
+            .field("calendar", &self.calendar)
+            .field("tasks", &self.tasks)
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ImapSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mail folders the agent synchronizes (R-M8: only these) and their
+/// roles. Folder names as the mail client shows them (`INBOX`, `Sent`); the
+/// backend's collection id is `mail/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailFolders {
+    pub inbox: String,
+    pub sent: String,
+    pub drafts: String,
+    /// R-M4: messages placed in these folders are tracked.
+    pub tracked_folders: Vec<TrackedFolder>,
+}
+
+/// A folder-level tracking folder (R-M4), with an optional fixed regarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedFolder {
+    pub name: String,
+    /// `(entity set, id)` every message tracked from this folder is regarding.
+    pub regarding: Option<(String, uuid::Uuid)>,
+}
+
+impl Default for MailFolders {
+    fn default() -> Self {
+        MailFolders {
+            inbox: "INBOX".into(),
+            sent: "Sent".into(),
+            drafts: "Drafts".into(),
+            tracked_folders: vec![TrackedFolder {
+                name: "CRM".into(),
+                regarding: None,
+            }],
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +146,46 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawMailbox {
     local: Option<RawLocal>,
-    dav: Option<toml::Value>,
-    imap: Option<toml::Value>,
+    dav: Option<RawDav>,
+    imap: Option<RawImap>,
+}
+
+/// A password given inline, in a file, or by a command's output.
+struct RawSecret {
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDav {
+    contacts: Option<String>,
+    calendar: Option<String>,
+    tasks: Option<String>,
+    server: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImap {
+    host: Option<String>,
+    port: Option<u16>,
+    security: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+    inbox: Option<String>,
+    sent: Option<String>,
+    drafts: Option<String>,
+    tracked_folders: Option<Vec<String>>,
+    /// Folder → `SET/ID` every message tracked from it is regarding (R-M4).
+    folder_regarding: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -173,20 +298,128 @@ impl Config {
         let mailbox = raw.mailbox.ok_or_else(|| {
             invalid("[mailbox] is missing; add [mailbox.local] with root = \"…\" (the folder holding contacts/, calendar/, tasks/, mail/)".into())
         })?;
-        if mailbox.dav.is_some() || mailbox.imap.is_some() {
-            return Err(invalid(
-                "[mailbox.dav] and [mailbox.imap] are not supported by this agent yet; use [mailbox.local] with root = \"…\"".into(),
-            ));
-        }
+        let secret = |section: &str, s: RawSecret| -> Result<String, ConfigError> {
+            read_secret(section, s, &resolve).map_err(invalid)
+        };
+        let dav = match mailbox.dav {
+            None => None,
+            Some(d) => {
+                for (key, url) in [
+                    ("contacts", &d.contacts),
+                    ("calendar", &d.calendar),
+                    ("tasks", &d.tasks),
+                    ("server", &d.server),
+                ] {
+                    if let Some(u) = url {
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            return Err(invalid(format!("[mailbox.dav] {key} = {u:?} is not an http:// or https:// address; write the collection's URL, like \"https://dav.example.com/ann/contacts/\"")));
+                        }
+                    }
+                }
+                if d.contacts.is_none()
+                    && d.calendar.is_none()
+                    && d.tasks.is_none()
+                    && d.server.is_none()
+                {
+                    return Err(invalid("[mailbox.dav] names no collection; set contacts, calendar and tasks to collection URLs (or server to the server's root URL)".into()));
+                }
+                Some(DavSettings {
+                    contacts: d.contacts,
+                    calendar: d.calendar,
+                    tasks: d.tasks,
+                    server: d.server,
+                    username: d.username.unwrap_or_default(),
+                    password: secret(
+                        "[mailbox.dav]",
+                        RawSecret {
+                            password: d.password,
+                            password_file: d.password_file,
+                            password_command: d.password_command,
+                        },
+                    )?,
+                })
+            }
+        };
+        let mut mail = MailFolders::default();
+        let imap = match mailbox.imap {
+            None => None,
+            Some(i) => {
+                let host = i.host.filter(|h| !h.trim().is_empty()).ok_or_else(|| {
+                    invalid(
+                        "[mailbox.imap] host is missing; set host = \"imap.example.com\"".into(),
+                    )
+                })?;
+                let security = i.security.unwrap_or_else(|| "tls".into());
+                let default_port = match security.as_str() {
+                    "none" | "starttls" => 143,
+                    "tls" => 993,
+                    other => {
+                        return Err(invalid(format!(
+                            "[mailbox.imap] security = {other:?} is not one of none, starttls, tls"
+                        )))
+                    }
+                };
+                let username = i.username.filter(|u| !u.is_empty()).ok_or_else(|| {
+                    invalid(
+                        "[mailbox.imap] username is missing; set username = \"…\" (the IMAP login)"
+                            .into(),
+                    )
+                })?;
+                if let Some(v) = i.inbox {
+                    mail.inbox = v;
+                }
+                if let Some(v) = i.sent {
+                    mail.sent = v;
+                }
+                if let Some(v) = i.drafts {
+                    mail.drafts = v;
+                }
+                if let Some(list) = i.tracked_folders {
+                    mail.tracked_folders = list
+                        .into_iter()
+                        .map(|name| TrackedFolder {
+                            name,
+                            regarding: None,
+                        })
+                        .collect();
+                }
+                for (folder, target) in i.folder_regarding.unwrap_or_default() {
+                    let parsed = target.split_once('/').and_then(|(set, id)| {
+                        Some((set.to_string(), uuid::Uuid::parse_str(id).ok()?))
+                    });
+                    let Some(regarding) = parsed else {
+                        return Err(invalid(format!("[mailbox.imap] folder_regarding {folder:?} = {target:?} is not SET/ID; write it like \"opportunities/1b4e28ba-2fa1-11d2-883f-0016d3cca427\"")));
+                    };
+                    match mail.tracked_folders.iter_mut().find(|f| f.name == folder) {
+                        Some(f) => f.regarding = Some(regarding),
+                        None => return Err(invalid(format!("[mailbox.imap] folder_regarding names {folder:?}, which is not in tracked_folders; add it there"))),
+                    }
+                }
+                Some(ImapSettings {
+                    host,
+                    port: i.port.unwrap_or(default_port),
+                    security,
+                    username,
+                    password: secret(
+                        "[mailbox.imap]",
+                        RawSecret {
+                            password: i.password,
+                            password_file: i.password_file,
+                            password_command: i.password_command,
+                        },
+                    )?,
+                })
+            }
+        };
         let local_root = match mailbox.local {
             Some(l) => Some(resolve(l.root.ok_or_else(|| {
                 invalid("[mailbox.local] root is missing; set root = \"…\" (the folder holding contacts/, calendar/, tasks/, mail/)".into())
             })?)),
             None => None,
         };
-        if local_root.is_none() {
+        if local_root.is_none() && dav.is_none() && imap.is_none() {
             return Err(invalid(
-                "[mailbox] names no mailbox; add [mailbox.local] with root = \"…\"".into(),
+                "[mailbox] names no mailbox; add [mailbox.local] with root = \"…\" (or [mailbox.dav] / [mailbox.imap])".into(),
             ));
         }
         let interval = match raw.sync.and_then(|s| s.interval) {
@@ -205,7 +438,49 @@ impl Config {
             on_behalf_of: client.on_behalf_of,
             local_root,
             interval,
+            mail,
+            dav,
+            imap,
         })
+    }
+}
+
+/// The password of a `[mailbox.*]` section: `password`, `password_file`
+/// (its first line) or `password_command` (its output), exactly one of them.
+fn read_secret(
+    section: &str,
+    s: RawSecret,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<String, String> {
+    match (s.password, s.password_file, s.password_command) {
+        (None, None, None) => Ok(String::new()),
+        (Some(p), None, None) => Ok(p),
+        (None, Some(file), None) => {
+            let file = resolve(file);
+            std::fs::read_to_string(&file)
+                .map(|t| t.lines().next().unwrap_or("").to_string())
+                .map_err(|e| format!("{section} password_file = {}: cannot read it ({e}); point it at the file holding the password", file.display()))
+        }
+        (None, None, Some(cmd)) => {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .output()
+                .map_err(|e| format!("{section} password_command: cannot run it ({e})"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{section} password_command = {cmd:?} failed ({}); run it by hand to see why",
+                    out.status
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string())
+        }
+        _ => Err(format!(
+            "{section} has more than one of password, password_file, password_command; keep one"
+        )),
     }
 }
 
@@ -274,5 +549,64 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         let e = parse("[crm]\ntoken = \"t\"\n", None).unwrap_err();
         assert!(e.contains("[crm] url"), "{e}");
+    }
+
+    const CRM: &str = "[crm]\nurl = \"http://x\"\ntoken = \"t\"\n";
+
+    #[test]
+    fn section_13_dav_and_imap_read() {
+        let c = parse(
+            &format!("{CRM}[mailbox.dav]\ncontacts = \"http://d/ab/\"\ncalendar = \"http://d/cal/\"\ntasks = \"http://d/todo/\"\nusername = \"ann\"\npassword_command = \"echo s3cret\"\n[mailbox.imap]\nhost = \"127.0.0.1\"\nport = 143\nsecurity = \"none\"\nusername = \"ann\"\npassword = \"pw\"\ninbox = \"INBOX\"\nsent = \"Sent Items\"\ndrafts = \"Drafts\"\ntracked_folders = [\"CRM\", \"Deals\"]\nfolder_regarding = {{ Deals = \"opportunities/1b4e28ba-2fa1-11d2-883f-0016d3cca427\" }}\n"),
+            None,
+        )
+        .unwrap();
+        let dav = c.dav.unwrap();
+        assert_eq!(dav.tasks.as_deref(), Some("http://d/todo/"));
+        assert_eq!(dav.password, "s3cret");
+        let imap = c.imap.unwrap();
+        assert_eq!(
+            (imap.port, imap.security.as_str(), imap.password.as_str()),
+            (143, "none", "pw")
+        );
+        assert_eq!(c.mail.sent, "Sent Items");
+        assert_eq!(c.mail.tracked_folders.len(), 2);
+        assert_eq!(
+            c.mail.tracked_folders[1].regarding.as_ref().unwrap().0,
+            "opportunities"
+        );
+        assert_eq!(c.local_root, None);
+    }
+
+    #[test]
+    fn dav_and_imap_errors_name_the_key_and_the_fix() {
+        let e = parse(
+            &format!("{CRM}[mailbox.dav]\ncontacts = \"ftp://x\"\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("[mailbox.dav] contacts") && e.contains("http://"),
+            "{e}"
+        );
+        let e = parse(&format!("{CRM}[mailbox.dav]\nusername = \"a\"\n"), None).unwrap_err();
+        assert!(e.contains("names no collection"), "{e}");
+        let e = parse(
+            &format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nsecurity = \"ssl\"\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("[mailbox.imap] security") && e.contains("starttls"),
+            "{e}"
+        );
+        let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\npassword = \"a\"\npassword_file = \"b\"\n"), None).unwrap_err();
+        assert!(e.contains("more than one"), "{e}");
+        let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nfolder_regarding = {{ X = \"accounts/1b4e28ba-2fa1-11d2-883f-0016d3cca427\" }}\n"), None).unwrap_err();
+        assert!(e.contains("not in tracked_folders"), "{e}");
+        let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\npassword_command = \"exit 3\"\n"), None).unwrap_err();
+        assert!(
+            e.contains("password_command") && e.contains("failed"),
+            "{e}"
+        );
     }
 }

@@ -115,24 +115,28 @@ impl CrmClient {
         .await
     }
 
-    /// R-S3: every delivery of the batch (all pages).
-    pub async fn deliveries(&self, client: &str, batch: &str) -> Result<Vec<Value>, CrmError> {
-        let mut out = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let page = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/v1/sync/data?client_id={client}&batch={batch}{cursor}"),
-                    None,
-                )
-                .await?;
-            out.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_i64() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => return Ok(out),
-            }
-        }
+    /// R-S3: one page of a batch's deliveries and the cursor of the next page:
+    /// the engine applies a page before it fetches the next, so memory stays
+    /// flat however large the batch.
+    pub async fn deliveries_page(
+        &self,
+        client: &str,
+        batch: &str,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<Value>, Option<i64>), CrmError> {
+        let cursor = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let mut page = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/sync/data?client_id={client}&batch={batch}{cursor}"),
+                None,
+            )
+            .await?;
+        let items = match page["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
+        Ok((items, page["next_cursor"].as_i64()))
     }
 
     /// R-S3: full records for `ids` (500 at a time).

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -28,9 +29,9 @@ use crmsync_core::mapping::{
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
 use crmsync_core::sync_rules::Removal;
-use crmsync_mailbox::{Etag, LocalConfig, LocalMailbox, Mailbox, SyncState};
+use crmsync_mailbox::{Etag, Mailbox, SyncState};
 
-use crate::cache::{Cache, CachedItem, JournalEntry};
+use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
 use crate::config::Config;
 use crate::crm::CrmClient;
 
@@ -89,6 +90,8 @@ pub struct SyncReport {
     pub deferred_deletions: usize,
     pub reported: Vec<String>,
     pub errors: Vec<String>,
+    /// How long the sync took, registration to last write.
+    pub elapsed_ms: f64,
 }
 
 /// `crmsync status --json`.
@@ -100,6 +103,9 @@ pub struct StatusReport {
     pub to_be_tracked: i64,
     pub tracked: i64,
     pub pending_operations: usize,
+    /// Messages whose tracking was refused or that were marked and moved
+    /// out of the synchronized folders before being tracked (R-M8).
+    pub reported: Vec<String>,
 }
 
 /// One item as the scan found it.
@@ -157,7 +163,13 @@ pub struct Agent {
     cache: Cache,
     crm: CrmClient,
     mailbox: Arc<dyn Mailbox>,
+    /// The folder of contacts/, calendar/, tasks/ when they are local files.
     local_root: Option<PathBuf>,
+    /// Which of `contacts`, `calendar`, `tasks` this mailbox has.
+    item_collections: Vec<&'static str>,
+    /// Contacts/events/to-dos written or removed in the mailbox by this
+    /// agent: a sync that wrote nothing skips settling its scan states.
+    item_writes: AtomicU64,
 }
 
 fn now_rfc3339(t: OffsetDateTime) -> String {
@@ -171,6 +183,44 @@ fn now_rfc3339(t: OffsetDateTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// When the item says it was last revised (R-F5 on servers, where there is
+/// no file time): the latest UTC `REV` (vCard), `LAST-MODIFIED` or `DTSTAMP`
+/// (iCalendar without METHOD: the last revision, RFC 5545 3.8.7.2).
+fn revised_at(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes).replace("\r\n", "\n");
+    let text = text.replace("\n ", "").replace("\n\t", "");
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.split(';').next()?.trim();
+            let wanted = ["REV", "LAST-MODIFIED", "DTSTAMP"];
+            if !wanted.iter().any(|w| name.eq_ignore_ascii_case(w)) {
+                return None;
+            }
+            let v: String = value
+                .trim()
+                .chars()
+                .filter(|c| *c != '-' && *c != ':')
+                .collect();
+            let v = v.strip_suffix('Z')?;
+            let (d, t) = v.split_once('T')?;
+            let t = t.get(..6)?;
+            if d.len() != 8 || !d.bytes().chain(t.bytes()).all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(format!(
+                "{}-{}-{}T{}:{}:{}Z",
+                &d[..4],
+                &d[4..6],
+                &d[6..],
+                &t[..2],
+                &t[2..4],
+                &t[4..]
+            ))
+        })
+        .max()
 }
 
 /// A record as the sync API shows it (data or push answer) → core Record.
@@ -196,20 +246,22 @@ fn record_of(v: &Value) -> anyhow::Result<Record> {
 impl Agent {
     /// Opens the cache and the mailbox named by the configuration.
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
-        let root = cfg
-            .local_root
-            .clone()
-            .context("[mailbox.local] root is missing; set it in the configuration")?;
-        let mailbox = LocalMailbox::open(&LocalConfig { root: root.clone() })
-            .with_context(|| format!("[mailbox.local] root = {}", root.display()))?;
+        let opened = crate::backends::open_mailbox(&cfg).await?;
+        let listed = opened.mailbox.collections().await?;
+        let item_collections = collections()
+            .into_iter()
+            .filter(|c| listed.iter().any(|l| l.id == *c))
+            .collect();
         let cache = Cache::open(&cfg.cache).await?;
         let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
             cfg,
             cache,
             crm,
-            mailbox: Arc::new(mailbox),
-            local_root: Some(root),
+            mailbox: opened.mailbox,
+            local_root: opened.local_items_root,
+            item_collections,
+            item_writes: AtomicU64::new(0),
         })
     }
 
@@ -221,6 +273,14 @@ impl Agent {
         &self.cfg
     }
 
+    pub(crate) fn mailbox(&self) -> &Arc<dyn Mailbox> {
+        &self.mailbox
+    }
+
+    pub(crate) fn crm(&self) -> &CrmClient {
+        &self.crm
+    }
+
     /// Change notifications of the mailbox (R-T2).
     pub async fn watch(&self) -> anyhow::Result<crmsync_mailbox::Watch> {
         Ok(self.mailbox.watch().await?)
@@ -228,12 +288,14 @@ impl Agent {
 
     pub async fn status(&self) -> anyhow::Result<StatusReport> {
         let [not_tracked, to_be_tracked, tracked] = self.cache.link_counts().await?;
+        let [m0, m1, m2] = self.cache.message_link_counts().await?;
         Ok(StatusReport {
             client_id: self.cache.meta("client_id").await?,
-            not_tracked,
-            to_be_tracked,
-            tracked,
+            not_tracked: not_tracked + m0,
+            to_be_tracked: to_be_tracked + m1,
+            tracked: tracked + m2,
             pending_operations: self.cache.journal_pending().await?.len(),
+            reported: self.mail_reported().await?,
         })
     }
 
@@ -269,8 +331,10 @@ impl Agent {
 
     /// One synchronization.
     pub async fn sync_once(&self, options: SyncOptions) -> anyhow::Result<SyncReport> {
+        let started = std::time::Instant::now();
         let mut report = SyncReport::default();
         let (client, role) = self.register(&mut report).await?;
+        let writes_before = self.item_writes.load(Ordering::Relaxed);
 
         // 0. Operations journaled by an earlier, interrupted sync (R-T4).
         let pending = self.cache.journal_pending().await?;
@@ -282,15 +346,29 @@ impl Agent {
         let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
         let mut new_states: Vec<(String, SyncState)> = Vec::new();
         let mut incomplete: std::collections::HashSet<String> = Default::default();
-        for collection in collections() {
-            let state = self.cache.sync_state(collection).await?.map(SyncState::new);
-            let changes = match self.mailbox.changes_since(collection, state.as_ref()).await {
-                Ok(c) => c,
-                Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
-                    self.mailbox.changes_since(collection, None).await?
+        let mut stored_states: HashMap<String, SyncState> = HashMap::new();
+        for collection in self.item_collections.iter().copied() {
+            if let Some(state) = self.cache.sync_state(collection).await? {
+                stored_states.insert(collection.to_string(), SyncState::new(state));
+            }
+        }
+        // The collections are scanned side by side (a backend's scan is
+        // mostly waiting on the file system or the network).
+        let scans =
+            futures_util::future::join_all(self.item_collections.iter().map(|&collection| {
+                let state = stored_states.get(collection);
+                async move {
+                    match self.mailbox.changes_since(collection, state).await {
+                        Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
+                            self.mailbox.changes_since(collection, None).await
+                        }
+                        other => other,
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            };
+            }))
+            .await;
+        for (collection, changes) in self.item_collections.iter().copied().zip(scans) {
+            let changes = changes?;
             if !changes.failed.is_empty() {
                 incomplete.insert(collection.to_string());
                 for (href, e) in &changes.failed {
@@ -365,19 +443,6 @@ impl Agent {
                     prep["mass_delete"]["deletes"], prep["mass_delete"]["max_items"], prep["mass_delete"]["max_percent"]
                 ));
             }
-            let deliveries = self.crm.deliveries(&client, batch).await?;
-            let wanted: Vec<String> = deliveries
-                .iter()
-                .filter(|d| d["action"] != "remove")
-                .filter_map(|d| d["id"].as_str().map(str::to_string))
-                .collect();
-            let records: HashMap<String, Value> = self
-                .crm
-                .records(&client, batch, &wanted)
-                .await?
-                .into_iter()
-                .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
-                .collect();
             // Items the scan found with an X-CRM-ID the cache does not hold
             // linked (R-M2): a delivery of that record updates them.
             let mut by_crm_id: HashMap<String, (String, String)> = HashMap::new();
@@ -389,34 +454,63 @@ impl Agent {
                 }
             }
 
-            // (c) CRM → mailbox.
-            for d in &deliveries {
-                let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
-                    continue;
-                };
-                let version = d["version"].as_i64().unwrap_or(0);
-                let Some(collection) = EntitySet::from_str(set).ok().and_then(collection_of) else {
-                    continue; // not synchronized by this agent yet: not acknowledged
-                };
-                let crm_side = match (d["action"].as_str(), d["removal"].as_str()) {
-                    (Some("remove"), Some("unlink")) => CrmSide::Removed(Removal::Unlink),
-                    (Some("remove"), _) => CrmSide::Removed(Removal::Delete),
-                    _ => CrmSide::Changed,
-                };
-                if crm_side == CrmSide::Removed(Removal::Delete) && report.mass_delete.is_some() {
-                    report.held_deletions += 1;
-                    continue;
-                }
-                let record = records.get(id);
-                if crm_side == CrmSide::Changed && record.is_none() {
-                    report.errors.push(format!(
-                        "{set}/{id}: delivered without its record; retried next sync"
-                    ));
-                    continue;
-                }
-                // The local side of this record.
-                let (key, mut t) =
-                    if let Some(c) = self.cache.item_by_crm_id(id).await?.filter(|c| c.link == 2) {
+            // (c) CRM → mailbox, one page of deliveries (and their records)
+            // at a time.
+            let mut cursor = None;
+            loop {
+                let (deliveries, next) = self.crm.deliveries_page(&client, batch, cursor).await?;
+                let wanted: Vec<String> = deliveries
+                    .iter()
+                    .filter(|d| d["action"] != "remove")
+                    .filter_map(|d| d["id"].as_str().map(str::to_string))
+                    .collect();
+                let records: HashMap<String, Value> = self
+                    .crm
+                    .records(&client, batch, &wanted)
+                    .await?
+                    .into_iter()
+                    .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
+                    .collect();
+                for d in &deliveries {
+                    let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
+                        continue;
+                    };
+                    let version = d["version"].as_i64().unwrap_or(0);
+                    if set == EntitySet::Emails.as_str() {
+                        // R-M7 and §9 for tracked messages (crate::mail).
+                        if self
+                            .apply_mail_delivery(d, records.get(id), &mut report)
+                            .await?
+                        {
+                            acks.push((id.to_string(), version));
+                        }
+                        continue;
+                    }
+                    let Some(collection) = EntitySet::from_str(set).ok().and_then(collection_of)
+                    else {
+                        continue; // not synchronized by this agent yet: not acknowledged
+                    };
+                    let crm_side = match (d["action"].as_str(), d["removal"].as_str()) {
+                        (Some("remove"), Some("unlink")) => CrmSide::Removed(Removal::Unlink),
+                        (Some("remove"), _) => CrmSide::Removed(Removal::Delete),
+                        _ => CrmSide::Changed,
+                    };
+                    if crm_side == CrmSide::Removed(Removal::Delete) && report.mass_delete.is_some()
+                    {
+                        report.held_deletions += 1;
+                        continue;
+                    }
+                    let record = records.get(id);
+                    if crm_side == CrmSide::Changed && record.is_none() {
+                        report.errors.push(format!(
+                            "{set}/{id}: delivered without its record; retried next sync"
+                        ));
+                        continue;
+                    }
+                    // The local side of this record.
+                    let (key, mut t) = if let Some(c) =
+                        self.cache.item_by_crm_id(id).await?.filter(|c| c.link == 2)
+                    {
                         let key = (c.collection.clone(), c.href.clone());
                         match touched.remove(&key) {
                             Some(t) => (Some(key), t),
@@ -459,23 +553,28 @@ impl Agent {
                             },
                         )
                     };
-                let actions = plan_item(t.link, crm_side, t.side, role);
-                let mut done = true;
-                for action in actions {
-                    let r = self
-                        .execute(action, collection, &mut t, record, &mut ops, &mut report)
-                        .await;
-                    if let Err(e) = r {
-                        done = false;
-                        report.errors.push(format!("{set}/{id}: {e:#}"));
-                        if let Some(k) = &key {
-                            incomplete.insert(k.0.clone());
+                    let actions = plan_item(t.link, crm_side, t.side, role);
+                    let mut done = true;
+                    for action in actions {
+                        let r = self
+                            .execute(action, collection, &mut t, record, &mut ops, &mut report)
+                            .await;
+                        if let Err(e) = r {
+                            done = false;
+                            report.errors.push(format!("{set}/{id}: {e:#}"));
+                            if let Some(k) = &key {
+                                incomplete.insert(k.0.clone());
+                            }
+                            break;
                         }
-                        break;
+                    }
+                    if done {
+                        acks.push((id.to_string(), version));
                     }
                 }
-                if done {
-                    acks.push((id.to_string(), version));
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
                 }
             }
         }
@@ -530,14 +629,27 @@ impl Agent {
                 incomplete.insert(c.to_string());
             }
         }
+        // Settling re-scans a collection to step over the agent's own
+        // writes; with no write into the mailbox the scan's state is exact.
+        let wrote = self.item_writes.load(Ordering::Relaxed) != writes_before;
         for (collection, state) in new_states {
             if !incomplete.contains(&collection) {
-                let state = self.settle(&collection, state).await?;
-                self.cache
-                    .set_sync_state(&collection, state.as_str())
-                    .await?;
+                let state = if wrote {
+                    self.settle(&collection, state).await?
+                } else {
+                    state
+                };
+                if stored_states.get(&collection) != Some(&state) {
+                    self.cache
+                        .set_sync_state(&collection, state.as_str())
+                        .await?;
+                }
+                self.cache.write_intents_clear(&collection).await?;
             }
         }
+        // Mail folders (crate::mail).
+        self.sync_mail(&client, role, options, &mut report).await?;
+        report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
     }
 
@@ -574,6 +686,29 @@ impl Agent {
         found: Found,
     ) -> anyhow::Result<Option<Touched>> {
         let item = &found.item;
+        // A write of the CRM record that a crash cut short (R-T4): the item
+        // holds what was written, so that is its baseline, and only what the
+        // user changed since goes to the CRM.
+        let mut cached = cached;
+        if let Some(id) = item.crm_id {
+            if let Some(w) = self.cache.write_intent(&id.to_string()).await? {
+                if w.old_etag.as_deref() != Some(found.etag.as_str()) {
+                    cached = Some(CachedItem {
+                        collection: found.collection.clone(),
+                        href: found.href.clone(),
+                        etag: String::new(),
+                        uid: item.uid.clone(),
+                        set: item.set.as_str().to_string(),
+                        crm_id: Some(id.to_string()),
+                        link: 2,
+                        version: w.version,
+                        baseline: w.baseline,
+                    });
+                    // Linked from now on: a delivery of the record finds it.
+                    self.cache.put_item(cached.as_ref().unwrap()).await?;
+                }
+            }
+        }
         let linked_here = cached.as_ref().is_some_and(|c| c.link == 2);
         if linked_here {
             let c = cached.clone().unwrap();
@@ -584,6 +719,9 @@ impl Agent {
                 let mut c = c;
                 c.etag = found.etag.clone();
                 self.cache.put_item(&c).await?;
+                if let Some(id) = &c.crm_id {
+                    self.cache.write_intent_done(id).await?;
+                }
                 return Ok(None);
             } else {
                 MailboxSide::Changed
@@ -640,7 +778,14 @@ impl Agent {
             })
             .unwrap_or_default();
         let render = |uid: &str, existing: Option<&[u8]>| {
-            let item = MailboxItem::from_records(&rec, &exceptions, uid, true);
+            let mut item = MailboxItem::from_records(&rec, &exceptions, uid, true);
+            // A push answer carries the series without its exceptions: the
+            // item's own exceptions stay (R-E2), never dropped.
+            if record.get("exceptions").is_none() {
+                if let Some(old) = existing.and_then(|b| parse_item(b).ok()) {
+                    item.exceptions = old.exceptions;
+                }
+            }
             let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
             opts.vcard_version = VcardVersion::V4;
             opts.company = company;
@@ -655,48 +800,80 @@ impl Agent {
                 }
             })
         };
-        let written = match &t.cached {
-            Some(c) => {
-                // Overwrite with the etag we know as precondition.
-                let expected = match &t.current {
-                    Some(f) => f.etag.clone(),
-                    None => c.etag.clone(),
-                };
-                let existing = match &t.current {
-                    Some(f) => f.bytes.clone(),
-                    None => self.mailbox.get(collection, &c.href).await?.data,
-                };
-                let uid = parse_item(&existing)
-                    .map(|i| i.uid)
-                    .unwrap_or_else(|_| c.uid.clone());
-                let bytes = render(&uid, Some(&existing))?;
-                let r = self
-                    .mailbox
-                    .update(collection, &c.href, &Etag::new(expected), &bytes)
-                    .await?;
-                (r, uid)
-            }
-            None => {
-                let uid = rec.id.to_string();
-                let bytes = render(&uid, None)?;
-                let r = match self.mailbox.create(collection, &uid, &bytes).await {
-                    Ok(r) => r,
-                    Err(crmsync_mailbox::Error::AlreadyExists { href, .. }) => {
-                        // A copy written before a crash: overwrite it.
-                        let cur = self.mailbox.get(collection, &href).await?;
-                        let bytes = render(&uid, Some(&cur.data))?;
-                        self.mailbox
-                            .update(collection, &href, &cur.etag, &bytes)
-                            .await?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                (r, uid)
-            }
+        // R-T4: the write is recorded before it is made (see `classify`).
+        let old_etag = match (&t.current, &t.cached) {
+            (Some(f), _) => Some(f.etag.clone()),
+            (None, Some(c)) => Some(c.etag.clone()),
+            (None, None) => None,
         };
-        let (r, uid) = written;
+        self.cache
+            .write_intent_put(&WriteIntent {
+                crm_id: rec.id.to_string(),
+                collection: collection.to_string(),
+                version: rec.version,
+                baseline: project_fields(rec.set, &rec.fields),
+                old_etag,
+            })
+            .await?;
+        let written: anyhow::Result<_> = async {
+            Ok(match &t.cached {
+                Some(c) => {
+                    // Overwrite with the etag we know as precondition.
+                    let expected = match &t.current {
+                        Some(f) => f.etag.clone(),
+                        None => c.etag.clone(),
+                    };
+                    let existing = match &t.current {
+                        Some(f) => f.bytes.clone(),
+                        None => self.mailbox.get(collection, &c.href).await?.data,
+                    };
+                    let uid = parse_item(&existing)
+                        .map(|i| i.uid)
+                        .unwrap_or_else(|_| c.uid.clone());
+                    let bytes = render(&uid, Some(&existing))?;
+                    let r = self
+                        .mailbox
+                        .update(collection, &c.href, &Etag::new(expected), &bytes)
+                        .await?;
+                    (r, uid)
+                }
+                None => {
+                    let uid = rec.id.to_string();
+                    let bytes = render(&uid, None)?;
+                    let r = match self.mailbox.create(collection, &uid, &bytes).await {
+                        Ok(r) => r,
+                        Err(crmsync_mailbox::Error::AlreadyExists { href, .. }) => {
+                            let cur = self.mailbox.get(collection, &href).await?;
+                            let ours =
+                                parse_item(&cur.data).is_ok_and(|i| i.crm_id == Some(rec.id));
+                            if ours {
+                                // A copy written before a crash: overwrite it.
+                                let bytes = render(&uid, Some(&cur.data))?;
+                                self.mailbox
+                                    .update(collection, &href, &cur.etag, &bytes)
+                                    .await?
+                            } else {
+                                // The user's own item under that name: never
+                                // overwritten; the record gets a new name.
+                                let name = Uuid::new_v4().to_string();
+                                self.mailbox.create(collection, &name, &bytes).await?
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    (r, uid)
+                }
+            })
+        }
+        .await;
+        if written.is_err() {
+            self.cache.write_intent_done(&rec.id.to_string()).await?;
+        }
+        let (r, uid) = written?;
+        self.item_writes.fetch_add(1, Ordering::Relaxed);
         let row = linked(collection, &r.href, r.etag.as_str(), uid, &rec);
         self.cache.put_item(&row).await?;
+        self.cache.write_intent_done(&rec.id.to_string()).await?;
         t.cached = Some(row);
         t.current = None;
         t.link = LinkState::Tracked;
@@ -727,6 +904,7 @@ impl Agent {
             .mailbox
             .update(collection, &c.href, &Etag::new(etag), &out)
             .await?;
+        self.item_writes.fetch_add(1, Ordering::Relaxed);
         let row = CachedItem {
             etag: r.etag.as_str().to_string(),
             crm_id: None,
@@ -792,6 +970,7 @@ impl Agent {
                     Ok(()) | Err(crmsync_mailbox::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
+                self.item_writes.fetch_add(1, Ordering::Relaxed);
                 self.cache.remove_item(collection, &c.href).await?;
                 report.deleted_from_mailbox += 1;
             }
@@ -814,7 +993,10 @@ impl Agent {
                     "set": set, "id": crm_id, "base_version": c.version,
                     "baseline": c.baseline, "fields": f.item.fields,
                 });
-                if let Some(m) = self.modified_at(collection, &f.href) {
+                if let Some(m) = self
+                    .modified_at(collection, &f.href)
+                    .or_else(|| revised_at(&f.bytes))
+                {
                     body["mailbox_modified_at"] = json!(m);
                 }
                 ops.push(op("update", t, body));
@@ -859,7 +1041,7 @@ impl Agent {
 
     /// Sends journaled operations and applies their answers; returns the
     /// collections with an operation that must be tried again.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         client: &str,
         entries: Vec<JournalEntry>,
@@ -895,6 +1077,9 @@ impl Agent {
         result: &Value,
         report: &mut SyncReport,
     ) -> anyhow::Result<bool> {
+        if entry.op["set"] == "emails" {
+            return self.apply_mail_answer(entry, kind, result, report).await;
+        }
         let collection = entry.collection.as_str();
         let cached = self.cache.item(collection, &entry.href).await?;
         if result["status"] != "ok" {

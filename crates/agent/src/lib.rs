@@ -2,11 +2,13 @@
 //! its SQLite cache, the CRM sync API client, and the engine that runs one
 //! synchronization between a mailbox and the CRM server.
 
+pub mod backends;
 pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod crm;
 pub mod engine;
+pub mod mail;
 pub mod run;
 
 pub use config::Config;

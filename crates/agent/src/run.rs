@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::engine::{Agent, SyncOptions, SyncReport};
 
 /// Notifications arriving within this window are one sync.
-const SETTLE: Duration = Duration::from_millis(500);
+const SETTLE: Duration = Duration::from_millis(150);
 /// After a failed sync, the next attempt waits this long (doubling, up to
 /// the interval).
 const FIRST_RETRY: Duration = Duration::from_secs(5);

@@ -588,4 +588,6 @@ async fn r_m1_removing_the_marker_untracks_without_deleting_in_crm() {
     sync(&agent).await;
     let cards = vcards(&dir);
     assert_eq!(cards.len(), 1, "{cards:?}");
+    assert_eq!(cards[0].1.crm_id, None, "unlinked: X-CRM-ID removed (R-M2)");
+    assert!(!cards[0].1.tracked);
 }

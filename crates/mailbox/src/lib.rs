@@ -3,8 +3,10 @@
 //!
 //! - [`local`]: `contacts/`, `calendar/`, `tasks/` as vdir folders and
 //!   `mail/` as a Maildir++ with Dovecot's `dovecot-keywords` convention.
-//! - CalDAV/CardDAV and IMAP: to come, behind the same trait, checked by the
-//!   same conformance suite (`tests/conformance/`).
+//! - [`RoutedMailbox`]: contacts/calendar/tasks from one backend and mail
+//!   folders from another (local, or the `crmsync-dav` and `crmsync-imap`
+//!   crates, which implement the same trait and pass the same conformance
+//!   suite, `tests/conformance/`).
 //!
 //! Items are opaque bytes (`.vcf`, `.ics`, RFC 5322) plus metadata (href,
 //! etag, message flags); parsing them is another crate's job.
@@ -17,11 +19,13 @@
 mod error;
 pub mod local;
 mod mailbox;
+mod routed;
 mod types;
 
 pub use error::{Error, Result};
 pub use local::{LocalConfig, LocalMailbox};
 pub use mailbox::{Mailbox, Watch};
+pub use routed::RoutedMailbox;
 pub use types::{
     Changes, Collection, CollectionId, CollectionKind, Etag, Href, Item, ItemRef, Keyword,
     MessageFlags, Notification, SyncState, SystemFlag,

@@ -174,3 +174,182 @@ async fn sync(agent: &Agent) -> crmsync_agent::SyncReport {
     assert!(r.refused.is_empty(), "{r:?}");
     r
 }
+
+// ---- mail (tests/mail.rs): a Maildir++ changed as a mail client or an MDA would.
+
+/// An RFC 5322 message with a small text body.
+#[allow(dead_code)] // used by tests/mail.rs only
+fn rfc5322(id: Option<&str>, from: &str, to: &[&str], subject: &str, extra: &str) -> Vec<u8> {
+    let mut m = String::new();
+    if let Some(id) = id {
+        m.push_str(&format!("Message-ID: <{id}>\r\n"));
+    }
+    m.push_str(&format!(
+        "From: <{from}>\r\nTo: {}\r\nSubject: {subject}\r\nDate: Wed, 25 Nov 2026 10:00:00 +0100\r\n{extra}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n",
+        to.join(", ")
+    ));
+    m.into_bytes()
+}
+
+#[allow(dead_code)] // used by tests/mail.rs only
+impl World {
+    /// The local mailbox `name` as another mail client sees it.
+    fn maildir(&self, name: &str) -> crmsync_mailbox::LocalMailbox {
+        crmsync_mailbox::LocalMailbox::open(&crmsync_mailbox::LocalConfig {
+            root: self.dir.path().join(name),
+        })
+        .unwrap()
+    }
+
+    /// The Maildir folder (`INBOX`, `Sent`, `CRM`, ...) of mailbox `name`,
+    /// created if needed.
+    fn mail_dir(&self, name: &str, folder: &str) -> PathBuf {
+        if folder != "INBOX" {
+            self.maildir(name).ensure_mail_folder(folder).unwrap();
+        }
+        let mail = self.dir.path().join(name).join("mail");
+        if folder == "INBOX" {
+            mail
+        } else {
+            mail.join(format!(".{folder}"))
+        }
+    }
+
+    /// Delivers `raw` into `folder` with the Maildir flag letters `flags`
+    /// (`S` seen, `D` draft); returns the message's href.
+    fn deliver(&self, name: &str, folder: &str, raw: &[u8], flags: &str) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = self.mail_dir(name, folder);
+        let href = format!(
+            "1764064800.M{}P{}.test",
+            N.fetch_add(1, Ordering::SeqCst),
+            std::process::id()
+        );
+        std::fs::write(dir.join("cur").join(format!("{href}:2,{flags}")), raw).unwrap();
+        href
+    }
+
+    /// Adds and removes keywords as a mail client would (etag precondition).
+    async fn keywords(&self, name: &str, folder: &str, href: &str, add: &[&str], remove: &[&str]) {
+        use crmsync_mailbox::Mailbox;
+        let mb = self.maildir(name);
+        let id = format!("mail/{folder}");
+        let now = mb.flags_of(&id, href).await.unwrap();
+        let kw = |l: &[&str]| -> Vec<crmsync_mailbox::Keyword> {
+            l.iter()
+                .map(|k| crmsync_mailbox::Keyword::new(*k).unwrap())
+                .collect()
+        };
+        mb.store_keywords(&id, href, &now.etag, &kw(add), &kw(remove))
+            .await
+            .unwrap();
+    }
+
+    /// The keywords of a message now.
+    async fn keywords_of(&self, name: &str, folder: &str, href: &str) -> Vec<String> {
+        use crmsync_mailbox::Mailbox;
+        let now = self
+            .maildir(name)
+            .flags_of(&format!("mail/{folder}"), href)
+            .await
+            .unwrap();
+        now.flags
+            .unwrap_or_default()
+            .keywords
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect()
+    }
+
+    /// Moves a message to another folder, keywords kept (as a mail
+    /// client's MOVE).
+    async fn move_message(&self, name: &str, from: &str, to: &str, href: &str) {
+        let kept = self.keywords_of(name, from, href).await;
+        let src = self.mail_dir(name, from);
+        let dst = self.mail_dir(name, to);
+        for sub in ["cur", "new"] {
+            for e in std::fs::read_dir(src.join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                let file = p.file_name().unwrap().to_string_lossy().into_owned();
+                if file.split(':').next() == Some(href) {
+                    // Keyword letters belong to the folder's dovecot-keywords:
+                    // the system flags move, the keywords are set again.
+                    let flags: String = file
+                        .split_once(":2,")
+                        .map(|(_, f)| f.chars().filter(|c| c.is_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    std::fs::rename(&p, dst.join("cur").join(format!("{href}:2,{flags}"))).unwrap();
+                    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+                    if !kept.is_empty() {
+                        self.keywords(name, to, href, &kept, &[]).await;
+                    }
+                    return;
+                }
+            }
+        }
+        panic!("no message {href} in {from}");
+    }
+
+    /// Deletes a message file.
+    fn delete_message(&self, name: &str, folder: &str, href: &str) {
+        let dir = self.mail_dir(name, folder);
+        for sub in ["cur", "new"] {
+            for e in std::fs::read_dir(dir.join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                if p.file_name().unwrap().to_string_lossy().split(':').next() == Some(href) {
+                    std::fs::remove_file(p).unwrap();
+                    return;
+                }
+            }
+        }
+        panic!("no message {href} in {folder}");
+    }
+
+    /// An agent as [`World::agent`], its configuration changed by `edit`.
+    async fn agent_with(
+        &self,
+        token: &str,
+        name: &str,
+        cache: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Agent {
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let cfg_path = self.dir.path().join(format!("{name}-{cache}.toml"));
+        let text = format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{token}\"\n[client]\nname = \"{name}\"\ncache = \"{cache}.db\"\n[mailbox.local]\nroot = \"{}\"\n",
+            self.base,
+            root.display()
+        );
+        std::fs::write(&cfg_path, text).unwrap();
+        let mut cfg = Config::load(&cfg_path).unwrap();
+        edit(&mut cfg);
+        Agent::open(cfg).await.unwrap()
+    }
+}
+
+// ---- DAV (tests/dav.rs): contacts, calendar and tasks on a CalDAV/CardDAV server.
+
+#[allow(dead_code)] // used by tests/dav.rs only
+impl World {
+    /// An agent of `token` whose mailbox is `[mailbox.dav]` with the
+    /// collection URLs `urls` (contacts, calendar, tasks), with cache `cache`.
+    async fn dav_agent(
+        &self,
+        token: &str,
+        name: &str,
+        cache: &str,
+        urls: [&str; 3],
+        username: &str,
+        password: &str,
+    ) -> Agent {
+        let cfg_path = self.dir.path().join(format!("{name}-{cache}.toml"));
+        let text = format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{token}\"\n[client]\nname = \"{name}\"\ncache = \"{cache}.db\"\n[mailbox.dav]\ncontacts = \"{}\"\ncalendar = \"{}\"\ntasks = \"{}\"\nusername = \"{username}\"\npassword = \"{password}\"\n",
+            self.base, urls[0], urls[1], urls[2]
+        );
+        std::fs::write(&cfg_path, text).unwrap();
+        Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap()
+    }
+}

@@ -392,16 +392,13 @@ async fn remove(
         let actor = if asked { ctx.actor } else { system };
         records::delete_in(conn, actor, set, id, None, ctx.version).await?;
     }
-    if untracked {
-        sync_store::delete_entry(conn, ctx.client.id, id)
-            .await
-            .map_err(ApiError::from)?;
-    } else {
-        // R-S9: remembered, not sent to this mailbox again until reset.
-        sync_store::put_entry(conn, ctx.client.id, id, set, 0, false, true, None)
-            .await
-            .map_err(ApiError::from)?;
-    }
+    // R-S9: remembered, not sent to this mailbox again until reset or
+    // tracked again. An untracked record is remembered too: the user's copy
+    // stays in the mailbox unlinked, and sending the record again (it may
+    // still match the filters) would put a second, tracked copy beside it.
+    sync_store::put_entry(conn, ctx.client.id, id, set, 0, false, true, None)
+        .await
+        .map_err(ApiError::from)?;
     sync_store::set_pending(conn, ctx.client.id, id, false)
         .await
         .map_err(ApiError::from)?;

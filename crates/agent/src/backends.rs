@@ -1,0 +1,97 @@
+//! Opens the mailbox a configuration names (SPEC §13): contacts, calendar
+//! and tasks from `[mailbox.dav]` or `[mailbox.local]`, mail folders from
+//! `[mailbox.imap]` or `[mailbox.local]`, one [`RoutedMailbox`] when the two
+//! sides are different backends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use crmsync_dav::{DavConfig, DavMailbox, Url};
+use crmsync_imap::{ImapConfig, ImapMailbox, Security};
+use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox, RoutedMailbox};
+
+use crate::config::{Config, DavSettings, ImapSettings};
+
+/// The opened mailbox, and the local folder its contacts, calendar and
+/// tasks live in when they are local files (their modification times are
+/// the mailbox side's for R-F5).
+pub struct OpenedMailbox {
+    pub mailbox: Arc<dyn Mailbox>,
+    pub local_items_root: Option<PathBuf>,
+}
+
+pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
+    let local: Option<Arc<dyn Mailbox>> = match &cfg.local_root {
+        Some(root) => Some(Arc::new(
+            LocalMailbox::open(&LocalConfig { root: root.clone() })
+                .with_context(|| format!("[mailbox.local] root = {}", root.display()))?,
+        )),
+        None => None,
+    };
+    let dav: Option<Arc<dyn Mailbox>> = match &cfg.dav {
+        Some(d) => Some(Arc::new(open_dav(d).await?)),
+        None => None,
+    };
+    let imap: Option<Arc<dyn Mailbox>> = match &cfg.imap {
+        Some(i) => Some(Arc::new(open_imap(i, cfg).await?)),
+        None => None,
+    };
+    let local_items_root = if dav.is_none() {
+        cfg.local_root.clone()
+    } else {
+        None
+    };
+    let mailbox: Arc<dyn Mailbox> = match (dav, imap, local) {
+        (None, None, Some(local)) => local,
+        (items, mail, local) => Arc::new(RoutedMailbox::new(
+            items.or_else(|| local.clone()),
+            mail.or(local),
+        )),
+    };
+    Ok(OpenedMailbox {
+        mailbox,
+        local_items_root,
+    })
+}
+
+async fn open_dav(d: &DavSettings) -> anyhow::Result<DavMailbox> {
+    let url = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Url>> {
+        v.as_deref()
+            .map(|u| {
+                Url::parse(u).with_context(|| format!("[mailbox.dav] {key} = {u:?} is not a URL"))
+            })
+            .transpose()
+    };
+    let mut c = DavConfig::new(&d.username, &d.password);
+    c.contacts = url("contacts", &d.contacts)?;
+    c.calendar = url("calendar", &d.calendar)?;
+    c.tasks = url("tasks", &d.tasks)?;
+    c.server = url("server", &d.server)?;
+    DavMailbox::connect(&c)
+        .await
+        .context("[mailbox.dav]: the DAV server could not be used")
+}
+
+async fn open_imap(i: &ImapSettings, cfg: &Config) -> anyhow::Result<ImapMailbox> {
+    let security = match i.security.as_str() {
+        "none" => Security::None,
+        "starttls" => Security::StartTls,
+        _ => Security::Tls,
+    };
+    let tracked: Vec<String> = cfg
+        .mail
+        .tracked_folders
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    let c = ImapConfig::new(&i.host, i.port, security, &i.username, &i.password).with_folders(
+        &cfg.mail.inbox,
+        &cfg.mail.sent,
+        &cfg.mail.drafts,
+        &tracked,
+    );
+    ImapMailbox::connect(c)
+        .await
+        .context("[mailbox.imap]: the IMAP server could not be used")
+}

@@ -1,0 +1,618 @@
+//! Email in the agent (SPEC §7 R-E5..R-E10, §8 R-M1, R-M3..R-M8, §9 email
+//! rows, R-T2 email columns), on the [`Mailbox`](crmsync_mailbox::Mailbox)
+//! trait only, so every backend with mail folders (`mail/INBOX`,
+//! `mail/Sent`, …) works unchanged.
+//!
+//! One pass per sync ([`Agent::sync_mail`], called by `sync_once`): each
+//! configured folder is scanned from its stored sync state; a message whose
+//! etag the cache already holds is skipped; the others are planned from
+//! their flags ([`plan::plan_message`]). Only messages that must be tracked
+//! (or correlated, R-M5, or whose Message-ID must be learned) are read.
+//! Push operations go through the engine's journal (R-T4): each is recorded
+//! before the cache row moves to the new etag, then sent in batches (R-E7)
+//! by `Agent::send`, whose answers come back to [`Agent::apply_mail_answer`].
+//! Deliveries of tracked emails (R-M7 regarding changes, §9 deletions) come
+//! from the engine to [`Agent::apply_mail_delivery`].
+
+mod answers;
+pub mod commands;
+mod correlate;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crmsync_core::email::{parse_email, ParsedEmail};
+use crmsync_core::plan::Role;
+use crmsync_core::settings::AutoTrack;
+use crmsync_mailbox::{ItemRef, Keyword, MessageFlags, SyncState, SystemFlag};
+
+use crate::cache::{CachedMessage, JournalEntry};
+use crate::engine::{Agent, SyncOptions, SyncReport};
+use answers::keyword_change;
+use correlate::MailSettings;
+use plan::{Decision, Facts, FolderRole, Known, MailOp, Regarding, Step};
+
+/// Messages read, and push operations sent, per batch (R-E7: bulk tracking
+/// proceeds batch by batch, memory bounded by the batch).
+const BATCH: usize = 100;
+
+/// A configured mail folder that exists in the mailbox.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    /// The collection id (`mail/INBOX`).
+    pub id: String,
+    pub role: FolderRole,
+}
+
+/// The keyword of a regarding (R-M7).
+pub(crate) fn regarding_keyword(r: &Regarding) -> Option<Keyword> {
+    Keyword::new(format!("{}{}:{}", Keyword::REGARDING_PREFIX, r.set, r.id)).ok()
+}
+
+/// The first `$CRMRegarding:` keyword of a message.
+fn regarding_of(flags: &MessageFlags) -> Option<Regarding> {
+    flags
+        .regarding()
+        .first()
+        .map(|(set, id)| Regarding::new(*set, *id))
+}
+
+/// A message the scan must read before it can act.
+struct Pending {
+    r: ItemRef,
+    cached: Option<CachedMessage>,
+    facts: Facts,
+    step: Step,
+}
+
+/// The state of one mail pass.
+struct Run<'a> {
+    client: &'a str,
+    /// Read once, when a received message needs them (R-M6).
+    settings: Option<MailSettings>,
+    ops: Vec<JournalEntry>,
+    incomplete: HashSet<String>,
+    /// Cache rows of messages that need nothing, written together.
+    rows: Vec<CachedMessage>,
+}
+
+impl Agent {
+    /// The configured folders (R-M8: only these) that exist, with roles.
+    pub async fn mail_folder_roles(&self) -> anyhow::Result<Vec<Folder>> {
+        let existing = self.mailbox().mail_folders().await?;
+        let cfg = &self.config().mail;
+        let mut wanted = vec![
+            (cfg.inbox.clone(), FolderRole::Inbox),
+            (cfg.sent.clone(), FolderRole::Sent),
+            (cfg.drafts.clone(), FolderRole::Drafts),
+        ];
+        for t in &cfg.tracked_folders {
+            wanted.push((
+                t.name.clone(),
+                FolderRole::Tracked {
+                    regarding: t
+                        .regarding
+                        .as_ref()
+                        .map(|(set, id)| Regarding::new(set.clone(), id.to_string())),
+                },
+            ));
+        }
+        let mut out = Vec::new();
+        for (name, role) in wanted {
+            let id = format!("mail/{name}");
+            if let Some(c) = existing.iter().find(|c| c.id == id || c.name == name) {
+                if !out.iter().any(|f: &Folder| f.id == c.id) {
+                    out.push(Folder {
+                        id: c.id.clone(),
+                        role,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pass over the mail folders (called by `sync_once`).
+    pub(crate) async fn sync_mail(
+        &self,
+        client: &str,
+        role: Role,
+        options: SyncOptions,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        if role == Role::Delegated {
+            // R-C5: marked messages wait for the owner's primary client.
+            return Ok(());
+        }
+        let folders = self.mail_folder_roles().await?;
+        let mut run = Run {
+            client,
+            settings: None,
+            ops: Vec::new(),
+            incomplete: HashSet::new(),
+            rows: Vec::new(),
+        };
+        let mut states: Vec<(String, SyncState)> = Vec::new();
+        let mut gone: Vec<(Folder, CachedMessage)> = Vec::new();
+        let drafts_waiting = match folders.iter().find(|f| f.role == FolderRole::Drafts) {
+            Some(f) => self.cache().message_count(&f.id, 1).await?,
+            None => 0,
+        };
+        for folder in &folders {
+            let state = self
+                .cache()
+                .sync_state(&folder.id)
+                .await?
+                .map(SyncState::new);
+            let first = state.is_none();
+            let changes = match self
+                .mailbox()
+                .changes_since(&folder.id, state.as_ref())
+                .await
+            {
+                Ok(c) => c,
+                Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
+                    self.mailbox().changes_since(&folder.id, None).await?
+                }
+                Err(e) => {
+                    report.errors.push(format!("{}: {e}", folder.id));
+                    continue;
+                }
+            };
+            for (href, e) in &changes.failed {
+                run.incomplete.insert(folder.id.clone());
+                report.errors.push(format!("{}/{href}: {e}", folder.id));
+            }
+            // Flags the listing did not carry are asked for.
+            let (mut changed, bare): (Vec<ItemRef>, Vec<ItemRef>) =
+                changes.changed.into_iter().partition(|r| r.flags.is_some());
+            if !bare.is_empty() {
+                let hrefs: Vec<String> = bare.into_iter().map(|r| r.href).collect();
+                for (href, r) in self.mailbox().message_flags(&folder.id, &hrefs).await? {
+                    match r {
+                        Ok(r) => changed.push(r),
+                        Err(e) => {
+                            run.incomplete.insert(folder.id.clone());
+                            report.errors.push(format!("{}/{href}: {e}", folder.id));
+                        }
+                    }
+                }
+            }
+            // Rows reset by a command are planned again even if unchanged.
+            let replan = self.cache().messages_to_replan(&folder.id).await?;
+            let replan: Vec<String> = replan
+                .into_iter()
+                .filter(|h| !changed.iter().any(|r| &r.href == h))
+                .collect();
+            if !replan.is_empty() {
+                for (_, r) in self.mailbox().message_flags(&folder.id, &replan).await? {
+                    if let Ok(r) = r {
+                        changed.push(r);
+                    }
+                }
+            }
+            let mut pending = Vec::new();
+            // A large change (a first scan): the folder's rows at once.
+            let mut rows: Option<HashMap<String, CachedMessage>> = if changed.len() > 64 {
+                let all = self.cache().messages_in(&folder.id).await?;
+                Some(all.into_iter().map(|m| (m.href.clone(), m)).collect())
+            } else {
+                None
+            };
+            for r in changed {
+                let cached = match rows.as_mut() {
+                    Some(rows) => rows.remove(&r.href),
+                    None => self.cache().message(&folder.id, &r.href).await?,
+                };
+                if cached
+                    .as_ref()
+                    .is_some_and(|c| c.etag == r.etag.as_str() && !c.gone)
+                {
+                    continue;
+                }
+                let flags = r.flags.clone().unwrap_or_default();
+                let facts = Facts {
+                    role: folder.role.clone(),
+                    marked: flags.is_tracked(),
+                    draft: flags.system.contains(&SystemFlag::Draft),
+                    regarding_keyword: regarding_of(&flags),
+                    known: cached.as_ref().map(|c| Known { link: c.link }),
+                    known_regarding: cached
+                        .as_ref()
+                        .and_then(|c| c.regarding.as_deref())
+                        .and_then(Regarding::parse),
+                    arrived: !first,
+                };
+                let mut step = plan::plan_message(&facts);
+                if step == Step::Correlate {
+                    // R-M6: with auto-tracking off, received mail is not read.
+                    if run.settings.is_none() {
+                        run.settings = Some(self.mail_settings().await?);
+                    }
+                    let s = run.settings.as_ref().expect("loaded above");
+                    if s.auto_track == AutoTrack::None {
+                        step = Step::Decided(plan::plan_auto(&correlate::unread(s)));
+                    }
+                }
+                let read = match &step {
+                    Step::Correlate => true,
+                    Step::Decided(d) => {
+                        d.ops
+                            .iter()
+                            .any(|o| matches!(o, MailOp::Track { .. } | MailOp::Mark { .. }))
+                            || (d.link == 1
+                                && cached.as_ref().is_none_or(|c| c.message_id.is_none()))
+                            // R-E6: a new Sent message may be a marked draft, sent.
+                            || (folder.role == FolderRole::Sent
+                                && cached.is_none()
+                                && drafts_waiting > 0)
+                    }
+                };
+                let p = Pending {
+                    r,
+                    cached,
+                    facts,
+                    step,
+                };
+                if read {
+                    pending.push(p);
+                } else if let Step::Decided(d) = p.step.clone() {
+                    self.perform(&mut run, folder, &p, None, d, report).await?;
+                }
+            }
+            self.cache()
+                .put_messages(&std::mem::take(&mut run.rows))
+                .await?;
+            let total = pending.len();
+            for (i, chunk) in pending.chunks(BATCH).enumerate() {
+                self.read_and_perform(&mut run, folder, chunk, report)
+                    .await?;
+                self.flush(&mut run, report).await?;
+                if total > BATCH {
+                    // R-E7: bulk tracking shows its progress.
+                    let done = (i * BATCH + chunk.len()).min(total);
+                    tracing::info!(folder = %folder.id, done, total, "messages processed");
+                }
+            }
+            for href in &changes.deleted {
+                if let Some(c) = self.cache().message(&folder.id, href).await? {
+                    if !c.gone {
+                        gone.push((folder.clone(), c));
+                    }
+                }
+            }
+            if state.as_ref() != Some(&changes.state) {
+                states.push((folder.id.clone(), changes.state));
+            }
+        }
+        self.flush(&mut run, report).await?;
+        // Gone messages, once every folder was scanned (a move is a
+        // deletion here and a new message there).
+        for (folder, c) in gone {
+            if options.defer_deletions && c.link == 2 {
+                // R-T2: deletions wait for the next scheduled sync.
+                report.deferred_deletions += 1;
+                run.incomplete.insert(folder.id.clone());
+                continue;
+            }
+            self.message_gone(&mut run, c, report).await?;
+        }
+        self.flush(&mut run, report).await?;
+        for (folder, state) in states {
+            if !run.incomplete.contains(&folder) {
+                self.cache().set_sync_state(&folder, state.as_str()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the journaled operations of this pass.
+    async fn flush(&self, run: &mut Run<'_>, report: &mut SyncReport) -> anyhow::Result<()> {
+        if run.ops.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut run.ops);
+        for folder in self.send(run.client, batch, report).await? {
+            run.incomplete.insert(folder);
+        }
+        Ok(())
+    }
+
+    /// Reads a batch of messages, then decides and acts on each.
+    async fn read_and_perform(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        chunk: &[Pending],
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let hrefs: Vec<String> = chunk.iter().map(|p| p.r.href.clone()).collect();
+        let got = self.mailbox().get_many(&folder.id, &hrefs).await?;
+        for (p, (_, item)) in chunk.iter().zip(got) {
+            let item = match item {
+                Ok(i) if i.etag == p.r.etag => i,
+                Ok(_) => {
+                    // Changed again since the listing: planned next time.
+                    run.incomplete.insert(folder.id.clone());
+                    continue;
+                }
+                Err(e) => {
+                    run.incomplete.insert(folder.id.clone());
+                    report
+                        .errors
+                        .push(format!("{}/{}: {e}", folder.id, p.r.href));
+                    continue;
+                }
+            };
+            let parsed = match parse_email(&item.data) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    // Reported, never blocking the others; planned again
+                    // when the message changes.
+                    let problem = format!("cannot be read as a message ({e})");
+                    report.errors.push(format!(
+                        "{}/{}: {problem}; the message is skipped",
+                        folder.id, p.r.href
+                    ));
+                    let mut row = self.row_for(folder, p);
+                    row.etag = p.r.etag.as_str().to_string();
+                    row.problem = Some(problem);
+                    self.cache().put_message(&row).await?;
+                    continue;
+                }
+            };
+            let decision = match &p.step {
+                Step::Decided(d) => self.sent_draft(folder, p, &parsed, d.clone()).await?,
+                Step::Correlate => {
+                    if run.settings.is_none() {
+                        run.settings = Some(self.mail_settings().await?);
+                    }
+                    let s = run.settings.as_ref().expect("loaded above");
+                    let facts = correlate::auto_facts(self.crm(), s, &parsed).await?;
+                    plan::plan_auto(&facts)
+                }
+            };
+            self.perform(
+                run,
+                folder,
+                p,
+                Some((&item.data, &parsed)),
+                decision,
+                report,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// R-E6: a new message in Sent with the Message-ID of a marked draft is
+    /// the draft, sent: it is tracked.
+    async fn sent_draft(
+        &self,
+        folder: &Folder,
+        p: &Pending,
+        parsed: &ParsedEmail,
+        d: Decision,
+    ) -> anyhow::Result<Decision> {
+        if folder.role != FolderRole::Sent || p.cached.is_some() || !d.ops.is_empty() {
+            return Ok(d);
+        }
+        let drafts = &self.config().mail.drafts;
+        let marked = self
+            .cache()
+            .messages_by_message_id(&parsed.message_id)
+            .await?
+            .into_iter()
+            .any(|c| c.link == 1 && c.folder == format!("mail/{drafts}"));
+        if !marked {
+            return Ok(d);
+        }
+        Ok(Decision {
+            ops: vec![
+                MailOp::Mark { regarding: None },
+                MailOp::Track {
+                    regarding: p.facts.regarding_keyword.clone(),
+                },
+            ],
+            link: 1,
+            rule: "R-E6: the draft marked for tracking was sent".into(),
+        })
+    }
+
+    async fn mail_settings(&self) -> anyhow::Result<MailSettings> {
+        let cfg = self.config();
+        let me = self
+            .crm()
+            .register(&cfg.client_name, cfg.on_behalf_of.as_deref())
+            .await?;
+        let user = me["mailbox_user_id"]
+            .as_str()
+            .or(me["user_id"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        MailSettings::load(self.crm(), &user).await
+    }
+
+    fn row_for(&self, folder: &Folder, p: &Pending) -> CachedMessage {
+        p.cached.clone().unwrap_or(CachedMessage {
+            folder: folder.id.clone(),
+            href: p.r.href.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// Carries out a decision on one message: keyword writes with the etag
+    /// as precondition, push operations journaled before the cache row
+    /// moves on (R-T4).
+    async fn perform(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        p: &Pending,
+        message: Option<(&[u8], &ParsedEmail)>,
+        d: Decision,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let mut row = self.row_for(folder, p);
+        row.gone = false;
+        row.problem = None;
+        row.rule = Some(d.rule.clone());
+        if let Some((_, parsed)) = message {
+            row.message_id = Some(parsed.message_id.clone());
+        }
+        let mut etag = p.r.etag.clone();
+        let mut entries = Vec::new();
+        for op in &d.ops {
+            match op {
+                MailOp::Mark { regarding } => {
+                    let flags = p.r.flags.clone().unwrap_or_default();
+                    let (add, remove) =
+                        keyword_change(&flags, Some(true), regarding.as_ref(), regarding.is_some());
+                    match self
+                        .mailbox()
+                        .store_keywords(&folder.id, &p.r.href, &etag, &add, &remove)
+                        .await
+                    {
+                        Ok(r) => etag = r.etag,
+                        Err(e) => {
+                            // Changed meanwhile: planned again next time.
+                            run.incomplete.insert(folder.id.clone());
+                            report
+                                .errors
+                                .push(format!("{}/{}: {e}", folder.id, p.r.href));
+                            return Ok(());
+                        }
+                    }
+                }
+                MailOp::Track { regarding } => {
+                    let (raw, parsed) = message.ok_or_else(|| {
+                        anyhow::anyhow!("{}/{}: track without the message", folder.id, p.r.href)
+                    })?;
+                    let mut body = json!({
+                        "set": "emails",
+                        "raw": STANDARD.encode(raw),
+                        "item_uid": parsed.message_id,
+                        "message_id": parsed.message_id,
+                        "draft": false,
+                        "fields": {},
+                    });
+                    if folder.role == FolderRole::Sent {
+                        body["fields"]["direction"] = json!("outgoing");
+                    }
+                    if let Some(r) = regarding {
+                        body["regarding"] = r.to_json();
+                    }
+                    entries.push(("track", body));
+                }
+                MailOp::Untrack => entries.push((
+                    "untrack",
+                    json!({"set": "emails", "id": row.crm_id, "delete_in_crm": false}),
+                )),
+                MailOp::SetRegarding(r) => entries.push((
+                    "set_regarding",
+                    json!({"set": "emails", "id": row.crm_id,
+                        "regarding": r.as_ref().map(Regarding::to_json).unwrap_or(Value::Null)}),
+                )),
+                other => anyhow::bail!("{other:?} is not an operation on a found message"),
+            }
+        }
+        for (kind, body) in entries {
+            let entry = journal_entry(&folder.id, &p.r.href, etag.as_str(), kind, body);
+            self.cache().journal_add(&entry).await?;
+            run.ops.push(entry);
+        }
+        row.link = d.link;
+        row.etag = etag.as_str().to_string();
+        if d.ops.is_empty() && message.is_none() {
+            run.rows.push(row);
+            if run.rows.len() >= 1000 {
+                self.cache()
+                    .put_messages(&std::mem::take(&mut run.rows))
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.cache().put_message(&row).await?;
+        if run.ops.len() >= BATCH {
+            self.flush(run, report).await?;
+        }
+        Ok(())
+    }
+
+    /// A message that left its folder (§9 "deleted in mailbox", R-M8).
+    async fn message_gone(
+        &self,
+        run: &mut Run<'_>,
+        c: CachedMessage,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let elsewhere = match &c.message_id {
+            Some(mid) => self
+                .cache()
+                .messages_by_message_id(mid)
+                .await?
+                .iter()
+                .any(|o| !o.gone && (o.folder != c.folder || o.href != c.href)),
+            None => false,
+        };
+        let d = plan::plan_gone(Known { link: c.link }, elsewhere);
+        for op in &d.ops {
+            match op {
+                MailOp::PushDelete => {
+                    let entry = journal_entry(
+                        &c.folder,
+                        &c.href,
+                        &c.etag,
+                        "delete",
+                        json!({"set": "emails", "id": c.crm_id}),
+                    );
+                    self.cache().journal_add(&entry).await?;
+                    run.ops.push(entry);
+                }
+                MailOp::Forget => self.cache().remove_message(&c.folder, &c.href).await?,
+                MailOp::ReportGone => {
+                    report.reported.push(format!(
+                        "{}/{} ({}): marked for tracking but moved out of the synchronized folders before it was tracked (R-M8); move it back or mark it in a synchronized folder",
+                        c.folder,
+                        c.href,
+                        c.message_id.as_deref().unwrap_or("no Message-ID read")
+                    ));
+                    self.cache()
+                        .put_message(&CachedMessage {
+                            gone: true,
+                            rule: Some(d.rule.clone()),
+                            ..c.clone()
+                        })
+                        .await?;
+                }
+                other => anyhow::bail!("{other:?} is not an operation on a gone message"),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn journal_entry(
+    folder: &str,
+    href: &str,
+    etag: &str,
+    kind: &str,
+    body: Value,
+) -> JournalEntry {
+    let op_id = Uuid::new_v4().to_string();
+    let mut op = body;
+    op["op_id"] = json!(op_id);
+    op["kind"] = json!(kind);
+    JournalEntry {
+        op_id,
+        collection: folder.to_string(),
+        href: href.to_string(),
+        etag: etag.to_string(),
+        op,
+    }
+}
