@@ -1,0 +1,292 @@
+//! Agent benchmark (issue 4, BENCHMARKS.md "Local mailbox"): the real
+//! `crmsync` binary, a server on SQLite and an agent on a local mailbox,
+//! each a separate process.
+//!
+//! 1. initial sync of N contacts + N appointments + N to-dos into an empty
+//!    mailbox (`crmsync sync`), with its wall time and peak RSS;
+//! 2. syncs with nothing changed: the engine's own time (`elapsed_ms` of
+//!    `crmsync sync --json`) and the whole process;
+//! 3. `crmsync agent` running: one edit of a contact file until the CRM has
+//!    it (the notification path of R-T2), and the agent's RSS (VmHWM) with
+//!    3N items.
+//!
+//!   cargo bench -p crmsync --bench agent -- [--items N] [--edits E]
+//!
+//! N per kind (default 10000), E edits timed (default 5).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crmsync");
+
+fn arg(name: &str, default: usize) -> usize {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak RSS of the children waited for so far, in MiB.
+fn children_max_rss_mib() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn vm_hwm_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+fn sync(config: &Path) -> (Duration, Value) {
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(["sync", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "crmsync sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let n = arg("--items", 10_000);
+    let edits = arg("--edits", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let init = Command::new(BIN)
+        .args([
+            "admin",
+            "init",
+            "--db",
+            &db,
+            "--email",
+            "me@example.com",
+            "--name",
+            "Me",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let token = String::from_utf8(init.stdout)
+        .unwrap()
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = Killed(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--db",
+                &db,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Seed the CRM over the REST API, 16 requests at a time.
+    let t = Instant::now();
+    let mut bodies = Vec::new();
+    for i in 0..n {
+        bodies.push((
+            "contacts",
+            json!({"first_name": "Person", "last_name": format!("N{i}"),
+                   "email": format!("p{i}@example.com"), "phone": "+1 555 0100"}),
+        ));
+        bodies.push((
+            "appointments",
+            json!({"subject": format!("Meeting {i}"), "location": "Room 1",
+                   "start": "2027-03-01T09:00:00Z", "end": "2027-03-01T10:00:00Z"}),
+        ));
+        bodies.push((
+            "tasks",
+            json!({"subject": format!("Task {i}"), "due": "2027-03-01T09:00:00Z", "state": "open"}),
+        ));
+    }
+    let mut first_contact = None;
+    for chunk in bodies.chunks(16) {
+        let calls = chunk.iter().map(|(set, body)| {
+            http.post(format!("{base}/api/v1/{set}"))
+                .bearer_auth(&token)
+                .json(body)
+                .send()
+        });
+        for r in futures_util::future::join_all(calls).await {
+            let r = r.unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            let v: Value = r.json().await.unwrap();
+            if first_contact.is_none() && v["first_name"] == "Person" {
+                first_contact = Some(v["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let seed = t.elapsed();
+
+    let root = dir.path().join("mailbox");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = dir.path().join("agent.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    writeln!(
+        f,
+        "[crm]\nurl = \"{base}\"\ntoken = \"{token}\"\n[client]\nname = \"bench\"\ncache = \"{}\"\n[mailbox.local]\nroot = \"{}\"\n[sync]\ninterval = \"15m\"",
+        dir.path().join("cache.db").display(),
+        root.display()
+    )
+    .unwrap();
+
+    println!(
+        "agent benchmark: {} items ({n} per kind); seeding the CRM took {:.1} s",
+        3 * n,
+        seed.as_secs_f64()
+    );
+    let (initial, report) = sync(&config);
+    let written = report["written_to_mailbox"].as_u64().unwrap();
+    assert_eq!(written as usize, 3 * n, "{report}");
+    println!(
+        "initial sync (crmsync sync, whole process): {:>9.2} s  ({:.0} µs per item), peak RSS {:.1} MiB",
+        initial.as_secs_f64(),
+        initial.as_secs_f64() * 1e6 / (3 * n) as f64,
+        children_max_rss_mib()
+    );
+    // Past the local backend's "racily clean" window, then one sync to stamp
+    // every file clean, as a running agent would.
+    std::thread::sleep(Duration::from_millis(2100));
+    sync(&config);
+    let mut engine = Vec::new();
+    let mut process = Vec::new();
+    for _ in 0..7 {
+        let (took, report) = sync(&config);
+        assert_eq!(report["written_to_mailbox"], 0, "{report}");
+        engine.push(report["elapsed_ms"].as_f64().unwrap());
+        process.push(took.as_secs_f64() * 1e3);
+    }
+    println!(
+        "no-change sync, median of 7: engine {:>7.1} ms, whole process {:>7.1} ms",
+        median(engine),
+        median(process)
+    );
+
+    // A running agent: edit one contact file, wait until the CRM has it.
+    let agent = Killed(
+        Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let contact = first_contact.unwrap();
+    let file = find_contact_file(&root, &contact);
+    // Let the agent's start-up sync finish before timing edits.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut latencies = Vec::new();
+    for e in 0..edits {
+        let title = format!("Edit {e}");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let edited = text.replace("END:VCARD", &format!("TITLE:{title}\r\nEND:VCARD"));
+        let edited = strip_title_except(&edited, &title);
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, edited).unwrap();
+        let t = Instant::now();
+        std::fs::rename(&tmp, &file).unwrap();
+        loop {
+            let v: Value = http
+                .get(format!("{base}/api/v1/contacts/{contact}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["job_title"] == title.as_str() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "edit {e} never reached the CRM: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    println!(
+        "edit in the mailbox -> CRM (agent running), median of {edits}: {:.0} ms (min {:.0}, max {:.0})",
+        median(latencies.clone()),
+        latencies.iter().cloned().fold(f64::MAX, f64::min),
+        latencies.iter().cloned().fold(0.0, f64::max)
+    );
+    println!(
+        "agent peak RSS with {} items (VmHWM of crmsync agent): {:.1} MiB",
+        3 * n,
+        vm_hwm_mib(agent.0.id())
+    );
+}
+
+/// The mailbox file of a CRM contact (its X-CRM-ID line).
+fn find_contact_file(root: &Path, id: &str) -> PathBuf {
+    for entry in std::fs::read_dir(root.join("contacts")).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::read_to_string(&path).unwrap().contains(id) {
+            return path;
+        }
+    }
+    panic!("contact {id} not in the mailbox");
+}
+
+/// Drops TITLE lines other than the one just added.
+fn strip_title_except(text: &str, keep: &str) -> String {
+    text.split("\r\n")
+        .filter(|l| !l.starts_with("TITLE:") || *l == format!("TITLE:{keep}"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
