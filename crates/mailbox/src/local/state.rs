@@ -163,6 +163,47 @@ impl LocalState {
     }
 }
 
+/// A vdir state read without copying: `(href as stored, stamp)` per line,
+/// in the stored (sorted) order. The no-change path compares it with the
+/// listing directly; anything else decodes the state in full.
+pub(super) struct VdirView<'a> {
+    pub scanned_ns: i64,
+    pub entries: Vec<(&'a str, Stamp)>,
+}
+
+impl<'a> VdirView<'a> {
+    /// `None` when the state is not a readable vdir state of `collection`
+    /// (the full decode then says why).
+    pub fn read(collection: &str, state: &'a SyncState) -> Option<Self> {
+        let mut lines = state.as_str().lines();
+        let mut head = lines.next()?.split(' ');
+        let version = VERSION.to_string();
+        if head.next()? != MAGIC || head.next()? != version || head.next()? != "vdir" {
+            return None;
+        }
+        if unescape(head.next()?) != collection {
+            return None;
+        }
+        let scanned_ns = head.next()?.parse().ok()?;
+        let mut entries = Vec::new();
+        for line in lines {
+            let mut f = line.split('\t');
+            let href = f.next()?;
+            let stamp = Stamp {
+                size: f.next()?.parse().ok()?,
+                mtime_ns: f.next()?.parse().ok()?,
+                ctime_ns: f.next()?.parse().ok()?,
+                ino: f.next()?.parse().ok()?,
+            };
+            entries.push((href, stamp));
+        }
+        Some(VdirView {
+            scanned_ns,
+            entries,
+        })
+    }
+}
+
 fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains(['%', '\t', '\r', '\n', ' ']) {
         return text.into();

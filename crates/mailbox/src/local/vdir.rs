@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::fsutil::{self, content_etag, read_with_stamp, PlaceError, Stamp};
-use super::state::{LocalState, VdirEntry};
+use super::state::{LocalState, VdirEntry, VdirView};
 use crate::error::{Error, Result};
 use crate::types::{Changes, CollectionKind, Etag, Href, Item, ItemRef, SyncState};
 
@@ -146,6 +146,21 @@ impl Vdir<'_> {
     }
 
     pub fn changes_since(&self, state: Option<&SyncState>) -> Result<Changes> {
+        let listed = self.list()?;
+        let mut changes = Changes {
+            changed: Vec::new(),
+            deleted: Vec::new(),
+            failed: Vec::new(),
+            state: SyncState::new(""),
+        };
+        // The common case, nothing changed: one comparison of the listing
+        // with the stored state, without decoding it into owned values.
+        if let Some(s) = state {
+            if self.unchanged(&listed, s) {
+                changes.state = s.clone();
+                return Ok(changes);
+            }
+        }
         let (old_scan, mut items) =
             match state.map(|s| LocalState::decode(self.id, s)).transpose()? {
                 None => (0, BTreeMap::new()),
@@ -158,13 +173,6 @@ impl Vdir<'_> {
                 }
             };
         let scan = fsutil::now_ns();
-        let mut changes = Changes {
-            changed: Vec::new(),
-            deleted: Vec::new(),
-            failed: Vec::new(),
-            state: SyncState::new(""),
-        };
-        let listed = self.list()?;
         // `items` starts as the old state and is edited in place: a clean,
         // unchanged entry costs one stamp comparison and no allocation.
         // While nothing at all moved (and nothing was racy), the stored state
@@ -232,6 +240,24 @@ impl Vdir<'_> {
             _ => LocalState::encode_vdir(self.id, scan, &items),
         };
         Ok(changes)
+    }
+
+    /// True when every listed item has the stamp `state` recorded, long
+    /// enough before that listing to be trusted, and nothing was added or
+    /// removed.
+    fn unchanged(&self, listed: &[(Href, io::Result<fs::Metadata>)], state: &SyncState) -> bool {
+        let Some(view) = VdirView::read(self.id, state) else {
+            return false;
+        };
+        listed.len() == view.entries.len()
+            && listed
+                .iter()
+                .zip(&view.entries)
+                .all(|((href, meta), (stored, stamp))| {
+                    href == stored
+                        && meta.as_ref().is_ok_and(|m| Stamp::of(m) == *stamp)
+                        && stamp.latest_ns() + RACY_NS <= view.scanned_ns
+                })
     }
 
     /// The file name for a name hint: the hint itself when it is a plain,
