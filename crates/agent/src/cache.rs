@@ -36,6 +36,13 @@ const SCHEMA: &[&str] = &[
         etag TEXT NOT NULL,
         op TEXT NOT NULL,
         created_at TEXT NOT NULL)",
+    // Contacts/events/to-dos that cannot be read, until they change or go
+    // (shown by `crmsync status`).
+    "CREATE TABLE IF NOT EXISTS item_problems (
+        collection TEXT NOT NULL,
+        href TEXT NOT NULL,
+        problem TEXT NOT NULL,
+        PRIMARY KEY (collection, href))",
     // A CRM record about to be written into the mailbox (R-T4): if the agent
     // dies between the mailbox write and the item's row, the next scan takes
     // its baseline from here instead of guessing.
@@ -319,6 +326,46 @@ impl Cache {
             op: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Value::Null),
         })
         .collect())
+    }
+
+    /// An item that could not be read, and why.
+    pub async fn set_item_problem(
+        &self,
+        collection: &str,
+        href: &str,
+        problem: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO item_problems (collection, href, problem) VALUES (?, ?, ?)",
+        )
+        .bind(collection)
+        .bind(href)
+        .bind(problem)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_item_problem(&self, collection: &str, href: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM item_problems WHERE collection = ? AND href = ?")
+            .bind(collection)
+            .bind(href)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `(collection, href, problem)` of every item that cannot be read.
+    pub async fn item_problems(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT collection, href, problem FROM item_problems ORDER BY collection, href",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("collection"), r.get("href"), r.get("problem")))
+            .collect())
     }
 
     /// Records a mailbox write before it is made.

@@ -103,10 +103,27 @@ pub struct StatusReport {
     pub to_be_tracked: i64,
     pub tracked: i64,
     pub pending_operations: usize,
-    /// Messages whose tracking was refused or that were marked and moved
-    /// out of the synchronized folders before being tracked (R-M8).
+    /// Items that cannot be read (malformed, unreadable), messages whose
+    /// tracking was refused, and messages marked and moved out of the
+    /// synchronized folders before being tracked (R-M8).
     pub reported: Vec<String>,
 }
+
+/// Where a long synchronization is, for a progress bar on a terminal
+/// (SPEC §12: progress on a terminal, quiet otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// What is being done, in words.
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Receives [`Progress`] while a sync runs.
+pub type ProgressFn = Box<dyn Fn(Progress) + Send + Sync>;
+
+/// Items read from the mailbox per request (a DAV multiget).
+const READ_BATCH: usize = 100;
 
 /// One item as the scan found it.
 #[derive(Debug, Clone)]
@@ -167,6 +184,8 @@ pub struct Agent {
     local_root: Option<PathBuf>,
     /// Which of `contacts`, `calendar`, `tasks` this mailbox has.
     item_collections: Vec<&'static str>,
+    /// Told where long work is (`on_progress`).
+    progress: std::sync::Mutex<Option<ProgressFn>>,
     /// Contacts/events/to-dos written or removed in the mailbox by this
     /// agent: a sync that wrote nothing skips settling its scan states.
     item_writes: AtomicU64,
@@ -262,7 +281,29 @@ impl Agent {
             local_root: opened.local_items_root,
             item_collections,
             item_writes: AtomicU64::new(0),
+            progress: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Calls `f` as long work goes on (deliveries written, changes sent,
+    /// messages tracked).
+    pub fn on_progress(&self, f: ProgressFn) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    pub(crate) fn progress(&self, phase: &'static str, done: usize, total: usize) {
+        if let Some(f) = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            f(Progress {
+                phase,
+                done: done as u64,
+                total: total as u64,
+            });
+        }
     }
 
     pub fn cache(&self) -> &Cache {
@@ -295,7 +336,17 @@ impl Agent {
             to_be_tracked: to_be_tracked + m1,
             tracked: tracked + m2,
             pending_operations: self.cache.journal_pending().await?.len(),
-            reported: self.mail_reported().await?,
+            reported: {
+                let mut r: Vec<String> = self
+                    .cache
+                    .item_problems()
+                    .await?
+                    .into_iter()
+                    .map(|(c, h, p)| format!("{c}/{h}: {p}"))
+                    .collect();
+                r.extend(self.mail_reported().await?);
+                r
+            },
         })
     }
 
@@ -342,6 +393,7 @@ impl Agent {
             self.send(&client, pending, &mut report).await?;
         }
 
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "registered");
         // (a) scan.
         let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
         let mut new_states: Vec<(String, SyncState)> = Vec::new();
@@ -373,43 +425,64 @@ impl Agent {
                 incomplete.insert(collection.to_string());
                 for (href, e) in &changes.failed {
                     report.errors.push(format!("{collection}/{href}: {e}"));
+                    self.cache
+                        .set_item_problem(collection, href, &e.to_string())
+                        .await?;
                 }
             }
+            // Read what changed, a batch at a time (one multiget on DAV).
+            let mut to_read = Vec::new();
             for r in &changes.changed {
                 let cached = self.cache.item(collection, &r.href).await?;
-                if cached.as_ref().is_some_and(|c| c.etag == r.etag.as_str()) {
-                    continue;
+                if !cached.as_ref().is_some_and(|c| c.etag == r.etag.as_str()) {
+                    to_read.push((r.href.clone(), cached));
                 }
-                let got = match self.mailbox.get(collection, &r.href).await {
-                    Ok(i) => i,
-                    Err(e) => {
-                        incomplete.insert(collection.to_string());
-                        report.errors.push(e.to_string());
-                        continue;
+            }
+            for batch in to_read.chunks(READ_BATCH) {
+                let hrefs: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
+                let mut read = self.mailbox.get_many(collection, &hrefs).await?.into_iter();
+                for (href, cached) in batch {
+                    let got = match read.next() {
+                        Some((_, Ok(item))) => item,
+                        Some((_, Err(crmsync_mailbox::Error::NotFound { .. }))) => continue,
+                        Some((_, Err(e))) => {
+                            incomplete.insert(collection.to_string());
+                            report.errors.push(e.to_string());
+                            self.cache
+                                .set_item_problem(collection, href, &e.to_string())
+                                .await?;
+                            continue;
+                        }
+                        None => break,
+                    };
+                    let item = match parse_item(&got.data) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            let problem = format!("cannot be read ({e}); fix or remove the item");
+                            report
+                                .errors
+                                .push(format!("{collection}/{href}: {problem}"));
+                            self.cache
+                                .set_item_problem(collection, href, &problem)
+                                .await?;
+                            continue;
+                        }
+                    };
+                    self.cache.clear_item_problem(collection, href).await?;
+                    let found = Found {
+                        collection: collection.to_string(),
+                        href: got.href.clone(),
+                        etag: got.etag.as_str().to_string(),
+                        bytes: got.data,
+                        item,
+                    };
+                    if let Some(t) = self.classify(cached.clone(), found).await? {
+                        touched.insert((collection.to_string(), href.clone()), t);
                     }
-                };
-                let item = match parse_item(&got.data) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        report.errors.push(format!(
-                            "{collection}/{}: cannot be read ({e}); fix or remove the item",
-                            r.href
-                        ));
-                        continue;
-                    }
-                };
-                let found = Found {
-                    collection: collection.to_string(),
-                    href: got.href.clone(),
-                    etag: got.etag.as_str().to_string(),
-                    bytes: got.data,
-                    item,
-                };
-                if let Some(t) = self.classify(cached, found).await? {
-                    touched.insert((collection.to_string(), r.href.clone()), t);
                 }
             }
             for href in &changes.deleted {
+                self.cache.clear_item_problem(collection, href).await?;
                 let Some(cached) = self.cache.item(collection, href).await? else {
                     continue;
                 };
@@ -430,6 +503,10 @@ impl Agent {
             new_states.push((collection.to_string(), changes.state));
         }
 
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "mailbox scanned"
+        );
         // (b) prepare + data.
         let prep = self.crm.prepare(&client).await?;
         let mut acks: Vec<(String, i64)> = Vec::new();
@@ -456,6 +533,8 @@ impl Agent {
 
             // (c) CRM → mailbox, one page of deliveries (and their records)
             // at a time.
+            let total = prep["total"].as_u64().unwrap_or(0) as usize;
+            let mut delivered = 0;
             let mut cursor = None;
             loop {
                 let (deliveries, next) = self.crm.deliveries_page(&client, batch, cursor).await?;
@@ -572,6 +651,8 @@ impl Agent {
                         acks.push((id.to_string(), version));
                     }
                 }
+                delivered += deliveries.len();
+                self.progress("writing CRM records into the mailbox", delivered, total);
                 match next {
                     Some(c) => cursor = Some(c),
                     None => break,
@@ -579,6 +660,10 @@ impl Agent {
             }
         }
 
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "deliveries applied"
+        );
         // Mailbox → CRM for the items no delivery touched.
         for ((collection, _), mut t) in std::mem::take(&mut touched) {
             let actions = plan_item(t.link, CrmSide::Unchanged, t.side, role);
@@ -647,6 +732,10 @@ impl Agent {
                 self.cache.write_intents_clear(&collection).await?;
             }
         }
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "contacts, calendar, tasks done"
+        );
         // Mail folders (crate::mail).
         self.sync_mail(&client, role, options, &mut report).await?;
         report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -1050,7 +1139,11 @@ impl Agent {
         let bodies: Vec<Value> = entries.iter().map(|e| e.op.clone()).collect();
         let results = self.crm.push(client, &bodies).await?;
         let mut retry = Vec::new();
-        for (entry, result) in entries.iter().zip(results) {
+        let total = entries.len();
+        for (i, (entry, result)) in entries.iter().zip(results).enumerate() {
+            if i % 100 == 0 || i + 1 == total {
+                self.progress("applying the CRM's answers", i + 1, total);
+            }
             let kind = entry.op["kind"].as_str().unwrap_or("").to_string();
             match self.apply_answer(entry, &kind, &result, report).await {
                 Ok(true) => {}

@@ -12,4 +12,4 @@ pub mod mail;
 pub mod run;
 
 pub use config::Config;
-pub use engine::{Agent, StatusReport, SyncOptions, SyncReport};
+pub use engine::{Agent, Progress, ProgressFn, StatusReport, SyncOptions, SyncReport};

@@ -591,3 +591,55 @@ async fn r_m1_removing_the_marker_untracks_without_deleting_in_crm() {
     assert_eq!(cards[0].1.crm_id, None, "unlinked: X-CRM-ID removed (R-M2)");
     assert!(!cards[0].1.tracked);
 }
+
+#[tokio::test]
+async fn malformed_item_is_skipped_listed_in_status_and_blocks_nothing() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let dir = w.contacts_dir("ann");
+    std::fs::write(
+        dir.join("broken.vcf"),
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nN:;;;\r\nEND:VCAR",
+    )
+    .unwrap();
+    std::fs::write(dir.join("marked-1.vcf"), MARKED).unwrap();
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(r.pushed.get("track"), Some(&1), "the good item went on: {r:?}");
+    assert!(
+        r.errors.iter().any(|e| e.contains("broken.vcf")),
+        "{r:?}"
+    );
+    let status = agent.status().await.unwrap();
+    assert!(
+        status.reported.iter().any(|l| l.starts_with("contacts/broken.vcf:")),
+        "status lists the malformed item: {status:?}"
+    );
+    // Still listed on the next sync (the item did not change) ...
+    agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(agent.status().await.unwrap().reported.len(), 1);
+    // ... and no longer once the user fixed it.
+    std::fs::write(dir.join("broken.vcf"), PLAIN).unwrap();
+    sync(&agent).await;
+    assert!(agent.status().await.unwrap().reported.is_empty());
+}
+
+#[tokio::test]
+async fn long_sync_reports_its_progress() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    for n in 0..30 {
+        w.contact(&ann, &format!("Person{n}")).await;
+    }
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    agent.on_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
+    sync(&agent).await;
+    let seen = seen.lock().unwrap();
+    let last = seen
+        .iter()
+        .rfind(|p| p.phase == "writing CRM records into the mailbox")
+        .expect("deliveries report progress");
+    assert_eq!((last.done, last.total), (30, 30), "{seen:?}");
+}

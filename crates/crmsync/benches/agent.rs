@@ -213,6 +213,18 @@ async fn main() {
         median(engine),
         median(process)
     );
+    // Where a no-change sync spends its time (the engine's debug events).
+    let out = Command::new(BIN)
+        .args(["sync", "--config"])
+        .arg(&config)
+        .env("CRMSYNC_LOG", "crmsync_agent=debug")
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.contains("crmsync_agent::engine") {
+            println!("  {}", strip_ansi(line).trim());
+        }
+    }
 
     // A running agent: edit one contact file, wait until the CRM has it.
     let agent = Killed(
@@ -270,6 +282,24 @@ async fn main() {
         3 * n,
         vm_hwm_mib(agent.0.id())
     );
+}
+
+/// The log line without its colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The mailbox file of a CRM contact (its X-CRM-ID line).

@@ -444,7 +444,42 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 
 async fn open_agent(config: &std::path::Path) -> anyhow::Result<crmsync_agent::Agent> {
     let cfg = crmsync_agent::Config::load(config).map_err(|e| BadUsage(e.to_string()))?;
-    crmsync_agent::Agent::open(cfg).await
+    let agent = crmsync_agent::Agent::open(cfg).await?;
+    show_progress(&agent);
+    Ok(agent)
+}
+
+/// SPEC §12: long work shows progress on a terminal and stays quiet when
+/// the output is not one. One bar per phase, drawn on stderr.
+fn show_progress(agent: &crmsync_agent::Agent) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:40} {wide_bar} {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let phase = std::sync::Mutex::new("");
+    agent.on_progress(Box::new(move |p| {
+        // Small batches finish before a bar would help.
+        if p.total < 200 {
+            return;
+        }
+        let mut current = phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != p.phase {
+            *current = p.phase;
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.reset();
+            bar.set_message(p.phase);
+            bar.set_length(p.total);
+        }
+        bar.set_position(p.done);
+        if p.done >= p.total {
+            bar.finish_and_clear();
+        }
+    }));
 }
 
 fn print_sync(report: &crmsync_agent::SyncReport, json: bool) -> anyhow::Result<()> {
@@ -614,6 +649,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.tracked,
                     s.pending_operations
                 );
+                if !s.reported.is_empty() {
+                    println!("needs your attention:");
+                    for line in &s.reported {
+                        println!("  {line}");
+                    }
+                }
             }
             Ok(())
         }

@@ -277,6 +277,7 @@ impl Agent {
                     // R-E7: bulk tracking shows its progress.
                     let done = (i * BATCH + chunk.len()).min(total);
                     tracing::info!(folder = %folder.id, done, total, "messages processed");
+                    self.progress("tracking messages", done, total);
                 }
             }
             for href in &changes.deleted {
