@@ -434,7 +434,7 @@ impl Agent {
             let mut to_read = Vec::new();
             for r in &changes.changed {
                 let cached = self.cache.item(collection, &r.href).await?;
-                if !cached.as_ref().is_some_and(|c| c.etag == r.etag.as_str()) {
+                if cached.as_ref().is_none_or(|c| c.etag != r.etag.as_str()) {
                     to_read.push((r.href.clone(), cached));
                 }
             }
