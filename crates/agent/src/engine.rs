@@ -184,6 +184,9 @@ pub struct Agent {
     local_root: Option<PathBuf>,
     /// Which of `contacts`, `calendar`, `tasks` this mailbox has.
     item_collections: Vec<&'static str>,
+    /// R-T1 as the server last said it: `Some(None)` scheduled sync off,
+    /// `Some(Some(d))` every `d`; `None` before the first registration.
+    schedule: std::sync::Mutex<Option<Option<std::time::Duration>>>,
     /// Told where long work is (`on_progress`).
     progress: std::sync::Mutex<Option<ProgressFn>>,
     /// Contacts/events/to-dos written or removed in the mailbox by this
@@ -282,6 +285,7 @@ impl Agent {
             item_collections,
             item_writes: AtomicU64::new(0),
             progress: std::sync::Mutex::new(None),
+            schedule: std::sync::Mutex::new(None),
         })
     }
 
@@ -304,6 +308,17 @@ impl Agent {
                 total: total as u64,
             });
         }
+    }
+
+    /// R-T1: how often to synchronize on schedule (`None`: the user turned
+    /// scheduled sync off). The organization and user settings decide, as
+    /// the server reported them at the last registration; before that, the
+    /// configuration's `[sync] interval`.
+    pub fn scheduled_interval(&self) -> Option<std::time::Duration> {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Some(self.cfg.interval))
     }
 
     pub fn cache(&self) -> &Cache {
@@ -377,6 +392,14 @@ impl Agent {
         };
         report.client_id = id.clone();
         report.role = client["role"].as_str().unwrap_or("").to_string();
+        if let Some(schedule) = client.get("schedule") {
+            let every = (schedule["enabled"] != false).then(|| {
+                std::time::Duration::from_secs(
+                    schedule["interval_secs"].as_u64().unwrap_or(15 * 60).max(1),
+                )
+            });
+            *self.schedule.lock().unwrap_or_else(|e| e.into_inner()) = Some(every);
+        }
         Ok((id, role))
     }
 

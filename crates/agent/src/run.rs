@@ -1,7 +1,8 @@
 //! `crmsync agent`: the long-running client. It synchronizes at start
 //! (catching up on what changed while it was off, R-T3), on every mailbox
 //! change notification (R-T2, deletions left for the scheduled sync), and on
-//! the schedule (R-T1). A failed sync (server unreachable) is logged and
+//! the schedule (R-T1: the organization's and user's settings, from the
+//! server; off when the user turned it off). A failed sync (server unreachable) is logged and
 //! tried again; changes wait in the mailbox and the cache meanwhile (R-T4).
 
 use std::future::Future;
@@ -20,7 +21,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut on_sync: impl FnMut(&anyhow::Result<SyncReport>),
 ) -> anyhow::Result<()> {
-    let interval = agent.config().interval;
     let mut watch = agent.watch().await?;
     tokio::pin!(shutdown);
     let mut scheduled = true;
@@ -32,21 +32,31 @@ pub async fn run(
                 defer_deletions: !scheduled,
             })
             .await;
+        // R-T1: the schedule the server gave at this sync's registration.
+        let interval = agent.scheduled_interval();
         let wait = match &result {
             Ok(_) => {
                 retry = FIRST_RETRY;
                 interval
             }
             Err(_) => {
-                let w = retry.min(interval);
-                retry = (retry * 2).min(interval);
-                w
+                let cap = interval.unwrap_or(agent.config().interval);
+                let w = retry.min(cap);
+                retry = (retry * 2).min(cap);
+                Some(w)
             }
         };
         on_sync(&result);
+        let scheduled_wait = async {
+            match wait {
+                Some(w) => tokio::time::sleep(w).await,
+                // Scheduled sync off: only notifications (R-T2) start one.
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(wait) => scheduled = true,
+            _ = scheduled_wait => scheduled = true,
             Some(_) = watch.next() => {
                 tokio::time::sleep(SETTLE).await;
                 while watch.try_next().is_some() {}

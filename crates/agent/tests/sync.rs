@@ -605,14 +605,18 @@ async fn malformed_item_is_skipped_listed_in_status_and_blocks_nothing() {
     .unwrap();
     std::fs::write(dir.join("marked-1.vcf"), MARKED).unwrap();
     let r = agent.sync_once(SyncOptions::default()).await.unwrap();
-    assert_eq!(r.pushed.get("track"), Some(&1), "the good item went on: {r:?}");
-    assert!(
-        r.errors.iter().any(|e| e.contains("broken.vcf")),
-        "{r:?}"
+    assert_eq!(
+        r.pushed.get("track"),
+        Some(&1),
+        "the good item went on: {r:?}"
     );
+    assert!(r.errors.iter().any(|e| e.contains("broken.vcf")), "{r:?}");
     let status = agent.status().await.unwrap();
     assert!(
-        status.reported.iter().any(|l| l.starts_with("contacts/broken.vcf:")),
+        status
+            .reported
+            .iter()
+            .any(|l| l.starts_with("contacts/broken.vcf:")),
         "status lists the malformed item: {status:?}"
     );
     // Still listed on the next sync (the item did not change) ...
@@ -642,4 +646,128 @@ async fn long_sync_reports_its_progress() {
         .rfind(|p| p.phase == "writing CRM records into the mailbox")
         .expect("deliveries report progress");
     assert_eq!((last.done, last.total), (30, 30), "{seen:?}");
+}
+
+#[tokio::test]
+async fn r_c6_offline_primary_takes_up_waiting_changes_at_its_next_sync() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let primary = w.agent(&ann, "laptop", "laptop-cache").await;
+    sync(&primary).await;
+    // The primary goes offline: the server is unreachable from it.
+    let cfg_path = w.dir.path().join("laptop-offline.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[crm]\nurl = \"http://127.0.0.1:9\"\ntoken = \"{ann}\"\n[client]\nname = \"laptop\"\ncache = \"laptop-cache.db\"\n[mailbox.local]\nroot = \"{}\"\n",
+            w.dir.path().join("laptop").display()
+        ),
+    )
+    .unwrap();
+    let offline = Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap();
+    // Meanwhile: the user edits the contact in the mailbox and someone
+    // edits another field in the CRM.
+    let cards = vcards(&w.contacts_dir("laptop"));
+    edit(&find(&cards, &alpha).unwrap().0, "job_title", "Buyer");
+    w.patch_contact(&ann, &alpha, json!({"city": "Oslo"})).await;
+    let e = offline.sync_once(SyncOptions::default()).await.unwrap_err();
+    assert!(format!("{e:#}").contains("127.0.0.1:9"), "{e:#}");
+    drop(offline);
+    // Nothing is lost: the next sync online takes both up (R-F5).
+    let r = sync(&primary).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:?}");
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["job_title"], "Buyer", "{rec}");
+    assert_eq!(rec["city"], "Oslo", "{rec}");
+    let cards = vcards(&w.contacts_dir("laptop"));
+    let (_, card) = find(&cards, &alpha).unwrap();
+    assert_eq!(card.fields["city"], "Oslo");
+    assert_eq!(card.fields["job_title"], "Buyer");
+}
+
+#[tokio::test]
+async fn r_t1_scheduled_sync_follows_the_user_and_organization_settings() {
+    let w = world().await;
+    let (ann_id, ann) = w.user("ann@example.com").await;
+    let (s, body) = w
+        .call(
+            &w.admin,
+            Method::PATCH,
+            "/api/v1/settings",
+            Some(json!({"sync_interval_min": "1s"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let user_settings = format!("/api/v1/users/{ann_id}/settings");
+    let (s, body) = w
+        .call(
+            &w.admin,
+            Method::PATCH,
+            &user_settings,
+            Some(json!({"schedule_interval": "1s"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let syncs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = syncs.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let dir = w.contacts_dir("ann");
+    let checks = async {
+        // Only the schedule can bring a CRM change: the mailbox is quiet.
+        while syncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let alpha = w.contact(&ann, "Alpha").await;
+        let t = std::time::Instant::now();
+        while find(&vcards(&dir), &alpha).is_none() {
+            assert!(t.elapsed().as_secs() < 10, "the 1 s schedule never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // The user turns scheduled sync off: after the next registration
+        // nothing syncs on schedule any more.
+        let (s, body) = w
+            .call(
+                &w.admin,
+                Method::PATCH,
+                &user_settings,
+                Some(json!({"schedule_enabled": false})),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let seen = syncs.load(std::sync::atomic::Ordering::SeqCst);
+        while syncs.load(std::sync::atomic::Ordering::SeqCst) < seen + 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let beta = w.contact(&ann, "Beta").await;
+        let off_at = syncs.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert_eq!(
+            syncs.load(std::sync::atomic::Ordering::SeqCst),
+            off_at,
+            "synced on schedule while off"
+        );
+        assert!(find(&vcards(&dir), &beta).is_none());
+        let _ = stop.send(());
+    };
+    let run = crmsync_agent::run::run(
+        &agent,
+        async {
+            let _ = stopped.await;
+        },
+        move |r| {
+            assert!(r.is_ok(), "{r:?}");
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let (ran, ()) = tokio::join!(run, checks);
+    ran.unwrap();
 }

@@ -35,10 +35,25 @@ pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
     } else {
         "secondary"
     };
-    json!({
+    let mut out = json!({
         "id": c.id, "name": c.name, "user_id": c.user_id, "mailbox_user_id": c.mailbox_user_id,
         "role": role, "acts_as_primary": owner.is_some_and(|o| o.acts_as_primary(c)),
-    })
+    });
+    if let Some(o) = owner {
+        out["schedule"] = schedule_json(o);
+    }
+    out
+}
+
+/// R-T1: the mailbox owner's scheduled sync, on or off, and its interval in
+/// seconds, never shorter than the organization's minimum (which may have
+/// been raised after the user chose theirs).
+fn schedule_json(o: &MailboxOwner) -> Value {
+    use crmsync_core::settings::parse_interval;
+    let fallback = parse_interval(&o.org.sync_interval).unwrap_or(15 * 60);
+    let chosen = parse_interval(&o.settings.schedule_interval).unwrap_or(fallback);
+    let min = parse_interval(&o.org.sync_interval_min).unwrap_or(0);
+    json!({"enabled": o.settings.schedule_enabled, "interval_secs": chosen.max(min)})
 }
 
 /// Finds a user by id or email.
@@ -95,7 +110,11 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
     if let Some(existing) =
         sync_store::find_client(&mut conn, caller.user_id, mailbox_user, name).await?
     {
-        let owner = MailboxOwner::load(store, mailbox_user).await?;
+        let owner = if mailbox_user == caller.user_id {
+            me
+        } else {
+            MailboxOwner::load(store, mailbox_user).await?
+        };
         return Ok((false, client_json(&existing, Some(&owner))));
     }
     let now = now_timestamp();
