@@ -328,6 +328,20 @@ impl Cache {
         .collect())
     }
 
+    /// The items whose UID is `uid` (normally one).
+    pub async fn items_by_uid(&self, uid: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT collection, href FROM items WHERE uid = ? ORDER BY collection, href",
+        )
+        .bind(uid)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("collection"), r.get("href")))
+            .collect())
+    }
+
     /// An item that could not be read, and why.
     pub async fn set_item_problem(
         &self,

@@ -9,11 +9,12 @@
 //! `regarding` send their operation to the server at once and write the
 //! result into the mailbox and the cache.
 //!
-//! ITEM is `uid:<UID>` or the path of a file inside the mailbox root
-//! (`contacts/`, `calendar/`, `tasks/`). `mid:<Message-ID>` names a
-//! message: those commands are in `crate::mail::commands`.
+//! ITEM is `uid:<UID>`, the path of a file inside a local mailbox root
+//! (`contacts/`, `calendar/`, `tasks/`), `<collection>/<href>` on any
+//! backend (`contacts/alice.vcf` on a DAV server), or `mid:<Message-ID>` for
+//! a message (those commands are in `crate::mail::commands`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
@@ -24,11 +25,11 @@ use uuid::Uuid;
 
 use crmsync_core::entity::EntitySet;
 use crmsync_core::mapping::{parse_item, project_fields, render_item, MailboxItem, RenderOptions};
-use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox};
+use crmsync_mailbox::Etag;
 
 use crate::cache::CachedItem;
 use crate::crm::CrmClient;
-use crate::engine::{collections, Agent, SyncOptions, SyncReport};
+use crate::engine::{Agent, SyncOptions, SyncReport};
 use crate::mail::commands as mail;
 
 /// A mistake in the command line (exit status 2).
@@ -66,14 +67,6 @@ pub fn parse_set_id(text: &str) -> anyhow::Result<(EntitySet, Uuid)> {
 
 fn crm(agent: &Agent) -> CrmClient {
     CrmClient::new(&agent.config().crm_url, &agent.config().token)
-}
-
-fn root(agent: &Agent) -> anyhow::Result<PathBuf> {
-    agent
-        .config()
-        .local_root
-        .clone()
-        .context("[mailbox.local] root is missing; set it in the configuration")
 }
 
 /// Registers (or finds again) this client: the server's client object.
@@ -221,107 +214,119 @@ pub async fn conflicts(agent: &Agent) -> anyhow::Result<Vec<Conflict>> {
 pub struct Located {
     pub collection: String,
     pub href: String,
+    /// How to show it: the file for a local mailbox, else `collection/href`.
     pub path: PathBuf,
+    /// The etag the item had when found: the precondition of writing it.
+    pub etag: Etag,
     pub bytes: Vec<u8>,
     pub item: MailboxItem,
     pub cached: Option<CachedItem>,
 }
 
-fn read_item(path: &Path) -> anyhow::Result<(Vec<u8>, MailboxItem)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let item = parse_item(&bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} cannot be read ({e}); fix or remove the item",
-            path.display()
-        )
-    })?;
-    Ok((bytes, item))
-}
-
-/// Finds ITEM (`uid:<UID>` or a path inside the mailbox).
+/// Finds ITEM: `uid:<UID>`, a file inside a local mailbox, or
+/// `<collection>/<href>` on any backend (`contacts/alice.vcf`).
 pub async fn locate(agent: &Agent, item: &str) -> anyhow::Result<Located> {
-    let root = root(agent)?;
-    let root = std::fs::canonicalize(&root).unwrap_or(root);
     if mail::is_message(item) {
         return Err(usage(format!(
             "{item}: a message has no file here; use it with track, untrack, regarding, status or explain"
         )));
     }
-    let (collection, href) = if let Some(uid) = item.strip_prefix("uid:") {
-        let mut found = None;
-        'outer: for c in collections() {
-            let Ok(dir) = std::fs::read_dir(root.join(c)) else {
-                continue;
-            };
-            let mut paths: Vec<PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
-            paths.sort();
-            for p in paths {
-                if !p.is_file() {
-                    continue;
-                }
-                if let Ok((_, i)) = read_item(&p) {
-                    if i.uid == uid {
-                        let href = p
-                            .file_name()
-                            .unwrap_or_default()
-                            .to_string_lossy()
-                            .into_owned();
-                        found = Some((c.to_string(), href));
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        found.ok_or_else(|| {
-            usage(format!(
-                "no contact, event or to-do with UID {uid} in {}; check the UID (or name the file)",
-                root.display()
-            ))
-        })?
-    } else {
-        let p = PathBuf::from(item);
-        let p = if p.is_absolute() || p.exists() {
-            p
-        } else {
-            root.join(&p)
-        };
-        let p = std::fs::canonicalize(&p).map_err(|_| {
-            usage(format!(
-                "{item}: no such file; name an item as uid:<UID> or a path inside {}",
-                root.display()
-            ))
-        })?;
-        let rel = p.strip_prefix(&root).map_err(|_| {
-            usage(format!(
-                "{item} is not inside the mailbox {}; name an item of the mailbox",
-                root.display()
-            ))
-        })?;
-        let mut parts = rel.components();
-        let c = parts
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let href = parts.as_path().to_string_lossy().into_owned();
-        if !collections().contains(&c.as_str()) || href.is_empty() {
-            return Err(usage(format!(
-                "{item} is not a contact, event or to-do; they live in {}/contacts, calendar and tasks",
-                root.display()
-            )));
-        }
-        (c, href)
+    let (collection, href) = match item.strip_prefix("uid:") {
+        Some(uid) => find_by_uid(agent, uid).await?,
+        None => by_path(agent, item)?,
     };
-    let path = root.join(&collection).join(&href);
-    let (bytes, item) = read_item(&path)?;
+    let got = agent
+        .mailbox()
+        .get(&collection, &href)
+        .await
+        .map_err(|e| anyhow::anyhow!("{item}: {e}"))?;
+    let parsed = parse_item(&got.data).map_err(|e| {
+        anyhow::anyhow!("{collection}/{href} cannot be read ({e}); fix or remove the item")
+    })?;
     let cached = agent.cache().item(&collection, &href).await?;
+    let path = match agent.local_items_root() {
+        Some(root) => root.join(&collection).join(&href),
+        None => PathBuf::from(format!("{collection}/{href}")),
+    };
     Ok(Located {
         collection,
         href,
         path,
-        bytes,
-        item,
+        etag: got.etag,
+        bytes: got.data,
+        item: parsed,
         cached,
     })
+}
+
+/// The item with that UID: the cache knows it once synchronized; otherwise
+/// every item collection is read (a new item not yet seen by a sync).
+async fn find_by_uid(agent: &Agent, uid: &str) -> anyhow::Result<(String, String)> {
+    if let Some(found) = agent.cache().items_by_uid(uid).await?.into_iter().next() {
+        return Ok(found);
+    }
+    for &collection in agent.item_collections() {
+        let listed = agent.mailbox().changes_since(collection, None).await?;
+        let hrefs: Vec<String> = listed.changed.into_iter().map(|r| r.href).collect();
+        for batch in hrefs.chunks(100) {
+            for (href, got) in agent.mailbox().get_many(collection, batch).await? {
+                if got.is_ok_and(|i| parse_item(&i.data).is_ok_and(|p| p.uid == uid)) {
+                    return Ok((collection.to_string(), href));
+                }
+            }
+        }
+    }
+    Err(usage(format!(
+        "no contact, event or to-do with UID {uid} in this mailbox; check the UID (or name the item by its path)"
+    )))
+}
+
+/// A path: a file inside the local mailbox, or `<collection>/<href>`.
+fn by_path(agent: &Agent, item: &str) -> anyhow::Result<(String, String)> {
+    let collections = agent.item_collections();
+    let Some(root) = agent.local_items_root() else {
+        return match item.split_once('/') {
+            Some((c, href)) if collections.contains(&c) && !href.is_empty() => {
+                Ok((c.to_string(), href.to_string()))
+            }
+            _ => Err(usage(format!(
+                "{item}: name an item as uid:<UID> or <collection>/<href> (collections: {})",
+                collections.join(", ")
+            ))),
+        };
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let p = PathBuf::from(item);
+    let p = if p.is_absolute() || p.exists() {
+        p
+    } else {
+        root.join(&p)
+    };
+    let p = std::fs::canonicalize(&p).map_err(|_| {
+        usage(format!(
+            "{item}: no such file; name an item as uid:<UID> or a path inside {}",
+            root.display()
+        ))
+    })?;
+    let rel = p.strip_prefix(&root).map_err(|_| {
+        usage(format!(
+            "{item} is not inside the mailbox {}; name an item of the mailbox",
+            root.display()
+        ))
+    })?;
+    let mut parts = rel.components();
+    let c = parts
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let href = parts.as_path().to_string_lossy().into_owned();
+    if !collections.contains(&c.as_str()) || href.is_empty() {
+        return Err(usage(format!(
+            "{item} is not a contact, event or to-do; they live in {}/contacts, calendar and tasks",
+            root.display()
+        )));
+    }
+    Ok((c, href))
 }
 
 /// `crmsync status ITEM`.
@@ -456,25 +461,17 @@ pub struct ItemsReport {
     pub waiting_for_owner: bool,
 }
 
-async fn write(l: &Located, item: &MailboxItem) -> anyhow::Result<String> {
+/// Writes the item back with the etag it had when found: an edit made
+/// meanwhile by another client is a conflict, never overwritten.
+async fn write(agent: &Agent, l: &Located, item: &MailboxItem) -> anyhow::Result<String> {
     let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
     opts.existing = Some(&l.bytes);
     let out = render_item(item, &opts)?;
-    let mb = mailbox_for(&l.path)?;
-    let cur = mb.get(&l.collection, &l.href).await?;
-    let r = mb.update(&l.collection, &l.href, &cur.etag, &out).await?;
+    let r = agent
+        .mailbox()
+        .update(&l.collection, &l.href, &l.etag, &out)
+        .await?;
     Ok(r.etag.as_str().to_string())
-}
-
-fn mailbox_for(item_path: &Path) -> anyhow::Result<LocalMailbox> {
-    // <root>/<collection>/<href>
-    let root = item_path
-        .parent()
-        .and_then(Path::parent)
-        .context("an item path outside any collection")?;
-    Ok(LocalMailbox::open(&LocalConfig {
-        root: root.to_path_buf(),
-    })?)
 }
 
 fn regarding_value(
@@ -529,7 +526,7 @@ pub async fn track(
                 .insert("regarding".into(), regarding_value(item.set, "", r)?);
         }
         if item.tracked != l.item.tracked || item.fields != l.item.fields {
-            write(l, &item).await?;
+            write(agent, l, &item).await?;
         }
     }
     let mut report = ItemsReport {
@@ -605,7 +602,7 @@ pub async fn untrack(
         for l in &found {
             let mut item = l.item.clone();
             item.tracked = false;
-            write(l, &item).await?;
+            write(agent, l, &item).await?;
         }
         let sync = agent.sync_once(SyncOptions::default()).await?;
         let mut problems: Vec<String> = sync.errors.clone();
@@ -632,7 +629,7 @@ pub async fn untrack(
             // Marked but never tracked: only the marker goes.
             let mut item = l.item.clone();
             item.tracked = false;
-            write(l, &item).await?;
+            write(agent, l, &item).await?;
             report.items.push((l.path.display().to_string(), None));
             continue;
         };
@@ -652,7 +649,7 @@ pub async fn untrack(
         let mut item = l.item.clone();
         item.tracked = false;
         item.crm_id = None;
-        let etag = write(l, &item).await?;
+        let etag = write(agent, l, &item).await?;
         agent
             .cache()
             .put_item(&CachedItem {
@@ -709,7 +706,7 @@ pub async fn set_regarding(
         }
         let mut item = l.item.clone();
         item.fields.insert("regarding".into(), value.clone());
-        let etag = write(&l, &item).await?;
+        let etag = write(agent, &l, &item).await?;
         let (version, baseline) = match r["record"]["fields"].as_object() {
             Some(f) => (
                 r["version"].as_i64().unwrap_or(c.version),

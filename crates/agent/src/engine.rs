@@ -337,6 +337,16 @@ impl Agent {
         &self.crm
     }
 
+    /// The folder of contacts/, calendar/, tasks/ when they are local files.
+    pub(crate) fn local_items_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// The item collections this mailbox has (`contacts`, `calendar`, `tasks`).
+    pub(crate) fn item_collections(&self) -> &[&'static str] {
+        &self.item_collections
+    }
+
     /// Change notifications of the mailbox (R-T2).
     pub async fn watch(&self) -> anyhow::Result<crmsync_mailbox::Watch> {
         Ok(self.mailbox.watch().await?)

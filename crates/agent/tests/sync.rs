@@ -723,7 +723,9 @@ async fn r_t1_scheduled_sync_follows_the_user_and_organization_settings() {
     let dir = w.contacts_dir("ann");
     let checks = async {
         // Only the schedule can bring a CRM change: the mailbox is quiet.
+        let t = std::time::Instant::now();
         while syncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(t.elapsed().as_secs() < 10, "no first sync");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let alpha = w.contact(&ann, "Alpha").await;
@@ -732,8 +734,8 @@ async fn r_t1_scheduled_sync_follows_the_user_and_organization_settings() {
             assert!(t.elapsed().as_secs() < 10, "the 1 s schedule never ran");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        // The user turns scheduled sync off: after the next registration
-        // nothing syncs on schedule any more.
+        // The user turns scheduled sync off: once a sync's registration
+        // brought the new setting, nothing syncs on schedule any more.
         let (s, body) = w
             .call(
                 &w.admin,
@@ -743,10 +745,16 @@ async fn r_t1_scheduled_sync_follows_the_user_and_organization_settings() {
             )
             .await;
         assert_eq!(s, 200, "{body}");
-        let seen = syncs.load(std::sync::atomic::Ordering::SeqCst);
-        while syncs.load(std::sync::atomic::Ordering::SeqCst) < seen + 2 {
+        let t = std::time::Instant::now();
+        while agent.scheduled_interval().is_some() {
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "the agent never learned the new schedule"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // Let the sync that brought it finish.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let beta = w.contact(&ann, "Beta").await;
         let off_at = syncs.load(std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -353,3 +353,39 @@ impl World {
         Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap()
     }
 }
+
+// ---- IMAP (tests/imap.rs): mail folders on a real Dovecot.
+
+#[allow(dead_code)] // used by tests/imap.rs only
+impl World {
+    /// An agent of `token` whose mail folders are `[mailbox.imap]` on
+    /// 127.0.0.1:`port` (security none, login `username`/`password`), with
+    /// contacts, calendar and tasks in the local folder `name`; its
+    /// configuration changed by `edit` before it is opened.
+    #[allow(clippy::too_many_arguments)]
+    async fn imap_agent(
+        &self,
+        token: &str,
+        name: &str,
+        cache: &str,
+        port: u16,
+        username: &str,
+        password: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Agent {
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let cfg_path = self.dir.path().join(format!("{name}-{cache}.toml"));
+        let text = format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{token}\"\n[client]\nname = \"{name}\"\ncache = \"{cache}.db\"\n[mailbox.local]\nroot = \"{}\"\n[mailbox.imap]\nhost = \"127.0.0.1\"\nport = {port}\nsecurity = \"none\"\nusername = \"{username}\"\npassword = \"set below\"\n",
+            self.base,
+            root.display()
+        );
+        std::fs::write(&cfg_path, text).unwrap();
+        let mut cfg = Config::load(&cfg_path).unwrap();
+        // The password may hold quotes and non-ASCII: set as is.
+        cfg.imap.as_mut().unwrap().password = password.to_string();
+        edit(&mut cfg);
+        Agent::open(cfg).await.unwrap()
+    }
+}

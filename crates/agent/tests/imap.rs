@@ -1,0 +1,971 @@
+//! Email in the agent end to end on a real Dovecot (issue 6): the agent's
+//! mail folders are `[mailbox.imap]`, a real CRM server runs in-process, and
+//! "another mail client" changes the mailbox over its own IMAP connection
+//! (APPEND, STORE, MOVE, EXPUNGE). Every test runs twice: on Dovecot's
+//! default capabilities (CONDSTORE + QRESYNC, `qresync::`) and without
+//! either (`plain::`, the fallback). Named after the rules (SPEC §7 R-E5..
+//! R-E10, §8 R-M1, R-M3..R-M8, §9 email rows, R-T2).
+//!
+//! R-M7's keyword `$CRMRegarding:<set>:<uuid>` is up to 58 characters:
+//! Dovecot's default `mail_max_keyword_length` is 50, so the fixture sets
+//! 200 (a production Dovecot needs at least 59).
+
+// The shared harness has helpers other test files use.
+#![allow(dead_code)]
+
+#[path = "../../imap/tests/support/mod.rs"]
+mod dovecot;
+
+use std::path::{Path, PathBuf};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crmsync_agent::commands as cmd;
+use crmsync_agent::{Agent, Config, SyncOptions};
+use crmsync_core::mapping::{parse_item, render_item, RenderOptions};
+use dovecot::{Dovecot, Flavor, Proxy, Raw};
+
+include!("common/harness.rs");
+
+const TRACKED: &str = "$CRMTracked";
+
+macro_rules! both_configurations {
+    ($($name:ident),* $(,)?) => {
+        mod qresync {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Flavor::Qresync).await;
+                }
+            )*
+        }
+        mod plain {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Flavor::Plain).await;
+                }
+            )*
+        }
+    };
+}
+
+both_configurations!(
+    r_m1_keyword_set_by_another_client_tracks_and_removing_it_untracks,
+    r_m1_untrack_delete_in_crm_by_command,
+    r_m4_folder_tracking_with_fixed_regarding,
+    r_e6_draft_not_tracked_until_sent,
+    r_m5_reply_correlation_and_tracking_token_in_inbox_only,
+    r_m6_auto_track_all_none_and_exclusion_list,
+    r_m7_regarding_change_in_crm_reaches_message_as_keyword,
+    r_m8_marked_message_moved_to_unsynchronized_folder_is_reported,
+    r_e7_bulk_tracking_of_many_messages,
+    r_e9_two_activities,
+    r_e10_unapproved_user_refused_and_reported,
+    section_9_crm_deletes_tracked_email_message_kept_keyword_removed,
+    section_9_user_deletes_message_crm_activity_kept,
+    uidvalidity_change_relinks_by_message_id_without_duplicate,
+    connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
+    malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
+);
+
+impl World {
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        self.call(token, Method::GET, path, None).await
+    }
+
+    /// Every email of the CRM.
+    async fn emails(&self) -> Vec<Value> {
+        let (status, body) = self.get(&self.admin, "/api/v1/emails?limit=500").await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    async fn email_by_mid(&self, mid: &str) -> Vec<Value> {
+        self.emails()
+            .await
+            .into_iter()
+            .filter(|e| e["message_id"] == mid)
+            .collect()
+    }
+
+    async fn account(&self, token: &str, name: &str) -> String {
+        let (status, body) = self
+            .call(
+                token,
+                Method::POST,
+                "/api/v1/accounts",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().into()
+    }
+
+    async fn org_settings(&self, patch: Value) {
+        let (status, body) = self
+            .call(&self.admin, Method::PATCH, "/api/v1/settings", Some(patch))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn user_settings(&self, user: &str, patch: Value) {
+        let (status, body) = self
+            .call(
+                &self.admin,
+                Method::PATCH,
+                &format!("/api/v1/users/{user}/settings"),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+fn regarding_kw(set: &str, id: &str) -> String {
+    format!("$CRMRegarding:{set}:{id}")
+}
+
+/// A CRM user's mailbox on a Dovecot of its own, the agent on it, and
+/// another mail client.
+struct Mail {
+    dovecot: Dovecot,
+    other: Raw,
+    user_id: String,
+    token: String,
+    agent: Agent,
+}
+
+impl Mail {
+    /// Another client APPENDs `raw` to `folder` with `flags`; returns its
+    /// UID (the agent's href).
+    async fn append(&mut self, folder: &str, raw: &[u8], flags: &str) -> u32 {
+        self.other.append_flags(folder, flags, raw).await
+    }
+
+    /// Another client changes the keywords/flags of a message (`+FLAGS` or
+    /// `-FLAGS`).
+    async fn store(&mut self, folder: &str, uid: u32, how: &str, flags: &str) {
+        self.other.select(folder).await;
+        self.other
+            .cmd(&format!("UID STORE {uid} {how} ({flags})"))
+            .await;
+    }
+
+    /// The flags of a message as another client sees them.
+    async fn flags(&mut self, folder: &str, uid: u32) -> String {
+        let line = self.other.flags(folder, uid).await;
+        assert!(line.contains("FETCH"), "no message {uid} in {folder}");
+        line
+    }
+
+    async fn has(&mut self, folder: &str, uid: u32, keyword: &str) -> bool {
+        let line = self.flags(folder, uid).await;
+        line.split(|c: char| c == ' ' || c == '(' || c == ')')
+            .any(|f| f.eq_ignore_ascii_case(keyword))
+    }
+
+    /// Another client deletes a message (\Deleted, EXPUNGE).
+    async fn expunge(&mut self, folder: &str, uid: u32) {
+        self.store(folder, uid, "+FLAGS", "\\Deleted").await;
+        self.other.cmd(&format!("UID EXPUNGE {uid}")).await;
+    }
+
+    /// Another client MOVEs a message; returns its UID in `to`.
+    async fn move_to(&mut self, from: &str, to: &str, uid: u32) {
+        self.other.select(from).await;
+        self.other.cmd(&format!("UID MOVE {uid} \"{to}\"")).await;
+    }
+}
+
+/// `email` as a user with an agent on a fresh Dovecot (the folders INBOX,
+/// Sent, Drafts, CRM and `extra` exist), configuration changed by `edit`,
+/// after one sync of the empty mailbox (so what arrives next is received
+/// mail, R-M5).
+async fn mailbox_of(
+    w: &World,
+    flavor: Flavor,
+    email: &str,
+    extra: &[&str],
+    edit: impl FnOnce(&mut Config),
+) -> Mail {
+    let (user_id, token) = w.user(email).await;
+    let dovecot = Dovecot::start(flavor).await;
+    let mut other = dovecot.client().await;
+    for f in ["Sent", "Drafts", "CRM"].iter().chain(extra) {
+        other.cmd(&format!("CREATE \"{f}\"")).await;
+    }
+    let name = email.split('@').next().unwrap();
+    let agent = w
+        .imap_agent(
+            &token,
+            name,
+            &format!("{name}-cache"),
+            dovecot.port,
+            dovecot::USER,
+            dovecot::PASSWORD,
+            edit,
+        )
+        .await;
+    sync(&agent).await;
+    Mail {
+        dovecot,
+        other,
+        user_id,
+        token,
+        agent,
+    }
+}
+
+async fn ann(w: &World, flavor: Flavor) -> Mail {
+    mailbox_of(w, flavor, "ann@example.com", &[], |_| {}).await
+}
+
+fn lee(id: &str, subject: &str) -> Vec<u8> {
+    rfc5322(
+        Some(id),
+        "lee@example.org",
+        &["ann@example.com"],
+        subject,
+        "",
+    )
+}
+
+async fn r_m1_keyword_set_by_another_client_tracks_and_removing_it_untracks(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let uid = m
+        .append("INBOX", &lee("m1@example.org", "Offer"), "\\Seen")
+        .await;
+    let r = sync(&m.agent).await;
+    assert!(r.pushed.is_empty(), "not marked, no correlation: {r:?}");
+    assert!(w.emails().await.is_empty());
+    assert_eq!(m.agent.status().await.unwrap().not_tracked, 1);
+
+    m.store("INBOX", uid, "+FLAGS", TRACKED).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let email = w.email_by_mid("m1@example.org").await;
+    assert_eq!(email.len(), 1);
+    assert_eq!(email[0]["subject"], "Offer");
+    assert_eq!(email[0]["direction"], "incoming");
+    let s = m.agent.status().await.unwrap();
+    assert_eq!((s.not_tracked, s.to_be_tracked, s.tracked), (0, 0, 1));
+    assert!(sync(&m.agent).await.pushed.is_empty(), "nothing changed");
+    assert!(m.has("INBOX", uid, "\\Seen").await, "flags kept");
+
+    // Removing the keyword untracks; the CRM email stays (R-M1, §9).
+    m.store("INBOX", uid, "-FLAGS", TRACKED).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("untrack"), Some(&1), "{r:?}");
+    let id = email[0]["id"].as_str().unwrap();
+    assert_eq!(
+        w.get(&w.admin, &format!("/api/v1/emails/{id}")).await.0,
+        200
+    );
+    assert!(!m.has("INBOX", uid, TRACKED).await);
+    assert_eq!(m.agent.status().await.unwrap().tracked, 0);
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+async fn r_m1_untrack_delete_in_crm_by_command(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let acme = w.account(&m.token, "Acme").await;
+    let uid = m
+        .append("INBOX", &lee("cmd@example.org", "Command"), "\\Seen")
+        .await;
+    let item = "mid:<cmd@example.org>".to_string();
+    let r = cmd::track(
+        &m.agent,
+        std::slice::from_ref(&item),
+        Some(&format!("accounts/{acme}")),
+    )
+    .await
+    .unwrap();
+    let id = r.items[0].1.clone().expect("tracked");
+    let email = &w.email_by_mid("cmd@example.org").await[0];
+    assert_eq!(email["regarding"]["id"], acme.as_str());
+    assert!(m.has("INBOX", uid, TRACKED).await);
+    assert!(m.has("INBOX", uid, &regarding_kw("accounts", &acme)).await);
+    // Untrack with --delete-in-crm: the CRM email goes, the message stays.
+    cmd::untrack(&m.agent, std::slice::from_ref(&item), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.get(&w.admin, &format!("/api/v1/emails/{id}")).await.0,
+        404
+    );
+    assert!(!m.has("INBOX", uid, TRACKED).await);
+    assert_eq!(cmd::item_status(&m.agent, &item).await.unwrap().link, 0);
+    let r = sync(&m.agent).await;
+    assert!(r.pushed.is_empty(), "{r:?}");
+}
+
+async fn r_m4_folder_tracking_with_fixed_regarding(flavor: Flavor) {
+    let w = world().await;
+    // The account exists before the agent is configured with it.
+    let (_, boss) = w.user("boss@example.com").await;
+    let acme = w.account(&boss, "Acme").await;
+    let acme_id = uuid::Uuid::parse_str(&acme).unwrap();
+    let mut m = mailbox_of(&w, flavor, "ann@example.com", &["Acme"], |c| {
+        c.mail.tracked_folders = vec![crmsync_agent::config::TrackedFolder {
+            name: "Acme".into(),
+            regarding: Some(("accounts".into(), acme_id)),
+        }];
+    })
+    .await;
+    let uid = m
+        .append("Acme", &lee("deal@example.org", "Deal"), "\\Seen")
+        .await;
+    // CRM is not a tracked folder of this configuration (R-M8).
+    m.append("CRM", &lee("other@example.org", "Other"), "\\Seen")
+        .await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let email = &w.email_by_mid("deal@example.org").await[0];
+    assert_eq!(email["regarding"], json!({"set": "accounts", "id": acme}));
+    assert!(m.has("Acme", uid, TRACKED).await);
+    assert!(m.has("Acme", uid, &regarding_kw("accounts", &acme)).await);
+    assert!(w.email_by_mid("other@example.org").await.is_empty());
+    // The user removes the marker in the folder: untracked, and it stays so.
+    m.store("Acme", uid, "-FLAGS", TRACKED).await;
+    assert_eq!(sync(&m.agent).await.pushed.get("untrack"), Some(&1));
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+async fn r_e6_draft_not_tracked_until_sent(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let raw = rfc5322(
+        Some("draft@example.com"),
+        "ann@example.com",
+        &["lee@example.org"],
+        "Proposal",
+        "",
+    );
+    let draft = m
+        .append("Drafts", &raw, &format!("\\Draft {TRACKED}"))
+        .await;
+    let r = sync(&m.agent).await;
+    assert!(r.pushed.is_empty(), "a draft is never tracked: {r:?}");
+    assert!(w.emails().await.is_empty());
+    assert_eq!(m.agent.status().await.unwrap().to_be_tracked, 1);
+    let e = cmd::explain(&m.agent, Some("mid:draft@example.com"), None)
+        .await
+        .unwrap();
+    assert!(e.reasons[0].contains("R-E6"), "{e:?}");
+    // Sent: the client removes the draft and stores the sent copy (without
+    // the keyword) in Sent.
+    m.expunge("Drafts", draft).await;
+    let sent = m.append("Sent", &raw, "\\Seen").await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let email = &w.email_by_mid("draft@example.com").await[0];
+    assert_eq!(email["direction"], "outgoing");
+    assert!(m.has("Sent", sent, TRACKED).await);
+    let s = m.agent.status().await.unwrap();
+    assert_eq!((s.to_be_tracked, s.tracked), (0, 1));
+    assert!(s.reported.is_empty(), "{s:?}");
+}
+
+/// Ann's sent email `orig@example.com`, tracked regarding Acme by another
+/// client's keywords; returns (Acme's id, the email).
+async fn tracked_sent(w: &World, m: &mut Mail) -> (String, Value) {
+    let acme = w.account(&m.token, "Acme").await;
+    let raw = rfc5322(
+        Some("orig@example.com"),
+        "ann@example.com",
+        &["lee@example.org", "kim@example.org"],
+        "Quote 42",
+        "",
+    );
+    let flags = format!("\\Seen {TRACKED} {}", regarding_kw("accounts", &acme));
+    m.append("Sent", &raw, &flags).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let email = w.email_by_mid("orig@example.com").await.remove(0);
+    assert_eq!(email["regarding"]["id"], acme.as_str());
+    (acme, email)
+}
+
+async fn r_m5_reply_correlation_and_tracking_token_in_inbox_only(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let (acme, orig) = tracked_sent(&w, &mut m).await;
+    let tok = orig["tracking_token"].as_str().unwrap().to_string();
+    let reply = rfc5322(
+        Some("reply@example.org"),
+        "lee@example.org",
+        &["ann@example.com"],
+        "Re: Quote 42",
+        "In-Reply-To: <orig@example.com>\r\nReferences: <orig@example.com>\r\n",
+    );
+    let reply_uid = m.append("INBOX", &reply, "").await;
+    let unrelated = m
+        .append("INBOX", &lee("news@example.org", "News"), "")
+        .await;
+    // No In-Reply-To: only the token in the subject ties it to the thread.
+    let token_uid = m
+        .append(
+            "INBOX",
+            &lee("token@example.org", &format!("About the quote [{tok}]")),
+            "",
+        )
+        .await;
+    // The same kind of message outside the Inbox is not correlated.
+    let elsewhere = rfc5322(
+        Some("elsewhere@example.org"),
+        "ann@example.com",
+        &["lee@example.org"],
+        &format!("Re: About the quote [{tok}]"),
+        "In-Reply-To: <orig@example.com>\r\n",
+    );
+    let elsewhere_uid = m.append("Sent", &elsewhere, "\\Seen").await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&2), "{r:?}");
+    let email = &w.email_by_mid("reply@example.org").await[0];
+    assert_eq!(email["regarding"]["id"], acme.as_str());
+    assert_eq!(
+        w.email_by_mid("token@example.org").await[0]["regarding"]["id"],
+        acme.as_str()
+    );
+    assert!(m.has("INBOX", reply_uid, TRACKED).await);
+    assert!(
+        m.has("INBOX", reply_uid, &regarding_kw("accounts", &acme))
+            .await
+    );
+    assert!(m.has("INBOX", token_uid, TRACKED).await);
+    assert!(!m.has("INBOX", unrelated, TRACKED).await);
+    assert!(!m.has("Sent", elsewhere_uid, TRACKED).await);
+    assert!(w.email_by_mid("news@example.org").await.is_empty());
+    assert!(w.email_by_mid("elsewhere@example.org").await.is_empty());
+    let e = cmd::explain(&m.agent, Some("mid:reply@example.org"), None)
+        .await
+        .unwrap();
+    assert!(
+        e.reasons[0].contains("R-M5") && e.reasons[0].contains("message_id"),
+        "{e:?}"
+    );
+    let e = cmd::explain(&m.agent, Some("mid:token@example.org"), None)
+        .await
+        .unwrap();
+    assert!(e.reasons[0].contains("tracking_token"), "{e:?}");
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+async fn r_m6_auto_track_all_none_and_exclusion_list(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    w.user("bob@example.com").await;
+    w.org_settings(json!({"exclusions": ["noreply@*"]})).await;
+    w.user_settings(
+        &m.user_id,
+        json!({"auto_track": "all", "exclusions": ["@hr.example.com"]}),
+    )
+    .await;
+    let all = m
+        .append("INBOX", &lee("all@example.org", "Hello"), "")
+        .await;
+    let shop = rfc5322(
+        Some("shop@example.org"),
+        "noreply@shop.example",
+        &["ann@example.com"],
+        "Receipt",
+        "",
+    );
+    let shop_uid = m.append("INBOX", &shop, "").await;
+    let hr = rfc5322(
+        Some("hr@example.org"),
+        "lee@example.org",
+        &["ann@example.com", "pay@hr.example.com"],
+        "Salary",
+        "",
+    );
+    m.append("INBOX", &hr, "").await;
+    let internal = rfc5322(
+        Some("internal@example.com"),
+        "bob@example.com",
+        &["ann@example.com"],
+        "Lunch",
+        "",
+    );
+    m.append("INBOX", &internal, "").await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    assert_eq!(w.email_by_mid("all@example.org").await.len(), 1);
+    assert!(m.has("INBOX", all, TRACKED).await);
+    assert!(w.email_by_mid("shop@example.org").await.is_empty());
+    assert!(w.email_by_mid("hr@example.org").await.is_empty());
+    assert!(w.email_by_mid("internal@example.com").await.is_empty());
+    let agent = &m.agent;
+    let why = |mid: &'static str| async move {
+        cmd::explain(agent, Some(mid), None).await.unwrap().reasons[0].clone()
+    };
+    assert!(why("mid:shop@example.org").await.contains("'noreply@*'"));
+    assert!(why("mid:hr@example.org")
+        .await
+        .contains("'@hr.example.com'"));
+    assert!(why("mid:internal@example.com").await.contains("internal"));
+    // Manual tracking still works for an excluded message.
+    m.store("INBOX", shop_uid, "+FLAGS", TRACKED).await;
+    assert_eq!(sync(&m.agent).await.pushed.get("track"), Some(&1));
+    // Setting none: even a reply to a tracked email is not tracked.
+    w.user_settings(&m.user_id, json!({"auto_track": "none"}))
+        .await;
+    let (_, orig) = tracked_sent(&w, &mut m).await;
+    let reply = rfc5322(
+        Some("reply-none@example.org"),
+        "lee@example.org",
+        &["ann@example.com"],
+        "Re: Quote 42",
+        &format!(
+            "In-Reply-To: <{}>\r\n",
+            orig["message_id"].as_str().unwrap()
+        ),
+    );
+    let reply_uid = m.append("INBOX", &reply, "").await;
+    let r = sync(&m.agent).await;
+    assert!(r.pushed.is_empty(), "{r:?}");
+    assert!(!m.has("INBOX", reply_uid, TRACKED).await);
+    let agent = &m.agent;
+    let why = |mid: &'static str| async move {
+        cmd::explain(agent, Some(mid), None).await.unwrap().reasons[0].clone()
+    };
+    assert!(why("mid:reply-none@example.org").await.contains("none"));
+}
+
+async fn r_m7_regarding_change_in_crm_reaches_message_as_keyword(flavor: Flavor) {
+    let w = world().await;
+    let mut ann = mailbox_of(&w, flavor, "ann@example.com", &[], |_| {}).await;
+    let mut bob = mailbox_of(&w, flavor, "bob@example.com", &[], |_| {}).await;
+    let raw = rfc5322(
+        Some("shared@example.com"),
+        "ann@example.com",
+        &["bob@example.com", "lee@example.org"],
+        "Shared",
+        "",
+    );
+    let flags = format!("\\Seen {TRACKED}");
+    let a = ann.append("Sent", &raw, &flags).await;
+    let b = bob.append("INBOX", &raw, TRACKED).await;
+    sync(&ann.agent).await;
+    sync(&bob.agent).await;
+    let emails = w.email_by_mid("shared@example.com").await;
+    assert_eq!(emails.len(), 1, "R-E9 off: one shared activity");
+    let email_id = emails[0]["id"].as_str().unwrap().to_string();
+    // Ann sets the regarding by command.
+    let acme = w.account(&ann.token, "Acme").await;
+    cmd::set_regarding(
+        &ann.agent,
+        &["mid:shared@example.com".to_string()],
+        &format!("accounts/{acme}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.email_by_mid("shared@example.com").await[0]["regarding"]["id"],
+        acme.as_str()
+    );
+    assert!(ann.has("Sent", a, &regarding_kw("accounts", &acme)).await);
+    // It reaches Bob's mailbox as a keyword (email tagging).
+    let r = sync(&bob.agent).await;
+    assert_eq!(r.written_to_mailbox, 1, "{r:?}");
+    assert!(r.pushed.is_empty(), "no echo: {r:?}");
+    assert!(bob.has("INBOX", b, &regarding_kw("accounts", &acme)).await);
+    // Changed in the CRM: the old keyword is replaced.
+    let globex = w.account(&ann.token, "Globex").await;
+    let (status, body) = w
+        .call(
+            &ann.token,
+            Method::PATCH,
+            &format!("/api/v1/emails/{email_id}"),
+            Some(json!({"regarding": {"set": "accounts", "id": globex}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync(&bob.agent).await;
+    assert!(
+        bob.has("INBOX", b, &regarding_kw("accounts", &globex))
+            .await
+    );
+    assert!(!bob.has("INBOX", b, &regarding_kw("accounts", &acme)).await);
+    assert!(bob.has("INBOX", b, TRACKED).await);
+    assert!(sync(&bob.agent).await.pushed.is_empty());
+    let r = sync(&ann.agent).await;
+    assert!(r.pushed.is_empty(), "{r:?}");
+    assert!(
+        ann.has("Sent", a, &regarding_kw("accounts", &globex))
+            .await
+    );
+}
+
+async fn r_m8_marked_message_moved_to_unsynchronized_folder_is_reported(flavor: Flavor) {
+    let w = world().await;
+    let mut m = mailbox_of(&w, flavor, "ann@example.com", &["Archive"], |_| {}).await;
+    let kept = m
+        .append("INBOX", &lee("kept@example.org", "Kept"), TRACKED)
+        .await;
+    sync(&m.agent).await;
+    // Tracking of the next one is refused (R-E10): it stays "to be tracked".
+    w.org_settings(json!({"approved_only": true})).await;
+    let moved = m
+        .append("INBOX", &lee("moved@example.org", "Moved"), TRACKED)
+        .await;
+    let r = m.agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    // Another client moves both to a folder that is not synchronized.
+    m.move_to("INBOX", "Archive", moved).await;
+    m.move_to("INBOX", "Archive", kept).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
+    assert!(
+        r.reported
+            .iter()
+            .any(|x| x.contains("moved@example.org") && x.contains("R-M8")),
+        "{r:?}"
+    );
+    let s = m.agent.status().await.unwrap();
+    assert!(
+        s.reported
+            .iter()
+            .any(|x| x.contains("moved@example.org") && x.contains("R-M8")),
+        "{s:?}"
+    );
+    assert_eq!(s.tracked, 0);
+    // The tracked one stays in the CRM.
+    assert_eq!(w.email_by_mid("kept@example.org").await.len(), 1);
+}
+
+async fn r_e7_bulk_tracking_of_many_messages(flavor: Flavor) {
+    const N: usize = 150;
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    for i in 0..N {
+        m.append(
+            "INBOX",
+            &lee(&format!("bulk{i}@example.org"), &format!("Bulk {i}")),
+            "\\Seen",
+        )
+        .await;
+    }
+    sync(&m.agent).await;
+    // Another client marks them all at once; one sync tracks them.
+    m.other.select("INBOX").await;
+    m.other
+        .cmd(&format!("UID STORE 1:* +FLAGS ({TRACKED})"))
+        .await;
+    let started = std::time::Instant::now();
+    let r = sync(&m.agent).await;
+    eprintln!("bulk tracking of {N} messages: {:?}", started.elapsed());
+    assert_eq!(r.pushed.get("track"), Some(&N), "{r:?}");
+    assert_eq!(w.emails().await.len(), N);
+    assert_eq!(m.agent.status().await.unwrap().tracked, N as u64);
+    assert!(sync(&m.agent).await.pushed.is_empty());
+    // And by command: a second batch marked by `crmsync track`.
+    let mut mids = Vec::new();
+    for i in 0..20 {
+        let mid = format!("cmd{i}@example.org");
+        m.append("INBOX", &lee(&mid, "Cmd"), "\\Seen").await;
+        mids.push(format!("mid:{mid}"));
+    }
+    sync(&m.agent).await;
+    let r = cmd::track(&m.agent, &mids, None).await.unwrap();
+    assert!(r.items.iter().all(|(_, id)| id.is_some()), "{r:?}");
+    assert_eq!(w.emails().await.len(), N + 20);
+}
+
+async fn r_e9_two_activities(flavor: Flavor) {
+    let w = world().await;
+    let mut ann = mailbox_of(&w, flavor, "ann@example.com", &[], |_| {}).await;
+    let mut bob = mailbox_of(&w, flavor, "bob@example.com", &[], |_| {}).await;
+    w.org_settings(json!({"two_activities": true})).await;
+    let raw = rfc5322(
+        Some("two@example.com"),
+        "ann@example.com",
+        &["bob@example.com"],
+        "Two",
+        "",
+    );
+    ann.append("Sent", &raw, &format!("\\Seen {TRACKED}")).await;
+    bob.append("INBOX", &raw, TRACKED).await;
+    sync(&ann.agent).await;
+    sync(&bob.agent).await;
+    let mut owners: Vec<String> = w
+        .email_by_mid("two@example.com")
+        .await
+        .iter()
+        .map(|e| e["owner_id"].as_str().unwrap().to_string())
+        .collect();
+    owners.sort();
+    let mut expected = vec![ann.user_id.clone(), bob.user_id.clone()];
+    expected.sort();
+    assert_eq!(owners, expected, "one activity per CRM user party");
+    let bobs = cmd::item_status(&bob.agent, "mid:two@example.com")
+        .await
+        .unwrap();
+    let (_, mine) = w
+        .get(
+            &bob.token,
+            &format!("/api/v1/emails/{}", bobs.crm_id.unwrap()),
+        )
+        .await;
+    assert_eq!(mine["owner_id"], bob.user_id.as_str());
+}
+
+async fn r_e10_unapproved_user_refused_and_reported(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    w.org_settings(json!({"approved_only": true})).await;
+    m.append("INBOX", &lee("e10@example.org", "Hi"), TRACKED)
+        .await;
+    let r = m.agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(
+        r.refused.iter().any(|x| x.contains("not_approved")),
+        "{r:?}"
+    );
+    assert!(w.emails().await.is_empty());
+    let s = m.agent.status().await.unwrap();
+    assert_eq!(s.to_be_tracked, 1);
+    assert!(
+        s.reported.iter().any(|x| x.contains("not_approved")),
+        "{s:?}"
+    );
+    // Not retried at every sync while nothing changes.
+    assert!(sync(&m.agent).await.refused.is_empty());
+    let (status, body) = w
+        .call(
+            &w.admin,
+            Method::PATCH,
+            &format!("/api/v1/users/{}", m.user_id),
+            Some(json!({"approved_email": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = cmd::track(&m.agent, &["mid:e10@example.org".to_string()], None)
+        .await
+        .unwrap();
+    assert!(r.items[0].1.is_some(), "{r:?}");
+    assert_eq!(w.email_by_mid("e10@example.org").await.len(), 1);
+    assert!(m.agent.status().await.unwrap().reported.is_empty());
+}
+
+async fn section_9_crm_deletes_tracked_email_message_kept_keyword_removed(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let uid = m
+        .append(
+            "INBOX",
+            &lee("gone@example.org", "Gone"),
+            &format!("\\Seen {TRACKED}"),
+        )
+        .await;
+    sync(&m.agent).await;
+    let id = w.email_by_mid("gone@example.org").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = w
+        .call(
+            &m.token,
+            Method::DELETE,
+            &format!("/api/v1/emails/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let r = sync(&m.agent).await;
+    assert_eq!(r.unlinked_in_mailbox, 1, "{r:?}");
+    assert!(!m.has("INBOX", uid, TRACKED).await, "keyword removed");
+    assert!(m.has("INBOX", uid, "\\Seen").await, "message kept");
+    let s = m.agent.status().await.unwrap();
+    assert_eq!((s.not_tracked, s.tracked), (1, 0));
+    assert!(sync(&m.agent).await.pushed.is_empty(), "no untrack echo");
+}
+
+async fn section_9_user_deletes_message_crm_activity_kept(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let uid = m
+        .append(
+            "INBOX",
+            &lee("del@example.org", "Delete me"),
+            &format!("\\Seen {TRACKED}"),
+        )
+        .await;
+    sync(&m.agent).await;
+    m.expunge("INBOX", uid).await;
+    // R-T2: a notification-triggered sync leaves the deletion for later.
+    let r = m
+        .agent
+        .sync_once(SyncOptions {
+            defer_deletions: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.deferred_deletions, 1, "{r:?}");
+    assert!(r.pushed.is_empty());
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("del@example.org").await.len(),
+        1,
+        "the CRM activity is kept"
+    );
+    assert_eq!(m.agent.status().await.unwrap().tracked, 0);
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let raw = lee("uv@example.org", "Kept across UIDVALIDITY");
+    let flags = format!("\\Seen {TRACKED}");
+    m.append("CRM", &lee("uv-other@example.org", "Other"), "\\Seen")
+        .await;
+    m.append("CRM", &raw, &flags).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&2), "{r:?}");
+    // Another client deletes and recreates the folder: new UIDVALIDITY, the
+    // same message comes back (under the same UID numbers).
+    m.other.cmd("DELETE \"CRM\"").await;
+    m.other.cmd("CREATE \"CRM\"").await;
+    let uid = m.append("CRM", &raw, &flags).await;
+    let r = sync(&m.agent).await;
+    assert!(r.pushed.get("track").is_none_or(|n| *n <= 1), "{r:?}");
+    let emails = w.email_by_mid("uv@example.org").await;
+    assert_eq!(emails.len(), 1, "no duplicate CRM email");
+    assert_eq!(w.emails().await.len(), 2, "{:?}", w.emails().await);
+    let s = cmd::item_status(&m.agent, "mid:uv@example.org")
+        .await
+        .unwrap();
+    assert_eq!(s.link, 2, "{s:?}");
+    assert_eq!(s.crm_id.as_deref(), emails[0]["id"].as_str(), "re-linked");
+    assert!(m.has("CRM", uid, TRACKED).await);
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor: Flavor) {
+    const N: usize = 30;
+    let w = world().await;
+    let (_, token) = w.user("ann@example.com").await;
+    let dovecot = Dovecot::start(flavor).await;
+    let mut other = dovecot.client().await;
+    for f in ["Sent", "Drafts", "CRM"] {
+        other.cmd(&format!("CREATE \"{f}\"")).await;
+    }
+    let proxy = Proxy::start(dovecot.port).await;
+    let agent = w
+        .imap_agent(
+            &token,
+            "ann",
+            "ann-cache",
+            proxy.port,
+            dovecot::USER,
+            dovecot::PASSWORD,
+            |_| {},
+        )
+        .await;
+    sync(&agent).await;
+    let body = "x".repeat(4000);
+    for i in 0..N {
+        let raw = rfc5322(
+            Some(&format!("drop{i}@example.org")),
+            "lee@example.org",
+            &["ann@example.com"],
+            "Drop",
+            &format!("X-Padding: {body}\r\n"),
+        );
+        other
+            .append_flags("INBOX", &format!("\\Seen {TRACKED}"), &raw)
+            .await;
+    }
+    // The connection is cut once 60 KB of answers passed: in the middle of
+    // the FETCH of the bodies.
+    proxy.cut_after(60_000);
+    let failed = agent.sync_once(SyncOptions::default()).await;
+    match &failed {
+        Ok(r) => assert!(!r.errors.is_empty(), "the cut is reported: {r:?}"),
+        Err(e) => eprintln!("sync failed as expected: {e:#}"),
+    }
+    let before = w.emails().await.len();
+    assert!(before < N, "the cut stopped the sync part way ({before})");
+    // The next sync completes; nothing lost, nothing duplicated.
+    let r = sync(&agent).await;
+    assert_eq!(
+        r.pushed.get("track").copied().unwrap_or(0) + before,
+        N,
+        "{r:?}"
+    );
+    let emails = w.emails().await;
+    assert_eq!(emails.len(), N);
+    let mut mids: Vec<&str> = emails
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap())
+        .collect();
+    mids.sort();
+    mids.dedup();
+    assert_eq!(mids.len(), N, "no duplicates");
+    assert_eq!(agent.status().await.unwrap().tracked, N as u64);
+    assert!(sync(&agent).await.pushed.is_empty());
+}
+
+async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let no_id = rfc5322(None, "lee@example.org", &["ann@example.com"], "No id", "");
+    let mut eight_bit = b"Message-ID: <latin1@example.org>\r\nFrom: <lee@example.org>\r\nTo: ann@example.com\r\nSubject: Gr\xfc\xdfe\r\n\r\nHallo\r\n".to_vec();
+    eight_bit.extend_from_slice(b"\xe9t\xe9\r\n");
+    let broken = b"Message-ID: <broken@example.org>\r\nFrom: lee@example.org\r\nSubject: broken\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\nno boundary here\r\n".to_vec();
+    // Over the server's 25 MB limit for a raw message.
+    let mut huge = lee("huge@example.org", "Huge");
+    huge.truncate(huge.len() - 2);
+    let line = [b'A'; 76];
+    while huge.len() < 26 * 1024 * 1024 {
+        huge.extend_from_slice(&line);
+        huge.extend_from_slice(b"\r\n");
+    }
+    let good = lee("good@example.org", "Good");
+    let flags = format!("\\Seen {TRACKED}");
+    let mut uids = Vec::new();
+    for raw in [&no_id, &eight_bit, &broken, &huge, &good] {
+        uids.push(m.append("INBOX", raw, &flags).await);
+    }
+    let r = m.agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(r.pushed.get("track"), Some(&4), "{r:?}");
+    let huge_href = uids[3].to_string();
+    let problems: Vec<&String> = r.errors.iter().chain(&r.refused).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|x| x.contains(&huge_href) && x.contains("too large")),
+        "the huge one is refused clearly: {r:?}"
+    );
+    let emails = w.emails().await;
+    assert_eq!(emails.len(), 4);
+    assert!(emails.iter().any(|e| e["message_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("@synthetic.invalid")));
+    let latin = &w.email_by_mid("latin1@example.org").await[0];
+    assert_eq!(latin["subject"], "Grüße");
+    assert_eq!(w.email_by_mid("broken@example.org").await.len(), 1);
+    assert!(w.email_by_mid("huge@example.org").await.is_empty());
+    let s = m.agent.status().await.unwrap();
+    assert_eq!(s.tracked, 4);
+    assert!(
+        s.reported.iter().any(|x| x.contains("too large")),
+        "{s:?}"
+    );
+    for uid in [uids[0], uids[1], uids[2], uids[4]] {
+        assert!(m.has("INBOX", uid, TRACKED).await);
+    }
+    // The synthetic Message-ID is stable and the huge one is not sent again
+    // while it does not change: the next sync changes nothing.
+    let r = m.agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.pushed.is_empty(), "{r:?}");
+    assert!(r.refused.is_empty() && r.errors.is_empty(), "{r:?}");
+}
