@@ -662,7 +662,7 @@ async fn r_e7_bulk_tracking_of_many_messages(flavor: Flavor) {
     eprintln!("bulk tracking of {N} messages: {:?}", started.elapsed());
     assert_eq!(r.pushed.get("track"), Some(&N), "{r:?}");
     assert_eq!(w.emails().await.len(), N);
-    assert_eq!(m.agent.status().await.unwrap().tracked, N as u64);
+    assert_eq!(m.agent.status().await.unwrap().tracked, N as i64);
     assert!(sync(&m.agent).await.pushed.is_empty());
     // And by command: a second batch marked by `crmsync track`.
     let mut mids = Vec::new();
@@ -909,7 +909,7 @@ async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor
     mids.sort();
     mids.dedup();
     assert_eq!(mids.len(), N, "no duplicates");
-    assert_eq!(agent.status().await.unwrap().tracked, N as u64);
+    assert_eq!(agent.status().await.unwrap().tracked, N as i64);
     assert!(sync(&agent).await.pushed.is_empty());
 }
 

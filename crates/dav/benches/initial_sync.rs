@@ -23,7 +23,7 @@
 //! interleaved, medians of R × 7 of each.
 //!
 //!   cargo bench -p crmsync-dav --bench initial_sync -- [--items N] [--runs R]
-//!       [--server radicale|xandikos] [--only-crmsync]
+//!       [--server radicale|xandikos] [--only-crmsync | --no-vdirsyncer]
 //!
 //! N per kind (default 20: a seconds-long smoke run), R runs (default 1).
 
@@ -302,6 +302,7 @@ async fn main() {
         _ => Kind::Radicale,
     };
     let only_crmsync = flag("--only-crmsync");
+    let no_vdirsyncer = flag("--no-vdirsyncer");
     let server = Server::start(kind).await;
     let items = samples(n);
     let total = items.len();
@@ -312,10 +313,17 @@ async fn main() {
     let http = reqwest::Client::new();
     let mut wall: [Vec<f64>; 3] = Default::default();
     let mut cpu_per_item = Vec::new();
+    let mut floor_cpu_per_item = Vec::new();
     let mut quiet_crmsync = Vec::new();
     let mut quiet_floor = Vec::new();
     let mut requests_per_collection = Vec::new();
-    let variants: &[usize] = if only_crmsync { &[0] } else { &[0, 1, 2] };
+    let variants: &[usize] = if only_crmsync {
+        &[0]
+    } else if no_vdirsyncer {
+        &[0, 1]
+    } else {
+        &[0, 1, 2]
+    };
     for run in 0..runs {
         let mut order = variants.to_vec();
         let k = run % order.len();
@@ -363,7 +371,12 @@ async fn main() {
                     }
                     t
                 }
-                1 => run_floor(&http, &urls, &items).await,
+                1 => {
+                    let cpu = cpu_self();
+                    let t = run_floor(&http, &urls, &items).await;
+                    floor_cpu_per_item.push((cpu_self() - cpu).as_secs_f64() * 1e6 / total as f64);
+                    t
+                }
                 _ => {
                     let work = tempfile::tempdir().unwrap();
                     run_vdirsyncer(work.path(), &urls, &items)
@@ -384,12 +397,24 @@ async fn main() {
     let m: Vec<f64> = wall.iter().map(|w| median(w)).collect();
     println!("\ninitial sync, median of {runs}:");
     println!("  crmsync     {:>8.2} s", m[0]);
+    if !floor_cpu_per_item.is_empty() {
+        println!(
+            "  floor CPU per item (RUSAGE_SELF): median {:.0} µs (runs: {:?})",
+            median(&floor_cpu_per_item),
+            floor_cpu_per_item
+                .iter()
+                .map(|c| c.round())
+                .collect::<Vec<_>>()
+        );
+    }
     if !only_crmsync {
         println!(
             "  floor (PUT) {:>8.2} s   crmsync/floor = {:.3}",
             m[1],
             m[0] / m[1]
         );
+    }
+    if !wall[2].is_empty() {
         println!(
             "  vdirsyncer  {:>8.2} s   crmsync/vdirsyncer = {:.3}",
             m[2],

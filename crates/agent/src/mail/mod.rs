@@ -41,6 +41,9 @@ use plan::{Decision, Facts, FolderRole, Known, MailOp, Regarding, Step};
 /// proceeds batch by batch, memory bounded by the batch).
 const BATCH: usize = 100;
 
+/// The largest raw message the CRM server stores (its `MAX_RAW`).
+const MAX_RAW_MESSAGE: usize = 25 * 1024 * 1024;
+
 /// A configured mail folder that exists in the mailbox.
 #[derive(Debug, Clone)]
 pub struct Folder {
@@ -196,6 +199,22 @@ impl Agent {
                     }
                 }
             }
+            // A new UIDVALIDITY (the folder was deleted and created again):
+            // a UID listed both as deleted and as changed names two
+            // different messages. The old one leaves first, so the new one
+            // is planned as new and re-linked by its Message-ID.
+            let reused: HashSet<String> = changed
+                .iter()
+                .filter(|r| changes.deleted.contains(&r.href))
+                .map(|r| r.href.clone())
+                .collect();
+            for href in &reused {
+                if let Some(c) = self.cache().message(&folder.id, href).await? {
+                    if !c.gone {
+                        self.message_gone(&mut run, c, report).await?;
+                    }
+                }
+            }
             let mut pending = Vec::new();
             // A large change (a first scan): the folder's rows at once.
             let mut rows: Option<HashMap<String, CachedMessage>> = if changed.len() > 64 {
@@ -280,7 +299,7 @@ impl Agent {
                     self.progress("tracking messages", done, total);
                 }
             }
-            for href in &changes.deleted {
+            for href in changes.deleted.iter().filter(|h| !reused.contains(*h)) {
                 if let Some(c) = self.cache().message(&folder.id, href).await? {
                     if !c.gone {
                         gone.push((folder.clone(), c));
@@ -494,6 +513,21 @@ impl Agent {
                     let (raw, parsed) = message.ok_or_else(|| {
                         anyhow::anyhow!("{}/{}: track without the message", folder.id, p.r.href)
                     })?;
+                    if raw.len() > MAX_RAW_MESSAGE {
+                        // The CRM refuses it, and a request this large
+                        // would fail with everything batched with it:
+                        // refused here, reported, not sent again until
+                        // the message changes.
+                        let problem = format!(
+                            "track refused: message_too_large: the message is too large ({} bytes; the CRM accepts at most {MAX_RAW_MESSAGE})",
+                            raw.len()
+                        );
+                        report
+                            .refused
+                            .push(format!("{}/{}: {problem}", folder.id, p.r.href));
+                        row.problem = Some(problem);
+                        continue;
+                    }
                     let mut body = json!({
                         "set": "emails",
                         "raw": STANDARD.encode(raw),

@@ -374,6 +374,11 @@ service imap-login {{
     /// Writes `count` small messages as Maildir++ files of `folder` (before
     /// Dovecot first opens it), owned like Dovecot's own files.
     pub fn seed_maildir(&self, folder: &str, count: usize) {
+        self.seed_maildir_with(folder, count, |i| message(&format!("seed{i}"), "Seed"));
+    }
+
+    /// As [`Dovecot::seed_maildir`], message `i` being `make(i)`.
+    pub fn seed_maildir_with(&self, folder: &str, count: usize, make: impl Fn(usize) -> Vec<u8>) {
         let base = self.dir.path().join("mail").join(USER);
         let dir = base.join(format!(".{folder}"));
         for sub in ["cur", "new", "tmp"] {
@@ -389,7 +394,7 @@ service imap-login {{
             dir.join("maildirfolder"),
         ];
         for i in 0..count {
-            let data = message(&format!("seed{i}"), "Seed");
+            let data = make(i);
             let name = format!("1700000000.M{i}P1.seed,S={}:2,", data.len());
             let path = dir.join("cur").join(name);
             fs::write(&path, data).unwrap();
