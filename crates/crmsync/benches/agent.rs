@@ -14,14 +14,15 @@
 //!
 //! N per kind (default 10000), E edits timed (default 5).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use std::time::{Duration, Instant};
+use support::{Killed, Server, BIN};
 
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_crmsync");
 
 fn arg(name: &str, default: usize) -> usize {
     let argv: Vec<String> = std::env::args().collect();
@@ -30,23 +31,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| argv.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Peak RSS of the children waited for so far, in MiB.
@@ -90,47 +74,9 @@ async fn main() {
     let n = arg("--items", 10_000);
     let edits = arg("--edits", 5);
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
-    let init = Command::new(BIN)
-        .args([
-            "admin",
-            "init",
-            "--db",
-            &db,
-            "--email",
-            "me@example.com",
-            "--name",
-            "Me",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let token = String::from_utf8(init.stdout)
-        .unwrap()
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap()
-        .trim()
-        .to_string();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = Killed(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--db",
-                &db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let server = Server::start(dir.path()).await;
+    let (base, token) = (server.base.clone(), server.token.clone());
     let http = reqwest::Client::new();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Seed the CRM over the REST API, 16 requests at a time.
     let t = Instant::now();
@@ -171,16 +117,7 @@ async fn main() {
     let seed = t.elapsed();
 
     let root = dir.path().join("mailbox");
-    std::fs::create_dir_all(&root).unwrap();
-    let config = dir.path().join("agent.toml");
-    let mut f = std::fs::File::create(&config).unwrap();
-    writeln!(
-        f,
-        "[crm]\nurl = \"{base}\"\ntoken = \"{token}\"\n[client]\nname = \"bench\"\ncache = \"{}\"\n[mailbox.local]\nroot = \"{}\"\n[sync]\ninterval = \"15m\"",
-        dir.path().join("cache.db").display(),
-        root.display()
-    )
-    .unwrap();
+    let config = server.agent_config(dir.path(), "bench", &root);
 
     println!(
         "agent benchmark: {} items ({n} per kind); seeding the CRM took {:.1} s",

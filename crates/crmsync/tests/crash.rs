@@ -9,25 +9,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+mod support;
 use std::time::{Duration, Instant};
+use support::{Server, BIN};
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_crmsync");
 /// Items created on each side: CRM contacts to deliver, and tracked vCards
 /// in the mailbox to push.
 const PER_SIDE: usize = 1_000;
 const KILLS: usize = 20;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Crm {
     base: String,
@@ -124,65 +117,12 @@ fn run_sync(config: &Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_t4_sigkill_during_a_2000_item_sync_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
-    let init = Command::new(BIN)
-        .args([
-            "admin",
-            "init",
-            "--db",
-            &db,
-            "--email",
-            "me@example.com",
-            "--name",
-            "Me",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let token = String::from_utf8(init.stdout)
-        .unwrap()
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap()
-        .trim()
-        .to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Killed(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--db",
-                &db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let server = Server::start(dir.path()).await;
     let crm = Crm {
-        base: format!("http://127.0.0.1:{port}"),
-        token,
+        base: server.base.clone(),
+        token: server.token.clone(),
         http: reqwest::Client::new(),
     };
-    let started = Instant::now();
-    while crm
-        .http
-        .get(format!("{}/healthz", crm.base))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // 1,000 contacts in the CRM, 1,000 tracked vCards in the mailbox.
     for chunk in (0..PER_SIDE).collect::<Vec<_>>().chunks(25) {
@@ -201,18 +141,7 @@ async fn r_t4_sigkill_during_a_2000_item_sync_loses_and_duplicates_nothing() {
     for i in 0..PER_SIDE {
         std::fs::write(contacts_dir.join(format!("mb-{i}.vcf")), mailbox_card(i)).unwrap();
     }
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[crm]\nurl = \"{}\"\ntoken = \"{}\"\n[client]\nname = \"crash\"\ncache = \"{}\"\n[mailbox.local]\nroot = \"{}\"\n",
-            crm.base,
-            crm.token,
-            dir.path().join("cache.db").display(),
-            root.display()
-        ),
-    )
-    .unwrap();
+    let config = server.agent_config(dir.path(), "crash", &root);
 
     // How long one uninterrupted sync of everything would take is unknown on
     // this machine: kill at random points up to a bound that grows while
