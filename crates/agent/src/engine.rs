@@ -383,7 +383,9 @@ impl Agent {
         Some(now_rfc3339(OffsetDateTime::from(t)))
     }
 
-    async fn register(&self, report: &mut SyncReport) -> anyhow::Result<(String, Role)> {
+    /// Registers (or finds again) this client: its id, its role, and the
+    /// server's name of the role.
+    async fn register(&self) -> anyhow::Result<(String, Role, String)> {
         let client = self
             .crm
             .register(&self.cfg.client_name, self.cfg.on_behalf_of.as_deref())
@@ -400,8 +402,7 @@ impl Agent {
         } else {
             Role::Secondary
         };
-        report.client_id = id.clone();
-        report.role = client["role"].as_str().unwrap_or("").to_string();
+        let role_name = client["role"].as_str().unwrap_or("").to_string();
         if let Some(schedule) = client.get("schedule") {
             let every = (schedule["enabled"] != false).then(|| {
                 std::time::Duration::from_secs(
@@ -410,24 +411,14 @@ impl Agent {
             });
             *self.schedule.lock().unwrap_or_else(|e| e.into_inner()) = Some(every);
         }
-        Ok((id, role))
+        Ok((id, role, role_name))
     }
 
     /// One synchronization.
     pub async fn sync_once(&self, options: SyncOptions) -> anyhow::Result<SyncReport> {
         let started = std::time::Instant::now();
         let mut report = SyncReport::default();
-        let (client, role) = self.register(&mut report).await?;
         let writes_before = self.item_writes.load(Ordering::Relaxed);
-
-        // 0. Operations journaled by an earlier, interrupted sync (R-T4).
-        let pending = self.cache.journal_pending().await?;
-        if !pending.is_empty() {
-            self.send(&client, pending, &mut report).await?;
-        }
-
-        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "registered");
-        // (a) scan.
         let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
         let mut new_states: Vec<(String, SyncState)> = Vec::new();
         let mut incomplete: std::collections::HashSet<String> = Default::default();
@@ -437,9 +428,9 @@ impl Agent {
                 stored_states.insert(collection.to_string(), SyncState::new(state));
             }
         }
-        // The collections are scanned side by side (a backend's scan is
-        // mostly waiting on the file system or the network).
-        let scans =
+        // (a) scan: the collections side by side (a backend's scan is mostly
+        // waiting on the file system or the network).
+        let scan_all = || {
             futures_util::future::join_all(self.item_collections.iter().map(|&collection| {
                 let state = stored_states.get(collection);
                 async move {
@@ -451,7 +442,34 @@ impl Agent {
                     }
                 }
             }))
-            .await;
+        };
+        // 0. Operations journaled by an earlier, interrupted sync (R-T4) go
+        // first: their answers may write into the mailbox before the scan.
+        // Without any, registration and prepare (b) run while the mailbox
+        // is scanned: neither depends on the other.
+        let pending = self.cache.journal_pending().await?;
+        let ((client, role, role_name), prep, scans) = if pending.is_empty() {
+            let crm_side = async {
+                let registered = self.register().await?;
+                let prep = self.crm.prepare(&registered.0).await?;
+                anyhow::Ok((registered, prep))
+            };
+            let (crm_side, scans) = tokio::join!(crm_side, scan_all());
+            let (registered, prep) = crm_side?;
+            (registered, prep, scans)
+        } else {
+            let registered = self.register().await?;
+            self.send(&registered.0, pending, &mut report).await?;
+            let scans = scan_all().await;
+            let prep = self.crm.prepare(&registered.0).await?;
+            (registered, prep, scans)
+        };
+        report.client_id = client.clone();
+        report.role = role_name;
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "registered, prepared, scanned"
+        );
         for (collection, changes) in self.item_collections.iter().copied().zip(scans) {
             let changes = changes?;
             if !changes.failed.is_empty() {
@@ -538,10 +556,9 @@ impl Agent {
 
         tracing::debug!(
             ms = started.elapsed().as_secs_f64() * 1e3,
-            "mailbox scanned"
+            "scan classified"
         );
-        // (b) prepare + data.
-        let prep = self.crm.prepare(&client).await?;
+        // (b) data of the prepared batch.
         let mut acks: Vec<(String, i64)> = Vec::new();
         let mut ops: Vec<JournalEntry> = Vec::new();
         let batch = prep["batch"].as_str().map(str::to_string);
