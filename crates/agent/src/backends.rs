@@ -68,6 +68,7 @@ async fn open_dav(d: &DavSettings) -> anyhow::Result<DavMailbox> {
     c.calendar = url("calendar", &d.calendar)?;
     c.tasks = url("tasks", &d.tasks)?;
     c.server = url("server", &d.server)?;
+    c.poll_interval = d.poll_interval;
     DavMailbox::connect(&c)
         .await
         .context("[mailbox.dav]: the DAV server could not be used")

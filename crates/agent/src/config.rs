@@ -36,6 +36,8 @@ pub struct DavSettings {
     pub server: Option<String>,
     pub username: String,
     pub password: String,
+    /// How often the sync tokens are polled for change notifications (R-T2).
+    pub poll_interval: Duration,
 }
 
 /// `[mailbox.imap]` (SPEC §13); the folder roles are in [`MailFolders`].
@@ -164,6 +166,7 @@ struct RawDav {
     calendar: Option<String>,
     tasks: Option<String>,
     server: Option<String>,
+    poll_interval: Option<String>,
     username: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
@@ -323,7 +326,14 @@ impl Config {
                 {
                     return Err(invalid("[mailbox.dav] names no collection; set contacts, calendar and tasks to collection URLs (or server to the server's root URL)".into()));
                 }
+                let poll_interval = match d.poll_interval {
+                    None => Duration::from_secs(2),
+                    Some(text) => parse_interval(&text).ok_or_else(|| {
+                        invalid(format!("[mailbox.dav] poll_interval = {text:?} is not a duration; write it like \"2s\" or \"1m\""))
+                    })?,
+                };
                 Some(DavSettings {
+                    poll_interval,
                     contacts: d.contacts,
                     calendar: d.calendar,
                     tasks: d.tasks,
@@ -563,6 +573,7 @@ mod tests {
         let dav = c.dav.unwrap();
         assert_eq!(dav.tasks.as_deref(), Some("http://d/todo/"));
         assert_eq!(dav.password, "s3cret");
+        assert_eq!(dav.poll_interval, Duration::from_secs(2));
         let imap = c.imap.unwrap();
         assert_eq!(
             (imap.port, imap.security.as_str(), imap.password.as_str()),

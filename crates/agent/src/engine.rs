@@ -428,6 +428,7 @@ impl Agent {
                 stored_states.insert(collection.to_string(), SyncState::new(state));
             }
         }
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "sync states read");
         // (a) scan: the collections side by side (a backend's scan is mostly
         // waiting on the file system or the network).
         let scan_all = || {
