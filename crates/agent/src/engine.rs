@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crmsync_core::entity::EntitySet;
 use crmsync_core::mapping::{
-    parse_item, project_fields, render_item, MailboxItem, RenderOptions, VcardVersion,
+    parse_item, project_fields, render_item, ItemKind, MailboxItem, RenderOptions, Status,
+    VcardVersion,
 };
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
@@ -162,8 +163,50 @@ fn linked(collection: &str, href: &str, etag: &str, uid: String, rec: &Record) -
         crm_id: Some(rec.id.to_string()),
         link: 2,
         version: rec.version,
-        baseline: project_fields(rec.set, &rec.fields),
+        baseline: baseline_of(rec),
     }
+}
+
+/// Key of the item's status (VTODO/VEVENT `STATUS`) in baselines and in
+/// [`comparable`]: merged like a field, but not a CRM field.
+const STATE_KEY: &str = "@state";
+
+/// What the mailbox shows of a record: its mapped fields and, for events
+/// and to-dos, its status. The baseline of R-F5.
+fn baseline_of(rec: &Record) -> Map<String, Value> {
+    let mut out = project_fields(rec.set, &rec.fields);
+    if has_status(rec.set) {
+        let status = Status::from_crm_state(rec.set, &rec.state);
+        out.insert(STATE_KEY.into(), json!(status.as_str()));
+    }
+    out
+}
+
+/// The same view of a mailbox item, to compare with its baseline.
+fn comparable(item: &MailboxItem) -> Map<String, Value> {
+    let mut out = item.fields.clone();
+    if has_status(item.set) {
+        out.insert(STATE_KEY.into(), json!(item.status.as_str()));
+    }
+    out
+}
+
+/// R-E4: a to-do (task, phone call, letter, fax) the CRM holds as
+/// completed or cancelled, as last synchronized.
+fn is_closed_todo(c: &CachedItem) -> bool {
+    let todo =
+        EntitySet::from_str(&c.set).is_ok_and(|set| ItemKind::for_set(set) == Some(ItemKind::Todo));
+    todo && c
+        .baseline
+        .get(STATE_KEY)
+        .is_some_and(|s| s != Status::Active.as_str())
+}
+
+fn has_status(set: EntitySet) -> bool {
+    matches!(
+        ItemKind::for_set(set),
+        Some(ItemKind::Event | ItemKind::Todo)
+    )
 }
 
 /// A mailbox item the scan found changed, deleted, or newly marked.
@@ -428,7 +471,10 @@ impl Agent {
                 stored_states.insert(collection.to_string(), SyncState::new(state));
             }
         }
-        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "sync states read");
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "sync states read"
+        );
         // (a) scan: the collections side by side (a backend's scan is mostly
         // waiting on the file system or the network).
         let scan_all = || {
@@ -667,7 +713,7 @@ impl Agent {
                             crm_id: Some(id.to_string()),
                             link: 2,
                             version: 0,
-                            baseline: f.item.fields.clone(),
+                            baseline: comparable(&f.item),
                         });
                         t.link = LinkState::Tracked;
                         t.side = MailboxSide::Unchanged;
@@ -854,8 +900,10 @@ impl Agent {
             let c = cached.clone().unwrap();
             let side = if !item.tracked || item.crm_id.is_none() {
                 MailboxSide::MarkerRemoved
-            } else if item.fields == c.baseline {
-                // Only unmapped properties changed: nothing to synchronize.
+            } else if comparable(item) == c.baseline || is_closed_todo(&c) {
+                // Only unmapped properties changed, or the to-do is completed
+                // or cancelled, whose edits stay in the mailbox (R-E4):
+                // nothing to synchronize.
                 let mut c = c;
                 c.etag = found.etag.clone();
                 self.cache.put_item(&c).await?;
@@ -951,7 +999,7 @@ impl Agent {
                 crm_id: rec.id.to_string(),
                 collection: collection.to_string(),
                 version: rec.version,
-                baseline: project_fields(rec.set, &rec.fields),
+                baseline: baseline_of(&rec),
                 old_etag,
             })
             .await?;
@@ -1121,6 +1169,9 @@ impl Agent {
             Action::PushTrack => {
                 let f = t.current.as_ref().context("track of an item not scanned")?;
                 let mut body = json!({"set": f.item.set.as_str(), "fields": f.item.fields, "item_uid": f.item.uid});
+                if has_status(f.item.set) {
+                    body["state"] = json!(f.item.status.as_str());
+                }
                 if let Some(id) = f.item.crm_id {
                     body["crm_id"] = json!(id.to_string());
                 }
@@ -1133,6 +1184,10 @@ impl Agent {
                     "set": set, "id": crm_id, "base_version": c.version,
                     "baseline": c.baseline, "fields": f.item.fields,
                 });
+                if let Some(base) = c.baseline.get(STATE_KEY) {
+                    body["base_state"] = base.clone();
+                    body["state"] = json!(f.item.status.as_str());
+                }
                 if let Some(m) = self
                     .modified_at(collection, &f.href)
                     .or_else(|| revised_at(&f.bytes))

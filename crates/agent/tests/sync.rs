@@ -779,3 +779,75 @@ async fn r_t1_scheduled_sync_follows_the_user_and_organization_settings() {
     let (ran, ()) = tokio::join!(run, checks);
     ran.unwrap();
 }
+
+/// Sets the status of the calendar item at `path` as a mail client would.
+fn set_status(path: &Path, status: crmsync_core::mapping::Status) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut item = parse_item(&bytes).unwrap();
+    item.status = status;
+    let mut opts = RenderOptions::new(time::OffsetDateTime::now_utc());
+    opts.existing = Some(&bytes);
+    std::fs::write(path, render_item(&item, &opts).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn r_f5_a_todo_completed_or_an_event_cancelled_in_the_mailbox_reaches_the_crm() {
+    use crmsync_core::mapping::Status;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (s, meeting) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/appointments",
+            Some(json!({"subject": "Kickoff", "start": "2030-06-01T10:00:00Z", "end": "2030-06-01T11:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{meeting}");
+    let (s, task) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"subject": "Send offer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{task}");
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let root = w.dir.path().join("ann");
+    set_status(&items_in(&root.join("tasks"))[0].0, Status::Completed);
+    set_status(&items_in(&root.join("calendar"))[0].0, Status::Canceled);
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&2), "{r:?}");
+    let state_of = |set: &'static str, rec: &Value| {
+        let path = format!("/api/v1/{set}/{}", rec["id"].as_str().unwrap());
+        let w = &w;
+        let ann = ann.clone();
+        async move { w.call(&ann, Method::GET, &path, None).await.1["state"].clone() }
+    };
+    assert_eq!(state_of("tasks", &task).await, "completed");
+    assert_eq!(state_of("appointments", &meeting).await, "canceled");
+    // Settled: nothing more to do, on either side.
+    let again = sync(&agent).await;
+    assert!(
+        again.pushed.is_empty() && again.written_to_mailbox == 0,
+        "{again:?}"
+    );
+    // R-E4: once completed, further mailbox edits of the to-do stay in the
+    // mailbox: not pushed, not retried, not overwritten.
+    let todo = items_in(&root.join("tasks"))[0].0.clone();
+    edit(&todo, "subject", "Renamed");
+    let r = sync(&agent).await;
+    assert!(r.pushed.is_empty(), "{r:?}");
+    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    let (_, rec) = w.call(&ann, Method::GET, &path, None).await;
+    assert_eq!(rec["subject"], "Send offer");
+    let kept = parse_item(&std::fs::read(&todo).unwrap()).unwrap();
+    assert_eq!(kept.fields["subject"], "Renamed");
+    let again = sync(&agent).await;
+    assert!(
+        again.pushed.is_empty() && again.written_to_mailbox == 0,
+        "{again:?}"
+    );
+}

@@ -182,6 +182,25 @@ pub enum Status {
 }
 
 impl Status {
+    /// `active`, `completed` or `canceled` (the `state` and `base_state` of
+    /// push operations).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Completed => "completed",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "active" => Some(Status::Active),
+            "completed" => Some(Status::Completed),
+            "canceled" => Some(Status::Canceled),
+            _ => None,
+        }
+    }
+
     /// The status a record in `state` shows in the mailbox. Events cannot
     /// show "completed", so a completed appointment is [`Status::Active`] there.
     pub fn from_crm_state(set: EntitySet, state: &str) -> Status {

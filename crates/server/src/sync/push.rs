@@ -7,6 +7,7 @@ use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crmsync_core::mapping::Status;
 use crmsync_core::merge::{merge, Side};
 use crmsync_core::sync_rules::{
     accepts_mailbox_edits, effect_of_mailbox_removal, is_closed_activity, CrmEffect,
@@ -229,12 +230,21 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     }
     let mut body = object(op, "fields")?;
     body.retain(|k, _| ctx.owner.to_crm(set, k) || set.field(k).is_some_and(|f| f.required));
+    // A completed or cancelled item is tracked as such.
+    if let Some(status) = status_of(op, "state") {
+        body.insert("state".into(), json!(status.crm_state(set, None)));
+    }
     let created =
         records::create_in(conn, ctx.actor, set, &Value::Object(body), ctx.version).await?;
     link(conn, ctx, &created.record, uid).await?;
     Ok(
         json!({"id": created.record.id, "version": created.record.version, "linked": false, "record": shown(ctx, &created.record)}),
     )
+}
+
+/// A mailbox status (`active`, `completed`, `canceled`) in an operation.
+fn status_of(op: &Value, key: &str) -> Option<Status> {
+    op.get(key).and_then(Value::as_str).and_then(Status::parse)
 }
 
 /// The fields the mailbox maps for a set: merging looks at these only.
@@ -306,6 +316,15 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
             && ctx.owner.to_crm(set, name)
         {
             patch.insert(name.clone(), new);
+        }
+    }
+    // The item's status (a to-do completed or cancelled, an event
+    // cancelled in the mail client) is merged like a field: the mailbox's
+    // change applies unless the CRM changed it too and is later.
+    if let (Some(mine), Some(base)) = (status_of(op, "state"), status_of(op, "base_state")) {
+        let crm_status = Status::from_crm_state(set, &crm.state);
+        if mine != base && mine != crm_status && (crm_status == base || mailbox_is_later) {
+            patch.insert("state".into(), json!(mine.crm_state(set, Some(&crm.state))));
         }
     }
     let record = if patch.is_empty() {
