@@ -234,6 +234,24 @@ impl Cache {
         )
     }
 
+    /// The items of `collection` in link state `link` (R-M3).
+    pub async fn items_with_link(
+        &self,
+        collection: &str,
+        link: u8,
+    ) -> anyhow::Result<Vec<CachedItem>> {
+        Ok(
+            sqlx::query("SELECT * FROM items WHERE collection = ? AND link = ? ORDER BY href")
+                .bind(collection)
+                .bind(link as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(Cache::row)
+                .collect(),
+        )
+    }
+
     pub async fn item_by_crm_id(&self, crm_id: &str) -> anyhow::Result<Option<CachedItem>> {
         Ok(sqlx::query("SELECT * FROM items WHERE crm_id = ?")
             .bind(crm_id)

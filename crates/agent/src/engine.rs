@@ -579,7 +579,20 @@ impl Agent {
                     }
                 }
             }
-            for href in &changes.deleted {
+            // Items waiting to be tracked (R-M3 state 1) keep the collection's
+            // state from being stored, so a scan cannot see them go: look.
+            let mut gone = changes.deleted.clone();
+            for waiting in self.cache.items_with_link(collection, 1).await? {
+                if !gone.contains(&waiting.href)
+                    && matches!(
+                        self.mailbox.get(collection, &waiting.href).await,
+                        Err(crmsync_mailbox::Error::NotFound { .. })
+                    )
+                {
+                    gone.push(waiting.href);
+                }
+            }
+            for href in &gone {
                 self.cache.clear_item_problem(collection, href).await?;
                 let Some(cached) = self.cache.item(collection, href).await? else {
                     continue;
@@ -595,6 +608,21 @@ impl Agent {
                         },
                     );
                 } else {
+                    if cached.link == 1 {
+                        // R-M8: marked but not yet tracked, and gone from the
+                        // synchronized collection: reported, never dropped
+                        // silently.
+                        let problem = format!(
+                            "\"{}\" was marked for tracking but moved out of the synchronized collections (or deleted) before it was tracked (R-M8); put it back to track it",
+                            cached.uid
+                        );
+                        report
+                            .reported
+                            .push(format!("{collection}/{href}: {problem}"));
+                        self.cache
+                            .set_item_problem(collection, href, &problem)
+                            .await?;
+                    }
                     self.cache.remove_item(collection, href).await?;
                 }
             }

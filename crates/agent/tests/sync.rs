@@ -851,3 +851,34 @@ async fn r_f5_a_todo_completed_or_an_event_cancelled_in_the_mailbox_reaches_the_
         "{again:?}"
     );
 }
+
+#[tokio::test]
+async fn r_m8_marked_item_moved_elsewhere_before_tracking_is_reported() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let primary = w.agent(&ann, "laptop", "laptop-cache").await;
+    sync(&primary).await;
+    // A secondary sees the marked item but leaves it to the primary (R-C3).
+    let secondary = w.agent(&ann, "phone", "phone-cache").await;
+    let card = w.contacts_dir("phone").join("marked-1.vcf");
+    std::fs::write(&card, MARKED).unwrap();
+    sync(&secondary).await;
+    assert_eq!(secondary.status().await.unwrap().to_be_tracked, 1);
+    // The user moves it to an address book that is not synchronized.
+    std::fs::remove_file(&card).unwrap();
+    let r = sync(&secondary).await;
+    assert!(r.reported.iter().any(|l| l.contains("R-M8")), "{r:?}");
+    let status = secondary.status().await.unwrap();
+    assert_eq!(status.to_be_tracked, 0);
+    assert!(
+        status
+            .reported
+            .iter()
+            .any(|l| l.contains("marked-1") && l.contains("R-M8")),
+        "{status:?}"
+    );
+    // Put back, it is tracked (by the primary) and no longer reported.
+    std::fs::write(&card, MARKED).unwrap();
+    sync(&secondary).await;
+    assert!(secondary.status().await.unwrap().reported.is_empty());
+}
