@@ -186,16 +186,86 @@ impl CrmClient {
     pub async fn push(&self, client: &str, ops: &[Value]) -> Result<Vec<Value>, CrmError> {
         let mut out = Vec::new();
         for chunk in ops.chunks(500) {
-            let r = self
-                .call(
-                    reqwest::Method::POST,
-                    "/api/v1/sync/push",
-                    Some(json!({"client_id": client, "ops": chunk})),
-                )
-                .await?;
-            out.extend(r["results"].as_array().cloned().unwrap_or_default());
+            out.extend(self.push_chunk(client, chunk).await?);
         }
         Ok(out)
+    }
+
+    /// One push request. A body over the server's limit (413, its
+    /// `--max-body`) is split until each operation goes alone; one refused
+    /// alone is answered as refused, so a large message is reported on its
+    /// own and never holds back the others (nor, journaled, every later sync).
+    fn push_chunk<'a>(
+        &'a self,
+        client: &'a str,
+        ops: &'a [Value],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<Value>, CrmError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let send = || {
+                self.call(
+                    reqwest::Method::POST,
+                    "/api/v1/sync/push",
+                    Some(json!({"client_id": client, "ops": ops})),
+                )
+            };
+            let mut r = send().await;
+            if matches!(r, Err(CrmError::Unreachable { .. })) {
+                // A connection the server closed (after refusing a large
+                // body it does not read the rest) fails the next request
+                // sent on it: one retry, on a new connection (an op_id
+                // replayed changes nothing).
+                r = send().await;
+            }
+            // A server refusing a large body may also close the connection
+            // before its 413 is read: a large request that did not reach a
+            // server still answering is taken as too large.
+            let large = ops
+                .iter()
+                .map(|o| o["raw"].as_str().map_or(0, str::len))
+                .sum::<usize>()
+                > 1 << 20;
+            let r = match r {
+                Err(CrmError::Unreachable { source, .. })
+                    if large
+                        && self
+                            .call(reqwest::Method::GET, "/healthz", None)
+                            .await
+                            .is_ok() =>
+                {
+                    Err(CrmError::Refused {
+                        what: "POST /api/v1/sync/push".into(),
+                        status: 413,
+                        code: "payload_too_large".into(),
+                        message: format!(
+                            "the connection was closed during a large request: {source}"
+                        ),
+                    })
+                }
+                r => r,
+            };
+            match r {
+                Ok(r) => Ok(r["results"].as_array().cloned().unwrap_or_default()),
+                Err(CrmError::Refused {
+                    status: 413,
+                    message,
+                    ..
+                }) => {
+                    if ops.len() == 1 {
+                        return Ok(vec![
+                            json!({"status": "refused", "code": "payload_too_large",
+                            "message": format!("the operation is too large for the CRM server's request limit ({message})")}),
+                        ]);
+                    }
+                    let (a, b) = ops.split_at(ops.len() / 2);
+                    let mut out = self.push_chunk(client, a).await?;
+                    out.extend(self.push_chunk(client, b).await?);
+                    Ok(out)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Any other call of the sync API (the `crmsync` commands: clients,

@@ -22,6 +22,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 /// The whole router: API, health, metrics, OpenAPI.
+/// The smallest body limit of `/sync/push`: one raw message of the largest
+/// accepted size, base64-encoded, and room for the rest of the operation.
+const PUSH_BODY_MIN: usize = crate::sync::email::MAX_RAW / 3 * 4 + 1024 * 1024;
+
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/changes", get(records::changes))
@@ -68,7 +72,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sync/prepare", axum::routing::post(sync::prepare))
         .route("/sync/data", get(sync::data))
         .route("/sync/ack", axum::routing::post(sync::ack))
-        .route("/sync/push", axum::routing::post(sync::push))
+        // A tracked email travels in its push as base64 (R-E5, up to
+        // `MAX_RAW` bytes): this route takes at least that much.
+        .route(
+            "/sync/push",
+            axum::routing::post(sync::push)
+                .layer(DefaultBodyLimit::max(max_body_bytes.max(PUSH_BODY_MIN))),
+        )
         .route("/sync/conflicts", get(sync::conflicts))
         .route("/sync/explain", get(sync::explain))
         .route("/sync/emails/lookup", get(sync::email_lookup))

@@ -1,0 +1,511 @@
+//! IMAP benchmark (issue 6, BENCHMARKS.md "IMAP bulk tracking" and "IMAP
+//! no-change sync"): the real `crmsync` binary (server and agent as
+//! separate processes) and a real Dovecot on loopback (the test fixture of
+//! crates/imap/tests/support).
+//!
+//! 1. Bulk tracking: N messages of about 20 KB, all marked `$CRMTracked` by
+//!    another client, one `crmsync sync`: its wall time and peak RSS
+//!    (wait4's ru_maxrss of the agent process alone), against the floor of
+//!    the same run: a plain `UID FETCH 1:* BODY.PEEK[]` of the folder plus
+//!    the server storing the same raw bytes through its bulk API (track
+//!    pushes of 100 from a client of its own, Message-IDs changed so
+//!    nothing is deduplicated). Runs interleaved; medians.
+//! 2. No-change sync on an M-message folder, with CONDSTORE/QRESYNC and
+//!    without: the engine's time (`elapsed_ms` of `crmsync sync --json`),
+//!    the whole process, and every IMAP command the agent sent (through a
+//!    counting proxy), against a bare SELECT of the folder.
+//!
+//!   cargo bench -p crmsync --bench imap -- [--sizes 2500,10000] [--runs 3] [--nochange 10000,50000]
+
+#[path = "../../imap/tests/support/mod.rs"]
+mod dovecot;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use dovecot::{Dovecot, Flavor};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crmsync");
+const FOLDER: &str = "Bulk";
+
+fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A message of about 20 KB; `domain` in its Message-ID (same length for
+/// the agent's and the floor's copies).
+fn message(i: usize, domain: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: Lee <lee@example.org>\r\nTo: Me <me@example.com>\r\nSubject: Bulk message {i}\r\nMessage-ID: <bulk{i}@{domain}>\r\nDate: Mon, 04 Jan 2027 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    );
+    let line =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    while m.len() < 20_000 {
+        m.push_str(line);
+    }
+    m.into_bytes()
+}
+
+/// The CRM server as a process of its own; returns (it, base URL, admin token).
+async fn server(dir: &Path) -> (Killed, String, String) {
+    let db = format!("sqlite://{}", dir.join("crm.db").display());
+    let init = Command::new(BIN)
+        .args([
+            "admin",
+            "init",
+            "--db",
+            &db,
+            "--email",
+            "me@example.com",
+            "--name",
+            "Me",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let token = String::from_utf8(init.stdout)
+        .unwrap()
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Killed(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--db",
+                &db,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base, token)
+}
+
+fn agent_config(dir: &Path, base: &str, token: &str, imap_port: u16) -> std::path::PathBuf {
+    let root = dir.join("local");
+    std::fs::create_dir_all(&root).unwrap();
+    let pw_file = dir.join("imap-password");
+    std::fs::write(&pw_file, dovecot::PASSWORD).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[crm]\nurl = \"{base}\"\ntoken = \"{token}\"\n[client]\nname = \"bench\"\ncache = \"{}\"\n[mailbox.local]\nroot = \"{}\"\n[mailbox.imap]\nhost = \"127.0.0.1\"\nport = {imap_port}\nsecurity = \"none\"\nusername = \"{}\"\npassword_file = \"{}\"\ninbox = \"{FOLDER}\"\ntracked_folders = []\n[sync]\ninterval = \"15m\"\n",
+            dir.join("cache.db").display(),
+            root.display(),
+            dovecot::USER,
+            pw_file.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `crmsync sync --json`: (wall time, report, peak RSS in MiB of that
+/// process alone, VmHWM sampled every 20 ms).
+// The child is reaped by wait4 (for its status), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+fn sync(config: &Path) -> (Duration, Value, f64) {
+    let t = Instant::now();
+    let child = Command::new(BIN)
+        .args(["sync", "--json", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // Read the output on threads so the child never blocks on a full pipe.
+    let mut out = child.stdout.unwrap();
+    let mut err = child.stderr.unwrap();
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).unwrap();
+        v
+    });
+    // Peak RSS: the agent's own VmHWM, read while it runs (wait4's
+    // ru_maxrss would count this benchmark's memory: a spawned child
+    // inherits its parent's high-water mark).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let hwm = std::thread::spawn(move || {
+        let mut peak = 0.0f64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                {
+                    peak = peak.max(kb / 1024.0);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    });
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, writing into zeroed structs we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let took = t.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = hwm.join().unwrap();
+    let stdout = o.join().unwrap();
+    let stderr = e.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "crmsync sync failed: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let report: Value = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&stdout));
+    });
+    let _ = usage.ru_maxrss;
+    (took, report, peak)
+}
+
+/// Floor 1: a plain `UID FETCH 1:* BODY.PEEK[]` of the folder over a raw
+/// connection, reading the answer as bytes.
+async fn plain_fetch(port: u16) -> (Duration, usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let _ = s.read(&mut buf).await.unwrap();
+    async fn until(s: &mut TcpStream, buf: &mut [u8], tag: &[u8]) -> usize {
+        let mut total = 0usize;
+        // Every answer starts a line: the tag may come first.
+        let mut tail: Vec<u8> = b"\r\n".to_vec();
+        loop {
+            let n = s.read(buf).await.unwrap();
+            assert!(n > 0, "closed");
+            total += n;
+            tail.extend_from_slice(&buf[..n]);
+            if tail.windows(tag.len()).any(|w| w == tag) {
+                return total;
+            }
+            let keep = tail.len().saturating_sub(tag.len());
+            tail.drain(..keep);
+        }
+    }
+    let pw = dovecot::PASSWORD;
+    s.write_all(format!("a LOGIN {} {{{}+}}\r\n{pw}\r\n", dovecot::USER, pw.len()).as_bytes())
+        .await
+        .unwrap();
+    until(&mut s, &mut buf, b"\r\na OK").await;
+    s.write_all(format!("b EXAMINE \"{FOLDER}\"\r\n").as_bytes())
+        .await
+        .unwrap();
+    until(&mut s, &mut buf, b"\r\nb OK").await;
+    let t = Instant::now();
+    s.write_all(b"c UID FETCH 1:* BODY.PEEK[]\r\n")
+        .await
+        .unwrap();
+    let bytes = until(&mut s, &mut buf, b"\r\nc OK").await;
+    (t.elapsed(), bytes)
+}
+
+/// Floor 2: the server storing the same raw bytes through its bulk API
+/// (track pushes of 100 from a client of its own).
+async fn server_store(base: &str, admin: &str, n: usize) -> Duration {
+    let http = reqwest::Client::new();
+    let user: Value = http
+        .post(format!("{base}/api/v1/users"))
+        .bearer_auth(admin)
+        .json(&json!({"email": "floor@example.com", "name": "Floor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = user["token"].as_str().unwrap().to_string();
+    let reg: Value = http
+        .post(format!("{base}/api/v1/sync/clients"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "floor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client = reg["client_id"]
+        .as_str()
+        .or(reg["id"].as_str())
+        .unwrap_or_else(|| panic!("{reg}"))
+        .to_string();
+    let bodies: Vec<Value> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|chunk| {
+            let ops: Vec<Value> = chunk
+                .iter()
+                .map(|&i| {
+                    let mid = format!("bulk{i}@floor-b.example");
+                    json!({"op_id": uuid_like(i), "kind": "track", "set": "emails",
+                        "raw": base64::engine::general_purpose::STANDARD.encode(message(i, "floor-b.example")),
+                        "item_uid": mid, "message_id": mid, "draft": false, "fields": {}})
+                })
+                .collect();
+            json!({"client_id": client, "ops": ops})
+        })
+        .collect();
+    let t = Instant::now();
+    for body in &bodies {
+        let r = http
+            .post(format!("{base}/api/v1/sync/push"))
+            .bearer_auth(&token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["status"] == "ok"),
+            "{v}"
+        );
+    }
+    t.elapsed()
+}
+
+fn uuid_like(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+struct BulkRun {
+    agent: f64,
+    rss: f64,
+    fetch: f64,
+    store: f64,
+}
+
+async fn bulk_run(n: usize) -> BulkRun {
+    let dir = tempfile::tempdir().unwrap();
+    let dovecot = Dovecot::start(Flavor::Qresync).await;
+    dovecot.seed_maildir_with(FOLDER, n, |i| message(i, "bench-a.example"));
+    let mut other = dovecot.client().await;
+    other.select(FOLDER).await;
+    other.cmd("UID STORE 1:* +FLAGS.SILENT ($CRMTracked)").await;
+    other.logout().await;
+    let (_server, base, admin) = server(dir.path()).await;
+    let (fetch, bytes) = plain_fetch(dovecot.port).await;
+    assert!(bytes > n * 20_000, "{bytes}");
+    let store = server_store(&base, &admin, n).await;
+    let config = agent_config(dir.path(), &base, &admin, dovecot.port);
+    let (took, report, rss) = sync(&config);
+    assert_eq!(
+        report["pushed"]["track"].as_u64(),
+        Some(n as u64),
+        "{report}"
+    );
+    BulkRun {
+        agent: took.as_secs_f64(),
+        rss,
+        fetch: fetch.as_secs_f64(),
+        store: store.as_secs_f64(),
+    }
+}
+
+/// A proxy in front of Dovecot that records the command names the client
+/// sends (`SELECT`, `UID FETCH`, …).
+async fn counting_proxy(target: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let server = TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut line = Vec::new();
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    for &b in &buf[..n] {
+                        line.push(b);
+                        if b == b'\n' {
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            let mut words = text.split_whitespace();
+                            let _tag = words.next();
+                            if let Some(verb) = words.next() {
+                                let verb = verb.to_ascii_uppercase();
+                                let name = if verb == "UID" {
+                                    format!("UID {}", words.next().unwrap_or("").to_uppercase())
+                                } else {
+                                    verb
+                                };
+                                if name.chars().all(|c| c.is_ascii_alphabetic() || c == ' ') {
+                                    log.lock().unwrap().push(name);
+                                }
+                            }
+                            line.clear();
+                        }
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    (port, seen)
+}
+
+async fn no_change(flavor: Flavor, m: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let dovecot = Dovecot::start(flavor).await;
+    dovecot.seed_maildir_with(FOLDER, m, |i| dovecot::message(&format!("seed{i}"), "Seed"));
+    for f in ["Sent", "Drafts"] {
+        dovecot.seed_maildir(f, 0);
+    }
+    let mut other = dovecot.client().await;
+    // Dovecot indexes the folder once (as any first client would).
+    let t = Instant::now();
+    other.select(FOLDER).await;
+    let first_select = t.elapsed();
+    let (_server, base, admin) = server(dir.path()).await;
+    let (port, seen) = counting_proxy(dovecot.port).await;
+    let config = agent_config(dir.path(), &base, &admin, port);
+    let (first, _, first_rss) = sync(&config);
+    let mut engine = Vec::new();
+    let mut process = Vec::new();
+    let mut commands = Vec::new();
+    for _ in 0..5 {
+        seen.lock().unwrap().clear();
+        let (took, report, _) = sync(&config);
+        assert!(report["pushed"].as_object().is_none_or(|p| p.is_empty()));
+        engine.push(report["elapsed_ms"].as_f64().unwrap());
+        process.push(took.as_secs_f64() * 1e3);
+        commands = seen.lock().unwrap().clone();
+    }
+    let mut selects = Vec::new();
+    for _ in 0..5 {
+        other.cmd("UNSELECT").await;
+        let t = Instant::now();
+        other.select(FOLDER).await;
+        selects.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "no-change sync, {flavor:?}, {m} messages: engine {:.1} ms ({:.2} µs per message), whole process {:.1} ms; a bare SELECT {:.1} ms (first, indexing: {:.0} ms); first sync {:.1} s, peak RSS {first_rss:.1} MiB",
+        median(engine.clone()),
+        median(engine) * 1e3 / m as f64,
+        median(process),
+        median(selects),
+        first_select.as_secs_f64() * 1e3,
+        first.as_secs_f64()
+    );
+    println!(
+        "  IMAP commands of one no-change sync: {}",
+        commands.join(", ")
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let sizes = arg_list("--sizes", &[2_500, 10_000]);
+    let runs = arg_list("--runs", &[3])[0];
+    let nochange = arg_list("--nochange", &[10_000, 50_000]);
+    println!("IMAP benchmark: bulk tracking of {sizes:?} messages of about 20 KB, {runs} interleaved runs");
+    let mut results: Vec<Vec<BulkRun>> = sizes.iter().map(|_| Vec::new()).collect();
+    for run in 0..runs {
+        for (k, &n) in sizes.iter().enumerate() {
+            let r = bulk_run(n).await;
+            println!(
+                "  run {run}, {n}: agent {:.2} s (peak RSS {:.1} MiB); floor: FETCH {:.2} s + server store {:.2} s = {:.2} s; ratio {:.2}",
+                r.agent,
+                r.rss,
+                r.fetch,
+                r.store,
+                r.fetch + r.store,
+                r.agent / (r.fetch + r.store)
+            );
+            results[k].push(r);
+        }
+    }
+    for (k, &n) in sizes.iter().enumerate() {
+        let rs = &results[k];
+        let agent = median(rs.iter().map(|r| r.agent).collect());
+        let fetch = median(rs.iter().map(|r| r.fetch).collect());
+        let store = median(rs.iter().map(|r| r.store).collect());
+        let ratio = median(rs.iter().map(|r| r.agent / (r.fetch + r.store)).collect());
+        let rss = rs.iter().map(|r| r.rss).fold(0.0, f64::max);
+        println!(
+            "bulk tracking {n}: agent {agent:.2} s ({:.0} µs per message), floor FETCH {fetch:.2} s + store {store:.2} s, median ratio {ratio:.2}; peak RSS {rss:.1} MiB",
+            agent * 1e6 / n as f64
+        );
+    }
+    for &m in &nochange {
+        for flavor in [Flavor::Qresync, Flavor::Plain] {
+            no_change(flavor, m).await;
+        }
+    }
+}
