@@ -23,25 +23,6 @@ fn is_usage(e: &anyhow::Error) -> bool {
     e.downcast_ref::<cmd::UsageError>().is_some()
 }
 
-impl World {
-    async fn account(&self, token: &str, name: &str) -> String {
-        let (status, body) = self
-            .call(
-                token,
-                Method::POST,
-                "/api/v1/accounts",
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_str().unwrap().into()
-    }
-
-    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        self.call(token, Method::GET, path, None).await
-    }
-}
-
 #[tokio::test]
 async fn r_c1_client_list_marks_this_client_and_set_primary_moves_the_role() {
     let w = world().await;

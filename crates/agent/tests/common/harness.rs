@@ -389,3 +389,63 @@ impl World {
         Agent::open(cfg).await.unwrap()
     }
 }
+
+/// CRM look-ups and settings of the email tests (`mail.rs`, `imap.rs`).
+#[allow(dead_code)]
+impl World {
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        self.call(token, Method::GET, path, None).await
+    }
+
+    /// Every email of the CRM.
+    async fn emails(&self) -> Vec<Value> {
+        let (status, body) = self.get(&self.admin, "/api/v1/emails?limit=500").await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    async fn email_by_mid(&self, mid: &str) -> Vec<Value> {
+        self.emails()
+            .await
+            .into_iter()
+            .filter(|e| e["message_id"] == mid)
+            .collect()
+    }
+
+    async fn account(&self, token: &str, name: &str) -> String {
+        let (status, body) = self
+            .call(
+                token,
+                Method::POST,
+                "/api/v1/accounts",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().into()
+    }
+
+    async fn org_settings(&self, patch: Value) {
+        let (status, body) = self
+            .call(&self.admin, Method::PATCH, "/api/v1/settings", Some(patch))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn user_settings(&self, user: &str, patch: Value) {
+        let (status, body) = self
+            .call(
+                &self.admin,
+                Method::PATCH,
+                &format!("/api/v1/users/{user}/settings"),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[allow(dead_code)]
+fn regarding_kw(set: &str, id: &str) -> String {
+    format!("$CRMRegarding:{set}:{id}")
+}
