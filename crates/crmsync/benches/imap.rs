@@ -19,9 +19,11 @@
 
 #[path = "../../imap/tests/support/mod.rs"]
 mod dovecot;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_crmsync");
+use support::{Server, BIN};
 const FOLDER: &str = "Bulk";
 
 fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
@@ -41,23 +43,6 @@ fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
         .and_then(|i| argv.get(i + 1))
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -77,52 +62,6 @@ fn message(i: usize, domain: &str) -> Vec<u8> {
         m.push_str(line);
     }
     m.into_bytes()
-}
-
-/// The CRM server as a process of its own; returns (it, base URL, admin token).
-async fn server(dir: &Path) -> (Killed, String, String) {
-    let db = format!("sqlite://{}", dir.join("crm.db").display());
-    let init = Command::new(BIN)
-        .args([
-            "admin",
-            "init",
-            "--db",
-            &db,
-            "--email",
-            "me@example.com",
-            "--name",
-            "Me",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let token = String::from_utf8(init.stdout)
-        .unwrap()
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap()
-        .trim()
-        .to_string();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = Killed(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--db",
-                &db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::Client::new();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, base, token)
 }
 
 fn agent_config(dir: &Path, base: &str, token: &str, imap_port: u16) -> std::path::PathBuf {
@@ -343,7 +282,8 @@ async fn bulk_run(n: usize) -> BulkRun {
     other.select(FOLDER).await;
     other.cmd("UID STORE 1:* +FLAGS.SILENT ($CRMTracked)").await;
     other.logout().await;
-    let (_server, base, admin) = server(dir.path()).await;
+    let server = Server::start(dir.path()).await;
+    let (base, admin) = (server.base.clone(), server.token.clone());
     let (fetch, bytes) = plain_fetch(dovecot.port).await;
     assert!(bytes > n * 20_000, "{bytes}");
     let store = server_store(&base, &admin, n).await;
@@ -432,7 +372,8 @@ async fn no_change(flavor: Flavor, m: usize) {
     let t = Instant::now();
     other.select(FOLDER).await;
     let first_select = t.elapsed();
-    let (_server, base, admin) = server(dir.path()).await;
+    let server = Server::start(dir.path()).await;
+    let (base, admin) = (server.base.clone(), server.token.clone());
     let (port, seen) = counting_proxy(dovecot.port).await;
     let config = agent_config(dir.path(), &base, &admin, port);
     let (first, _, first_rss) = sync(&config);
