@@ -676,6 +676,10 @@ impl Agent {
                     .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
                     .collect();
                 for d in &deliveries {
+                    delivered += 1;
+                    if delivered % 50 == 0 {
+                        self.progress("writing CRM records into the mailbox", delivered, total);
+                    }
                     let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
                         continue;
                     };
@@ -776,7 +780,6 @@ impl Agent {
                         acks.push((id.to_string(), version));
                     }
                 }
-                delivered += deliveries.len();
                 self.progress("writing CRM records into the mailbox", delivered, total);
                 match next {
                     Some(c) => cursor = Some(c),

@@ -470,10 +470,10 @@ fn show_progress(agent: &crmsync_agent::Agent) {
         let mut current = phase.lock().unwrap_or_else(|e| e.into_inner());
         if *current != p.phase {
             *current = p.phase;
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.reset();
             bar.set_message(p.phase);
             bar.set_length(p.total);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         bar.set_position(p.done);
         if p.done >= p.total {

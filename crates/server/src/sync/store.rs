@@ -170,7 +170,10 @@ pub async fn set_primary(
     .bind(mailbox_user.to_string())
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE sync_clients SET is_primary = 1 WHERE id = $1")
+    // The new primary synchronizes contacts, appointments and tasks, which
+    // it did not receive as a secondary: its next prepare evaluates every
+    // filter (R-C1, R-C3).
+    sqlx::query("UPDATE sync_clients SET is_primary = 1, full_scan = 1 WHERE id = $1")
         .bind(client.to_string())
         .execute(conn)
         .await?;
