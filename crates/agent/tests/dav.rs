@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 #[path = "../../dav/tests/common/mod.rs"]
+#[macro_use]
 mod dav_servers;
 
 use std::path::{Path, PathBuf};
@@ -26,25 +27,6 @@ use crmsync_mailbox::Mailbox;
 use dav_servers::{Kind, Server, PASSWORD, USER};
 
 include!("common/harness.rs");
-
-/// One `#[tokio::test]` per server for `async fn body(kind: Kind)`.
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn radicale() {
-                    super::$name(Kind::Radicale).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn xandikos() {
-                    super::$name(Kind::Xandikos).await
-                }
-            }
-        )*
-    };
-}
 
 on_both_servers!(
     r_s2_crm_contacts_appointments_and_tasks_appear_on_the_server,

@@ -3,6 +3,7 @@
 //! on demand (507 truncation, 500, a dropped answer) from a scripted
 //! loopback responder.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -11,25 +12,6 @@ use crmsync_dav::{DavConfig, DavMailbox, Url};
 use crmsync_mailbox::{Changes, Error, Etag, Mailbox, Notification, SyncState};
 
 use common::{same_item, Kind, Reply, Scripted, Server, PASSWORD, USER};
-
-/// One `#[tokio::test]` per server for `async fn body(kind: Kind)`.
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn radicale() {
-                    super::$name(Kind::Radicale).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn xandikos() {
-                    super::$name(Kind::Xandikos).await
-                }
-            }
-        )*
-    };
-}
 
 on_both_servers!(
     r_t3_sync_collection_reports_deletions,

@@ -444,3 +444,24 @@ impl Drop for Scripted {
         self.task.abort();
     }
 }
+
+/// One `#[tokio::test]` per server for `async fn body(kind: Kind)`, in a
+/// module named after the body (`crates/dav/tests`, `crates/agent/tests/dav.rs`).
+#[allow(unused_macros)]
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn radicale() {
+                    super::$name(Kind::Radicale).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn xandikos() {
+                    super::$name(Kind::Xandikos).await
+                }
+            }
+        )*
+    };
+}
