@@ -29,7 +29,7 @@ use crmsync_core::mapping::{
 };
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
-use crmsync_core::sync_rules::Removal;
+use crmsync_core::sync_rules::{is_todo, Removal};
 use crmsync_mailbox::{Etag, Mailbox, SyncState};
 
 use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
@@ -194,12 +194,10 @@ fn comparable(item: &MailboxItem) -> Map<String, Value> {
 /// R-E4: a to-do (task, phone call, letter, fax) the CRM holds as
 /// completed or cancelled, as last synchronized.
 fn is_closed_todo(c: &CachedItem) -> bool {
-    let todo =
-        EntitySet::from_str(&c.set).is_ok_and(|set| ItemKind::for_set(set) == Some(ItemKind::Todo));
-    todo && c
-        .baseline
-        .get(STATE_KEY)
-        .is_some_and(|s| s != Status::Active.as_str())
+    EntitySet::from_str(&c.set).is_ok_and(is_todo)
+        && c.baseline
+            .get(STATE_KEY)
+            .is_some_and(|s| s != Status::Active.as_str())
 }
 
 fn has_status(set: EntitySet) -> bool {
@@ -581,15 +579,22 @@ impl Agent {
             }
             // Items waiting to be tracked (R-M3 state 1) keep the collection's
             // state from being stored, so a scan cannot see them go: look.
+            // Those this scan listed are there; the others are read in one
+            // batch.
             let mut gone = changes.deleted.clone();
-            for waiting in self.cache.items_with_link(collection, 1).await? {
-                if !gone.contains(&waiting.href)
-                    && matches!(
-                        self.mailbox.get(collection, &waiting.href).await,
-                        Err(crmsync_mailbox::Error::NotFound { .. })
-                    )
-                {
-                    gone.push(waiting.href);
+            let unseen: Vec<String> = self
+                .cache
+                .items_with_link(collection, 1)
+                .await?
+                .into_iter()
+                .map(|w| w.href)
+                .filter(|h| !gone.contains(h) && !changes.changed.iter().any(|r| &r.href == h))
+                .collect();
+            if !unseen.is_empty() {
+                for (href, got) in self.mailbox.get_many(collection, &unseen).await? {
+                    if matches!(got, Err(crmsync_mailbox::Error::NotFound { .. })) {
+                        gone.push(href);
+                    }
                 }
             }
             for href in &gone {

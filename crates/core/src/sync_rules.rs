@@ -46,7 +46,8 @@ fn is_appointment(set: EntitySet) -> bool {
     )
 }
 
-fn is_todo(set: EntitySet) -> bool {
+/// Tasks, phone calls, letters and faxes (VTODO in the mailbox).
+pub fn is_todo(set: EntitySet) -> bool {
     matches!(
         set,
         EntitySet::Tasks | EntitySet::Phonecalls | EntitySet::Letters | EntitySet::Faxes
