@@ -791,7 +791,7 @@ fn set_status(path: &Path, status: crmsync_core::mapping::Status) {
 }
 
 #[tokio::test]
-async fn r_f5_a_todo_completed_or_an_event_cancelled_in_the_mailbox_reaches_the_crm() {
+async fn r_f5_r_e4_a_todo_completed_or_an_event_cancelled_in_the_mailbox_reaches_the_crm() {
     use crmsync_core::mapping::Status;
     let w = world().await;
     let (_, ann) = w.user("ann@example.com").await;

@@ -60,6 +60,17 @@ both_dbs! {
         assert_eq!(primaries, 1);
     }
 
+    async fn r_c1_a_secondary_made_primary_receives_the_items_it_never_got(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let primary = id(&s.register(&ann, "laptop").await);
+        let other = id(&s.register(&ann, "tablet").await);
+        let c = contact(&s, &ann, "Lee").await;
+        assert_eq!(ids(&s.sync_once(&ann, &primary).await), vec![(id(&c), "create".into())]);
+        assert!(s.sync_once(&ann, &other).await.is_empty());
+        s.post(&ann, &format!("/api/v1/sync/clients/{other}/primary"), json!({})).await.expect(200);
+        assert_eq!(ids(&s.sync_once(&ann, &other).await), vec![(id(&c), "create".into())]);
+    }
+
     async fn r_c3_r_c4_secondary_gets_no_items_and_cannot_push_or_track_them(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let primary = id(&s.register(&ann, "laptop").await);
@@ -67,11 +78,6 @@ both_dbs! {
         let c = contact(&s, &ann, "Lee").await;
         assert!(s.sync_once(&ann, &secondary).await.is_empty());
         assert_eq!(ids(&s.sync_once(&ann, &primary).await), vec![(id(&c), "create".into())]);
-        // R-C1: a secondary made primary receives the items it never got.
-        let other = id(&s.register(&ann, "tablet").await);
-        assert!(s.sync_once(&ann, &other).await.is_empty());
-        s.post(&ann, &format!("/api/v1/sync/clients/{other}/primary"), json!({})).await.expect(200);
-        assert_eq!(ids(&s.sync_once(&ann, &other).await), vec![(id(&c), "create".into())]);
         let r = s.push(&ann, &secondary, json!([{"op_id": "1", "kind": "update", "set": "contacts", "id": id(&c), "base_version": c["version"], "baseline": {}, "fields": {"last_name": "X"}}])).await;
         assert_eq!(r[0]["code"], "secondary_client");
         // R-C4: nor track a new non-email item.
