@@ -22,38 +22,16 @@ use serde_json::{json, Value};
 const PER_SIDE: usize = 1_000;
 const KILLS: usize = 20;
 
-struct Crm {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Crm {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-
-    async fn all_contacts(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut path = "/api/v1/contacts?limit=1000".to_string();
-        loop {
-            let page = self.call(reqwest::Method::GET, &path, None).await;
-            out.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(cursor) => path = format!("/api/v1/contacts?limit=1000&cursor={cursor}"),
-                None => return out,
-            }
+/// Every CRM contact, page by page.
+async fn all_contacts(crm: &Server) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut path = "/api/v1/contacts?limit=1000".to_string();
+    loop {
+        let page = crm.call(reqwest::Method::GET, &path, None).await;
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/contacts?limit=1000&cursor={cursor}"),
+            None => return out,
         }
     }
 }
@@ -118,11 +96,7 @@ fn run_sync(config: &Path) -> Child {
 async fn r_t4_sigkill_during_a_2000_item_sync_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
-    let crm = Crm {
-        base: server.base.clone(),
-        token: server.token.clone(),
-        http: reqwest::Client::new(),
-    };
+    let crm = &server;
 
     // 1,000 contacts in the CRM, 1,000 tracked vCards in the mailbox.
     for chunk in (0..PER_SIDE).collect::<Vec<_>>().chunks(25) {
@@ -223,7 +197,7 @@ async fn r_t4_sigkill_during_a_2000_item_sync_loses_and_duplicates_nothing() {
     assert!(quiet, "the agent kept finding work after the kills");
 
     // No duplicates in the CRM: every name once.
-    let contacts = crm.all_contacts().await;
+    let contacts = all_contacts(crm).await;
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for c in &contacts {
         *names

@@ -23,6 +23,7 @@ impl Drop for Killed {
 pub struct Server {
     pub base: String,
     pub token: String,
+    http: reqwest::Client,
     _process: Killed,
 }
 
@@ -86,8 +87,30 @@ impl Server {
         Server {
             base,
             token,
+            http,
             _process: process,
         }
+    }
+
+    /// A REST call as the admin; it must succeed. Returns the JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
     }
 
     /// An agent configuration for a local mailbox at `root`.
