@@ -86,12 +86,13 @@ async fn open_imap(i: &ImapSettings, cfg: &Config) -> anyhow::Result<ImapMailbox
         .iter()
         .map(|f| f.name.clone())
         .collect();
-    let c = ImapConfig::new(&i.host, i.port, security, &i.username, &i.password).with_folders(
+    let mut c = ImapConfig::new(&i.host, i.port, security, &i.username, &i.password).with_folders(
         &cfg.mail.inbox,
         &cfg.mail.sent,
         &cfg.mail.drafts,
         &tracked,
     );
+    c.rescan_interval = i.rescan_interval;
     ImapMailbox::connect(c)
         .await
         .context("[mailbox.imap]: the IMAP server could not be used")

@@ -49,6 +49,9 @@ pub struct ImapSettings {
     pub security: String,
     pub username: String,
     pub password: String,
+    /// Without CONDSTORE: how often every flag is listed again although the
+    /// one-round-trip check saw nothing change (an addition to §13).
+    pub rescan_interval: Duration,
 }
 
 impl std::fmt::Debug for DavSettings {
@@ -189,6 +192,7 @@ struct RawImap {
     tracked_folders: Option<Vec<String>>,
     /// Folder → `SET/ID` every message tracked from it is regarding (R-M4).
     folder_regarding: Option<std::collections::BTreeMap<String, String>>,
+    rescan_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -405,7 +409,18 @@ impl Config {
                         None => return Err(invalid(format!("[mailbox.imap] folder_regarding names {folder:?}, which is not in tracked_folders; add it there"))),
                     }
                 }
+                let rescan_interval = match i.rescan_interval {
+                    None => Duration::from_secs(300),
+                    // "0s": every sync lists every flag.
+                    Some(text) if text.trim().trim_end_matches(['s', 'm', 'h', 'd']) == "0" => {
+                        Duration::ZERO
+                    }
+                    Some(text) => parse_interval(&text).ok_or_else(|| {
+                        invalid(format!("[mailbox.imap] rescan_interval = {text:?} is not a duration; write it like \"5m\" or \"0s\" (list every flag at every sync)"))
+                    })?,
+                };
                 Some(ImapSettings {
+                    rescan_interval,
                     host,
                     port: i.port.unwrap_or(default_port),
                     security,
@@ -579,6 +594,7 @@ mod tests {
             (imap.port, imap.security.as_str(), imap.password.as_str()),
             (143, "none", "pw")
         );
+        assert_eq!(imap.rescan_interval, Duration::from_secs(300));
         assert_eq!(c.mail.sent, "Sent Items");
         assert_eq!(c.mail.tracked_folders.len(), 2);
         assert_eq!(
@@ -614,6 +630,16 @@ mod tests {
         assert!(e.contains("more than one"), "{e}");
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nfolder_regarding = {{ X = \"accounts/1b4e28ba-2fa1-11d2-883f-0016d3cca427\" }}\n"), None).unwrap_err();
         assert!(e.contains("not in tracked_folders"), "{e}");
+        let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nrescan_interval = \"often\"\n"), None).unwrap_err();
+        assert!(e.contains("rescan_interval") && e.contains("\"5m\""), "{e}");
+        let c = parse(
+            &format!(
+                "{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nrescan_interval = \"0s\"\n"
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.imap.unwrap().rescan_interval, Duration::ZERO);
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\npassword_command = \"exit 3\"\n"), None).unwrap_err();
         assert!(
             e.contains("password_command") && e.contains("failed"),

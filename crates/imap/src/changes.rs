@@ -1,15 +1,17 @@
 //! `changes_since` for one folder: the one-round-trip "nothing changed"
-//! check (STATUS HIGHESTMODSEQ), QRESYNC, and the full listing compared with
-//! the stored state (no CONDSTORE, first sync, new UIDVALIDITY).
+//! check (STATUS HIGHESTMODSEQ, or without CONDSTORE SELECT + SEARCH of the
+//! tracked messages), QRESYNC, and the full listing compared with the stored
+//! state (no CONDSTORE and something moved, first sync, new UIDVALIDITY).
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crmsync_mailbox::{Changes, Href};
+use crmsync_mailbox::{Changes, Href, Keyword};
 use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::status::StatusDataItem;
 
 use crate::conn::{self, Conn, ConnError, Selected, Untagged};
-use crate::fetch::{signature, Fetched};
+use crate::fetch::{fnv1a, signature, Fetched};
 use crate::ops::{flag_items, in_folder, item_ref, mailbox_arg, merge, refused, Malformed};
 use crate::state::{FolderState, UidSet};
 use crate::OpResult;
@@ -19,7 +21,20 @@ pub(crate) async fn changes_since(
     collection: &str,
     folder: &str,
     old: Option<FolderState>,
+    rescan: Duration,
 ) -> OpResult<Changes> {
+    if !conn.condstore {
+        if let Some(old) = old.as_ref().filter(|o| o.flags.is_some()) {
+            if unchanged_without_condstore(conn, collection, folder, old, rescan).await? {
+                return Ok(Changes {
+                    changed: Vec::new(),
+                    deleted: Vec::new(),
+                    failed: Vec::new(),
+                    state: old.encode(),
+                });
+            }
+        }
+    }
     if conn.condstore {
         if let Some(old) = old.as_ref().filter(|o| o.uids.is_some()) {
             if let Some(ms) = old.highestmodseq {
@@ -77,6 +92,87 @@ pub(crate) async fn changes_since(
         }
     }
     full_scan(conn, collection, folder, old.as_ref()).await
+}
+
+/// Without CONDSTORE, the flags of every message cannot be asked "since"
+/// anything, and listing them all costs about 4 µs a message (210 ms at
+/// 50,000; BENCHMARKS.md). So one round trip, `SELECT` pipelined with
+/// `UID SEARCH KEYWORD $CRMTracked`, decides whether the listing is needed:
+/// the same UIDVALIDITY, EXISTS and UIDNEXT mean nothing was appended or
+/// expunged; the same tracked UIDs mean no message was marked or unmarked
+/// (R-M1); the same `$CRMRegarding:` keywords in FLAGS mean no new regarding
+/// was set. What this cannot see (a tracked message switched to a regarding
+/// keyword the folder already had, R-E5) is caught by the full listing done
+/// at least every `rescan` (`[mailbox.imap] rescan_interval`), and at once
+/// whenever anything else in the folder moved.
+async fn unchanged_without_condstore(
+    conn: &mut Conn,
+    collection: &str,
+    folder: &str,
+    old: &FolderState,
+    rescan: Duration,
+) -> OpResult<bool> {
+    let (Some(exists), Some(uid_next), Some(listed_at)) = (old.exists, old.uidnext, old.listed_at)
+    else {
+        return Ok(false);
+    };
+    if now_secs().saturating_sub(listed_at) >= rescan.as_secs() {
+        return Ok(false);
+    }
+    let mbox = mailbox_arg(collection, folder)?;
+    let commands = [
+        format!("SELECT {mbox}"),
+        format!("UID SEARCH KEYWORD {}", Keyword::TRACKED),
+    ];
+    conn.selected = None;
+    let mut selected = Selected {
+        folder: folder.to_owned(),
+        ..Selected::default()
+    };
+    let mut tracked: Vec<u32> = Vec::new();
+    let dones = conn
+        .run(&commands, |u| {
+            if let Untagged::Parsed(resp) = u {
+                selected.observe(resp);
+                if let Response::Data(Data::Search(uids, ..)) = resp {
+                    tracked.extend(uids.iter().map(|u| u.get()));
+                }
+            }
+        })
+        .await?;
+    let (Some(select), Some(search)) = (dones.first(), dones.get(1)) else {
+        return Err(ConnError::Protocol("no answer to SELECT and SEARCH".into()).into());
+    };
+    if !select.is_ok() {
+        return Err(refused(collection, "SELECT", select));
+    }
+    conn.selected = Some(selected.clone());
+    tracked.sort_unstable();
+    Ok(search.is_ok()
+        && selected.uid_validity == old.uidvalidity
+        && selected.exists == Some(exists)
+        && selected.uid_next == Some(uid_next)
+        && Some(regarding_keywords(&selected.known_flags)) == old.regarding_keywords
+        && UidSet::from_sorted_iter(tracked) == old.tracked_uids())
+}
+
+/// A hash of the folder's `$CRMRegarding:` keywords, in any order or case.
+fn regarding_keywords(known_flags: &[String]) -> u64 {
+    let prefix = Keyword::REGARDING_PREFIX.to_ascii_lowercase();
+    let mut all: Vec<String> = known_flags
+        .iter()
+        .map(|f| f.to_ascii_lowercase())
+        .filter(|f| f.starts_with(&prefix))
+        .collect();
+    all.sort();
+    all.dedup();
+    fnv1a(all.join(" ").as_bytes())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `SELECT folder (QRESYNC (uidvalidity modseq))`: changed and new messages
@@ -152,7 +248,7 @@ pub(crate) async fn qresync(
             uidvalidity: selected.uid_validity,
             highestmodseq: Some(highest),
             uids: Some(now.to_string()),
-            flags: None,
+            ..FolderState::default()
         }
         .encode(),
     }))
@@ -240,7 +336,7 @@ pub(crate) async fn full_scan(
             uidvalidity: sel.uid_validity,
             highestmodseq: sel.highest_modseq,
             uids: Some(present.to_string()),
-            flags: None,
+            ..FolderState::default()
         }
     } else {
         let mut by_sig: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
@@ -261,14 +357,17 @@ pub(crate) async fn full_scan(
             v: FolderState::VERSION,
             folder: folder.to_owned(),
             uidvalidity: sel.uid_validity,
-            highestmodseq: None,
-            uids: None,
             flags: Some(
                 by_sig
                     .into_iter()
                     .map(|(sig, uids)| (sig, UidSet::from_sorted_iter(uids).to_string()))
                     .collect(),
             ),
+            exists: sel.exists,
+            uidnext: sel.uid_next,
+            regarding_keywords: Some(regarding_keywords(&sel.known_flags)),
+            listed_at: Some(now_secs()),
+            ..FolderState::default()
         }
     };
     Ok(Changes {

@@ -33,6 +33,10 @@ pub struct ImapConfig {
     pub idle: bool,
     /// How often `watch` looks at the folders IDLE does not cover.
     pub poll_interval: Duration,
+    /// Without CONDSTORE: how often every message's flags are listed again
+    /// even though the quick check (EXISTS, UIDNEXT, the `$CRMTracked`
+    /// messages, the regarding keywords) saw nothing change.
+    pub rescan_interval: Duration,
     /// How long one answer from the server may take.
     pub timeout: Duration,
     /// Extra trusted CA certificates (PEM), for servers with a private CA;
@@ -51,6 +55,7 @@ impl std::fmt::Debug for ImapConfig {
             .field("folders", &self.folders)
             .field("idle", &self.idle)
             .field("poll_interval", &self.poll_interval)
+            .field("rescan_interval", &self.rescan_interval)
             .field("timeout", &self.timeout)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish()
@@ -59,7 +64,8 @@ impl std::fmt::Debug for ImapConfig {
 
 impl ImapConfig {
     /// A configuration with the default folders (`INBOX`, `Sent`, `Drafts`,
-    /// `CRM`), IDLE on, polling every minute and a 60 s answer timeout.
+    /// `CRM`), IDLE on, polling every minute, every flag listed again every
+    /// 5 minutes without CONDSTORE, and a 60 s answer timeout.
     pub fn new(
         host: impl Into<String>,
         port: u16,
@@ -76,6 +82,7 @@ impl ImapConfig {
             folders: Self::folder_list("INBOX", "Sent", "Drafts", &["CRM".to_owned()]),
             idle: true,
             poll_interval: Duration::from_secs(60),
+            rescan_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(60),
             tls_ca_file: None,
         }

@@ -180,6 +180,8 @@ pub(crate) struct Selected {
     pub known_flags: Vec<String>,
     /// The message count of the last EXISTS.
     pub exists: Option<u32>,
+    /// The UIDNEXT SELECT announced.
+    pub uid_next: Option<u32>,
 }
 
 impl Selected {
@@ -188,6 +190,7 @@ impl Selected {
         match resp {
             Response::Status(Status::Untagged(body)) => match &body.code {
                 Some(Code::UidValidity(v)) => self.uid_validity = v.get(),
+                Some(Code::UidNext(n)) => self.uid_next = Some(n.get()),
                 Some(Code::HighestModSeq(m)) => self.highest_modseq = Some(m.get()),
                 Some(Code::NoModSeq) => self.highest_modseq = None,
                 Some(Code::PermanentFlags(flags)) => {

@@ -256,7 +256,8 @@ impl Mailbox for ImapMailbox {
             .map(|s| FolderState::decode(collection, folder, s))
             .transpose()?;
         let mut guard = self.session().await?;
-        let r = changes::changes_since(conn_of(&mut guard)?, collection, folder, old).await;
+        let rescan = self.config().rescan_interval;
+        let r = changes::changes_since(conn_of(&mut guard)?, collection, folder, old, rescan).await;
         self.finish(&mut guard, r)
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crmsync_mailbox::{Error, Result, SyncState};
+use crmsync_mailbox::{Error, Keyword, Result, SyncState};
 use serde::{Deserialize, Serialize};
 
 /// A set of UIDs as sorted, disjoint, non-adjacent inclusive ranges; written
@@ -127,7 +127,7 @@ impl fmt::Display for UidSet {
 }
 
 /// What `changes_since` stores for a folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FolderState {
     /// Format version.
@@ -146,6 +146,22 @@ pub struct FolderState {
     /// stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<BTreeMap<String, String>>,
+    /// Without CONDSTORE, what the quick check compares (see
+    /// `changes::unchanged_without_condstore`): EXISTS and UIDNEXT at the
+    /// listing (equal both ⇒ nothing appended or expunged since),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uidnext: Option<u32>,
+    /// a hash of the folder's `$CRMRegarding:` keywords (a new regarding
+    /// keyword in the folder shows in SELECT's FLAGS),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regarding_keywords: Option<u64>,
+    /// and when every flag was last listed (seconds since 1970), so flag
+    /// changes the quick check cannot see are caught within the rescan
+    /// interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_at: Option<u64>,
 }
 
 impl FolderState {
@@ -193,6 +209,19 @@ impl FolderState {
         }
         all.sort_unstable();
         all.dedup();
+        UidSet::from_sorted_iter(all)
+    }
+
+    /// Without CONDSTORE: the UIDs whose flags include `$CRMTracked`.
+    pub fn tracked_uids(&self) -> UidSet {
+        let tracked = Keyword::TRACKED.to_ascii_lowercase();
+        let mut all: Vec<u32> = Vec::new();
+        for (sig, uids) in self.flags.iter().flat_map(|m| m.iter()) {
+            if sig.split(' ').any(|f| f == tracked) {
+                all.extend(UidSet::parse(uids).unwrap_or_default().iter());
+            }
+        }
+        all.sort_unstable();
         UidSet::from_sorted_iter(all)
     }
 

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use crmsync_imap::ImapMailbox;
-use crmsync_mailbox::{Error, Keyword, Mailbox, Notification, SystemFlag};
+use crmsync_mailbox::{Changes, Error, Keyword, Mailbox, Notification, SyncState, SystemFlag};
 use support::{message, Dovecot, Flavor, Proxy, Trips};
 
 const INBOX: &str = "mail/INBOX";
@@ -54,6 +54,7 @@ all_flavors!(
     dropped_connection_is_an_error_then_the_next_call_reconnects,
     connection_dropped_mid_fetch_is_an_error_then_recovers,
     no_change_sync_is_one_round_trip_per_folder,
+    the_quick_check_sees_every_change_crmsync_acts_on,
     get_many_never_marks_messages_seen,
     created_message_etag_matches_later_reads,
     r_t2_watch_polls_the_other_folders,
@@ -447,20 +448,97 @@ async fn no_change_sync_is_one_round_trip_per_folder(flavor: Flavor) {
         folders.len() as u64,
         "one request per folder"
     );
-    // Something changed in one folder: still found.
+    // A flag that is not crmsync's changed in one folder: found with
+    // CONDSTORE; without it, at the next full listing (`rescan_interval`),
+    // because the one-round-trip check only sees crmsync's keywords.
     other.select("Sent").await;
     other.cmd("UID STORE 1 +FLAGS (\\Flagged)").await;
     let changes = fresh
         .changes_since("mail/Sent", Some(&states[1]))
         .await
         .unwrap();
-    assert_eq!(hrefs(&changes.changed), vec!["1".to_owned()]);
-    assert!(changes.changed[0]
-        .flags
-        .as_ref()
-        .unwrap()
-        .system
-        .contains(&SystemFlag::Flagged));
+    if flavor == Flavor::Plain {
+        assert!(changes.is_empty(), "{changes:?}");
+        let mut config = dovecot.config();
+        config.rescan_interval = Duration::ZERO;
+        let rescanning = ImapMailbox::new(config);
+        let changes = rescanning
+            .changes_since("mail/Sent", Some(&states[1]))
+            .await
+            .unwrap();
+        assert_eq!(hrefs(&changes.changed), vec!["1".to_owned()]);
+    } else {
+        assert_eq!(hrefs(&changes.changed), vec!["1".to_owned()]);
+        assert!(changes.changed[0]
+            .flags
+            .as_ref()
+            .unwrap()
+            .system
+            .contains(&SystemFlag::Flagged));
+    }
+    // crmsync's own keywords are seen at once in every configuration (R-M1);
+    // without CONDSTORE that lists every flag, so the \Flagged too.
+    other.cmd("UID STORE 2 +FLAGS ($CRMTracked)").await;
+    let changes = fresh
+        .changes_since("mail/Sent", Some(&states[1]))
+        .await
+        .unwrap();
+    assert_eq!(
+        hrefs(&changes.changed),
+        vec!["1".to_owned(), "2".to_owned()]
+    );
+}
+
+/// One change, seen once: by the next `changes_since`, not by the one after.
+async fn step(mb: &ImapMailbox, state: &mut SyncState, what: &str) -> Changes {
+    let changes = mb.changes_since(INBOX, Some(state)).await.unwrap();
+    assert!(!changes.is_empty(), "{what}: not seen");
+    *state = changes.state.clone();
+    let again = mb.changes_since(INBOX, Some(state)).await.unwrap();
+    assert!(again.is_empty(), "{what}: seen twice: {again:?}");
+    changes
+}
+
+/// Without CONDSTORE, the quick check (SELECT + SEARCH of `$CRMTracked`)
+/// must not miss what the agent acts on: a message marked or unmarked
+/// (R-M1), a new regarding keyword (R-E5), an arrival or an expunge (R-T3).
+async fn the_quick_check_sees_every_change_crmsync_acts_on(flavor: Flavor) {
+    let (dovecot, mb) = setup(flavor).await;
+    let mut other = dovecot.client().await;
+    for i in 0..3 {
+        other.append("INBOX", &message(&format!("q{i}"), "Q")).await;
+    }
+    let mut state = mb.changes_since(INBOX, None).await.unwrap().state;
+    other.select("INBOX").await;
+    other.cmd("UID STORE 1 +FLAGS ($CRMTracked)").await;
+    assert_eq!(
+        hrefs(&step(&mb, &mut state, "marked").await.changed),
+        vec!["1".to_owned()]
+    );
+    other.cmd("UID STORE 1 -FLAGS ($CRMTracked)").await;
+    assert_eq!(
+        hrefs(&step(&mb, &mut state, "unmarked").await.changed),
+        vec!["1".to_owned()]
+    );
+    other
+        .cmd("UID STORE 2 +FLAGS ($CRMRegarding:accounts:0000000a-0000-0000-0000-000000000001)")
+        .await;
+    assert_eq!(
+        hrefs(&step(&mb, &mut state, "new regarding").await.changed),
+        vec!["2".to_owned()]
+    );
+    other.append("INBOX", &message("q3", "Q")).await;
+    assert_eq!(
+        hrefs(&step(&mb, &mut state, "arrival").await.changed),
+        vec!["4".to_owned()]
+    );
+    other.select("INBOX").await;
+    other.cmd("UID STORE 3 +FLAGS (\\Deleted)").await;
+    other.cmd("EXPUNGE").await;
+    assert_eq!(
+        step(&mb, &mut state, "expunge").await.deleted,
+        vec!["3".to_owned()]
+    );
 }
 
 async fn get_many_never_marks_messages_seen(flavor: Flavor) {
