@@ -592,6 +592,14 @@ impl Mailbox for DavMailbox {
         Err(no_mail(folder, "reading message flags"))
     }
 
+    async fn message_sizes(
+        &self,
+        folder: &str,
+        _hrefs: &[Href],
+    ) -> Result<Vec<(Href, Result<u64>)>> {
+        Err(no_mail(folder, "reading message sizes"))
+    }
+
     async fn store_keywords(
         &self,
         folder: &str,

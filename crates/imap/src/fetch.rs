@@ -15,6 +15,8 @@ pub(crate) struct Fetched {
     /// `\Recent` left out; `None` if FLAGS was not in the answer.
     pub flags: Option<Vec<String>>,
     pub modseq: Option<u64>,
+    /// RFC822.SIZE.
+    pub size: Option<u64>,
     /// `BODY[]`; `Some(None)` when the server sent NIL.
     pub body: Option<Option<Vec<u8>>>,
 }
@@ -33,6 +35,7 @@ impl Fetched {
             match item {
                 MessageDataItem::Uid(uid) => out.uid = Some(uid.get()),
                 MessageDataItem::ModSeq(m) => out.modseq = Some(m.get()),
+                MessageDataItem::Rfc822Size(n) => out.size = Some(u64::from(*n)),
                 MessageDataItem::Flags(flags) => {
                     out.flags = Some(
                         flags

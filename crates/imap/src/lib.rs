@@ -316,6 +316,17 @@ impl Mailbox for ImapMailbox {
             .collect())
     }
 
+    async fn message_sizes(
+        &self,
+        folder_id: &str,
+        hrefs: &[Href],
+    ) -> Result<Vec<(Href, Result<u64>)>> {
+        let folder = self.folder(folder_id)?;
+        let mut guard = self.session().await?;
+        let r = ops::fetch_sizes(conn_of(&mut guard)?, folder_id, folder, hrefs).await;
+        self.finish(&mut guard, r)
+    }
+
     async fn store_keywords(
         &self,
         folder_id: &str,

@@ -87,6 +87,9 @@ pub(crate) fn merge(into: &mut HashMap<u32, Fetched>, f: Fetched) {
     if f.modseq.is_some() {
         entry.modseq = f.modseq;
     }
+    if f.size.is_some() {
+        entry.size = f.size;
+    }
     if f.body.is_some() {
         entry.body = f.body;
     }
@@ -213,6 +216,41 @@ pub(crate) fn flag_items(conn: &Conn) -> &'static str {
     } else {
         "(UID FLAGS)"
     }
+}
+
+/// RFC822.SIZE of messages (their bodies unread); a UID the folder does not
+/// hold is not found.
+pub(crate) async fn fetch_sizes(
+    conn: &mut Conn,
+    collection: &str,
+    folder: &str,
+    hrefs: &[Href],
+) -> OpResult<Vec<(Href, Result<u64>)>> {
+    let mut uids: Vec<u32> = hrefs.iter().filter_map(|h| uid_of(h)).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    let mut sizes: HashMap<u32, u64> = HashMap::new();
+    for chunk in uids.chunks(FETCH_CHUNK) {
+        let set = UidSet::from_sorted_iter(chunk.iter().copied());
+        let cmd = format!("UID FETCH {set} (UID RFC822.SIZE)");
+        let r = in_folder(conn, collection, folder, &[cmd], false).await?;
+        if let Some(done) = r.done.first().filter(|d| !d.is_ok()) {
+            return Err(refused(collection, "UID FETCH", done));
+        }
+        sizes.extend(
+            r.fetched
+                .iter()
+                .filter(|(uid, _)| set.contains(**uid))
+                .filter_map(|(&uid, f)| Some((uid, f.size?))),
+        );
+    }
+    Ok(hrefs
+        .iter()
+        .map(|h| {
+            let size = uid_of(h).and_then(|uid| sizes.get(&uid).copied());
+            (h.clone(), size.ok_or_else(|| not_found(collection, h)))
+        })
+        .collect())
 }
 
 /// One message's flags (and mod-sequence), selecting its folder if needed.

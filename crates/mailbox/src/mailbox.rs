@@ -83,6 +83,13 @@ pub trait Mailbox: Send + Sync {
         hrefs: &[Href],
     ) -> Result<Vec<(Href, Result<ItemRef>)>>;
 
+    /// The size in bytes of messages in a mail folder, without reading them,
+    /// so the agent can refuse a message above its limit before reading it
+    /// and read the others in batches of bounded memory. One result per
+    /// href, in order.
+    async fn message_sizes(&self, folder: &str, hrefs: &[Href])
+        -> Result<Vec<(Href, Result<u64>)>>;
+
     /// One message's flags and keywords; [`Error::NotFound`] if it is not there.
     async fn flags_of(&self, folder: &str, href: &str) -> Result<ItemRef> {
         let mut found = self.message_flags(folder, &[href.to_owned()]).await?;

@@ -116,6 +116,14 @@ impl Mailbox for RoutedMailbox {
         self.route(folder)?.message_flags(folder, hrefs).await
     }
 
+    async fn message_sizes(
+        &self,
+        folder: &str,
+        hrefs: &[Href],
+    ) -> Result<Vec<(Href, Result<u64>)>> {
+        self.route(folder)?.message_sizes(folder, hrefs).await
+    }
+
     async fn store_keywords(
         &self,
         folder: &str,

@@ -281,6 +281,23 @@ impl Maildir<'_> {
     }
 
     pub fn message_flags(&self, hrefs: &[Href]) -> Result<Vec<(Href, Result<ItemRef>)>> {
+        self.from_metadata(hrefs, |href, loc, meta, table| ItemRef {
+            href: href.clone(),
+            etag: Self::etag(loc, meta),
+            flags: Some(Self::flags(loc, table)),
+        })
+    }
+
+    pub fn message_sizes(&self, hrefs: &[Href]) -> Result<Vec<(Href, Result<u64>)>> {
+        self.from_metadata(hrefs, |_, _, meta, _| meta.len())
+    }
+
+    /// One result per href, from the file's metadata (its content unread).
+    fn from_metadata<T>(
+        &self,
+        hrefs: &[Href],
+        read: impl Fn(&Href, &Located, &fs::Metadata, &KeywordTable) -> T,
+    ) -> Result<Vec<(Href, Result<T>)>> {
         let listed = self.list()?;
         let table = KeywordTable::read(&self.dir)?;
         Ok(hrefs
@@ -290,11 +307,7 @@ impl Maildir<'_> {
                     Some(loc) => {
                         let path = self.path(loc);
                         fs::metadata(&path)
-                            .map(|meta| ItemRef {
-                                href: href.clone(),
-                                etag: Self::etag(loc, &meta),
-                                flags: Some(Self::flags(loc, &table)),
-                            })
+                            .map(|meta| read(href, loc, &meta, &table))
                             .map_err(|e| match e.kind() {
                                 io::ErrorKind::NotFound => self.not_found(href),
                                 _ => Error::io(&path, e),

@@ -366,6 +366,24 @@ impl Mailbox for LocalMailbox {
         .await
     }
 
+    async fn message_sizes(
+        &self,
+        folder: &str,
+        hrefs: &[Href],
+    ) -> Result<Vec<(Href, Result<u64>)>> {
+        let id = folder.to_owned();
+        let hrefs = hrefs.to_vec();
+        self.run(move |inner| match inner.target(&id)? {
+            Target::Maildir(m) => m.message_sizes(&hrefs),
+            Target::Vdir(_) => Err(unsupported(
+                &id,
+                "reading message sizes",
+                "it is not a mail folder",
+            )),
+        })
+        .await
+    }
+
     async fn store_keywords(
         &self,
         folder: &str,

@@ -89,6 +89,7 @@ macro_rules! mailbox_conformance {
             r_t3_quick_same_size_rewrite_is_found,
             r_t3_mail_arrivals_flag_changes_and_deletions_are_found,
             r_m1_keyword_marks_tracked_messages,
+            message_sizes_are_told_without_reading,
             r_m1_keywords_on_a_new_message_survive_other_flags,
             r_m7_regarding_keyword_is_replaced_in_one_call,
             keyword_change_with_stale_etag_is_a_conflict,
@@ -654,6 +655,29 @@ pub async fn r_m1_keyword_marks_tracked_messages(f: &dyn Fixture) {
     assert!(!untracked.flags.as_ref().unwrap().is_tracked());
     let seen = reader.flags_of(&folder, &href).await.unwrap();
     assert!(!seen.flags.as_ref().unwrap().is_tracked());
+}
+
+/// The agent refuses a message above its size limit before reading it,
+/// and reads the others in batches of bounded memory.
+pub async fn message_sizes_are_told_without_reading(f: &dyn Fixture) {
+    let Some(folder) = f.collection(CollectionKind::Mail) else {
+        return skip("message_sizes_are_told_without_reading", "no mail folder");
+    };
+    let mb = f.mailbox();
+    let small = message("size-small", "Small");
+    let mut large = message("size-large", "Large");
+    large.extend(b"0123456789\r\n".repeat(10_000));
+    let small_href = f.external_deliver(&folder, &small).await;
+    let large_href = f.external_deliver(&folder, &large).await;
+    let asked = vec![large_href, "no-such-message".to_owned(), small_href];
+    let sizes = mb.message_sizes(&folder, &asked).await.unwrap();
+    assert_eq!(
+        sizes.iter().map(|(h, _)| h).collect::<Vec<_>>(),
+        asked.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(*sizes[0].1.as_ref().unwrap(), large.len() as u64);
+    assert!(matches!(sizes[1].1, Err(Error::NotFound { .. })));
+    assert_eq!(*sizes[2].1.as_ref().unwrap(), small.len() as u64);
 }
 
 pub async fn r_m1_keywords_on_a_new_message_survive_other_flags(f: &dyn Fixture) {
