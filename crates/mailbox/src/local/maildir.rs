@@ -281,7 +281,7 @@ impl Maildir<'_> {
     }
 
     pub fn message_flags(&self, hrefs: &[Href]) -> Result<Vec<(Href, Result<ItemRef>)>> {
-        self.from_metadata(hrefs, |href, loc, meta, table| ItemRef {
+        self.read_metadata(hrefs, |href, loc, meta, table| ItemRef {
             href: href.clone(),
             etag: Self::etag(loc, meta),
             flags: Some(Self::flags(loc, table)),
@@ -289,11 +289,11 @@ impl Maildir<'_> {
     }
 
     pub fn message_sizes(&self, hrefs: &[Href]) -> Result<Vec<(Href, Result<u64>)>> {
-        self.from_metadata(hrefs, |_, _, meta, _| meta.len())
+        self.read_metadata(hrefs, |_, _, meta, _| meta.len())
     }
 
     /// One result per href, from the file's metadata (its content unread).
-    fn from_metadata<T>(
+    fn read_metadata<T>(
         &self,
         hrefs: &[Href],
         read: impl Fn(&Href, &Located, &fs::Metadata, &KeywordTable) -> T,
