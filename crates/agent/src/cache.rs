@@ -317,14 +317,53 @@ impl Cache {
 
     /// Records a push operation before it is sent (R-T4).
     pub async fn journal_add(&self, entry: &JournalEntry) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO journal (op_id, collection, href, etag, op, created_at) VALUES (?, ?, ?, ?, ?, datetime('now'))")
-            .bind(&entry.op_id)
-            .bind(&entry.collection)
-            .bind(&entry.href)
-            .bind(&entry.etag)
-            .bind(entry.op.to_string())
-            .execute(&self.pool)
-            .await?;
+        self.journal_add_with_messages(std::slice::from_ref(entry), &[])
+            .await
+    }
+
+    /// Records push operations and the message rows they move on (to the
+    /// etag the operations were built at) in one transaction: the entries
+    /// are durable before they are sent and no later than their rows (R-T4).
+    pub async fn journal_add_with_messages(
+        &self,
+        entries: &[JournalEntry],
+        rows: &[CachedMessage],
+    ) -> anyhow::Result<()> {
+        self.journal_write(entries, rows, &[]).await
+    }
+
+    /// One transaction: `added` journal entries, message `rows` written,
+    /// the entries `done` removed.
+    async fn journal_write(
+        &self,
+        added: &[JournalEntry],
+        rows: &[CachedMessage],
+        done: &[String],
+    ) -> anyhow::Result<()> {
+        if added.is_empty() && rows.is_empty() && done.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for entry in added {
+            sqlx::query("INSERT INTO journal (op_id, collection, href, etag, op, created_at) VALUES (?, ?, ?, ?, ?, datetime('now'))")
+                .bind(&entry.op_id)
+                .bind(&entry.collection)
+                .bind(&entry.href)
+                .bind(&entry.etag)
+                .bind(entry.op.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for m in rows {
+            Cache::put_message_query(m).execute(&mut *tx).await?;
+        }
+        for op_id in done {
+            sqlx::query("DELETE FROM journal WHERE op_id = ?")
+                .bind(op_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,11 +494,18 @@ impl Cache {
 
     /// The answer of `op_id` is applied: the operation is done.
     pub async fn journal_done(&self, op_id: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM journal WHERE op_id = ?")
-            .bind(op_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.journal_done_with_messages(&[op_id.to_string()], &[])
+            .await
+    }
+
+    /// The answers of `op_ids` are applied, their message rows written:
+    /// both in one transaction (a batch of answers).
+    pub async fn journal_done_with_messages(
+        &self,
+        op_ids: &[String],
+        rows: &[CachedMessage],
+    ) -> anyhow::Result<()> {
+        self.journal_write(&[], rows, op_ids).await
     }
 
     fn message_row(r: &sqlx::sqlite::SqliteRow) -> CachedMessage {
@@ -513,16 +559,6 @@ impl Cache {
 
     pub async fn put_message(&self, m: &CachedMessage) -> anyhow::Result<()> {
         Cache::put_message_query(m).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Several rows in one transaction (a first scan of a large folder).
-    pub async fn put_messages(&self, ms: &[CachedMessage]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for m in ms {
-            Cache::put_message_query(m).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
 use crmsync_mailbox::{Etag, Mailbox, SyncState};
 
-use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
+use crate::cache::{Cache, CachedItem, CachedMessage, JournalEntry, WriteIntent};
 use crate::config::Config;
 use crate::crm::CrmClient;
 
@@ -834,9 +834,7 @@ impl Agent {
         }
         // Mailbox → CRM: journal first, then send (R-T4).
         if !ops.is_empty() {
-            for op in &ops {
-                self.cache.journal_add(op).await?;
-            }
+            self.cache.journal_add_with_messages(&ops, &[]).await?;
             let failed = self.send(&client, ops, &mut report).await?;
             for c in failed {
                 incomplete.insert(c);
@@ -1282,12 +1280,23 @@ impl Agent {
         let results = self.crm.push(client, &bodies).await?;
         let mut retry = Vec::new();
         let total = entries.len();
+        // Email answers: their message rows and the end of their journal
+        // entries are written together, once for the batch.
+        let mut rows: Vec<CachedMessage> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
         for (i, (entry, result)) in entries.iter().zip(results).enumerate() {
             if i % 100 == 0 || i + 1 == total {
                 self.progress("applying the CRM's answers", i + 1, total);
             }
             let kind = entry.op["kind"].as_str().unwrap_or("").to_string();
-            match self.apply_answer(entry, &kind, &result, report).await {
+            let email = entry.op["set"] == "emails";
+            let applied = if email {
+                self.apply_mail_answer(entry, &kind, &result, &mut rows, report)
+                    .await
+            } else {
+                self.apply_answer(entry, &kind, &result, report).await
+            };
+            match applied {
                 Ok(true) => {}
                 Ok(false) => retry.push(entry.collection.clone()),
                 Err(e) => {
@@ -1298,12 +1307,18 @@ impl Agent {
                     ));
                 }
             }
-            self.cache.journal_done(&entry.op_id).await?;
+            if email {
+                done.push(entry.op_id.clone());
+            } else {
+                self.cache.journal_done(&entry.op_id).await?;
+            }
         }
+        self.cache.journal_done_with_messages(&done, &rows).await?;
         Ok(retry)
     }
 
-    /// Applies one push answer. `Ok(false)`: refused in a way that a later
+    /// Applies one push answer for an item (emails go to
+    /// `apply_mail_answer`). `Ok(false)`: refused in a way that a later
     /// sync may resolve (the item is looked at again).
     async fn apply_answer(
         &self,
@@ -1312,9 +1327,6 @@ impl Agent {
         result: &Value,
         report: &mut SyncReport,
     ) -> anyhow::Result<bool> {
-        if entry.op["set"] == "emails" {
-            return self.apply_mail_answer(entry, kind, result, report).await;
-        }
         let collection = entry.collection.as_str();
         let cached = self.cache.item(collection, &entry.href).await?;
         if result["status"] != "ok" {

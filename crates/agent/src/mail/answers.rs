@@ -47,16 +47,26 @@ impl Agent {
     }
 
     /// Applies a push answer for an email operation (routed here by the
-    /// engine's `apply_answer`). `Ok(false)`: try again later.
+    /// engine's `send`). The message row to write is added to `rows`, the
+    /// rows of the batch not written yet (the engine writes them with the
+    /// end of their journal entries, in one transaction); a row there is
+    /// newer than the cache's. `Ok(false)`: try again later.
     pub(crate) async fn apply_mail_answer(
         &self,
         entry: &JournalEntry,
         kind: &str,
         result: &Value,
+        rows: &mut Vec<CachedMessage>,
         report: &mut SyncReport,
     ) -> anyhow::Result<bool> {
         let (folder, href) = (entry.collection.as_str(), entry.href.as_str());
-        let found = self.cache().message(folder, href).await?;
+        let found = match rows
+            .iter()
+            .rposition(|r| r.folder == folder && r.href == href)
+        {
+            Some(i) => Some(rows[i].clone()),
+            None => self.cache().message(folder, href).await?,
+        };
         let mut row = found.clone().unwrap_or(CachedMessage {
             folder: folder.to_string(),
             href: href.to_string(),
@@ -84,7 +94,7 @@ impl Agent {
                 row.problem = Some(format!("{kind} refused: {code}: {message}"));
             }
             if found.is_some() || kind == "track" {
-                self.cache().put_message(&row).await?;
+                rows.push(row);
             }
             return Ok(true);
         }
@@ -123,7 +133,7 @@ impl Agent {
             _ => {}
         }
         if found.is_some() || kind == "track" {
-            self.cache().put_message(&row).await?;
+            rows.push(row);
         }
         Ok(true)
     }

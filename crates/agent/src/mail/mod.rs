@@ -78,9 +78,13 @@ struct Run<'a> {
     client: &'a str,
     /// Read once, when a received message needs them (R-M6).
     settings: Option<MailSettings>,
+    /// Operations to send. The first `journaled` are in the journal; the
+    /// others are written with `rows`, in one transaction, before they are
+    /// sent (R-T4).
     ops: Vec<JournalEntry>,
+    journaled: usize,
     incomplete: HashSet<String>,
-    /// Cache rows of messages that need nothing, written together.
+    /// Cache rows not written yet, written together.
     rows: Vec<CachedMessage>,
 }
 
@@ -137,6 +141,7 @@ impl Agent {
             client,
             settings: None,
             ops: Vec::new(),
+            journaled: 0,
             incomplete: HashSet::new(),
             rows: Vec::new(),
         };
@@ -284,9 +289,7 @@ impl Agent {
                     self.perform(&mut run, folder, &p, None, d, report).await?;
                 }
             }
-            self.cache()
-                .put_messages(&std::mem::take(&mut run.rows))
-                .await?;
+            self.save(&mut run).await?;
             let total = pending.len();
             for (i, chunk) in pending.chunks(BATCH).enumerate() {
                 self.read_and_perform(&mut run, folder, chunk, report)
@@ -331,12 +334,25 @@ impl Agent {
         Ok(())
     }
 
-    /// Sends the journaled operations of this pass.
+    /// Writes the journal entries and cache rows of this pass not written
+    /// yet, in one transaction: an entry is durable no later than the row
+    /// that moved to its etag (R-T4).
+    async fn save(&self, run: &mut Run<'_>) -> anyhow::Result<()> {
+        self.cache()
+            .journal_add_with_messages(&run.ops[run.journaled..], &std::mem::take(&mut run.rows))
+            .await?;
+        run.journaled = run.ops.len();
+        Ok(())
+    }
+
+    /// Journals (R-T4), then sends, the operations of this pass.
     async fn flush(&self, run: &mut Run<'_>, report: &mut SyncReport) -> anyhow::Result<()> {
+        self.save(run).await?;
         if run.ops.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut run.ops);
+        run.journaled = 0;
         for folder in self.send(run.client, batch, report).await? {
             run.incomplete.insert(folder);
         }
@@ -467,8 +483,9 @@ impl Agent {
     }
 
     /// Carries out a decision on one message: keyword writes with the etag
-    /// as precondition, push operations journaled before the cache row
-    /// moves on (R-T4).
+    /// as precondition, push operations journaled before (or with) the
+    /// cache row moving on (R-T4): both are kept in `run` and written by
+    /// `save` in one transaction per batch, before the batch is sent.
     async fn perform(
         &self,
         run: &mut Run<'_>,
@@ -558,23 +575,15 @@ impl Agent {
         }
         for (kind, body) in entries {
             let entry = journal_entry(&folder.id, &p.r.href, etag.as_str(), kind, body);
-            self.cache().journal_add(&entry).await?;
             run.ops.push(entry);
         }
         row.link = d.link;
         row.etag = etag.as_str().to_string();
-        if d.ops.is_empty() && message.is_none() {
-            run.rows.push(row);
-            if run.rows.len() >= 1000 {
-                self.cache()
-                    .put_messages(&std::mem::take(&mut run.rows))
-                    .await?;
-            }
-            return Ok(());
-        }
-        self.cache().put_message(&row).await?;
+        run.rows.push(row);
         if run.ops.len() >= BATCH {
             self.flush(run, report).await?;
+        } else if run.rows.len() >= 1000 {
+            self.save(run).await?;
         }
         Ok(())
     }
@@ -606,7 +615,6 @@ impl Agent {
                         "delete",
                         json!({"set": "emails", "id": c.crm_id}),
                     );
-                    self.cache().journal_add(&entry).await?;
                     run.ops.push(entry);
                 }
                 MailOp::Forget => self.cache().remove_message(&c.folder, &c.href).await?,
