@@ -17,6 +17,10 @@ pub struct Config {
     pub on_behalf_of: Option<String>,
     pub local_root: Option<PathBuf>,
     pub interval: Duration,
+    /// `[sync] max_message_size` (an addition to §13): a message larger
+    /// than this is not tracked; it is refused, unread, and reported. At
+    /// most, and by default, the CRM's own limit.
+    pub max_message_size: u64,
     /// The mail folders and their roles (SPEC §13 `[mailbox.imap]` inbox,
     /// sent, drafts, tracked_folders; R-M4, R-M8).
     pub mail: MailFolders,
@@ -205,6 +209,7 @@ struct RawLocal {
 #[serde(deny_unknown_fields)]
 struct RawSync {
     interval: Option<String>,
+    max_message_size: Option<String>,
 }
 
 impl Config {
@@ -447,7 +452,27 @@ impl Config {
                 "[mailbox] names no mailbox; add [mailbox.local] with root = \"…\" (or [mailbox.dav] / [mailbox.imap])".into(),
             ));
         }
-        let interval = match raw.sync.and_then(|s| s.interval) {
+        let sync = raw.sync.unwrap_or(RawSync {
+            interval: None,
+            max_message_size: None,
+        });
+        let max_message_size = match sync.max_message_size {
+            None => MAX_MESSAGE_SIZE,
+            Some(text) => match parse_size(&text) {
+                Some(n) if n > 0 && n <= MAX_MESSAGE_SIZE => n,
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "[sync] max_message_size = {text:?} is above the CRM's limit; write at most \"25MB\""
+                    )))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "[sync] max_message_size = {text:?} is not a size; write it like \"10MB\", \"500KB\" or a number of bytes"
+                    )))
+                }
+            },
+        };
+        let interval = match sync.interval {
             None => Duration::from_secs(15 * 60),
             Some(text) => parse_interval(&text).ok_or_else(|| {
                 invalid(format!(
@@ -463,6 +488,7 @@ impl Config {
             on_behalf_of: client.on_behalf_of,
             local_root,
             interval,
+            max_message_size,
             mail,
             dav,
             imap,
@@ -520,6 +546,24 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// `90s`, `15m`, `1h`, `2d` (the syntax of the CRM's settings, R-T1).
+/// The largest message the CRM stores (the server's `MAX_RAW`).
+pub const MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+
+/// `"10MB"`, `"500 KB"`, `"1048576"`: bytes (KB and MB are 1,024 and
+/// 1,048,576 bytes, as the CRM counts them).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_uppercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1024,
+        "M" | "MB" => 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 pub fn parse_interval(text: &str) -> Option<Duration> {
     crmsync_core::settings::parse_interval(text.trim())
         .ok()
@@ -595,6 +639,7 @@ mod tests {
             (143, "none", "pw")
         );
         assert_eq!(imap.rescan_interval, Duration::from_secs(300));
+        assert_eq!(c.max_message_size, MAX_MESSAGE_SIZE);
         assert_eq!(c.mail.sent, "Sent Items");
         assert_eq!(c.mail.tracked_folders.len(), 2);
         assert_eq!(
@@ -630,6 +675,12 @@ mod tests {
         assert!(e.contains("more than one"), "{e}");
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nfolder_regarding = {{ X = \"accounts/1b4e28ba-2fa1-11d2-883f-0016d3cca427\" }}\n"), None).unwrap_err();
         assert!(e.contains("not in tracked_folders"), "{e}");
+        for (size, fault) in [("\"1GB\"", "not a size"), ("\"26MB\"", "above the CRM's limit")] {
+            let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\n[sync]\nmax_message_size = {size}\n"), None).unwrap_err();
+            assert!(e.contains("max_message_size") && e.contains(fault), "{e}");
+        }
+        let c = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\n[sync]\nmax_message_size = \"10 MB\"\n"), None).unwrap();
+        assert_eq!(c.max_message_size, 10 * 1024 * 1024);
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nrescan_interval = \"often\"\n"), None).unwrap_err();
         assert!(e.contains("rescan_interval") && e.contains("\"5m\""), "{e}");
         let c = parse(

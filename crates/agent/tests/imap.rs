@@ -69,6 +69,7 @@ both_configurations!(
     uidvalidity_change_relinks_by_message_id_without_duplicate,
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
+    max_message_size_refuses_larger_messages_unread,
 );
 
 /// A CRM user's mailbox on a Dovecot of its own, the agent on it, and
@@ -853,6 +854,77 @@ async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor
     assert!(sync(&agent).await.pushed.is_empty());
 }
 
+/// A message of `size` bytes or a little more.
+fn padded(id: &str, size: usize) -> Vec<u8> {
+    let mut raw = lee(id, "Padded");
+    let line = [b'A'; 76];
+    while raw.len() < size {
+        raw.extend_from_slice(&line);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw
+}
+
+/// `[sync] max_message_size`: a message above it is never read (the
+/// connection would be cut if it were), a marked one is refused and
+/// reported once, an unmarked one is only noted; the others are tracked.
+async fn max_message_size_refuses_larger_messages_unread(flavor: Flavor) {
+    let w = world().await;
+    let (_, token) = w.user("ann@example.com").await;
+    let dovecot = Dovecot::start(flavor).await;
+    let mut other = dovecot.client().await;
+    for f in ["Sent", "Drafts", "CRM"] {
+        other.cmd(&format!("CREATE \"{f}\"")).await;
+    }
+    let proxy = Proxy::start(dovecot.port).await;
+    let agent = w
+        .imap_agent(
+            &token,
+            "ann",
+            "ann-cache",
+            proxy.port,
+            dovecot::USER,
+            dovecot::PASSWORD,
+            |c| c.max_message_size = 1024 * 1024,
+        )
+        .await;
+    sync(&agent).await;
+    let marked = format!("\\Seen {TRACKED}");
+    let big_marked = other
+        .append_flags(
+            "INBOX",
+            &marked,
+            &padded("big-marked@example.org", 3_000_000),
+        )
+        .await;
+    other
+        .append_flags("INBOX", "", &padded("big-received@example.org", 3_000_000))
+        .await;
+    other
+        .append_flags("INBOX", &marked, &padded("fits@example.org", 900_000))
+        .await;
+    // Reading either big message would pass more than this.
+    proxy.cut_after(2_500_000);
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(
+        r.errors.is_empty(),
+        "nothing was read past the limit: {r:?}"
+    );
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    let refusal = &r.refused[0];
+    assert!(
+        refusal.contains(&format!("INBOX/{big_marked}"))
+            && refusal.contains("max_message_size is 1048576"),
+        "{refusal}"
+    );
+    assert_eq!(w.email_by_mid("fits@example.org").await.len(), 1);
+    assert_eq!(w.emails().await.len(), 1);
+    // Not looked at again while they do not change.
+    let r = sync(&agent).await;
+    assert!(r.pushed.is_empty() && r.refused.is_empty(), "{r:?}");
+}
+
 async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(flavor: Flavor) {
     let w = world().await;
     let mut m = ann(&w, flavor).await;
@@ -877,10 +949,12 @@ async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(fl
         large.extend_from_slice(&line);
         large.extend_from_slice(b"\r\n");
     }
-    let good = lee("good@example.org", "Good");
+    let to: Vec<String> = (0..3000).map(|i| format!("r{i}@example.net")).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let crowd = rfc5322(Some("crowd@example.org"), "lee@example.org", &to, "All", "");
     let flags = format!("\\Seen {TRACKED}");
     let mut uids = Vec::new();
-    for raw in [&no_id, &eight_bit, &broken, &huge, &good, &large] {
+    for raw in [&no_id, &eight_bit, &broken, &huge, &crowd, &large] {
         uids.push(m.append("INBOX", raw, &flags).await);
     }
     let r = m.agent.sync_once(SyncOptions::default()).await.unwrap();
@@ -905,6 +979,8 @@ async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(fl
     assert!(w.email_by_mid("huge@example.org").await.is_empty());
     let large_email = &w.email_by_mid("large@example.org").await[0];
     assert_eq!(large_email["raw_size"], large.len(), "kept whole");
+    let crowd_email = &w.email_by_mid("crowd@example.org").await[0];
+    assert_eq!(crowd_email["parties"].as_array().unwrap().len(), 3001);
     let s = m.agent.status().await.unwrap();
     assert_eq!(s.tracked, 5);
     assert!(s.reported.iter().any(|x| x.contains("too large")), "{s:?}");

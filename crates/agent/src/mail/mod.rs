@@ -41,8 +41,10 @@ use plan::{Decision, Facts, FolderRole, Known, MailOp, Regarding, Step};
 /// proceeds batch by batch, memory bounded by the batch).
 const BATCH: usize = 100;
 
-/// The largest raw message the CRM server stores (its `MAX_RAW`).
-const MAX_RAW_MESSAGE: usize = 25 * 1024 * 1024;
+/// The raw bytes read at once, at most (a message above the limit alone):
+/// with `[sync] max_message_size`, what bounds the agent's memory whatever
+/// the size of the messages or of the folder.
+const READ_BUDGET: u64 = 32 * 1024 * 1024;
 
 /// A configured mail folder that exists in the mailbox.
 #[derive(Debug, Clone)]
@@ -292,9 +294,7 @@ impl Agent {
             self.save(&mut run).await?;
             let total = pending.len();
             for (i, chunk) in pending.chunks(BATCH).enumerate() {
-                self.read_and_perform(&mut run, folder, chunk, report)
-                    .await?;
-                self.flush(&mut run, report).await?;
+                self.read_in_groups(&mut run, folder, chunk, report).await?;
                 if total > BATCH {
                     // R-E7: bulk tracking shows its progress.
                     let done = (i * BATCH + chunk.len()).min(total);
@@ -359,8 +359,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Reads a batch of messages, then decides and acts on each.
-    async fn read_and_perform(
+    /// Reads a batch of messages in groups of at most `READ_BUDGET` bytes,
+    /// each decided, acted on and sent before the next is read. A message
+    /// above `[sync] max_message_size` is refused without being read.
+    async fn read_in_groups(
         &self,
         run: &mut Run<'_>,
         folder: &Folder,
@@ -368,8 +370,70 @@ impl Agent {
         report: &mut SyncReport,
     ) -> anyhow::Result<()> {
         let hrefs: Vec<String> = chunk.iter().map(|p| p.r.href.clone()).collect();
+        let sizes = self.mailbox().message_sizes(&folder.id, &hrefs).await?;
+        let limit = self.config().max_message_size;
+        let mut group: Vec<&Pending> = Vec::new();
+        let mut bytes = 0;
+        for (p, (_, size)) in chunk.iter().zip(sizes) {
+            // Unknown (gone meanwhile, say): reading it reports why.
+            let size = size.unwrap_or(0);
+            if size > limit {
+                self.too_large(run, folder, p, size, report);
+                continue;
+            }
+            if !group.is_empty() && bytes + size > READ_BUDGET {
+                self.read_and_perform(run, folder, &std::mem::take(&mut group), report)
+                    .await?;
+                self.flush(run, report).await?;
+                bytes = 0;
+            }
+            group.push(p);
+            bytes += size;
+        }
+        self.read_and_perform(run, folder, &group, report).await?;
+        self.flush(run, report).await
+    }
+
+    /// A message above `[sync] max_message_size`: not read; if it was to be
+    /// tracked, refused and reported. Its row keeps the problem and the
+    /// etag, so it is not looked at again until it changes.
+    fn too_large(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        p: &Pending,
+        size: u64,
+        report: &mut SyncReport,
+    ) {
+        let problem = too_large_problem(size, self.config().max_message_size);
+        let mut row = self.row_for(folder, p);
+        row.etag = p.r.etag.as_str().to_string();
+        if let Step::Decided(d) = &p.step {
+            if d.ops.iter().any(|o| matches!(o, MailOp::Track { .. })) {
+                report
+                    .refused
+                    .push(format!("{}/{}: {problem}", folder.id, p.r.href));
+                row.link = d.link;
+            }
+        }
+        row.problem = Some(problem);
+        run.rows.push(row);
+    }
+
+    /// Reads a group of messages, then decides and acts on each.
+    async fn read_and_perform(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        chunk: &[&Pending],
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let hrefs: Vec<String> = chunk.iter().map(|p| p.r.href.clone()).collect();
         let got = self.mailbox().get_many(&folder.id, &hrefs).await?;
-        for (p, (_, item)) in chunk.iter().zip(got) {
+        for (&p, (_, item)) in chunk.iter().zip(got) {
             let item = match item {
                 Ok(i) if i.etag == p.r.etag => i,
                 Ok(_) => {
@@ -398,7 +462,7 @@ impl Agent {
                     let mut row = self.row_for(folder, p);
                     row.etag = p.r.etag.as_str().to_string();
                     row.problem = Some(problem);
-                    self.cache().put_message(&row).await?;
+                    run.rows.push(row);
                     continue;
                 }
             };
@@ -530,15 +594,11 @@ impl Agent {
                     let (raw, parsed) = message.ok_or_else(|| {
                         anyhow::anyhow!("{}/{}: track without the message", folder.id, p.r.href)
                     })?;
-                    if raw.len() > MAX_RAW_MESSAGE {
-                        // The CRM refuses it, and a request this large
-                        // would fail with everything batched with it:
-                        // refused here, reported, not sent again until
-                        // the message changes.
-                        let problem = format!(
-                            "track refused: message_too_large: the message is too large ({} bytes; the CRM accepts at most {MAX_RAW_MESSAGE})",
-                            raw.len()
-                        );
+                    let limit = self.config().max_message_size;
+                    if raw.len() as u64 > limit {
+                        // Grew after its size was asked (read_in_groups):
+                        // refused here, as it would have been there.
+                        let problem = too_large_problem(raw.len() as u64, limit);
                         report
                             .refused
                             .push(format!("{}/{}: {problem}", folder.id, p.r.href));
@@ -638,6 +698,14 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Why a message above the limit is not tracked, and what to do about it.
+fn too_large_problem(size: u64, limit: u64) -> String {
+    format!(
+        "track refused: message_too_large: the message is too large ({size} bytes; [sync] max_message_size is {limit}, the CRM accepts at most {}); it is not read, and not tried again until it changes",
+        crate::config::MAX_MESSAGE_SIZE
+    )
 }
 
 pub(crate) fn journal_entry(
