@@ -30,7 +30,7 @@ use crmsync_core::mapping::{
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
-use crmsync_mailbox::{Etag, Mailbox, SyncState};
+use crmsync_mailbox::{Collection, CollectionKind, Etag, Mailbox, SyncState};
 
 use crate::cache::{Cache, CachedItem, CachedMessage, JournalEntry, WriteIntent};
 use crate::config::Config;
@@ -225,6 +225,10 @@ pub struct Agent {
     local_root: Option<PathBuf>,
     /// Which of `contacts`, `calendar`, `tasks` this mailbox has.
     item_collections: Vec<&'static str>,
+    /// The mail folders listed at start, used by the first mail pass
+    /// instead of listing them again (one round trip on IMAP); later passes
+    /// list them anew, to see folders created since.
+    mail_folders_at_start: std::sync::Mutex<Option<Vec<Collection>>>,
     /// R-T1 as the server last said it: `Some(None)` scheduled sync off,
     /// `Some(Some(d))` every `d`; `None` before the first registration.
     schedule: std::sync::Mutex<Option<Option<std::time::Duration>>>,
@@ -310,11 +314,12 @@ impl Agent {
     /// Opens the cache and the mailbox named by the configuration.
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
         let opened = crate::backends::open_mailbox(&cfg).await?;
-        let listed = opened.mailbox.collections().await?;
+        let mut listed = opened.mailbox.collections().await?;
         let item_collections = collections()
             .into_iter()
             .filter(|c| listed.iter().any(|l| l.id == *c))
             .collect();
+        listed.retain(|c| c.kind == CollectionKind::Mail);
         let cache = Cache::open(&cfg.cache).await?;
         let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
@@ -324,6 +329,7 @@ impl Agent {
             mailbox: opened.mailbox,
             local_root: opened.local_items_root,
             item_collections,
+            mail_folders_at_start: std::sync::Mutex::new(Some(listed)),
             item_writes: AtomicU64::new(0),
             progress: std::sync::Mutex::new(None),
             schedule: std::sync::Mutex::new(None),
@@ -364,6 +370,19 @@ impl Agent {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The mail folders: those listed at start the first time, then listed.
+    pub(crate) async fn mail_folders(&self) -> anyhow::Result<Vec<Collection>> {
+        let at_start = self
+            .mail_folders_at_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match at_start {
+            Some(listed) => Ok(listed),
+            None => Ok(self.mailbox.mail_folders().await?),
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -317,9 +317,12 @@ async fn r_m7_regarding_change_reaches_party_mailbox_as_keyword() {
     let w = world().await;
     let (_, ann) = w.user("ann@example.com").await;
     let (_, bob) = w.user("bob@example.com").await;
+    // Sent exists when the agent starts (a folder created later is
+    // found from the second sync on: the first uses the start's listing).
+    std::fs::create_dir_all(w.dir.path().join("ann")).unwrap();
+    w.mail_dir("ann", "Sent");
     let ann_agent = w.agent(&ann, "ann", "ann-cache").await;
     let bob_agent = w.agent(&bob, "bob", "bob-cache").await;
-    w.mail_dir("ann", "Sent");
     let raw = rfc5322(
         Some("shared@example.com"),
         "ann@example.com",

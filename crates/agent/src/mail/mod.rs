@@ -93,7 +93,7 @@ struct Run<'a> {
 impl Agent {
     /// The configured folders (R-M8: only these) that exist, with roles.
     pub async fn mail_folder_roles(&self) -> anyhow::Result<Vec<Folder>> {
-        let existing = self.mailbox().mail_folders().await?;
+        let existing = self.mail_folders().await?;
         let cfg = &self.config().mail;
         let mut wanted = vec![
             (cfg.inbox.clone(), FolderRole::Inbox),
