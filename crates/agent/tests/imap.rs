@@ -17,6 +17,7 @@
 mod dovecot;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -60,6 +61,7 @@ both_configurations!(
     r_m5_reply_correlation_and_tracking_token_in_inbox_only,
     r_m6_auto_track_all_none_and_exclusion_list,
     r_m7_regarding_change_in_crm_reaches_message_as_keyword,
+    r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding,
     r_m8_marked_message_moved_to_unsynchronized_folder_is_reported,
     r_e7_bulk_tracking_of_many_messages,
     r_e9_two_activities,
@@ -479,6 +481,53 @@ async fn r_m6_auto_track_all_none_and_exclusion_list(flavor: Flavor) {
         cmd::explain(agent, Some(mid), None).await.unwrap().reasons[0].clone()
     };
     assert!(why("mid:reply-none@example.org").await.contains("none"));
+}
+
+/// R-E5: after tracking only the regarding changes, here by another mail
+/// client swapping the `$CRMRegarding:` keyword. A keyword new to the folder
+/// is seen at the next sync in both configurations; without CONDSTORE, a
+/// swap to a keyword the folder already had is seen at the next full
+/// listing (`rescan_interval`, 1 s here).
+async fn r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding(flavor: Flavor) {
+    let w = world().await;
+    let mut m = mailbox_of(&w, flavor, "ann@example.com", &[], |c| {
+        c.imap.as_mut().unwrap().rescan_interval = Duration::from_secs(1);
+    })
+    .await;
+    let acme = w.account(&m.token, "Acme").await;
+    let globex = w.account(&m.token, "Globex").await;
+    // Globex's keyword is already in the folder, on another message.
+    m.append(
+        "INBOX",
+        &lee("other@example.org", "Other"),
+        &regarding_kw("accounts", &globex),
+    )
+    .await;
+    let uid = m
+        .append("INBOX", &lee("e5@example.org", "Quote"), TRACKED)
+        .await;
+    sync(&m.agent).await;
+    assert!(w.email_by_mid("e5@example.org").await[0]["regarding"].is_null());
+    m.store("INBOX", uid, "+FLAGS", &regarding_kw("accounts", &acme))
+        .await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("set_regarding"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("e5@example.org").await[0]["regarding"]["id"],
+        acme.as_str()
+    );
+    m.store("INBOX", uid, "-FLAGS", &regarding_kw("accounts", &acme))
+        .await;
+    m.store("INBOX", uid, "+FLAGS", &regarding_kw("accounts", &globex))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("set_regarding"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("e5@example.org").await[0]["regarding"]["id"],
+        globex.as_str()
+    );
+    assert!(sync(&m.agent).await.pushed.is_empty());
 }
 
 async fn r_m7_regarding_change_in_crm_reaches_message_as_keyword(flavor: Flavor) {
