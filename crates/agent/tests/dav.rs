@@ -941,31 +941,6 @@ async fn r_c3_secondary_leaves_server_changes_for_the_primary(kind: Kind) {
 
 // ---------------------------------------------------------------- R-T2
 
-type Reports = tokio::sync::mpsc::UnboundedReceiver<Result<crmsync_agent::SyncReport, String>>;
-
-/// The reports of a running agent's syncs until one satisfies `wanted`
-/// (within 30 s: the DAV watch polls every 2 s; the schedule is 15 min).
-async fn until(
-    reports: &mut Reports,
-    what: &str,
-    wanted: impl Fn(&crmsync_agent::SyncReport) -> bool,
-) -> crmsync_agent::SyncReport {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        let r = tokio::time::timeout_at(deadline, reports.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no sync with {what} within 30 s; syncs: {seen:?}"))
-            .expect("the agent runs")
-            .expect("the sync succeeds");
-        if wanted(&r) {
-            return r;
-        }
-        assert!(r.errors.is_empty(), "{r:?}");
-        seen.push(r);
-    }
-}
-
 async fn r_t2_running_agent_picks_up_another_clients_edit(kind: Kind) {
     let server = Server::start(kind).await;
     let w = world().await;

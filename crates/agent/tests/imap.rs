@@ -68,6 +68,7 @@ both_configurations!(
     r_e10_unapproved_user_refused_and_reported,
     section_9_crm_deletes_tracked_email_message_kept_keyword_removed,
     section_9_user_deletes_message_crm_activity_kept,
+    r_t2_running_agent_tracks_at_once_and_defers_deletions,
     uidvalidity_change_relinks_by_message_id_without_duplicate,
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
@@ -807,6 +808,63 @@ async fn section_9_user_deletes_message_crm_activity_kept(flavor: Flavor) {
     );
     assert_eq!(m.agent.status().await.unwrap().tracked, 0);
     assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+/// R-T2's email columns on a running agent: a message marked by another
+/// client is tracked at once (IDLE on the inbox wakes the agent; the
+/// schedule is 15 minutes), its deletion waits for the next scheduled or
+/// manual sync.
+async fn r_t2_running_agent_tracks_at_once_and_defers_deletions(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    // The agent runs while another client works: disjoint borrows.
+    let (agent, other) = (&m.agent, &mut m.other);
+    assert_eq!(agent.config().interval, Duration::from_secs(900));
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop) = oneshot::channel::<()>();
+    let running = crmsync_agent::run::run(
+        agent,
+        async {
+            let _ = stop.await;
+        },
+        move |r| {
+            let _ = reports_tx.send(match r {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(format!("{e:#}")),
+            });
+        },
+    );
+    let test = async {
+        reports.recv().await.unwrap().unwrap();
+        let uid = other
+            .append_flags("INBOX", "\\Seen", &lee("t2@example.org", "Now"))
+            .await;
+        other.select("INBOX").await;
+        other
+            .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
+            .await;
+        until(&mut reports, "the track pushed", |r| {
+            r.pushed.get("track") == Some(&1)
+        })
+        .await;
+        assert_eq!(w.email_by_mid("t2@example.org").await.len(), 1);
+        other
+            .cmd(&format!("UID STORE {uid} +FLAGS (\\Deleted)"))
+            .await;
+        other.cmd(&format!("UID EXPUNGE {uid}")).await;
+        let r = until(&mut reports, "the deletion deferred", |r| {
+            r.deferred_deletions == 1
+        })
+        .await;
+        assert!(r.pushed.is_empty(), "{r:?}");
+        let _ = stop_tx.send(());
+    };
+    let (ran, ()) = tokio::join!(running, test);
+    ran.unwrap();
+    // The manual sync applies it (§9: the CRM activity itself is kept).
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
+    assert_eq!(m.agent.status().await.unwrap().tracked, 0);
 }
 
 async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flavor) {

@@ -449,3 +449,33 @@ impl World {
 fn regarding_kw(set: &str, id: &str) -> String {
     format!("$CRMRegarding:{set}:{id}")
 }
+
+// ---- a running agent (R-T2)
+
+#[allow(dead_code)]
+type Reports = tokio::sync::mpsc::UnboundedReceiver<Result<crmsync_agent::SyncReport, String>>;
+
+/// The reports of a running agent's syncs until one satisfies `wanted`
+/// (within 30 s: the DAV watch polls every 2 s, IMAP IDLE answers at once;
+/// the schedule is 15 min).
+#[allow(dead_code)] // used by tests/dav.rs and tests/imap.rs
+async fn until(
+    reports: &mut Reports,
+    what: &str,
+    wanted: impl Fn(&crmsync_agent::SyncReport) -> bool,
+) -> crmsync_agent::SyncReport {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let r = tokio::time::timeout_at(deadline, reports.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no sync with {what} within 30 s; syncs: {seen:?}"))
+            .expect("the agent runs")
+            .expect("the sync succeeds");
+        if wanted(&r) {
+            return r;
+        }
+        assert!(r.errors.is_empty(), "{r:?}");
+        seen.push(r);
+    }
+}
