@@ -636,7 +636,7 @@ pub async fn untrack(
         let id = c.crm_id.clone().unwrap_or_default();
         let op = json!({"op_id": Uuid::new_v4().to_string(), "kind": "untrack",
             "set": c.set, "id": id, "delete_in_crm": true});
-        let r = client.push(&me, &[op]).await?;
+        let r = client.push(&me, &[&op]).await?;
         let r = r.first().cloned().unwrap_or(Value::Null);
         if r["status"] != "ok" && r["code"] != "not_found" && r["code"] != "not_linked" {
             anyhow::bail!(
@@ -694,7 +694,7 @@ pub async fn set_regarding(
     for (l, c, value) in found {
         let op = json!({"op_id": Uuid::new_v4().to_string(), "kind": "set_regarding",
             "set": c.set, "id": c.crm_id, "regarding": value});
-        let r = client.push(&me, &[op]).await?;
+        let r = client.push(&me, &[&op]).await?;
         let r = r.first().cloned().unwrap_or(Value::Null);
         if r["status"] != "ok" {
             anyhow::bail!(

@@ -55,12 +55,23 @@ impl CrmClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CrmError> {
+        self.call_with(method, path, body.as_ref()).await
+    }
+
+    /// `call` with a body serialized straight into the request (a push of
+    /// large messages is not copied into a `Value` first).
+    async fn call_with<B: serde::Serialize + ?Sized>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Value, CrmError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
             .request(method.clone(), &url)
             .bearer_auth(&self.token);
-        if let Some(b) = &body {
+        if let Some(b) = body {
             req = req.json(b);
         }
         let unreachable = |source| CrmError::Unreachable {
@@ -183,7 +194,7 @@ impl CrmClient {
     }
 
     /// R-S5: the per-operation results, in order (500 operations per call).
-    pub async fn push(&self, client: &str, ops: &[Value]) -> Result<Vec<Value>, CrmError> {
+    pub async fn push(&self, client: &str, ops: &[&Value]) -> Result<Vec<Value>, CrmError> {
         let mut out = Vec::new();
         for chunk in ops.chunks(500) {
             out.extend(self.push_chunk(client, chunk).await?);
@@ -198,18 +209,21 @@ impl CrmClient {
     fn push_chunk<'a>(
         &'a self,
         client: &'a str,
-        ops: &'a [Value],
+        ops: &'a [&'a Value],
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Vec<Value>, CrmError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            let send = || {
-                self.call(
-                    reqwest::Method::POST,
-                    "/api/v1/sync/push",
-                    Some(json!({"client_id": client, "ops": ops})),
-                )
+            #[derive(serde::Serialize)]
+            struct PushRequest<'b> {
+                client_id: &'b str,
+                ops: &'b [&'b Value],
+            }
+            let body = PushRequest {
+                client_id: client,
+                ops,
             };
+            let send = || self.call_with(reqwest::Method::POST, "/api/v1/sync/push", Some(&body));
             let mut r = send().await;
             if matches!(r, Err(CrmError::Unreachable { .. })) {
                 // A connection the server closed (after refusing a large

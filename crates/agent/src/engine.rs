@@ -1295,7 +1295,7 @@ impl Agent {
         entries: Vec<JournalEntry>,
         report: &mut SyncReport,
     ) -> anyhow::Result<Vec<String>> {
-        let bodies: Vec<Value> = entries.iter().map(|e| e.op.clone()).collect();
+        let bodies: Vec<&Value> = entries.iter().map(|e| &e.op).collect();
         let results = self.crm.push(client, &bodies).await?;
         let mut retry = Vec::new();
         let total = entries.len();

@@ -15,7 +15,7 @@
 //!    the whole process, and every IMAP command the agent sent (through a
 //!    counting proxy), against a bare SELECT of the folder.
 //!
-//!   cargo bench -p crmsync --bench imap -- [--sizes 2500,10000] [--runs 3] [--nochange 10000,50000]
+//!   cargo bench -p crmsync --bench imap -- [--sizes 2500,10000] [--runs 3] [--nochange 10000,50000] [--large 1,8,24]
 
 #[path = "../../imap/tests/support/mod.rs"]
 mod dovecot;
@@ -302,6 +302,35 @@ async fn bulk_run(n: usize) -> BulkRun {
     }
 }
 
+/// A message of about `mib` MiB: a text part and a base64 attachment.
+fn large_message(mib: usize) -> Vec<u8> {
+    let mut m = b"From: Lee <lee@example.org>\r\nTo: Me <me@example.com>\r\nSubject: Large\r\nMessage-ID: <large@bench.example>\r\nDate: Mon, 04 Jan 2027 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n\r\n".to_vec();
+    let line = [b'Q'; 76];
+    while m.len() < mib * 1024 * 1024 {
+        m.extend_from_slice(&line);
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(b"--b--\r\n");
+    m
+}
+
+/// One marked message of `mib` MiB tracked by `crmsync sync`: (seconds,
+/// the agent's peak RSS in MiB).
+async fn large_run(mib: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let dovecot = Dovecot::start(Flavor::Qresync).await;
+    dovecot.seed_maildir_with(FOLDER, 1, |_| large_message(mib));
+    let mut other = dovecot.client().await;
+    other.select(FOLDER).await;
+    other.cmd("UID STORE 1:* +FLAGS.SILENT ($CRMTracked)").await;
+    other.logout().await;
+    let server = Server::start(dir.path()).await;
+    let config = agent_config(dir.path(), &server.base, &server.token, dovecot.port);
+    let (took, report, rss) = sync(&config);
+    assert_eq!(report["pushed"]["track"].as_u64(), Some(1), "{report}");
+    (took.as_secs_f64(), rss)
+}
+
 /// A proxy in front of Dovecot that records the command names the client
 /// sends (`SELECT`, `UID FETCH`, …).
 async fn counting_proxy(target: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
@@ -448,5 +477,12 @@ async fn main() {
         for flavor in [Flavor::Qresync, Flavor::Plain] {
             no_change(flavor, m).await;
         }
+    }
+    for &mib in &arg_list("--large", &[1, 8, 24]) {
+        let (took, rss) = large_run(mib).await;
+        println!(
+            "one {mib} MiB message tracked: {took:.2} s, agent peak RSS {rss:.1} MiB ({:.1}x the message)",
+            rss / mib as f64
+        );
     }
 }

@@ -607,12 +607,13 @@ impl Agent {
                     }
                     let mut body = json!({
                         "set": "emails",
-                        "raw": STANDARD.encode(raw),
                         "item_uid": parsed.message_id,
                         "message_id": parsed.message_id,
                         "draft": false,
                         "fields": {},
                     });
+                    // Moved in, not through `json!` (which would copy it).
+                    body["raw"] = Value::String(STANDARD.encode(raw));
                     if folder.role == FolderRole::Sent {
                         body["fields"]["direction"] = json!("outgoing");
                     }
