@@ -950,20 +950,7 @@ async fn r_t2_running_agent_picks_up_another_clients_edit(kind: Kind) {
     // [sync] interval is 15 minutes: only the watch can trigger a sync here.
     let agent = dav_agent(&w, &server, &ann, "ann", "cache").await;
     assert_eq!(agent.config().interval, Duration::from_secs(900));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop) = oneshot::channel::<()>();
-    let running = crmsync_agent::run::run(
-        &agent,
-        async {
-            let _ = stop.await;
-        },
-        move |r| {
-            let _ = reports_tx.send(match r {
-                Ok(r) => Ok(r.clone()),
-                Err(e) => Err(format!("{e:#}")),
-            });
-        },
-    );
+    let (running, mut reports, stop_tx) = running(&agent);
     let test = async {
         let first = reports.recv().await.unwrap().unwrap();
         assert_eq!(first.written_to_mailbox, 2, "{first:?}");

@@ -820,20 +820,7 @@ async fn r_t2_running_agent_tracks_at_once_and_defers_deletions(flavor: Flavor) 
     // The agent runs while another client works: disjoint borrows.
     let (agent, other) = (&m.agent, &mut m.other);
     assert_eq!(agent.config().interval, Duration::from_secs(900));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop) = oneshot::channel::<()>();
-    let running = crmsync_agent::run::run(
-        agent,
-        async {
-            let _ = stop.await;
-        },
-        move |r| {
-            let _ = reports_tx.send(match r {
-                Ok(r) => Ok(r.clone()),
-                Err(e) => Err(format!("{e:#}")),
-            });
-        },
-    );
+    let (running, mut reports, stop_tx) = running(agent);
     let test = async {
         reports.recv().await.unwrap().unwrap();
         let uid = other
@@ -896,9 +883,13 @@ async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flav
     assert!(sync(&m.agent).await.pushed.is_empty());
 }
 
-async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor: Flavor) {
-    const N: usize = 30;
-    let w = world().await;
+/// Ann's agent on a fresh Dovecot reached through a `Proxy` (which can cut
+/// the connection), after one sync of the empty mailbox.
+async fn behind_proxy(
+    w: &World,
+    flavor: Flavor,
+    edit: impl FnOnce(&mut Config),
+) -> (Dovecot, Raw, Proxy, Agent) {
     let (_, token) = w.user("ann@example.com").await;
     let dovecot = Dovecot::start(flavor).await;
     let mut other = dovecot.client().await;
@@ -914,10 +905,17 @@ async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor
             proxy.port,
             dovecot::USER,
             dovecot::PASSWORD,
-            |_| {},
+            edit,
         )
         .await;
     sync(&agent).await;
+    (dovecot, other, proxy, agent)
+}
+
+async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor: Flavor) {
+    const N: usize = 30;
+    let w = world().await;
+    let (_dovecot, mut other, proxy, agent) = behind_proxy(&w, flavor, |_| {}).await;
     let body = "x".repeat(4000);
     for i in 0..N {
         let raw = rfc5322(
@@ -977,25 +975,8 @@ fn padded(id: &str, size: usize) -> Vec<u8> {
 /// reported once, an unmarked one is only noted; the others are tracked.
 async fn max_message_size_refuses_larger_messages_unread(flavor: Flavor) {
     let w = world().await;
-    let (_, token) = w.user("ann@example.com").await;
-    let dovecot = Dovecot::start(flavor).await;
-    let mut other = dovecot.client().await;
-    for f in ["Sent", "Drafts", "CRM"] {
-        other.cmd(&format!("CREATE \"{f}\"")).await;
-    }
-    let proxy = Proxy::start(dovecot.port).await;
-    let agent = w
-        .imap_agent(
-            &token,
-            "ann",
-            "ann-cache",
-            proxy.port,
-            dovecot::USER,
-            dovecot::PASSWORD,
-            |c| c.max_message_size = 1024 * 1024,
-        )
-        .await;
-    sync(&agent).await;
+    let (_dovecot, mut other, proxy, agent) =
+        behind_proxy(&w, flavor, |c| c.max_message_size = 1024 * 1024).await;
     let marked = format!("\\Seen {TRACKED}");
     let big_marked = other
         .append_flags(

@@ -479,3 +479,31 @@ async fn until(
         seen.push(r);
     }
 }
+
+/// `agent` running (`crmsync_agent::run::run`) until the returned sender
+/// fires or is dropped: the loop's future, to be joined with the test, and
+/// the reports of its syncs.
+#[allow(dead_code)] // used by tests/dav.rs and tests/imap.rs
+fn running(
+    agent: &Agent,
+) -> (
+    impl std::future::Future<Output = anyhow::Result<()>> + '_,
+    Reports,
+    oneshot::Sender<()>,
+) {
+    let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop) = oneshot::channel::<()>();
+    let run = crmsync_agent::run::run(
+        agent,
+        async {
+            let _ = stop.await;
+        },
+        move |r| {
+            let _ = reports_tx.send(match r {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(format!("{e:#}")),
+            });
+        },
+    );
+    (run, reports, stop_tx)
+}
