@@ -345,8 +345,17 @@ impl Store {
         Ok(Store { pool, kind })
     }
 
+    /// A write transaction. On SQLite it takes the write lock at BEGIN
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a deferred
+    /// transaction that reads, then writes after another connection
+    /// committed, fails at once with SQLITE_BUSY (no wait is possible:
+    /// its snapshot is stale), which surfaced as a 500 under concurrent
+    /// syncs and settings changes.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        self.pool.begin().await
+        match self.kind {
+            DbKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            DbKind::Postgres => self.pool.begin().await,
+        }
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Record>, sqlx::Error> {

@@ -392,6 +392,35 @@ both_dbs! {
     }
 }
 
+/// Two write transactions racing (each reads, then writes, as the sync
+/// handlers do): on SQLite a deferred BEGIN made the later writer fail at
+/// once with SQLITE_BUSY (its snapshot is stale, so it cannot wait), which
+/// reached clients as a 500. Both must commit, one after the other.
+#[tokio::test]
+async fn racing_read_then_write_transactions_both_commit_on_sqlite() {
+    let s = common::start(common::Backend::Sqlite).await;
+    let store = std::sync::Arc::new(s.store.clone());
+    let read_then_write = |store: std::sync::Arc<crmsync_server::store::Store>, pause: u64| async move {
+        let mut tx = store.begin().await?;
+        sqlx::query("SELECT COUNT(*) FROM sequence_counter")
+            .fetch_one(&mut *tx)
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        sqlx::query("UPDATE sequence_counter SET value = value + 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    };
+    let slow = tokio::spawn(read_then_write(store.clone(), 300));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let quick = tokio::spawn(read_then_write(store.clone(), 0));
+    slow.await.unwrap().expect("the first writer commits");
+    quick
+        .await
+        .unwrap()
+        .expect("the second writer waits, then commits");
+}
+
 #[tokio::test]
 async fn body_over_the_limit_gets_413_and_changes_nothing() {
     let s = common::start_with_limit(common::Backend::Sqlite, 1024).await;
