@@ -32,7 +32,7 @@ use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
 use crmsync_mailbox::{Collection, CollectionKind, Etag, Mailbox, SyncState};
 
-use crate::cache::{Cache, CachedItem, CachedMessage, JournalEntry, WriteIntent};
+use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
 use crate::config::Config;
 use crate::crm::CrmClient;
 
@@ -1301,7 +1301,7 @@ impl Agent {
         let total = entries.len();
         // Email answers: their message rows and the end of their journal
         // entries are written together, once for the batch.
-        let mut rows: Vec<CachedMessage> = Vec::new();
+        let mut batch = self.answer_batch(&entries).await;
         let mut done: Vec<String> = Vec::new();
         for (i, (entry, result)) in entries.iter().zip(results).enumerate() {
             if i % 100 == 0 || i + 1 == total {
@@ -1310,7 +1310,7 @@ impl Agent {
             let kind = entry.op["kind"].as_str().unwrap_or("").to_string();
             let email = entry.op["set"] == "emails";
             let applied = if email {
-                self.apply_mail_answer(entry, &kind, &result, &mut rows, report)
+                self.apply_mail_answer(entry, &kind, &result, &mut batch, report)
                     .await
             } else {
                 self.apply_answer(entry, &kind, &result, report).await
@@ -1332,7 +1332,9 @@ impl Agent {
                 self.cache.journal_done(&entry.op_id).await?;
             }
         }
-        self.cache.journal_done_with_messages(&done, &rows).await?;
+        self.cache
+            .journal_done_with_messages(&done, &batch.rows)
+            .await?;
         Ok(retry)
     }
 

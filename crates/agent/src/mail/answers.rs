@@ -2,16 +2,56 @@
 //! set_regarding, delete) and deliveries of tracked emails (R-M7 regarding
 //! changes, §9 deletions), shown on the message as keywords.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
-use crmsync_mailbox::{Keyword, MessageFlags};
+use crmsync_mailbox::{ItemRef, Keyword, MessageFlags};
 
 use super::plan::{self, MailOp, Regarding};
 use super::regarding_keyword;
 use crate::cache::{CachedMessage, JournalEntry};
 use crate::engine::{Agent, SyncReport};
 
+/// What the answers of one pushed batch share: the message rows to write
+/// (with the end of their journal entries, in one transaction; a row here
+/// is newer than the cache's), and the messages' flags read for the whole
+/// batch at once instead of one round trip per answer.
+#[derive(Default)]
+pub(crate) struct AnswerBatch {
+    pub rows: Vec<CachedMessage>,
+    flags: HashMap<(String, String), ItemRef>,
+}
+
 impl Agent {
+    /// The batch state for the answers of `entries`: the flags of the
+    /// messages whose answer writes keywords (track, untrack), read per
+    /// folder in one call. A folder that cannot be read is left out (each
+    /// answer then asks on its own).
+    pub(crate) async fn answer_batch(&self, entries: &[JournalEntry]) -> AnswerBatch {
+        let mut by_folder: HashMap<&str, Vec<String>> = HashMap::new();
+        for e in entries {
+            if e.op["set"] == "emails" && matches!(e.op["kind"].as_str(), Some("track" | "untrack"))
+            {
+                by_folder
+                    .entry(&e.collection)
+                    .or_default()
+                    .push(e.href.clone());
+            }
+        }
+        let mut batch = AnswerBatch::default();
+        for (folder, hrefs) in by_folder {
+            if let Ok(found) = self.mailbox().message_flags(folder, &hrefs).await {
+                for (href, r) in found {
+                    if let Ok(r) = r {
+                        batch.flags.insert((folder.to_string(), href), r);
+                    }
+                }
+            }
+        }
+        batch
+    }
+
     /// Makes a message show `tracked` (None: as it is) and `regarding`
     /// (when `set_regarding`) with one keyword write; the cache row's etag
     /// moves only if the message had no change the agent has not seen.
@@ -21,11 +61,15 @@ impl Agent {
         tracked: Option<bool>,
         regarding: Option<&Regarding>,
         set_regarding: bool,
+        known: Option<ItemRef>,
     ) -> anyhow::Result<()> {
-        let cur = match self.mailbox().flags_of(&row.folder, &row.href).await {
-            Ok(c) => c,
-            Err(crmsync_mailbox::Error::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let cur = match known {
+            Some(c) => c,
+            None => match self.mailbox().flags_of(&row.folder, &row.href).await {
+                Ok(c) => c,
+                Err(crmsync_mailbox::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
         };
         let flags = cur.flags.clone().unwrap_or_default();
         // A change the agent has not planned yet (the user removed the
@@ -47,19 +91,19 @@ impl Agent {
     }
 
     /// Applies a push answer for an email operation (routed here by the
-    /// engine's `send`). The message row to write is added to `rows`, the
-    /// rows of the batch not written yet (the engine writes them with the
-    /// end of their journal entries, in one transaction); a row there is
-    /// newer than the cache's. `Ok(false)`: try again later.
+    /// engine's `send`). The message row to write is added to the batch's
+    /// rows. `Ok(false)`: try again later.
     pub(crate) async fn apply_mail_answer(
         &self,
         entry: &JournalEntry,
         kind: &str,
         result: &Value,
-        rows: &mut Vec<CachedMessage>,
+        batch: &mut AnswerBatch,
         report: &mut SyncReport,
     ) -> anyhow::Result<bool> {
         let (folder, href) = (entry.collection.as_str(), entry.href.as_str());
+        let known = batch.flags.remove(&(folder.to_string(), href.to_string()));
+        let rows = &mut batch.rows;
         let found = match rows
             .iter()
             .rposition(|r| r.folder == folder && r.href == href)
@@ -112,7 +156,7 @@ impl Agent {
                 let regarding = record_regarding()
                     .unwrap_or_else(|| Regarding::from_json(&entry.op["regarding"]));
                 let shown = self
-                    .show_keywords(&mut row, Some(true), regarding.as_ref(), true)
+                    .show_keywords(&mut row, Some(true), regarding.as_ref(), true, known)
                     .await;
                 row.regarding = regarding.map(|r| r.to_string());
                 replan_if_failed(&mut row, shown, report);
@@ -121,7 +165,9 @@ impl Agent {
                 row.link = 0;
                 row.crm_id = None;
                 row.regarding = None;
-                let shown = self.show_keywords(&mut row, Some(false), None, true).await;
+                let shown = self
+                    .show_keywords(&mut row, Some(false), None, true, known)
+                    .await;
                 replan_if_failed(&mut row, shown, report);
             }
             "set_regarding" => {
@@ -162,12 +208,16 @@ impl Agent {
             for op in &d.ops {
                 let done = match op {
                     MailOp::ShowRegarding(r) => {
-                        let r2 = self.show_keywords(&mut row, None, r.as_ref(), true).await;
+                        let r2 = self
+                            .show_keywords(&mut row, None, r.as_ref(), true, None)
+                            .await;
                         row.regarding = r.as_ref().map(Regarding::to_string);
                         r2
                     }
                     MailOp::Unmark => {
-                        let r2 = self.show_keywords(&mut row, Some(false), None, true).await;
+                        let r2 = self
+                            .show_keywords(&mut row, Some(false), None, true, None)
+                            .await;
                         row.link = 0;
                         row.crm_id = None;
                         row.regarding = None;
