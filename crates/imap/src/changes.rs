@@ -12,7 +12,9 @@ use imap_codec::imap_types::status::StatusDataItem;
 
 use crate::conn::{self, Conn, ConnError, Selected, Untagged};
 use crate::fetch::{fnv1a, signature, Fetched};
-use crate::ops::{flag_items, in_folder, item_ref, mailbox_arg, merge, refused, Malformed};
+use crate::ops::{
+    flag_items, in_folder, item_ref, mailbox_arg, merge, refused, select_and_search, Malformed,
+};
 use crate::state::{FolderState, UidSet};
 use crate::OpResult;
 
@@ -119,41 +121,15 @@ async fn unchanged_without_condstore(
     if now_secs().saturating_sub(listed_at) >= rescan.as_secs() {
         return Ok(false);
     }
-    let mbox = mailbox_arg(collection, folder)?;
-    let commands = [
-        format!("SELECT {mbox}"),
-        format!("UID SEARCH KEYWORD {}", Keyword::TRACKED),
-    ];
-    conn.selected = None;
-    let mut selected = Selected {
-        folder: folder.to_owned(),
-        ..Selected::default()
-    };
-    let mut tracked: Vec<u32> = Vec::new();
-    let dones = conn
-        .run(&commands, |u| {
-            if let Untagged::Parsed(resp) = u {
-                selected.observe(resp);
-                if let Response::Data(Data::Search(uids, ..)) = resp {
-                    tracked.extend(uids.iter().map(|u| u.get()));
-                }
-            }
-        })
-        .await?;
-    let (Some(select), Some(search)) = (dones.first(), dones.get(1)) else {
-        return Err(ConnError::Protocol("no answer to SELECT and SEARCH".into()).into());
-    };
-    if !select.is_ok() {
-        return Err(refused(collection, "SELECT", select));
-    }
-    conn.selected = Some(selected.clone());
-    tracked.sort_unstable();
-    Ok(search.is_ok()
-        && selected.uid_validity == old.uidvalidity
-        && selected.exists == Some(exists)
-        && selected.uid_next == Some(uid_next)
-        && Some(regarding_keywords(&selected.known_flags)) == old.regarding_keywords
-        && UidSet::from_sorted_iter(tracked) == old.tracked_uids())
+    let criteria = format!("KEYWORD {}", Keyword::TRACKED);
+    let (selected, tracked) = select_and_search(conn, collection, folder, &criteria).await?;
+    Ok(
+        tracked.is_some_and(|t| UidSet::from_sorted_iter(t) == old.tracked_uids())
+            && selected.uid_validity == old.uidvalidity
+            && selected.exists == Some(exists)
+            && selected.uid_next == Some(uid_next)
+            && Some(regarding_keywords(&selected.known_flags)) == old.regarding_keywords,
+    )
 }
 
 /// A hash of the folder's `$CRMRegarding:` keywords, in any order or case.

@@ -316,6 +316,17 @@ impl Mailbox for ImapMailbox {
             .collect())
     }
 
+    async fn search_message_id(
+        &self,
+        folder_id: &str,
+        message_id: &str,
+    ) -> Result<Option<Vec<Href>>> {
+        let folder = self.folder(folder_id)?;
+        let mut guard = self.session().await?;
+        let r = ops::search_message_id(conn_of(&mut guard)?, folder_id, folder, message_id).await;
+        self.finish(&mut guard, r)
+    }
+
     async fn message_sizes(
         &self,
         folder_id: &str,

@@ -218,6 +218,69 @@ pub(crate) fn flag_items(conn: &Conn) -> &'static str {
     }
 }
 
+/// `SELECT` pipelined with `UID SEARCH <criteria>`: one round trip. The
+/// folder as SELECT described it, and the UIDs found (sorted; `None` if the
+/// server refused the search).
+pub(crate) async fn select_and_search(
+    conn: &mut Conn,
+    collection: &str,
+    folder: &str,
+    criteria: &str,
+) -> OpResult<(Selected, Option<Vec<u32>>)> {
+    let mbox = mailbox_arg(collection, folder)?;
+    let commands = [format!("SELECT {mbox}"), format!("UID SEARCH {criteria}")];
+    conn.selected = None;
+    let mut selected = Selected {
+        folder: folder.to_owned(),
+        ..Selected::default()
+    };
+    let mut uids: Vec<u32> = Vec::new();
+    let dones = conn
+        .run(&commands, |u| {
+            if let Untagged::Parsed(resp) = u {
+                selected.observe(resp);
+                if let Response::Data(Data::Search(found, ..)) = resp {
+                    uids.extend(found.iter().map(|u| u.get()));
+                }
+            }
+        })
+        .await?;
+    let (Some(select), Some(search)) = (dones.first(), dones.get(1)) else {
+        return Err(ConnError::Protocol("no answer to SELECT and SEARCH".into()).into());
+    };
+    if !select.is_ok() {
+        return Err(refused(collection, "SELECT", select));
+    }
+    conn.selected = Some(selected.clone());
+    uids.sort_unstable();
+    uids.dedup();
+    Ok((selected, search.is_ok().then_some(uids)))
+}
+
+/// `UID SEARCH HEADER Message-ID "<id>"`: the server's candidates. `None`
+/// for an id that cannot be sent as a quoted string (the caller then reads
+/// the messages).
+pub(crate) async fn search_message_id(
+    conn: &mut Conn,
+    collection: &str,
+    folder: &str,
+    message_id: &str,
+) -> OpResult<Option<Vec<Href>>> {
+    let Some(arg) = astring(&format!("<{message_id}>")) else {
+        return Ok(None);
+    };
+    let criteria = format!("HEADER Message-ID {arg}");
+    let (_, found) = select_and_search(conn, collection, folder, &criteria).await?;
+    let uids = found.ok_or_else(|| {
+        OpErr::Mb(Error::Remote {
+            url: collection.to_owned(),
+            status: None,
+            reason: "UID SEARCH HEADER Message-ID refused by the server".to_owned(),
+        })
+    })?;
+    Ok(Some(uids.iter().map(u32::to_string).collect()))
+}
+
 /// RFC822.SIZE of messages (their bodies unread); a UID the folder does not
 /// hold is not found.
 pub(crate) async fn fetch_sizes(

@@ -55,6 +55,7 @@ all_flavors!(
     connection_dropped_mid_fetch_is_an_error_then_recovers,
     no_change_sync_is_one_round_trip_per_folder,
     the_quick_check_sees_every_change_crmsync_acts_on,
+    search_message_id_asks_the_server,
     get_many_never_marks_messages_seen,
     created_message_etag_matches_later_reads,
     r_t2_watch_polls_the_other_folders,
@@ -487,6 +488,28 @@ async fn no_change_sync_is_one_round_trip_per_folder(flavor: Flavor) {
         hrefs(&changes.changed),
         vec!["1".to_owned(), "2".to_owned()]
     );
+}
+
+/// `crmsync track mid:…` for a message the agent never read: the server
+/// searches (one round trip), the folder is not read.
+async fn search_message_id_asks_the_server(flavor: Flavor) {
+    let (dovecot, mb) = setup(flavor).await;
+    let mut other = dovecot.client().await;
+    for i in 0..5 {
+        other.append("INBOX", &message(&format!("s{i}"), "S")).await;
+    }
+    let trips = Trips::start(&mb);
+    let found = mb
+        .search_message_id(INBOX, "s3@example.com")
+        .await
+        .unwrap()
+        .expect("IMAP searches");
+    assert_eq!(found, vec!["4".to_owned()]);
+    assert_eq!(trips.count(), 1, "SELECT and SEARCH in one round trip");
+    let none = mb.search_message_id(INBOX, "nobody@example.com").await;
+    assert_eq!(none.unwrap(), Some(Vec::new()));
+    // Not sendable as a quoted string: the caller reads the folder instead.
+    assert_eq!(mb.search_message_id(INBOX, "a\r\nb").await.unwrap(), None);
 }
 
 /// One change, seen once: by the next `changes_since`, not by the one after.

@@ -115,6 +115,19 @@ pub trait Mailbox: Send + Sync {
         remove: &[Keyword],
     ) -> Result<ItemRef>;
 
+    /// The messages of a mail folder whose Message-ID header contains
+    /// `<message_id>`, found by the server (IMAP `SEARCH HEADER`), so a
+    /// command naming a message need not read the folder; candidates, to be
+    /// checked by the caller. `None`: the backend cannot search, the caller
+    /// reads the messages itself.
+    async fn search_message_id(
+        &self,
+        _folder: &str,
+        _message_id: &str,
+    ) -> Result<Option<Vec<Href>>> {
+        Ok(None)
+    }
+
     /// The mail folders (the collections of kind [`CollectionKind::Mail`]).
     async fn mail_folders(&self) -> Result<Vec<Collection>> {
         let mut all = self.collections().await?;

@@ -116,6 +116,12 @@ impl Mailbox for RoutedMailbox {
         self.route(folder)?.message_flags(folder, hrefs).await
     }
 
+    async fn search_message_id(&self, folder: &str, message_id: &str) -> Result<Option<Vec<Href>>> {
+        self.route(folder)?
+            .search_message_id(folder, message_id)
+            .await
+    }
+
     async fn message_sizes(
         &self,
         folder: &str,

@@ -91,8 +91,13 @@ pub async fn find_many(agent: &Agent, items: &[String]) -> anyhow::Result<Vec<Fo
     let folders = agent.mail_folder_roles().await?;
     if wanted.iter().any(|(_, f)| f.is_none()) {
         'folders: for f in &folders {
-            let all = mailbox.changes_since(&f.id, None).await?;
-            let hrefs: Vec<String> = all.changed.iter().map(|r| r.href.clone()).collect();
+            let hrefs = match searched(agent, &f.id, &wanted).await? {
+                Some(candidates) => candidates,
+                None => {
+                    let all = mailbox.changes_since(&f.id, None).await?;
+                    all.changed.iter().map(|r| r.href.clone()).collect()
+                }
+            };
             for chunk in hrefs.chunks(BATCH) {
                 for (href, item) in mailbox.get_many(&f.id, chunk).await? {
                     let Ok(item) = item else { continue };
@@ -129,6 +134,30 @@ pub async fn find_many(agent: &Agent, items: &[String]) -> anyhow::Result<Vec<Fo
             })
         })
         .collect()
+}
+
+/// The messages of `folder` the server finds for the Message-IDs not found
+/// yet (IMAP SEARCH); `None` if one cannot be searched for (no server
+/// search, or a synthetic id, derived from the content): the folder is
+/// then read.
+async fn searched(
+    agent: &Agent,
+    folder: &str,
+    wanted: &[(String, Option<FoundMessage>)],
+) -> anyhow::Result<Option<Vec<String>>> {
+    let mut out: Vec<String> = Vec::new();
+    for (mid, _) in wanted.iter().filter(|(_, f)| f.is_none()) {
+        if mid.ends_with("@synthetic.invalid") {
+            return Ok(None);
+        }
+        match agent.mailbox().search_message_id(folder, mid).await? {
+            Some(hrefs) => out.extend(hrefs),
+            None => return Ok(None),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(Some(out))
 }
 
 /// Changes the message's keywords (with its etag as precondition) and
