@@ -675,7 +675,10 @@ mod tests {
         assert!(e.contains("more than one"), "{e}");
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nfolder_regarding = {{ X = \"accounts/1b4e28ba-2fa1-11d2-883f-0016d3cca427\" }}\n"), None).unwrap_err();
         assert!(e.contains("not in tracked_folders"), "{e}");
-        for (size, fault) in [("\"1GB\"", "not a size"), ("\"26MB\"", "above the CRM's limit")] {
+        for (size, fault) in [
+            ("\"1GB\"", "not a size"),
+            ("\"26MB\"", "above the CRM's limit"),
+        ] {
             let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\n[sync]\nmax_message_size = {size}\n"), None).unwrap_err();
             assert!(e.contains("max_message_size") && e.contains(fault), "{e}");
         }
