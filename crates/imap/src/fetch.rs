@@ -47,10 +47,11 @@ impl Fetched {
                             .collect(),
                     )
                 }
+                // `BODY[]` or a part of it (`BODY[]<origin>`, a partial FETCH).
                 MessageDataItem::BodyExt {
                     section: None,
-                    origin: None,
                     data,
+                    ..
                 } if want_body => {
                     out.body = Some(data.0.as_ref().map(|s| match s {
                         IString::Literal(l) => l.as_ref().to_vec(),

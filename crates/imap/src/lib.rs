@@ -316,6 +316,18 @@ impl Mailbox for ImapMailbox {
             .collect())
     }
 
+    async fn copy_message_to(
+        &self,
+        folder_id: &str,
+        href: &str,
+        to: &std::path::Path,
+    ) -> Result<u64> {
+        let folder = self.folder(folder_id)?;
+        let mut guard = self.session().await?;
+        let r = ops::copy_message_to(conn_of(&mut guard)?, folder_id, folder, href, to).await;
+        self.finish(&mut guard, r)
+    }
+
     async fn search_message_id(
         &self,
         folder_id: &str,

@@ -218,6 +218,52 @@ pub(crate) fn flag_items(conn: &Conn) -> &'static str {
     }
 }
 
+/// The part of a message one partial FETCH reads: what the agent holds of
+/// a large message at a time.
+const PART: u64 = 1024 * 1024;
+
+/// A message written to the file `to` a part at a time
+/// (`BODY.PEEK[]<offset.PART>`), never held whole.
+pub(crate) async fn copy_message_to(
+    conn: &mut Conn,
+    collection: &str,
+    folder: &str,
+    href: &str,
+    to: &std::path::Path,
+) -> OpResult<u64> {
+    use std::io::Write;
+    let uid = uid_of(href).ok_or_else(|| not_found(collection, href))?;
+    let io = |e| {
+        OpErr::Mb(Error::Io {
+            path: to.to_path_buf(),
+            source: e,
+        })
+    };
+    let mut file = std::fs::File::create(to).map_err(io)?;
+    let mut offset = 0u64;
+    loop {
+        let cmd = format!("UID FETCH {uid} (UID BODY.PEEK[]<{offset}.{PART}>)");
+        let mut r = in_folder(conn, collection, folder, &[cmd], true).await?;
+        if let Some(done) = r.done.first().filter(|d| !d.is_ok()) {
+            return Err(refused(collection, "UID FETCH", done));
+        }
+        let part = match r.fetched.remove(&uid).and_then(|f| f.body) {
+            Some(Some(part)) => part,
+            // Past the end, some servers answer NIL.
+            Some(None) if offset > 0 => Vec::new(),
+            _ if offset == 0 => return Err(not_found(collection, href).into()),
+            _ => Vec::new(),
+        };
+        file.write_all(&part).map_err(io)?;
+        offset += part.len() as u64;
+        if (part.len() as u64) < PART {
+            break;
+        }
+    }
+    file.sync_all().map_err(io)?;
+    Ok(offset)
+}
+
 /// `SELECT` pipelined with `UID SEARCH <criteria>`: one round trip. The
 /// folder as SELECT described it, and the UIDs found (sorted; `None` if the
 /// server refused the search).

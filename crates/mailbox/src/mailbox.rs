@@ -3,6 +3,7 @@
 //! paths, HTTP or IMAP: backend quirks stay inside the backend.
 
 use std::any::Any;
+use std::path::Path;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -114,6 +115,15 @@ pub trait Mailbox: Send + Sync {
         add: &[Keyword],
         remove: &[Keyword],
     ) -> Result<ItemRef>;
+
+    /// Writes a message's raw bytes to the file `to` a part at a time, so a
+    /// large message is never held whole in memory (IMAP: partial FETCH;
+    /// Maildir: the file copied). Returns the number of bytes written.
+    async fn copy_message_to(&self, folder: &str, href: &str, to: &Path) -> Result<u64> {
+        let item = self.get(folder, href).await?;
+        std::fs::write(to, &item.data).map_err(|e| Error::io(to, e))?;
+        Ok(item.data.len() as u64)
+    }
 
     /// The messages of a mail folder whose Message-ID header contains
     /// `<message_id>`, found by the server (IMAP `SEARCH HEADER`), so a

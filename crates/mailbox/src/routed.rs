@@ -116,6 +116,10 @@ impl Mailbox for RoutedMailbox {
         self.route(folder)?.message_flags(folder, hrefs).await
     }
 
+    async fn copy_message_to(&self, folder: &str, href: &str, to: &std::path::Path) -> Result<u64> {
+        self.route(folder)?.copy_message_to(folder, href, to).await
+    }
+
     async fn search_message_id(&self, folder: &str, message_id: &str) -> Result<Option<Vec<Href>>> {
         self.route(folder)?
             .search_message_id(folder, message_id)

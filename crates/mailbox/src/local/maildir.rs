@@ -288,6 +288,17 @@ impl Maildir<'_> {
         })
     }
 
+    /// The message file copied to `to` (the kernel copies; never read whole).
+    pub fn copy_message_to(&self, href: &Href, to: &Path) -> Result<u64> {
+        let listed = self.list()?;
+        let loc = listed.get(href).ok_or_else(|| self.not_found(href))?;
+        let from = self.path(loc);
+        fs::copy(&from, to).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => self.not_found(href),
+            _ => Error::io(&from, e),
+        })
+    }
+
     pub fn message_sizes(&self, hrefs: &[Href]) -> Result<Vec<(Href, Result<u64>)>> {
         self.read_metadata(hrefs, |_, _, meta, _| meta.len())
     }

@@ -366,6 +366,21 @@ impl Mailbox for LocalMailbox {
         .await
     }
 
+    async fn copy_message_to(&self, folder: &str, href: &str, to: &std::path::Path) -> Result<u64> {
+        let id = folder.to_owned();
+        let href = href.to_owned();
+        let to = to.to_path_buf();
+        self.run(move |inner| match inner.target(&id)? {
+            Target::Maildir(m) => m.copy_message_to(&href, &to),
+            Target::Vdir(_) => Err(unsupported(
+                &id,
+                "copying a message",
+                "it is not a mail folder",
+            )),
+        })
+        .await
+    }
+
     async fn message_sizes(
         &self,
         folder: &str,

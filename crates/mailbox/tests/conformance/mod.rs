@@ -90,6 +90,7 @@ macro_rules! mailbox_conformance {
             r_t3_mail_arrivals_flag_changes_and_deletions_are_found,
             r_m1_keyword_marks_tracked_messages,
             message_sizes_are_told_without_reading,
+            a_large_message_is_copied_to_a_file_unchanged,
             r_m1_keywords_on_a_new_message_survive_other_flags,
             r_m7_regarding_keyword_is_replaced_in_one_call,
             keyword_change_with_stale_etag_is_a_conflict,
@@ -678,6 +679,32 @@ pub async fn message_sizes_are_told_without_reading(f: &dyn Fixture) {
     assert_eq!(*sizes[0].1.as_ref().unwrap(), large.len() as u64);
     assert!(matches!(sizes[1].1, Err(Error::NotFound { .. })));
     assert_eq!(*sizes[2].1.as_ref().unwrap(), small.len() as u64);
+}
+
+/// A large message is tracked from a copy in a file, read a part at a time
+/// (IMAP: several partial FETCHes), never whole: the bytes are unchanged.
+pub async fn a_large_message_is_copied_to_a_file_unchanged(f: &dyn Fixture) {
+    let Some(folder) = f.collection(CollectionKind::Mail) else {
+        return skip(
+            "a_large_message_is_copied_to_a_file_unchanged",
+            "no mail folder",
+        );
+    };
+    let mb = f.mailbox();
+    let mut large = message("copy-large", "Large");
+    let mut i = 0u64;
+    while large.len() < 2_500_000 {
+        large.extend(format!("line {i} of the attachment\r\n").bytes());
+        i += 1;
+    }
+    let href = f.external_deliver(&folder, &large).await;
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("copy.eml");
+    let n = mb.copy_message_to(&folder, &href, &to).await.unwrap();
+    assert_eq!(n, large.len() as u64);
+    assert!(std::fs::read(&to).unwrap() == large, "the copy differs");
+    let gone = mb.copy_message_to(&folder, "no-such-message", &to).await;
+    assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
 }
 
 pub async fn r_m1_keywords_on_a_new_message_survive_other_flags(f: &dyn Fixture) {
