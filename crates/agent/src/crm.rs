@@ -1,5 +1,7 @@
 //! HTTP client of the CRM server's sync API (docs/sync-protocol.md).
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::{json, Value};
 
 /// A refused or failed call, with the server's error code when it sent one.
@@ -55,16 +57,17 @@ impl CrmClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CrmError> {
-        self.call_with(method, path, body.as_ref()).await
+        let body = body.map(|b| reqwest::Body::from(serde_json::to_vec(&b).unwrap_or_default()));
+        self.call_with(method, path, body).await
     }
 
-    /// `call` with a body serialized straight into the request (a push of
-    /// large messages is not copied into a `Value` first).
-    async fn call_with<B: serde::Serialize + ?Sized>(
+    /// `call` with a JSON body already made (a push streams large messages
+    /// from their spool files, see `push_body`).
+    async fn call_with(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&B>,
+        body: Option<reqwest::Body>,
     ) -> Result<Value, CrmError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
@@ -72,7 +75,9 @@ impl CrmClient {
             .request(method.clone(), &url)
             .bearer_auth(&self.token);
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let unreachable = |source| CrmError::Unreachable {
             url: self.base.clone(),
@@ -214,16 +219,10 @@ impl CrmClient {
         Box<dyn std::future::Future<Output = Result<Vec<Value>, CrmError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            #[derive(serde::Serialize)]
-            struct PushRequest<'b> {
-                client_id: &'b str,
-                ops: &'b [&'b Value],
-            }
-            let body = PushRequest {
-                client_id: client,
-                ops,
+            let send = || {
+                let body = push_body(client, ops);
+                self.call_with(reqwest::Method::POST, "/api/v1/sync/push", Some(body))
             };
-            let send = || self.call_with(reqwest::Method::POST, "/api/v1/sync/push", Some(&body));
             let mut r = send().await;
             if matches!(r, Err(CrmError::Unreachable { .. })) {
                 // A connection the server closed (after refusing a large
@@ -235,11 +234,7 @@ impl CrmClient {
             // A server refusing a large body may also close the connection
             // before its 413 is read: a large request that did not reach a
             // server still answering is taken as too large.
-            let large = ops
-                .iter()
-                .map(|o| o["raw"].as_str().map_or(0, str::len))
-                .sum::<usize>()
-                > 1 << 20;
+            let large = ops.iter().map(|o| raw_len(o)).sum::<u64>() > 1 << 20;
             let r = match r {
                 Err(CrmError::Unreachable { source, .. })
                     if large
@@ -292,4 +287,107 @@ impl CrmClient {
     ) -> Result<Value, CrmError> {
         self.call(method, path, body).await
     }
+}
+
+/// The base64 length of an operation's message: inline (`raw`) or in its
+/// spool file (`raw_file`).
+fn raw_len(op: &Value) -> u64 {
+    match (op["raw"].as_str(), op["raw_file"].as_str()) {
+        (Some(raw), _) => raw.len() as u64,
+        (None, Some(file)) => std::fs::metadata(file).map_or(0, |m| m.len() / 3 * 4),
+        _ => 0,
+    }
+}
+
+/// A piece of a push request body: JSON text, or a spooled message sent
+/// as base64.
+enum Segment {
+    Text(Vec<u8>),
+    File(std::path::PathBuf),
+}
+
+/// The body of `POST /sync/push`. An operation whose message is spooled
+/// (`raw_file`: a large message, mail/mod.rs) gets its `raw` streamed from
+/// the file, base64-encoded 48 KiB at a time, so the message is never held
+/// whole; serde cannot stream a field from a file, hence the JSON is put
+/// together here. A spool file that is gone is sent as no `raw` at all:
+/// the CRM refuses that operation clearly and the journal moves on.
+fn push_body(client: &str, ops: &[&Value]) -> reqwest::Body {
+    let mut segments = Vec::new();
+    let mut text = format!("{{\"client_id\":{},\"ops\":[", Value::from(client)).into_bytes();
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        match op["raw_file"].as_str().map(std::path::PathBuf::from) {
+            None => text.extend(serde_json::to_vec(op).unwrap_or_default()),
+            Some(file) => {
+                // Small: a spooled operation holds no `raw`.
+                let mut rest = (*op).clone();
+                if let Some(m) = rest.as_object_mut() {
+                    m.remove("raw_file");
+                }
+                let json = serde_json::to_vec(&rest).unwrap_or_default();
+                if !file.exists() || json.len() < 2 {
+                    text.extend(json);
+                    continue;
+                }
+                text.extend_from_slice(&json[..json.len() - 1]);
+                text.extend_from_slice(if json.len() > 2 {
+                    b",\"raw\":\""
+                } else {
+                    b"\"raw\":\""
+                });
+                segments.push(Segment::Text(std::mem::take(&mut text)));
+                segments.push(Segment::File(file));
+                text.extend_from_slice(b"\"}");
+            }
+        }
+    }
+    text.extend_from_slice(b"]}");
+    if segments.is_empty() {
+        return reqwest::Body::from(text);
+    }
+    segments.push(Segment::Text(text));
+    let stream = futures_util::stream::unfold(
+        (segments.into_iter(), None::<std::fs::File>),
+        |(mut rest, mut file)| async move {
+            loop {
+                if let Some(f) = file.as_mut() {
+                    // A multiple of 3: no padding but at the very end.
+                    let mut buf = vec![0u8; 3 * 16 * 1024];
+                    match read_full(f, &mut buf) {
+                        Ok(0) => file = None,
+                        Ok(n) => {
+                            let part = STANDARD.encode(&buf[..n]).into_bytes();
+                            return Some((Ok::<_, std::io::Error>(part), (rest, file)));
+                        }
+                        Err(e) => return Some((Err(e), (rest, None))),
+                    }
+                    continue;
+                }
+                match rest.next()? {
+                    Segment::Text(t) => return Some((Ok(t), (rest, None))),
+                    Segment::File(path) => match std::fs::File::open(&path) {
+                        Ok(f) => file = Some(f),
+                        Err(e) => return Some((Err(e), (rest, None))),
+                    },
+                }
+            }
+        },
+    );
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// Fills `buf` unless the file ends first; the bytes read.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }

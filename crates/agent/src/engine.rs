@@ -1335,6 +1335,13 @@ impl Agent {
         self.cache
             .journal_done_with_messages(&done, &batch.rows)
             .await?;
+        // Answered: the spooled messages of these operations are not
+        // needed any more (mail/mod.rs, `read_large`).
+        for entry in &entries {
+            if let Some(file) = entry.op["raw_file"].as_str() {
+                let _ = std::fs::remove_file(file);
+            }
+        }
         Ok(retry)
     }
 

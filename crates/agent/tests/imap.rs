@@ -1067,6 +1067,29 @@ async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(fl
     assert!(w.email_by_mid("huge@example.org").await.is_empty());
     let large_email = &w.email_by_mid("large@example.org").await[0];
     assert_eq!(large_email["raw_size"], large.len(), "kept whole");
+    // Read a part at a time into a spool file and streamed from it into the
+    // push: the CRM has the very same bytes, and the spool file is gone.
+    let stored = w
+        .http
+        .get(format!(
+            "{}/api/v1/emails/{}/raw",
+            w.base,
+            large_email["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        stored.as_ref() == large.as_slice(),
+        "the raw message changed"
+    );
+    let spool = m.agent.config().cache.with_extension("spool");
+    let left = std::fs::read_dir(&spool).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "spool files left in {}", spool.display());
     let crowd_email = &w.email_by_mid("crowd@example.org").await[0];
     assert_eq!(crowd_email["parties"].as_array().unwrap().len(), 3001);
     let s = m.agent.status().await.unwrap();

@@ -21,6 +21,7 @@ pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 
+use anyhow::Context;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -45,6 +46,31 @@ const BATCH: usize = 100;
 /// with `[sync] max_message_size`, what bounds the agent's memory whatever
 /// the size of the messages or of the folder.
 const READ_BUDGET: u64 = 32 * 1024 * 1024;
+
+/// A message larger than this is not read into memory: it is copied to a
+/// file a part at a time (`Mailbox::copy_message_to`), its header read from
+/// there, and its bytes streamed from the file into the push, so the
+/// agent's memory does not grow with the size of a message.
+const LARGE_MESSAGE: u64 = 1024 * 1024;
+
+/// How much of a spooled message is read to find its header.
+const HEADER_MAX: usize = 256 * 1024;
+
+/// A read message's raw bytes: in memory, or spooled to a file.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Bytes(&'a [u8]),
+    Spooled { path: &'a std::path::Path, len: u64 },
+}
+
+impl Raw<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Raw::Bytes(b) => b.len() as u64,
+            Raw::Spooled { len, .. } => *len,
+        }
+    }
+}
 
 /// A configured mail folder that exists in the mailbox.
 #[derive(Debug, Clone)]
@@ -381,6 +407,10 @@ impl Agent {
                 self.too_large(run, folder, p, size, report);
                 continue;
             }
+            if size > LARGE_MESSAGE {
+                self.read_large(run, folder, p, report).await?;
+                continue;
+            }
             if !group.is_empty() && bytes + size > READ_BUDGET {
                 self.read_and_perform(run, folder, &std::mem::take(&mut group), report)
                     .await?;
@@ -449,45 +479,109 @@ impl Agent {
                     continue;
                 }
             };
-            let parsed = match parse_email(&item.data) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    // Reported, never blocking the others; planned again
-                    // when the message changes.
-                    let problem = format!("cannot be read as a message ({e})");
-                    report.errors.push(format!(
-                        "{}/{}: {problem}; the message is skipped",
-                        folder.id, p.r.href
-                    ));
-                    let mut row = self.row_for(folder, p);
-                    row.etag = p.r.etag.as_str().to_string();
-                    row.problem = Some(problem);
-                    run.rows.push(row);
-                    continue;
-                }
-            };
-            let decision = match &p.step {
-                Step::Decided(d) => self.sent_draft(folder, p, &parsed, d.clone()).await?,
-                Step::Correlate => {
-                    if run.settings.is_none() {
-                        run.settings = Some(self.mail_settings().await?);
-                    }
-                    let s = run.settings.as_ref().expect("loaded above");
-                    let facts = correlate::auto_facts(self.crm(), s, &parsed).await?;
-                    plan::plan_auto(&facts)
-                }
-            };
-            self.perform(
-                run,
-                folder,
-                p,
-                Some((&item.data, &parsed)),
-                decision,
-                report,
-            )
-            .await?;
+            let parsed = parse_email(&item.data);
+            self.act_on(run, folder, p, Raw::Bytes(&item.data), parsed, report)
+                .await?;
         }
         Ok(())
+    }
+
+    /// A large message: copied to a file in the spool folder a part at a
+    /// time, its header parsed from there; the file goes with the track
+    /// operation (streamed into the push, removed once answered), or is
+    /// removed at once if the message is not tracked.
+    async fn read_large(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        p: &Pending,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let dir = self.spool_dir();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the spool folder {}", dir.display()))?;
+        let path = dir.join(format!("{}.eml", Uuid::new_v4()));
+        let len = match self
+            .mailbox()
+            .copy_message_to(&folder.id, &p.r.href, &path)
+            .await
+        {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                run.incomplete.insert(folder.id.clone());
+                report
+                    .errors
+                    .push(format!("{}/{}: {e}", folder.id, p.r.href));
+                return Ok(());
+            }
+        };
+        let parsed = parse_spooled(&path)?;
+        self.act_on(
+            run,
+            folder,
+            p,
+            Raw::Spooled { path: &path, len },
+            parsed,
+            report,
+        )
+        .await?;
+        let name = path.to_string_lossy();
+        if !run
+            .ops
+            .iter()
+            .any(|o| o.op["raw_file"].as_str() == Some(&name))
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
+    }
+
+    /// Decides and acts on one message that was read (R-E6, R-M5/R-M6).
+    async fn act_on(
+        &self,
+        run: &mut Run<'_>,
+        folder: &Folder,
+        p: &Pending,
+        raw: Raw<'_>,
+        parsed: Result<ParsedEmail, String>,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<()> {
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // Reported, never blocking the others; planned again
+                // when the message changes.
+                let problem = format!("cannot be read as a message ({e})");
+                report.errors.push(format!(
+                    "{}/{}: {problem}; the message is skipped",
+                    folder.id, p.r.href
+                ));
+                let mut row = self.row_for(folder, p);
+                row.etag = p.r.etag.as_str().to_string();
+                row.problem = Some(problem);
+                run.rows.push(row);
+                return Ok(());
+            }
+        };
+        let decision = match &p.step {
+            Step::Decided(d) => self.sent_draft(folder, p, &parsed, d.clone()).await?,
+            Step::Correlate => {
+                if run.settings.is_none() {
+                    run.settings = Some(self.mail_settings().await?);
+                }
+                let s = run.settings.as_ref().expect("loaded above");
+                let facts = correlate::auto_facts(self.crm(), s, &parsed).await?;
+                plan::plan_auto(&facts)
+            }
+        };
+        self.perform(run, folder, p, Some((raw, &parsed)), decision, report)
+            .await
+    }
+
+    /// Where large messages wait to be pushed: next to the cache.
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.config().cache.with_extension("spool")
     }
 
     /// R-E6: a new message in Sent with the Message-ID of a marked draft is
@@ -555,7 +649,7 @@ impl Agent {
         run: &mut Run<'_>,
         folder: &Folder,
         p: &Pending,
-        message: Option<(&[u8], &ParsedEmail)>,
+        message: Option<(Raw<'_>, &ParsedEmail)>,
         d: Decision,
         report: &mut SyncReport,
     ) -> anyhow::Result<()> {
@@ -595,10 +689,10 @@ impl Agent {
                         anyhow::anyhow!("{}/{}: track without the message", folder.id, p.r.href)
                     })?;
                     let limit = self.config().max_message_size;
-                    if raw.len() as u64 > limit {
+                    if raw.len() > limit {
                         // Grew after its size was asked (read_in_groups):
                         // refused here, as it would have been there.
-                        let problem = too_large_problem(raw.len() as u64, limit);
+                        let problem = too_large_problem(raw.len(), limit);
                         report
                             .refused
                             .push(format!("{}/{}: {problem}", folder.id, p.r.href));
@@ -612,8 +706,14 @@ impl Agent {
                         "draft": false,
                         "fields": {},
                     });
-                    // Moved in, not through `json!` (which would copy it).
-                    body["raw"] = Value::String(STANDARD.encode(raw));
+                    match raw {
+                        // Moved in, not through `json!` (which would copy it).
+                        Raw::Bytes(b) => body["raw"] = Value::String(STANDARD.encode(b)),
+                        // Streamed from the file into the push (crm.rs).
+                        Raw::Spooled { path, .. } => {
+                            body["raw_file"] = json!(path.to_string_lossy())
+                        }
+                    }
                     if folder.role == FolderRole::Sent {
                         body["fields"]["direction"] = json!("outgoing");
                     }
@@ -699,6 +799,34 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// A spooled message's header parsed (the agent needs no body); the whole
+/// file when the header has no end within `HEADER_MAX`, or when the
+/// message has no Message-ID (its synthetic id hashes the body too).
+fn parse_spooled(path: &std::path::Path) -> anyhow::Result<Result<ParsedEmail, String>> {
+    use std::io::Read;
+    let read_err = |e| anyhow::anyhow!("cannot read the spooled message {}: {e}", path.display());
+    let mut head = Vec::with_capacity(HEADER_MAX);
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        .take(HEADER_MAX as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| head.windows(2).position(|w| w == b"\n\n").map(|i| i + 2));
+    if let Some(end) = end {
+        head.truncate(end);
+        let parsed = parse_email(&head);
+        if parsed.as_ref().is_ok_and(|p| !p.synthetic_message_id) {
+            return Ok(parsed);
+        }
+    }
+    let whole = std::fs::read(path).map_err(read_err)?;
+    Ok(parse_email(&whole))
 }
 
 /// Why a message above the limit is not tracked, and what to do about it.
