@@ -164,6 +164,7 @@ impl Agent {
             // R-C5: marked messages wait for the owner's primary client.
             return Ok(());
         }
+        self.clean_spool().await?;
         let folders = self.mail_folder_roles().await?;
         let mut run = Run {
             client,
@@ -577,6 +578,27 @@ impl Agent {
         };
         self.perform(run, folder, p, Some((raw, &parsed)), decision, report)
             .await
+    }
+
+    /// Removes the spool files no journaled operation names (left by a kill
+    /// between a message's copy and its journal entry; the message is read
+    /// again when it is planned again).
+    async fn clean_spool(&self) -> anyhow::Result<()> {
+        let Ok(files) = std::fs::read_dir(self.spool_dir()) else {
+            return Ok(());
+        };
+        let pending = self.cache().journal_pending().await?;
+        let named: HashSet<&str> = pending
+            .iter()
+            .filter_map(|e| e.op["raw_file"].as_str())
+            .collect();
+        for file in files.flatten() {
+            let path = file.path();
+            if !named.contains(path.to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
     }
 
     /// Where large messages wait to be pushed: next to the cache.
