@@ -313,6 +313,16 @@ enum Segment {
 /// together here. A spool file that is gone is sent as no `raw` at all:
 /// the CRM refuses that operation clearly and the journal moves on.
 fn push_body(client: &str, ops: &[&Value]) -> reqwest::Body {
+    let mut segments = push_segments(client, ops);
+    match segments.as_mut_slice() {
+        // Nothing spooled: one buffer, sent with its length.
+        [Segment::Text(text)] => reqwest::Body::from(std::mem::take(text)),
+        _ => reqwest::Body::wrap_stream(stream_segments(segments)),
+    }
+}
+
+/// The pieces of a push body, in order: JSON text and spool files.
+fn push_segments(client: &str, ops: &[&Value]) -> Vec<Segment> {
     let mut segments = Vec::new();
     let mut text = format!("{{\"client_id\":{},\"ops\":[", Value::from(client)).into_bytes();
     for (i, op) in ops.iter().enumerate() {
@@ -345,11 +355,15 @@ fn push_body(client: &str, ops: &[&Value]) -> reqwest::Body {
         }
     }
     text.extend_from_slice(b"]}");
-    if segments.is_empty() {
-        return reqwest::Body::from(text);
-    }
     segments.push(Segment::Text(text));
-    let stream = futures_util::stream::unfold(
+    segments
+}
+
+/// The segments as bytes, spool files base64-encoded 48 KiB at a time.
+fn stream_segments(
+    segments: Vec<Segment>,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    futures_util::stream::unfold(
         (segments.into_iter(), None::<std::fs::File>),
         |(mut rest, mut file)| async move {
             loop {
@@ -375,8 +389,7 @@ fn push_body(client: &str, ops: &[&Value]) -> reqwest::Body {
                 }
             }
         },
-    );
-    reqwest::Body::wrap_stream(stream)
+    )
 }
 
 /// Fills `buf` unless the file ends first; the bytes read.
@@ -390,4 +403,47 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    async fn body_of(client: &str, ops: &[&Value]) -> Value {
+        let mut bytes = Vec::new();
+        let mut parts = std::pin::pin!(stream_segments(push_segments(client, ops)));
+        while let Some(part) = parts.next().await {
+            bytes.extend(part.unwrap());
+        }
+        serde_json::from_slice(&bytes).expect("the push body is JSON")
+    }
+
+    #[tokio::test]
+    async fn spooled_messages_are_streamed_into_the_push_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Several 48 KiB pieces and a length that is not a multiple of 3.
+        let raw: Vec<u8> = (0..150_001u32).map(|i| (i * 7 % 251) as u8).collect();
+        let file = dir.path().join("m.eml");
+        std::fs::write(&file, &raw).unwrap();
+        let spooled = json!({"op_id": "a", "kind": "track", "set": "emails",
+            "raw_file": file.to_string_lossy(), "message_id": "m@x"});
+        let inline = json!({"op_id": "b", "kind": "track", "set": "emails", "raw": "aGk="});
+        let gone = json!({"op_id": "c", "kind": "track", "raw_file": dir.path().join("gone.eml").to_string_lossy()});
+        let body = body_of("client-1", &[&inline, &spooled, &gone]).await;
+        assert_eq!(body["client_id"], "client-1");
+        let ops = body["ops"].as_array().unwrap();
+        assert_eq!(ops[0], inline, "an inline operation is sent as it is");
+        let sent = STANDARD.decode(ops[1]["raw"].as_str().unwrap()).unwrap();
+        assert!(sent == raw, "the spooled bytes changed");
+        assert_eq!(ops[1]["message_id"], "m@x");
+        assert!(ops[1].get("raw_file").is_none());
+        assert_eq!(ops[2]["op_id"], "c");
+        assert!(
+            ops[2].get("raw").is_none(),
+            "a spool file that is gone: no raw"
+        );
+        let empty = body_of("client-1", &[]).await;
+        assert_eq!(empty["ops"], json!([]));
+    }
 }
