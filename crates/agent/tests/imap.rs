@@ -73,6 +73,7 @@ both_configurations!(
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
     max_message_size_refuses_larger_messages_unread,
+    r_t4_spooled_message_journaled_and_sent_after_a_failed_push,
 );
 
 /// A CRM user's mailbox on a Dovecot of its own, the agent on it, and
@@ -959,6 +960,71 @@ async fn connection_dropped_mid_sync_is_an_error_then_next_sync_completes(flavor
     assert!(sync(&agent).await.pushed.is_empty());
 }
 
+/// R-T4 for a large message (read a part at a time into a spool file):
+/// the push is cut off (the CRM becomes unreachable while it is sent); the
+/// journal keeps the operation and the file, the next sync sends it from
+/// the file with the bytes unchanged, and the file goes.
+async fn r_t4_spooled_message_journaled_and_sent_after_a_failed_push(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let crm_port: u16 = w.base.rsplit(':').next().unwrap().parse().unwrap();
+    let crm = Proxy::start(crm_port).await;
+    let through_proxy = w
+        .imap_agent(
+            &m.token,
+            "ann",
+            "ann-cache",
+            m.dovecot.port,
+            dovecot::USER,
+            dovecot::PASSWORD,
+            |c| c.crm_url = format!("http://127.0.0.1:{}", crm.port),
+        )
+        .await;
+    let raw = padded("spooled@example.org", 2_500_000);
+    m.append("INBOX", &raw, TRACKED).await;
+    let (held, release) = crm.hold_next("POST /api/v1/sync/push");
+    let cut = async {
+        held.await.unwrap();
+        crm.refuse(true);
+        crm.cut_all();
+        drop(release);
+    };
+    let (failed, ()) = tokio::join!(through_proxy.sync_once(SyncOptions::default()), cut);
+    assert!(
+        failed.as_ref().map_or(true, |r| !r.errors.is_empty()),
+        "{failed:?}"
+    );
+    assert!(w.emails().await.is_empty());
+    assert_eq!(through_proxy.status().await.unwrap().pending_operations, 1);
+    let spool = through_proxy.config().cache.with_extension("spool");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1);
+    drop(through_proxy);
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let email = &w.email_by_mid("spooled@example.org").await[0];
+    assert!(
+        raw_in_crm(&w, email).await == raw,
+        "the raw message changed"
+    );
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+/// The raw message the CRM stored for `email` (`GET /emails/{id}/raw`).
+async fn raw_in_crm(w: &World, email: &Value) -> Vec<u8> {
+    let id = email["id"].as_str().unwrap();
+    w.http
+        .get(format!("{}/api/v1/emails/{id}/raw", w.base))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
 /// A message of `size` bytes or a little more.
 fn padded(id: &str, size: usize) -> Vec<u8> {
     let mut raw = lee(id, "Padded");
@@ -1074,22 +1140,8 @@ async fn malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on(fl
     assert_eq!(large_email["raw_size"], large.len(), "kept whole");
     // Read a part at a time into a spool file and streamed from it into the
     // push: the CRM has the very same bytes, and the spool file is gone.
-    let stored = w
-        .http
-        .get(format!(
-            "{}/api/v1/emails/{}/raw",
-            w.base,
-            large_email["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&w.admin)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
     assert!(
-        stored.as_ref() == large.as_slice(),
+        raw_in_crm(&w, large_email).await == large,
         "the raw message changed"
     );
     let left = std::fs::read_dir(&spool).map_or(0, |d| d.count());
