@@ -338,19 +338,20 @@ fn push_segments(client: &str, ops: &[&Value]) -> Vec<Segment> {
                     m.remove("raw_file");
                 }
                 let json = serde_json::to_vec(&rest).unwrap_or_default();
-                if !file.exists() || json.len() < 2 {
-                    text.extend(json);
-                    continue;
+                // `{…` without its `}`: `"raw":"<base64>"}` is appended.
+                match json.strip_suffix(b"}") {
+                    Some(open) if file.exists() => {
+                        text.extend_from_slice(open);
+                        if open.len() > 1 {
+                            text.push(b',');
+                        }
+                        text.extend_from_slice(b"\"raw\":\"");
+                        segments.push(Segment::Text(std::mem::take(&mut text)));
+                        segments.push(Segment::File(file));
+                        text.extend_from_slice(b"\"}");
+                    }
+                    _ => text.extend(json),
                 }
-                text.extend_from_slice(&json[..json.len() - 1]);
-                text.extend_from_slice(if json.len() > 2 {
-                    b",\"raw\":\""
-                } else {
-                    b"\"raw\":\""
-                });
-                segments.push(Segment::Text(std::mem::take(&mut text)));
-                segments.push(Segment::File(file));
-                text.extend_from_slice(b"\"}");
             }
         }
     }

@@ -587,12 +587,17 @@ impl Agent {
         let Ok(files) = std::fs::read_dir(self.spool_dir()) else {
             return Ok(());
         };
+        let files: Vec<_> = files.flatten().collect();
+        if files.is_empty() {
+            // The usual case: nothing to compare, no journal read.
+            return Ok(());
+        }
         let pending = self.cache().journal_pending().await?;
         let named: HashSet<&str> = pending
             .iter()
             .filter_map(|e| e.op["raw_file"].as_str())
             .collect();
-        for file in files.flatten() {
+        for file in files {
             let path = file.path();
             if !named.contains(path.to_string_lossy().as_ref()) {
                 let _ = std::fs::remove_file(&path);
