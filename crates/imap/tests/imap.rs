@@ -54,7 +54,7 @@ all_flavors!(
     dropped_connection_is_an_error_then_the_next_call_reconnects,
     connection_dropped_mid_fetch_is_an_error_then_recovers,
     no_change_sync_is_one_round_trip_per_folder,
-    the_quick_check_sees_every_change_crmsync_acts_on,
+    r_t3_quick_check_sees_marks_regardings_arrivals_and_expunges,
     search_message_id_asks_the_server,
     get_many_never_marks_messages_seen,
     created_message_etag_matches_later_reads,
@@ -525,7 +525,7 @@ async fn step(mb: &ImapMailbox, state: &mut SyncState, what: &str) -> Changes {
 /// Without CONDSTORE, the quick check (SELECT + SEARCH of `$CRMTracked`)
 /// must not miss what the agent acts on: a message marked or unmarked
 /// (R-M1), a new regarding keyword (R-E5), an arrival or an expunge (R-T3).
-async fn the_quick_check_sees_every_change_crmsync_acts_on(flavor: Flavor) {
+async fn r_t3_quick_check_sees_marks_regardings_arrivals_and_expunges(flavor: Flavor) {
     let (dovecot, mb) = setup(flavor).await;
     let mut other = dovecot.client().await;
     for i in 0..3 {
