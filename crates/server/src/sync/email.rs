@@ -23,8 +23,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::store::{self, Store};
 
-/// R-E8: only this many parties are resolved to CRM records when tracked.
-pub const RESOLVED_PARTIES: usize = 10;
+/// R-E8: only this many recipients (To, then Cc, then Bcc) are resolved
+/// to CRM records when tracked; the sender is resolved besides.
+pub const RESOLVED_RECIPIENTS: usize = 10;
 /// The largest raw message accepted (the request body limit applies too).
 pub const MAX_RAW: usize = 25 * 1024 * 1024;
 
@@ -57,7 +58,8 @@ async fn resolve(conn: &mut AnyConnection, address: &str) -> ApiResult<Option<(E
         .min_by_key(|(s, _)| rank(s)))
 }
 
-/// Parties in order (from, to, cc, bcc), the first ten resolved.
+/// Parties in order (from, to, cc, bcc): the sender resolved, and the first
+/// ten recipients (R-E8).
 async fn parties(conn: &mut AnyConnection, p: &ParsedEmail) -> ApiResult<(Vec<Value>, Vec<Uuid>)> {
     let mut out = Vec::new();
     let mut users = Vec::new();
@@ -67,16 +69,17 @@ async fn parties(conn: &mut AnyConnection, p: &ParsedEmail) -> ApiResult<(Vec<Va
         .map(|a| ("from", a))
         .chain(p.to.iter().map(|a| ("to", a)))
         .chain(p.cc.iter().map(|a| ("cc", a)))
-        .chain(p.bcc.iter().map(|a| ("bcc", a)));
-    for (i, (role, address)) in all
-        .filter(|(_, a)| valid_address(&json!(a)).is_ok())
-        .enumerate()
-    {
-        let resolved = if i < RESOLVED_PARTIES {
+        .chain(p.bcc.iter().map(|a| ("bcc", a)))
+        .filter(|(_, a)| valid_address(&json!(a)).is_ok());
+    let mut recipients = 0;
+    for (role, address) in all {
+        let counted = role != "from";
+        let resolved = if !counted || recipients < RESOLVED_RECIPIENTS {
             resolve(conn, address).await?
         } else {
             None
         };
+        recipients += usize::from(counted);
         if let Some((EntitySet::Users, id)) = resolved {
             users.push(id);
         }
