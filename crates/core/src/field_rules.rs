@@ -46,9 +46,25 @@ pub fn patch_sync_fields(
     current: &SyncFields,
     patch: &Value,
 ) -> Result<SyncFields, String> {
-    let obj = patch.as_object().ok_or(
-        "the body must be an object of field names and directions (to_mailbox, to_crm, both, none)",
-    )?;
+    const SHAPE: &str = "the body must be an object of field names and directions (to_mailbox, to_crm, both, none), or the document the GET returns";
+    let mut obj = patch.as_object().ok_or(SHAPE)?;
+    // The document a GET returns (`{"entity_set", "fields"}`) is accepted as
+    // it is, so a settings page can write back what it read.
+    if let Some(fields) = obj.get("fields") {
+        if let Some(k) = obj.keys().find(|k| *k != "fields" && *k != "entity_set") {
+            return Err(format!(
+                "unknown key '{k}'; the document has entity_set and fields"
+            ));
+        }
+        if let Some(named) = obj.get("entity_set") {
+            if named.as_str() != Some(set.as_str()) {
+                return Err(format!(
+                    "entity_set: this address holds the directions of {set}, not {named}"
+                ));
+            }
+        }
+        obj = fields.as_object().ok_or(SHAPE)?;
+    }
     let mut out = current.clone();
     for (name, v) in obj {
         let def = set
@@ -155,6 +171,25 @@ mod tests {
         assert!(
             patch_sync_fields(EntitySet::Contacts, &defaults, &json!({"shoe": "both"})).is_err()
         );
+    }
+
+    #[test]
+    fn r_f1_the_document_a_get_returns_is_accepted_unchanged() {
+        let defaults = default_sync_fields(EntitySet::Contacts);
+        let doc = json!({"entity_set": "contacts", "fields": defaults});
+        assert_eq!(
+            patch_sync_fields(EntitySet::Contacts, &defaults, &doc).unwrap(),
+            defaults
+        );
+        let edited = json!({"entity_set": "contacts", "fields": {"email": "to_crm"}});
+        let next = patch_sync_fields(EntitySet::Contacts, &defaults, &edited).unwrap();
+        assert_eq!(next["email"], Direction::ToCrm);
+        let other = json!({"entity_set": "tasks", "fields": {}});
+        assert!(patch_sync_fields(EntitySet::Contacts, &defaults, &other)
+            .unwrap_err()
+            .contains("tasks"));
+        let extra = json!({"entity_set": "contacts", "fields": {}, "x": 1});
+        assert!(patch_sync_fields(EntitySet::Contacts, &defaults, &extra).is_err());
     }
 
     #[test]

@@ -45,9 +45,12 @@ pub async fn patch_org_settings(
     patch: &Value,
 ) -> ApiResult<OrgSettings> {
     caller.require_admin()?;
-    let next: OrgSettings =
-        merge_patch(&org_settings(store).await?, patch).map_err(ApiError::invalid)?;
+    let current = org_settings(store).await?;
+    let next: OrgSettings = merge_patch(&current, patch).map_err(ApiError::invalid)?;
     next.validate().map_err(ApiError::invalid)?;
+    if json!(next) == json!(current) {
+        return Ok(next);
+    }
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SETTINGS_KIND, ORG_KEY, &json!(next)).await?;
     Ok(next)
@@ -89,6 +92,9 @@ pub async fn patch_user_settings(
     let next: UserSettings = merge_patch(&current, patch).map_err(ApiError::invalid)?;
     next.validate(&org_settings(store).await?)
         .map_err(ApiError::invalid)?;
+    if json!(next) == json!(current) {
+        return Ok(next);
+    }
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SETTINGS_KIND, &user.to_string(), &json!(next)).await?;
     reevaluate(&mut conn, Some(user)).await?;
@@ -159,7 +165,12 @@ impl SyncFilter {
         let patch = body
             .as_object()
             .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-        if let Some(k) = patch.keys().find(|k| !KEYS[1..].contains(&k.as_str())) {
+        // The id may be sent back as read (a GET's document), not changed.
+        let same_id = |v: &Value| base.is_some_and(|b| b.get("id") == Some(v));
+        if let Some((k, _)) = patch
+            .iter()
+            .find(|(k, v)| !(KEYS[1..].contains(&k.as_str()) || *k == "id" && same_id(v)))
+        {
             return Err(ApiError::invalid(format!(
                 "unknown or read-only key '{k}'; filters have: {}",
                 KEYS[1..].join(", ")
@@ -304,6 +315,9 @@ pub async fn patch_filter(
     let before = SyncFilter::parse(&json!({}), Some(&current), caller)?;
     check_filter_access(caller, &before)?;
     let next = SyncFilter::parse(body, Some(&current), caller)?;
+    if next == before {
+        return Ok(current);
+    }
     save_filter(store, caller, &next).await
 }
 
@@ -368,8 +382,11 @@ pub async fn patch_sync_fields_of(
     patch: &Value,
 ) -> ApiResult<SyncFields> {
     caller.require_admin()?;
-    let next = patch_sync_fields(set, &sync_fields(store, set).await?, patch)
-        .map_err(ApiError::invalid)?;
+    let current = sync_fields(store, set).await?;
+    let next = patch_sync_fields(set, &current, patch).map_err(ApiError::invalid)?;
+    if next == current {
+        return Ok(next);
+    }
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SYNC_FIELDS_KIND, set.as_str(), &json!(next)).await?;
     sync_store::redeliver_set(&mut conn, set).await?;
@@ -416,7 +433,53 @@ pub async fn create_field_security(
     if body.get("id").is_some() {
         return Err(ApiError::invalid("id: is set by the server"));
     }
-    let mut rule = FieldSecurityRule::parse(body).map_err(ApiError::invalid)?;
+    let rule = FieldSecurityRule::parse(body).map_err(ApiError::invalid)?;
+    save_field_security(store, Uuid::new_v4(), rule, None).await
+}
+
+pub async fn get_field_security(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> {
+    caller.require_admin()?;
+    store
+        .get_config(FIELD_SECURITY_KIND, &id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no field-security rule has id {id}")))
+}
+
+/// Changes a rule; the document its GET returns is accepted as it is.
+pub async fn patch_field_security(
+    store: &Store,
+    caller: Caller,
+    id: Uuid,
+    body: &Value,
+) -> ApiResult<Value> {
+    let current = get_field_security(store, caller, id).await?;
+    let patch = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
+    let mut merged = current.clone();
+    for (k, v) in patch {
+        if k == "id" && v != &current["id"] {
+            return Err(ApiError::invalid("id: is set by the server"));
+        }
+        merged[k] = v.clone();
+    }
+    let rule = FieldSecurityRule::parse(&merged).map_err(ApiError::invalid)?;
+    if json!(rule) == current {
+        return Ok(current);
+    }
+    let before: Option<FieldSecurityRule> = serde_json::from_value(current).ok();
+    save_field_security(store, id, rule, before.map(|r| r.entity_set)).await
+}
+
+/// Stores a rule that no other rule's set, field and user already cover,
+/// and redelivers the sets it touches (R-F3).
+async fn save_field_security(
+    store: &Store,
+    id: Uuid,
+    mut rule: FieldSecurityRule,
+    previous_set: Option<EntitySet>,
+) -> ApiResult<Value> {
+    rule.id = Some(id);
     let mut conn = store.pool.acquire().await?;
     if let Some(user) = rule.user_id {
         if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
@@ -426,7 +489,10 @@ pub async fn create_field_security(
     let existing = store.list_config(FIELD_SECURITY_KIND).await?;
     let same_target = existing.iter().any(|(_, v)| {
         serde_json::from_value::<FieldSecurityRule>(v.clone()).is_ok_and(|r| {
-            r.entity_set == rule.entity_set && r.field == rule.field && r.user_id == rule.user_id
+            r.id != rule.id
+                && r.entity_set == rule.entity_set
+                && r.field == rule.field
+                && r.user_id == rule.user_id
         })
     });
     if same_target {
@@ -435,11 +501,12 @@ pub async fn create_field_security(
             "a rule for this set, field and user exists; delete it first",
         ));
     }
-    let id = Uuid::new_v4();
-    rule.id = Some(id);
     let v = json!(rule);
     store::put_config(&mut conn, FIELD_SECURITY_KIND, &id.to_string(), &v).await?;
     sync_store::redeliver_set(&mut conn, rule.entity_set).await?;
+    if let Some(set) = previous_set.filter(|s| *s != rule.entity_set) {
+        sync_store::redeliver_set(&mut conn, set).await?;
+    }
     Ok(v)
 }
 

@@ -345,6 +345,48 @@ both_dbs! {
         assert_eq!(s.delete(&s.admin, &path).await.error(404), "not_found");
     }
 
+    async fn settings_resources_accept_what_their_get_returns(s: TestServer) {
+        let (ann_id, ann) = s.add_user("ann@example.com").await;
+        let client = s.register(&ann, "laptop").await["id"].as_str().unwrap().to_string();
+        s.post(&ann, "/api/v1/contacts", json!({"last_name": "Lee", "email": "lee@example.org"})).await.expect(201);
+        assert_eq!(s.sync_once(&ann, &client).await.len(), 1, "the contact is delivered once");
+        let rule = json!({"entity_set": "contacts", "field": "mobile", "user_id": ann_id, "can_read": true, "can_update": false});
+        let rule = s.post(&s.admin, "/api/v1/field-security", rule).await.expect(201);
+        let mine = json!({"name": "Mine", "entity_set": "contacts", "condition": {"field": "owner_id", "op": "eq", "value": "@me"}});
+        let filter = s.post(&ann, "/api/v1/sync-filters", mine).await.expect(201);
+        let system = s.get(&ann, "/api/v1/sync-filters").await.expect(200)["items"][0]["id"].as_str().unwrap().to_string();
+        s.sync_once(&ann, &client).await;
+        let version = s.version().await;
+        let documents = [
+            (&s.admin, "/api/v1/settings".to_string()),
+            (&ann, format!("/api/v1/users/{ann_id}/settings")),
+            (&s.admin, "/api/v1/sync-fields/contacts".to_string()),
+            (&ann, format!("/api/v1/sync-filters/{}", filter["id"].as_str().unwrap())),
+            (&s.admin, format!("/api/v1/sync-filters/{system}")),
+            (&s.admin, format!("/api/v1/field-security/{}", rule["id"].as_str().unwrap())),
+        ];
+        for (token, path) in &documents {
+            let read = s.get(token, path).await.expect(200);
+            let written = s.patch(token, path, read.clone()).await;
+            assert_eq!(written.status, 200, "{path}: {}", written.body);
+            assert_eq!(written.body, read, "{path}: written back unchanged");
+            assert_eq!(s.get(token, path).await.expect(200), read, "{path}: nothing changed");
+        }
+        assert_eq!(s.version().await, version, "no record changed");
+        assert!(s.sync_once(&ann, &client).await.is_empty(), "nothing redelivered");
+        // The documents still refuse what they cannot hold.
+        let other_set = json!({"entity_set": "tasks", "fields": {}});
+        assert_eq!(s.patch(&s.admin, "/api/v1/sync-fields/contacts", other_set).await.error(422), "invalid_input");
+        let moved = json!({"id": uuid::Uuid::new_v4()});
+        assert_eq!(s.patch(&ann, &documents[3].1, moved.clone()).await.error(422), "invalid_input");
+        assert_eq!(s.patch(&s.admin, &documents[5].1, moved).await.error(422), "invalid_input");
+        // An edit through the document form takes effect.
+        let mut read = s.get(&s.admin, &documents[5].1).await.expect(200);
+        read["can_read"] = json!(false);
+        assert_eq!(s.patch(&s.admin, &documents[5].1, read).await.expect(200)["can_read"], false);
+        assert_eq!(s.patch(&ann, &documents[5].1, json!({})).await.error(403), "forbidden");
+    }
+
     async fn metrics_count_requests_by_route_and_status(s: TestServer) {
         s.get(&s.admin, "/api/v1/contacts").await.expect(200);
         s.get(&s.admin, "/api/v1/contacts/not-a-uuid").await.error(400);

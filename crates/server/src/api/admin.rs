@@ -148,6 +148,27 @@ pub async fn create_field_security(
     ))
 }
 
+pub async fn get_field_security(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        config::get_field_security(&state.store, caller, parse_id(&id)?).await?,
+    ))
+}
+
+pub async fn patch_field_security(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        config::patch_field_security(&state.store, caller, parse_id(&id)?, &body).await?,
+    ))
+}
+
 pub async fn delete_field_security(
     State(state): State<AppState>,
     caller: Caller,

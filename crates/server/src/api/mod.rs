@@ -57,7 +57,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route(
             "/field-security/{id}",
-            axum::routing::delete(admin::delete_field_security),
+            get(admin::get_field_security)
+                .patch(admin::patch_field_security)
+                .delete(admin::delete_field_security),
         )
         .route("/openapi.json", get(openapi::serve_openapi))
         .route(

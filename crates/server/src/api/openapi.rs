@@ -10,7 +10,7 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{
-    AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type,
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
@@ -536,7 +536,8 @@ fn admin_paths(paths: &mut Paths) {
         .required("entity_set")
         .required("condition")
         .into();
-    let filter: Schema = filter().into();
+    // A PATCH also takes the id as the GET returned it.
+    let filter: Schema = filter().property("id", uuid()).into();
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some("list_sync_filters"))
@@ -612,13 +613,23 @@ fn admin_paths(paths: &mut Paths) {
         .filter(|s| s.syncs_to_mailbox())
         .map(|s| s.as_str())
         .collect();
-    let fields_patch: Schema = ObjectBuilder::new()
-        .additional_properties(Some(RefOr::T(Schema::from(
-            string(None).enum_values(Some(directions)),
+    let field_directions = || {
+        ObjectBuilder::new().additional_properties(Some(RefOr::T(Schema::from(
+            string(None).enum_values(Some(directions.clone())),
         ))))
-        .description(Some(
+    };
+    let fields_patch: Schema = OneOfBuilder::new()
+        .item(field_directions().description(Some(
             "field name → direction (to_mailbox, to_crm, both, none)",
-        ))
+        )))
+        .item(
+            ObjectBuilder::new()
+                .property("entity_set", string(None))
+                .property("fields", field_directions())
+                .required("fields")
+                .additional_properties(Some(closed()))
+                .description(Some("the document a GET returns, as it is or edited")),
+        )
         .into();
     let p = "/api/v1/sync-fields/{set}";
     let set_param = || {
@@ -657,24 +668,29 @@ fn admin_paths(paths: &mut Paths) {
         error_responses(op, &["400", "401", "403", "404", "422"]),
     );
 
-    let rule: Schema = ObjectBuilder::new()
-        .property(
-            "entity_set",
-            string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
-        )
-        .property("field", string(None))
-        .property("user_id", uuid())
-        .property("can_read", ObjectBuilder::new().schema_type(Type::Boolean))
-        .property(
-            "can_update",
-            ObjectBuilder::new().schema_type(Type::Boolean),
-        )
+    let rule_fields = || {
+        ObjectBuilder::new()
+            .property(
+                "entity_set",
+                string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
+            )
+            .property("field", string(None))
+            .property("user_id", uuid())
+            .property("can_read", ObjectBuilder::new().schema_type(Type::Boolean))
+            .property(
+                "can_update",
+                ObjectBuilder::new().schema_type(Type::Boolean),
+            )
+            .additional_properties(Some(closed()))
+    };
+    let rule: Schema = rule_fields()
         .required("entity_set")
         .required("field")
         .required("can_read")
         .required("can_update")
-        .additional_properties(Some(closed()))
         .into();
+    // A PATCH takes any of the fields, and the id as the GET returned it.
+    let rule_patch: Schema = rule_fields().property("id", uuid()).into();
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some("list_field_security"))
@@ -698,6 +714,29 @@ fn admin_paths(paths: &mut Paths) {
         "/api/v1/field-security",
         HttpMethod::Post,
         error_responses(op, &["400", "401", "403", "409", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_field_security"))
+        .parameter(path_param("id", uuid()))
+        .response("200", response("the rule", Some(any_object().into())));
+    add(
+        paths,
+        "/api/v1/field-security/{id}",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_field_security"))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(rule_patch)))
+        .response("200", response("the rule", Some(any_object().into())));
+    add(
+        paths,
+        "/api/v1/field-security/{id}",
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "409", "422"]),
     );
     let op = OperationBuilder::new()
         .tag(tag)
