@@ -214,6 +214,11 @@ both_dbs! {
         assert_eq!(feed["items"][0]["regarding"]["id"], acc["id"]);
         let (_, kim) = s.add_user("kim@example.com").await;
         assert_eq!(s.get(&kim, &format!("/api/v1/sync/emails/tagging?since={since}")).await.expect(200)["items"], json!([]));
+        // Control: with tagging on, a regarding change reaches the tracked copy.
+        let tagged = s.sync_once(&ann, &client).await;
+        assert_eq!(tagged.len(), 1, "the regarding change is delivered");
+        assert_eq!(tagged[0].action, "update");
+        assert_eq!(tagged[0].record.as_ref().unwrap()["fields"]["regarding"]["id"], acc["id"]);
         // Tagging off: tracked copies get no regarding updates (R-M7).
         s.patch(&s.admin, "/api/v1/settings", json!({"tagging": false})).await.expect(200);
         s.sync_once(&ann, &client).await;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use base64::Engine;
 use common::{ids, TestServer};
 use serde_json::{json, Value};
 
@@ -186,16 +187,19 @@ both_dbs! {
     async fn r_s7_without_an_active_filter_nothing_of_the_type_syncs(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let client = id(&s.register(&ann, "laptop").await);
+        // Control: with the default filter active, a new contact is delivered.
+        let lee = contact(&s, &ann, "Lee").await;
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&lee), "create".to_string())]);
         let filters = s.get(&s.admin, "/api/v1/sync-filters").await.expect(200);
         let contacts = filters["items"].as_array().unwrap().iter().find(|f| f["entity_set"] == "contacts").unwrap().clone();
         s.patch(&s.admin, &format!("/api/v1/sync-filters/{}", id(&contacts)), json!({"active": false})).await.expect(200);
-        contact(&s, &ann, "Lee").await;
-        assert!(s.sync_once(&ann, &client).await.is_empty());
+        let kim = contact(&s, &ann, "Kim").await;
+        let after = s.sync_once(&ann, &client).await;
+        assert!(after.iter().all(|d| d.action == "remove" && d.id != id(&kim)), "nothing of the type is delivered: {:?}", ids(&after));
         let r = s.push(&ann, &client, json!([{"op_id": "1", "kind": "track", "set": "contacts", "fields": {"last_name": "X"}}])).await;
         assert_eq!(r[0]["code"], "no_filter");
         assert!(r[0]["message"].as_str().unwrap().contains("R-S7"));
     }
-
     async fn r_s8_reassigned_contact_leaves_mailbox_unless_tracked(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let (bob_id, _) = s.add_user("bob@example.com").await;
@@ -234,13 +238,20 @@ both_dbs! {
         let (ann_id, ann) = s.add_user("ann@example.com").await;
         let client = id(&s.register(&ann, "laptop").await);
         s.patch(&ann, &format!("/api/v1/users/{ann_id}/settings"), json!({"entity_types": ["appointments"]})).await.expect(200);
-        contact(&s, &ann, "Lee").await;
-        assert!(s.sync_once(&ann, &client).await.is_empty());
+        let lee = contact(&s, &ann, "Lee").await;
+        let meeting = s.post(&ann, "/api/v1/appointments", json!({"subject": "Review", "start": "2099-03-01T09:00:00Z", "end": "2099-03-01T10:00:00Z"})).await.expect(201);
+        let got = ids(&s.sync_once(&ann, &client).await);
+        assert_eq!(got, vec![(id(&meeting), "create".to_string())], "the checked type flows, the unchecked one does not");
+        assert!(!got.iter().any(|(i, _)| *i == id(&lee)));
         let r = s.push(&ann, &client, json!([{"op_id": "1", "kind": "track", "set": "contacts", "fields": {"last_name": "Tracked"}}])).await;
         assert_eq!(r[0]["status"], "ok", "{}", r[0]);
     }
-
     async fn r_s11_without_the_privilege_no_items_but_email_still_works(s: TestServer) {
+        // Control: Bob keeps the privilege and the same steps deliver to him.
+        let (_, bob) = s.add_user("bob@example.com").await;
+        let bob_client = id(&s.register(&bob, "desk").await);
+        let bobs = contact(&s, &bob, "Lee").await;
+        assert_eq!(ids(&s.sync_once(&bob, &bob_client).await), vec![(id(&bobs), "create".to_string())]);
         let (ann_id, ann) = s.add_user("ann@example.com").await;
         s.patch(&s.admin, &format!("/api/v1/users/{ann_id}"), json!({"sync_to_mailbox": false})).await.expect(200);
         let client = id(&s.register(&ann, "laptop").await);
@@ -248,8 +259,13 @@ both_dbs! {
         assert!(s.sync_once(&ann, &client).await.is_empty());
         let r = s.push(&ann, &client, json!([{"op_id": "1", "kind": "track", "set": "contacts", "fields": {"last_name": "X"}}])).await;
         assert_eq!(r[0]["code"], "no_sync_privilege");
+        // Email still works: tracking a message creates the email activity.
+        let raw = "Message-ID: <s11@example.org>\r\nFrom: Lee <lee@example.org>\r\nTo: ann@example.com\r\nSubject: Still works\r\nDate: Tue, 24 Nov 2026 10:00:00 +0100\r\n\r\nHello\r\n";
+        let r = s.push(&ann, &client, json!([{"op_id": "2", "kind": "track", "set": "emails", "raw": base64::engine::general_purpose::STANDARD.encode(raw)}])).await;
+        assert_eq!(r[0]["status"], "ok", "{}", r[0]);
+        let email = s.get(&ann, &format!("/api/v1/emails/{}", r[0]["id"].as_str().unwrap())).await.expect(200);
+        assert_eq!(email["subject"], "Still works");
     }
-
     async fn r_f1_field_directions_shape_what_syncs(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let client = id(&s.register(&ann, "laptop").await);
