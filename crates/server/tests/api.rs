@@ -442,20 +442,29 @@ both_dbs! {
 async fn racing_read_then_write_transactions_both_commit_on_sqlite() {
     let s = common::start(common::Backend::Sqlite).await;
     let store = std::sync::Arc::new(s.store.clone());
-    let read_then_write = |store: std::sync::Arc<crmsync_server::store::Store>, pause: u64| async move {
-        let mut tx = store.begin().await?;
-        sqlx::query("SELECT COUNT(*) FROM sequence_counter")
-            .fetch_one(&mut *tx)
-            .await?;
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-        sqlx::query("UPDATE sequence_counter SET value = value + 1")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    };
-    let slow = tokio::spawn(read_then_write(store.clone(), 300));
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let quick = tokio::spawn(read_then_write(store.clone(), 0));
+    // `has_read` fires once the transaction's read is done: the other
+    // writer starts exactly then (no sleep decides the order).
+    let read_then_write =
+        |store: std::sync::Arc<crmsync_server::store::Store>,
+         pause: u64,
+         has_read: Option<tokio::sync::oneshot::Sender<()>>| async move {
+            let mut tx = store.begin().await?;
+            sqlx::query("SELECT COUNT(*) FROM sequence_counter")
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(has_read) = has_read {
+                let _ = has_read.send(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            sqlx::query("UPDATE sequence_counter SET value = value + 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+    let (has_read, read_done) = tokio::sync::oneshot::channel();
+    let slow = tokio::spawn(read_then_write(store.clone(), 300, Some(has_read)));
+    read_done.await.expect("the first transaction read");
+    let quick = tokio::spawn(read_then_write(store.clone(), 0, None));
     slow.await.unwrap().expect("the first writer commits");
     quick
         .await
