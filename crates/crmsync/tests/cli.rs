@@ -218,10 +218,26 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
         .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
+        .env("CRMSYNC_LOG", "crmsync=info")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Each finished sync logs "synchronized": the test waits for the
+    // start-up sync, so what follows can only arrive through the watch.
+    let (synced_tx, synced) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("synchronized") {
+                let _ = synced_tx.send(());
+            }
+        }
+    });
     let token_file = root.join("token");
     wait_for("the token file and the server", || {
         token_file.exists() && std::net::TcpStream::connect(&addr).is_ok()
@@ -231,6 +247,9 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
         .trim()
         .to_string();
     assert!(root.join("agent.toml").exists() && root.join("mailbox/contacts").is_dir());
+    synced
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the start-up sync finishes");
     let (status, _) = http(
         &addr,
         "POST",
@@ -243,11 +262,21 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
     // and that sync brings the CRM's contact into the address book.
     let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:up-1\r\nFN:From Mailbox\r\nN:FromMailbox;;;;\r\nCATEGORIES:Tracked to CRM\r\nEND:VCARD\r\n";
     std::fs::write(root.join("mailbox/contacts/mine.vcf"), card).unwrap();
+    let written = std::time::Instant::now();
     wait_for("the marked contact in the CRM", || {
         http(&addr, "GET", "/api/v1/contacts?q=frommailbox", &token, None)
             .1
             .contains("FromMailbox")
     });
+    let took = written.elapsed();
+    println!(
+        "R-T2: marked contact in the CRM {} ms after the file was written",
+        took.as_millis()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "R-T2: at once, not at the next scheduled sync (took {took:?})"
+    );
     wait_for("the CRM contact in the address book", || {
         std::fs::read_dir(root.join("mailbox/contacts"))
             .unwrap()
