@@ -10,9 +10,12 @@
 //!    it (the notification path of R-T2), and the agent's RSS (VmHWM) with
 //!    3N items.
 //!
-//!   cargo bench -p crmsync --bench agent -- [--items N] [--edits E]
+//!   cargo bench -p crmsync --bench agent -- [--items N] [--edits E] [--compare BIN]
 //!
-//! N per kind (default 10000), E edits timed (default 5).
+//! N per kind (default 10000), E edits timed (default 5). `--compare BIN`
+//! runs the no-change syncs alternately with this build and another
+//! `crmsync` binary (e.g. one built from an earlier commit) on the same
+//! mailbox, cache and server, and reports both medians and their ratio.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -49,8 +52,12 @@ fn vm_hwm_mib(pid: u32) -> f64 {
 }
 
 fn sync(config: &Path) -> (Duration, Value) {
+    sync_with(BIN, config)
+}
+
+fn sync_with(bin: &str, config: &Path) -> (Duration, Value) {
     let t = Instant::now();
-    let out = Command::new(BIN)
+    let out = Command::new(bin)
         .args(["sync", "--json", "--config"])
         .arg(config)
         .output()
@@ -137,19 +144,36 @@ async fn main() {
     // every file clean, as a running agent would.
     std::thread::sleep(Duration::from_millis(2100));
     sync(&config);
-    let mut engine = Vec::new();
-    let mut process = Vec::new();
+    let other: Option<String> = std::env::args().skip_while(|a| a != "--compare").nth(1);
+    let mut bins = vec![BIN.to_string()];
+    bins.extend(other);
+    let mut engine = vec![Vec::new(); bins.len()];
+    let mut process = vec![Vec::new(); bins.len()];
     for _ in 0..7 {
-        let (took, report) = sync(&config);
-        assert_eq!(report["written_to_mailbox"], 0, "{report}");
-        engine.push(report["elapsed_ms"].as_f64().unwrap());
-        process.push(took.as_secs_f64() * 1e3);
+        // Alternated, so both binaries see the same machine load.
+        for (i, bin) in bins.iter().enumerate() {
+            let (took, report) = sync_with(bin, &config);
+            assert_eq!(report["written_to_mailbox"], 0, "{report}");
+            engine[i].push(report["elapsed_ms"].as_f64().unwrap());
+            process[i].push(took.as_secs_f64() * 1e3);
+        }
     }
-    println!(
-        "no-change sync, median of 7: engine {:>7.1} ms, whole process {:>7.1} ms",
-        median(engine),
-        median(process)
-    );
+    let medians: Vec<(f64, f64)> = engine
+        .into_iter()
+        .zip(process)
+        .map(|(e, p)| (median(e), median(p)))
+        .collect();
+    for (bin, (e, p)) in bins.iter().zip(&medians) {
+        println!(
+            "no-change sync, median of 7: engine {e:>7.1} ms, whole process {p:>7.1} ms  ({bin})"
+        );
+    }
+    if let [(this, _), (that, _)] = medians[..] {
+        println!(
+            "no-change sync, engine: this build / the other = {:.2}",
+            this / that
+        );
+    }
     // Where a no-change sync spends its time (the engine's debug events).
     let out = Command::new(BIN)
         .args(["sync", "--config"])
