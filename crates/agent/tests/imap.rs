@@ -70,6 +70,7 @@ both_configurations!(
     section_9_crm_deletes_tracked_email_message_kept_keyword_removed,
     section_9_user_deletes_message_crm_activity_kept,
     r_t2_running_agent_tracks_at_once_and_defers_deletions,
+    r_t2_running_agent_tracks_a_message_marked_after_its_append,
     uidvalidity_change_relinks_by_message_id_without_duplicate,
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
@@ -939,6 +940,44 @@ async fn r_t2_running_agent_tracks_at_once_and_defers_deletions(flavor: Flavor) 
     let r = sync(&m.agent).await;
     assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
     assert_eq!(m.agent.status().await.unwrap().tracked, 0);
+}
+
+/// R-T2 (issue 12): another client APPENDs a message, the running agent
+/// sees it (a sync of the new, unmarked message), then the client marks it
+/// `$CRMTracked`: tracked within 5 s, whatever the server's capabilities.
+async fn r_t2_running_agent_tracks_a_message_marked_after_its_append(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let (agent, other) = (&m.agent, &mut m.other);
+    let (running, mut reports, stop_tx) = running(agent);
+    let test = async {
+        reports.recv().await.unwrap().unwrap();
+        let uid = other
+            .append_flags("INBOX", "\\Seen", &lee("t2-late@example.org", "Later"))
+            .await;
+        // The agent syncs on the append and finds nothing to track.
+        until(&mut reports, "the append seen", |r| r.pushed.is_empty()).await;
+        other.select("INBOX").await;
+        let marked = std::time::Instant::now();
+        other
+            .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
+            .await;
+        let deadline = marked + Duration::from_secs(5);
+        while w.email_by_mid("t2-late@example.org").await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{flavor:?}: the message marked after its append is not in the CRM 5 s later"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{flavor:?}: marked after its append, in the CRM after {:?}",
+            marked.elapsed()
+        );
+        let _ = stop_tx.send(());
+    };
+    let (ran, ()) = tokio::join!(running, test);
+    ran.unwrap();
 }
 
 async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flavor) {
