@@ -6,9 +6,8 @@
 //! either (`plain::`, the fallback). Named after the rules (SPEC §7 R-E5..
 //! R-E10, §8 R-M1, R-M3..R-M8, §9 email rows, R-T2).
 //!
-//! R-M7's keyword `$CRMRegarding:<set>:<uuid>` is up to 58 characters:
-//! Dovecot's default `mail_max_keyword_length` is 50, so the fixture sets
-//! 200 (a production Dovecot needs at least 59).
+//! Dovecot runs with its default `mail_max_keyword_length` (50): R-M7's
+//! keyword `$CRMRegarding:<32 hex digits>` has 46 characters.
 
 // The shared harness has helpers other test files use.
 #![allow(dead_code)]
@@ -62,6 +61,8 @@ both_configurations!(
     r_m6_auto_track_all_none_and_exclusion_list,
     r_m7_regarding_change_in_crm_reaches_message_as_keyword,
     r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding,
+    r_m7_regarding_keyword_fits_dovecot_default_limit,
+    r_m7_former_regarding_keyword_is_read_and_replaced,
     r_m8_marked_message_moved_to_unsynchronized_folder_is_reported,
     r_e7_bulk_tracking_of_many_messages,
     r_e9_two_activities,
@@ -69,6 +70,7 @@ both_configurations!(
     section_9_crm_deletes_tracked_email_message_kept_keyword_removed,
     section_9_user_deletes_message_crm_activity_kept,
     r_t2_running_agent_tracks_at_once_and_defers_deletions,
+    r_t2_running_agent_tracks_a_message_marked_after_its_append,
     uidvalidity_change_relinks_by_message_id_without_duplicate,
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
@@ -139,8 +141,18 @@ async fn mailbox_of(
     extra: &[&str],
     edit: impl FnOnce(&mut Config),
 ) -> Mail {
+    mailbox_on(w, Dovecot::start(flavor).await, email, extra, edit).await
+}
+
+/// [`mailbox_of`] on a given Dovecot.
+async fn mailbox_on(
+    w: &World,
+    dovecot: Dovecot,
+    email: &str,
+    extra: &[&str],
+    edit: impl FnOnce(&mut Config),
+) -> Mail {
     let (user_id, token) = w.user(email).await;
-    let dovecot = Dovecot::start(flavor).await;
     let mut other = dovecot.client().await;
     for f in ["Sent", "Drafts", "CRM"].iter().chain(extra) {
         other.cmd(&format!("CREATE \"{f}\"")).await;
@@ -237,7 +249,7 @@ async fn r_m1_untrack_delete_in_crm_by_command(flavor: Flavor) {
     let email = &w.email_by_mid("cmd@example.org").await[0];
     assert_eq!(email["regarding"]["id"], acme.as_str());
     assert!(m.has("INBOX", uid, TRACKED).await);
-    assert!(m.has("INBOX", uid, &regarding_kw("accounts", &acme)).await);
+    assert!(m.has("INBOX", uid, &regarding_kw(&acme)).await);
     // Untrack with --delete-in-crm: the CRM email goes, the message stays.
     cmd::untrack(&m.agent, std::slice::from_ref(&item), true)
         .await
@@ -276,7 +288,7 @@ async fn r_m4_folder_tracking_with_fixed_regarding(flavor: Flavor) {
     let email = &w.email_by_mid("deal@example.org").await[0];
     assert_eq!(email["regarding"], json!({"set": "accounts", "id": acme}));
     assert!(m.has("Acme", uid, TRACKED).await);
-    assert!(m.has("Acme", uid, &regarding_kw("accounts", &acme)).await);
+    assert!(m.has("Acme", uid, &regarding_kw(&acme)).await);
     assert!(w.email_by_mid("other@example.org").await.is_empty());
     // The user removes the marker in the folder: untracked, and it stays so.
     m.store("Acme", uid, "-FLAGS", TRACKED).await;
@@ -330,7 +342,7 @@ async fn tracked_sent(w: &World, m: &mut Mail) -> (String, Value) {
         "Quote 42",
         "",
     );
-    let flags = format!("\\Seen {TRACKED} {}", regarding_kw("accounts", &acme));
+    let flags = format!("\\Seen {TRACKED} {}", regarding_kw(&acme));
     m.append("Sent", &raw, &flags).await;
     let r = sync(&m.agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
@@ -381,10 +393,7 @@ async fn r_m5_reply_correlation_and_tracking_token_in_inbox_only(flavor: Flavor)
         acme.as_str()
     );
     assert!(m.has("INBOX", reply_uid, TRACKED).await);
-    assert!(
-        m.has("INBOX", reply_uid, &regarding_kw("accounts", &acme))
-            .await
-    );
+    assert!(m.has("INBOX", reply_uid, &regarding_kw(&acme)).await);
     assert!(m.has("INBOX", token_uid, TRACKED).await);
     assert!(!m.has("INBOX", unrelated, TRACKED).await);
     assert!(!m.has("Sent", elsewhere_uid, TRACKED).await);
@@ -502,7 +511,7 @@ async fn r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding(
     m.append(
         "INBOX",
         &lee("other@example.org", "Other"),
-        &regarding_kw("accounts", &globex),
+        &regarding_kw(&globex),
     )
     .await;
     let uid = m
@@ -510,17 +519,15 @@ async fn r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding(
         .await;
     sync(&m.agent).await;
     assert!(w.email_by_mid("e5@example.org").await[0]["regarding"].is_null());
-    m.store("INBOX", uid, "+FLAGS", &regarding_kw("accounts", &acme))
-        .await;
+    m.store("INBOX", uid, "+FLAGS", &regarding_kw(&acme)).await;
     let r = sync(&m.agent).await;
     assert_eq!(r.pushed.get("set_regarding"), Some(&1), "{r:?}");
     assert_eq!(
         w.email_by_mid("e5@example.org").await[0]["regarding"]["id"],
         acme.as_str()
     );
-    m.store("INBOX", uid, "-FLAGS", &regarding_kw("accounts", &acme))
-        .await;
-    m.store("INBOX", uid, "+FLAGS", &regarding_kw("accounts", &globex))
+    m.store("INBOX", uid, "-FLAGS", &regarding_kw(&acme)).await;
+    m.store("INBOX", uid, "+FLAGS", &regarding_kw(&globex))
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = sync(&m.agent).await;
@@ -528,6 +535,89 @@ async fn r_e5_regarding_keyword_changed_by_another_client_changes_the_regarding(
     assert_eq!(
         w.email_by_mid("e5@example.org").await[0]["regarding"]["id"],
         globex.as_str()
+    );
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+/// R-M7 (issue 12): `crmsync regarding` on a Dovecot in its default
+/// configuration (`mail_max_keyword_length` 50): the keyword,
+/// `$CRMRegarding:<32 hex digits>`, is stored and the CRM email follows.
+async fn r_m7_regarding_keyword_fits_dovecot_default_limit(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let acme = w.account(&m.token, "Acme").await;
+    let uid = m
+        .append("INBOX", &lee("m7-limit@example.org", "Quote"), TRACKED)
+        .await;
+    sync(&m.agent).await;
+    cmd::set_regarding(
+        &m.agent,
+        &["mid:m7-limit@example.org".to_string()],
+        &format!("accounts/{acme}"),
+    )
+    .await
+    .unwrap();
+    let keyword = regarding_kw(&acme);
+    assert_eq!(keyword.len(), 46);
+    assert!(
+        m.has("INBOX", uid, &keyword).await,
+        "{}",
+        m.flags("INBOX", uid).await
+    );
+    assert_eq!(
+        w.email_by_mid("m7-limit@example.org").await[0]["regarding"],
+        json!({"set": "accounts", "id": acme})
+    );
+    assert!(sync(&m.agent).await.pushed.is_empty());
+}
+
+/// R-M7 (issue 12): a server whose keyword limit was raised holds keywords
+/// of the former form `$CRMRegarding:<set>:<uuid>`. Read: the marked
+/// message is tracked with that regarding, and a former keyword another
+/// client puts on a tracked message changes its regarding (R-E5); each time
+/// the keyword is replaced by the current form.
+async fn r_m7_former_regarding_keyword_is_read_and_replaced(flavor: Flavor) {
+    let w = world().await;
+    let dovecot = Dovecot::start_with_settings(flavor, "mail_max_keyword_length = 200").await;
+    let mut m = mailbox_on(&w, dovecot, "ann@example.com", &[], |_| {}).await;
+    let acme = w.account(&m.token, "Acme").await;
+    let globex = w.account(&m.token, "Globex").await;
+    let former = former_regarding_kw("accounts", &acme);
+    let uid = m
+        .append(
+            "INBOX",
+            &lee("m7-former@example.org", "Quote"),
+            &format!("{TRACKED} {former}"),
+        )
+        .await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("m7-former@example.org").await[0]["regarding"],
+        json!({"set": "accounts", "id": acme})
+    );
+    assert!(m.has("INBOX", uid, &regarding_kw(&acme)).await);
+    assert!(
+        !m.has("INBOX", uid, &former).await,
+        "{}",
+        m.flags("INBOX", uid).await
+    );
+
+    // Another client (an older agent, say) swaps in a former keyword.
+    let former = former_regarding_kw("accounts", &globex);
+    m.store("INBOX", uid, "-FLAGS", &regarding_kw(&acme)).await;
+    m.store("INBOX", uid, "+FLAGS", &former).await;
+    let r = sync(&m.agent).await;
+    assert_eq!(r.pushed.get("set_regarding"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("m7-former@example.org").await[0]["regarding"],
+        json!({"set": "accounts", "id": globex})
+    );
+    assert!(m.has("INBOX", uid, &regarding_kw(&globex)).await);
+    assert!(
+        !m.has("INBOX", uid, &former).await,
+        "{}",
+        m.flags("INBOX", uid).await
     );
     assert!(sync(&m.agent).await.pushed.is_empty());
 }
@@ -564,12 +654,12 @@ async fn r_m7_regarding_change_in_crm_reaches_message_as_keyword(flavor: Flavor)
         w.email_by_mid("shared@example.com").await[0]["regarding"]["id"],
         acme.as_str()
     );
-    assert!(ann.has("Sent", a, &regarding_kw("accounts", &acme)).await);
+    assert!(ann.has("Sent", a, &regarding_kw(&acme)).await);
     // It reaches Bob's mailbox as a keyword (email tagging).
     let r = sync(&bob.agent).await;
     assert_eq!(r.written_to_mailbox, 1, "{r:?}");
     assert!(r.pushed.is_empty(), "no echo: {r:?}");
-    assert!(bob.has("INBOX", b, &regarding_kw("accounts", &acme)).await);
+    assert!(bob.has("INBOX", b, &regarding_kw(&acme)).await);
     // Changed in the CRM: the old keyword is replaced.
     let globex = w.account(&ann.token, "Globex").await;
     let (status, body) = w
@@ -582,16 +672,13 @@ async fn r_m7_regarding_change_in_crm_reaches_message_as_keyword(flavor: Flavor)
         .await;
     assert_eq!(status, 200, "{body}");
     sync(&bob.agent).await;
-    assert!(
-        bob.has("INBOX", b, &regarding_kw("accounts", &globex))
-            .await
-    );
-    assert!(!bob.has("INBOX", b, &regarding_kw("accounts", &acme)).await);
+    assert!(bob.has("INBOX", b, &regarding_kw(&globex)).await);
+    assert!(!bob.has("INBOX", b, &regarding_kw(&acme)).await);
     assert!(bob.has("INBOX", b, TRACKED).await);
     assert!(sync(&bob.agent).await.pushed.is_empty());
     let r = sync(&ann.agent).await;
     assert!(r.pushed.is_empty(), "{r:?}");
-    assert!(ann.has("Sent", a, &regarding_kw("accounts", &globex)).await);
+    assert!(ann.has("Sent", a, &regarding_kw(&globex)).await);
 }
 
 async fn r_m8_marked_message_moved_to_unsynchronized_folder_is_reported(flavor: Flavor) {
@@ -853,6 +940,44 @@ async fn r_t2_running_agent_tracks_at_once_and_defers_deletions(flavor: Flavor) 
     let r = sync(&m.agent).await;
     assert_eq!(r.pushed.get("delete"), Some(&1), "{r:?}");
     assert_eq!(m.agent.status().await.unwrap().tracked, 0);
+}
+
+/// R-T2 (issue 12): another client APPENDs a message, the running agent
+/// sees it (a sync of the new, unmarked message), then the client marks it
+/// `$CRMTracked`: tracked within 5 s, whatever the server's capabilities.
+async fn r_t2_running_agent_tracks_a_message_marked_after_its_append(flavor: Flavor) {
+    let w = world().await;
+    let mut m = ann(&w, flavor).await;
+    let (agent, other) = (&m.agent, &mut m.other);
+    let (running, mut reports, stop_tx) = running(agent);
+    let test = async {
+        reports.recv().await.unwrap().unwrap();
+        let uid = other
+            .append_flags("INBOX", "\\Seen", &lee("t2-late@example.org", "Later"))
+            .await;
+        // The agent syncs on the append and finds nothing to track.
+        until(&mut reports, "the append seen", |r| r.pushed.is_empty()).await;
+        other.select("INBOX").await;
+        let marked = std::time::Instant::now();
+        other
+            .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
+            .await;
+        let deadline = marked + Duration::from_secs(5);
+        while w.email_by_mid("t2-late@example.org").await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{flavor:?}: the message marked after its append is not in the CRM 5 s later"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{flavor:?}: marked after its append, in the CRM after {:?}",
+            marked.elapsed()
+        );
+        let _ = stop_tx.send(());
+    };
+    let (ran, ()) = tokio::join!(running, test);
+    ran.unwrap();
 }
 
 async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flavor) {

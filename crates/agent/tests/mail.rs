@@ -103,7 +103,7 @@ async fn r_m4_folder_tracking_with_fixed_regarding() {
     assert_eq!(email["regarding"], json!({"set": "accounts", "id": acme}));
     let kws = w.keywords_of("ann", "Acme", &href).await;
     assert!(kws.contains(&TRACKED.to_string()), "{kws:?}");
-    assert!(kws.contains(&regarding_kw("accounts", &acme)), "{kws:?}");
+    assert!(kws.contains(&regarding_kw(&acme)), "{kws:?}");
     assert!(w.email_by_mid("other@example.org").await.is_empty());
     // The user removes the marker in the folder: untracked, and it stays so.
     w.keywords("ann", "Acme", &href, &[], &[TRACKED]).await;
@@ -161,14 +161,8 @@ async fn tracked_sent(w: &World, token: &str, agent: &Agent) -> (String, Value) 
         "",
     );
     let href = w.deliver("ann", "Sent", &raw, "S");
-    w.keywords(
-        "ann",
-        "Sent",
-        &href,
-        &[TRACKED, &regarding_kw("accounts", &acme)],
-        &[],
-    )
-    .await;
+    w.keywords("ann", "Sent", &href, &[TRACKED, &regarding_kw(&acme)], &[])
+        .await;
     let r = sync(agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
     let email = w.email_by_mid("orig@example.com").await.remove(0);
@@ -196,7 +190,7 @@ async fn r_m5_reply_to_tracked_email_is_tracked_with_its_regarding() {
     assert_eq!(email["regarding"]["id"], acme.as_str());
     let kws = w.keywords_of("ann", "INBOX", &href).await;
     assert!(kws.contains(&TRACKED.to_string()), "{kws:?}");
-    assert!(kws.contains(&regarding_kw("accounts", &acme)), "{kws:?}");
+    assert!(kws.contains(&regarding_kw(&acme)), "{kws:?}");
     assert!(w.keywords_of("ann", "INBOX", &unrelated).await.is_empty());
     assert!(w.email_by_mid("news@example.org").await.is_empty());
     let e = cmd::explain(&agent, Some("mid:reply@example.org"), None)
@@ -355,7 +349,7 @@ async fn r_m7_regarding_change_reaches_party_mailbox_as_keyword() {
     assert!(w
         .keywords_of("ann", "Sent", &a)
         .await
-        .contains(&regarding_kw("accounts", &acme)));
+        .contains(&regarding_kw(&acme)));
     // It reaches Bob's mailbox as a keyword.
     let r = sync(&bob_agent).await;
     assert_eq!(r.written_to_mailbox, 1, "{r:?}");
@@ -363,7 +357,7 @@ async fn r_m7_regarding_change_reaches_party_mailbox_as_keyword() {
     assert!(w
         .keywords_of("bob", "INBOX", &b)
         .await
-        .contains(&regarding_kw("accounts", &acme)));
+        .contains(&regarding_kw(&acme)));
     // Changed in the CRM: the old keyword is replaced.
     let globex = w.account(&ann, "Globex").await;
     let (status, body) = w
@@ -377,15 +371,58 @@ async fn r_m7_regarding_change_reaches_party_mailbox_as_keyword() {
     assert_eq!(status, 200, "{body}");
     sync(&bob_agent).await;
     let kws = w.keywords_of("bob", "INBOX", &b).await;
-    assert!(kws.contains(&regarding_kw("accounts", &globex)), "{kws:?}");
-    assert!(!kws.contains(&regarding_kw("accounts", &acme)), "{kws:?}");
+    assert!(kws.contains(&regarding_kw(&globex)), "{kws:?}");
+    assert!(!kws.contains(&regarding_kw(&acme)), "{kws:?}");
     assert!(sync(&bob_agent).await.pushed.is_empty());
     let r = sync(&ann_agent).await;
     assert!(r.pushed.is_empty(), "{r:?}");
     assert!(w
         .keywords_of("ann", "Sent", &a)
         .await
-        .contains(&regarding_kw("accounts", &globex)));
+        .contains(&regarding_kw(&globex)));
+}
+
+/// R-M7 (issue 12) in a Maildir (`dovecot-keywords`): a keyword of the
+/// former form `$CRMRegarding:<set>:<uuid>` is read (the message is tracked
+/// with that regarding; on a tracked message it changes the regarding,
+/// R-E5) and replaced by `$CRMRegarding:<32 hex digits>`.
+#[tokio::test]
+async fn r_m7_former_regarding_keyword_in_a_maildir_is_read_and_replaced() {
+    let w = world().await;
+    let (_, token, agent) = ann(&w).await;
+    let acme = w.account(&token, "Acme").await;
+    let globex = w.account(&token, "Globex").await;
+    let href = w.deliver("ann", "INBOX", &lee("m7-former@example.org", "Quote"), "S");
+    let former = former_regarding_kw("accounts", &acme);
+    w.keywords("ann", "INBOX", &href, &[TRACKED, &former], &[])
+        .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("m7-former@example.org").await[0]["regarding"],
+        json!({"set": "accounts", "id": acme})
+    );
+    let kws = w.keywords_of("ann", "INBOX", &href).await;
+    assert!(kws.contains(&regarding_kw(&acme)), "{kws:?}");
+    assert!(!kws.contains(&former), "{kws:?}");
+
+    let former = former_regarding_kw("accounts", &globex);
+    w.keywords("ann", "INBOX", &href, &[&former], &[&regarding_kw(&acme)])
+        .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("set_regarding"), Some(&1), "{r:?}");
+    assert_eq!(
+        w.email_by_mid("m7-former@example.org").await[0]["regarding"],
+        json!({"set": "accounts", "id": globex})
+    );
+    let kws = w.keywords_of("ann", "INBOX", &href).await;
+    assert!(kws.contains(&regarding_kw(&globex)), "{kws:?}");
+    assert_eq!(
+        kws.len(),
+        2,
+        "only $CRMTracked and the current keyword: {kws:?}"
+    );
+    assert!(sync(&agent).await.pushed.is_empty());
 }
 
 #[tokio::test]

@@ -21,14 +21,6 @@ pub(crate) fn refused(collection: &str, what: &str, done: &Done) -> OpErr {
             collection: collection.to_owned(),
         });
     }
-    let lower = done.text.to_ascii_lowercase();
-    if lower.contains("keyword") && lower.contains("too long") {
-        return OpErr::Mb(Error::Remote {
-            url: collection.to_owned(),
-            status: None,
-            reason: format!("{what} refused by the server: {done}; $CRMRegarding:<set>:<uuid> keywords need more than 50 characters, so raise Dovecot's mail_max_keyword_length (e.g. to 200)"),
-        });
-    }
     OpErr::Mb(Error::Remote {
         url: collection.to_owned(),
         status: None,

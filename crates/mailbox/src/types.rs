@@ -191,9 +191,9 @@ impl MessageFlags {
         self.has_keyword(&Keyword::tracked())
     }
 
-    /// R-M7: the `(set, id)` of every `$CRMRegarding:<set>:<uuid>` keyword
-    /// (normally at most one).
-    pub fn regarding(&self) -> Vec<(&str, &str)> {
+    /// R-M7: the record id of every `$CRMRegarding:` keyword (normally at
+    /// most one).
+    pub fn regarding(&self) -> Vec<uuid::Uuid> {
         self.keywords
             .iter()
             .filter_map(Keyword::as_regarding)
@@ -213,7 +213,7 @@ pub struct Keyword(String);
 impl Keyword {
     /// R-M1: the tracking marker.
     pub const TRACKED: &'static str = "$CRMTracked";
-    /// R-M7: prefix of `$CRMRegarding:<set>:<uuid>`.
+    /// R-M7: prefix of `$CRMRegarding:<32 hex digits>`.
     pub const REGARDING_PREFIX: &'static str = "$CRMRegarding:";
     /// Longest keyword accepted (Dovecot and most servers take far more; this
     /// only stops accidents).
@@ -246,31 +246,36 @@ impl Keyword {
         Keyword(Self::TRACKED.to_owned())
     }
 
-    /// `$CRMRegarding:<set>:<uuid>` (R-M7). `set` is an entity-set name
-    /// (`accounts`, `opportunities`, ...).
-    pub fn regarding(set: &str, id: &uuid::Uuid) -> Result<Self> {
-        if set.is_empty() || set.contains(':') {
-            return Err(Error::InvalidKeyword {
-                keyword: format!("{}{set}:{id}", Self::REGARDING_PREFIX),
-                reason: "the entity set must be a non-empty name without ':'",
-            });
-        }
-        Keyword::new(format!(
-            "{}{set}:{}",
-            Self::REGARDING_PREFIX,
-            id.hyphenated()
-        ))
+    /// `$CRMRegarding:<the record's UUID as 32 lowercase hex digits>`
+    /// (R-M7): 46 characters, within Dovecot's default keyword limit of 50.
+    /// The id alone names the record; the CRM knows its entity set.
+    pub fn regarding(id: &uuid::Uuid) -> Self {
+        Keyword(format!("{}{}", Self::REGARDING_PREFIX, id.simple()))
     }
 
-    /// `(set, id)` if this is a `$CRMRegarding:<set>:<id>` keyword.
-    pub fn as_regarding(&self) -> Option<(&str, &str)> {
+    /// The record a `$CRMRegarding:` keyword names: `<32 hex digits>`, or
+    /// the former `<set>:<uuid>` (R-M7: still read, and replaced by the
+    /// current form when the agent sees it).
+    pub fn as_regarding(&self) -> Option<uuid::Uuid> {
         let prefix = Self::REGARDING_PREFIX;
         let head = self.0.get(..prefix.len())?;
         if !head.eq_ignore_ascii_case(prefix) {
             return None;
         }
-        let (set, id) = self.0[prefix.len()..].split_once(':')?;
-        (!set.is_empty() && !id.is_empty()).then_some((set, id))
+        let rest = &self.0[prefix.len()..];
+        let id = match rest.split_once(':') {
+            Some((set, id)) if !set.is_empty() => id,
+            Some(_) => return None,
+            None => rest,
+        };
+        uuid::Uuid::parse_str(id).ok()
+    }
+
+    /// A `$CRMRegarding:` keyword not in the current form of
+    /// [`Keyword::regarding`] (the former `<set>:<uuid>`, say).
+    pub fn is_outdated_regarding(&self) -> bool {
+        self.as_regarding()
+            .is_some_and(|id| *self != Keyword::regarding(&id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -353,18 +358,34 @@ mod tests {
     }
 
     #[test]
-    fn r_m7_regarding_keyword_round_trips() {
+    fn r_m7_regarding_keyword_fits_dovecot_default_limit() {
         let id = uuid::Uuid::parse_str("0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80").unwrap();
-        let k = Keyword::regarding("accounts", &id).unwrap();
-        assert_eq!(
-            k.as_str(),
-            "$CRMRegarding:accounts:0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80"
-        );
-        assert_eq!(
-            k.as_regarding(),
-            Some(("accounts", "0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80"))
-        );
+        let k = Keyword::regarding(&id);
+        assert_eq!(k.as_str(), "$CRMRegarding:0b9f3c1e8f6a4c1e9d2a3b4c5d6e7f80");
+        // Dovecot's default mail_max_keyword_length is 50.
+        assert_eq!(k.as_str().len(), 46);
+        assert_eq!(k.as_regarding(), Some(id));
+        assert!(!k.is_outdated_regarding());
         assert_eq!(Keyword::tracked().as_regarding(), None);
-        assert!(Keyword::regarding("a:b", &id).is_err());
+    }
+
+    #[test]
+    fn r_m7_former_regarding_keyword_is_read_and_outdated() {
+        let id = uuid::Uuid::parse_str("0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80").unwrap();
+        let old =
+            Keyword::new("$CRMRegarding:accounts:0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80").unwrap();
+        assert_eq!(old.as_regarding(), Some(id));
+        assert!(old.is_outdated_regarding());
+        // Case is ignored, as everywhere in keywords.
+        let upper = Keyword::new("$crmregarding:0B9F3C1E8F6A4C1E9D2A3B4C5D6E7F80").unwrap();
+        assert_eq!(upper.as_regarding(), Some(id));
+        assert!(!upper.is_outdated_regarding());
+        for bad in [
+            "$CRMRegarding:",
+            "$CRMRegarding:x",
+            "$CRMRegarding::0b9f3c1e8f6a4c1e9d2a3b4c5d6e7f80",
+        ] {
+            assert_eq!(Keyword::new(bad).unwrap().as_regarding(), None, "{bad}");
+        }
     }
 }

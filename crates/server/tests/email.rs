@@ -95,6 +95,40 @@ both_dbs! {
         assert_eq!(s.get(&ann, &format!("/api/v1/emails/{}", id(&r[0]))).await.expect(200)["regarding"], reg);
     }
 
+    async fn r_m7_regarding_named_by_id_alone_takes_the_records_set(s: TestServer) {
+        // A `$CRMRegarding:<32 hex digits>` keyword names the record alone:
+        // the agent pushes `{"id"}` and the server finds the set.
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let acc = s.post(&ann, "/api/v1/accounts", json!({"name": "Acme"})).await.expect(201);
+        let opp = s.post(&ann, "/api/v1/opportunities", json!({"name": "Deal"})).await.expect(201);
+        let mut op = track("1", &message(Some("m7@x"), "lee@example.org", &["ann@example.com"], "Hi", ""));
+        op["regarding"] = json!({"id": acc["id"]});
+        let r = s.push(&ann, &client, json!([op])).await;
+        assert_eq!(r[0]["status"], "ok", "{}", r[0]);
+        let email = format!("/api/v1/emails/{}", id(&r[0]));
+        assert_eq!(s.get(&ann, &email).await.expect(200)["regarding"], json!({"set": "accounts", "id": acc["id"]}));
+        let set = s.push(&ann, &client, json!([{"op_id": "2", "kind": "set_regarding", "set": "emails", "id": r[0]["id"], "regarding": {"id": opp["id"]}}])).await;
+        assert_eq!(set[0]["status"], "ok", "{}", set[0]);
+        assert_eq!(set[0]["record"]["fields"]["regarding"], json!({"set": "opportunities", "id": opp["id"]}));
+        assert_eq!(s.get(&ann, &email).await.expect(200)["regarding"], json!({"set": "opportunities", "id": opp["id"]}));
+        // An id no record has, or a record that cannot be a regarding: refused, nothing changed.
+        let before = s.version().await;
+        let unknown = "0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80";
+        let task = s.post(&ann, "/api/v1/tasks", json!({"subject": "Call"})).await.expect(201);
+        let before_task = s.version().await;
+        assert!(before_task > before);
+        let bad = s.push(&ann, &client, json!([
+            {"op_id": "3", "kind": "set_regarding", "set": "emails", "id": r[0]["id"], "regarding": {"id": unknown}},
+            {"op_id": "4", "kind": "set_regarding", "set": "emails", "id": r[0]["id"], "regarding": {"id": task["id"]}},
+        ])).await;
+        assert_eq!(bad[0]["code"], "invalid_input", "{}", bad[0]);
+        assert!(bad[0]["message"].as_str().unwrap().contains(unknown), "{}", bad[0]);
+        assert_eq!(bad[1]["code"], "invalid_input", "{}", bad[1]);
+        assert!(bad[1]["message"].as_str().unwrap().contains("tasks"), "{}", bad[1]);
+        assert_eq!(s.version().await, before_task);
+    }
+
     async fn r_e6_drafts_are_never_tracked(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let client = id(&s.register(&ann, "laptop").await);

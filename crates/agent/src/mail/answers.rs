@@ -9,7 +9,6 @@ use serde_json::Value;
 use crmsync_mailbox::{ItemRef, Keyword, MessageFlags};
 
 use super::plan::{self, MailOp, Regarding};
-use super::regarding_keyword;
 use crate::cache::{CachedMessage, JournalEntry};
 use crate::engine::{Agent, SyncReport};
 
@@ -296,7 +295,9 @@ pub(crate) fn keyword_change(
         _ => {}
     }
     if set_regarding {
-        let wanted = regarding.and_then(regarding_keyword);
+        // R-M7: the current form; a keyword of the former form naming the
+        // same record is replaced too.
+        let wanted = regarding.map(|r| Keyword::regarding(&r.id));
         for k in &flags.keywords {
             if k.as_regarding().is_some() && Some(k) != wanted.as_ref() {
                 remove.push(k.clone());
@@ -324,15 +325,36 @@ mod tests {
 
     #[test]
     fn r_m7_keyword_swap_removes_the_old_regarding() {
-        let old = "$CRMRegarding:accounts:0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80";
-        let new = Regarding::new("leads", "1b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80");
+        let old = "$CRMRegarding:0b9f3c1e8f6a4c1e9d2a3b4c5d6e7f80";
+        let new = Regarding::new(
+            "leads",
+            uuid::Uuid::from_u128(0x1b9f3c1e_8f6a_4c1e_9d2a_3b4c5d6e7f80),
+        );
         let (add, remove) = keyword_change(&flags(&["$CRMTracked", old]), None, Some(&new), true);
-        assert_eq!(add, vec![regarding_keyword(&new).unwrap()]);
+        assert_eq!(add, vec![Keyword::regarding(&new.id)]);
         assert_eq!(remove, vec![Keyword::new(old).unwrap()]);
         let (add, remove) = keyword_change(&flags(&["$CRMTracked", old]), Some(false), None, true);
         assert!(add.is_empty());
         assert_eq!(remove.len(), 2);
         let (add, remove) = keyword_change(&flags(&[]), Some(true), None, false);
         assert_eq!((add, remove), (vec![Keyword::tracked()], vec![]));
+    }
+
+    #[test]
+    fn r_m7_former_keyword_form_is_replaced_by_the_current_one() {
+        let id = uuid::Uuid::from_u128(0x0b9f3c1e_8f6a_4c1e_9d2a_3b4c5d6e7f80);
+        let old = "$CRMRegarding:accounts:0b9f3c1e-8f6a-4c1e-9d2a-3b4c5d6e7f80";
+        let same = Regarding::new("accounts", id);
+        let (add, remove) = keyword_change(&flags(&["$CRMTracked", old]), None, Some(&same), true);
+        assert_eq!(add, vec![Keyword::regarding(&id)]);
+        assert_eq!(remove, vec![Keyword::new(old).unwrap()]);
+        let current = Keyword::regarding(&id);
+        let (add, remove) = keyword_change(
+            &flags(&["$CRMTracked", current.as_str()]),
+            None,
+            Some(&same),
+            true,
+        );
+        assert!(add.is_empty() && remove.is_empty());
     }
 }

@@ -216,7 +216,7 @@ pub async fn track(
     let target = regarding
         .map(parse_set_id)
         .transpose()?
-        .map(|(set, id)| Regarding::new(set.as_str(), id.to_string()));
+        .map(|(set, id)| Regarding::new(set.as_str(), id));
     let found = find_many(agent, items).await?;
     let me = this_client(agent).await?;
     let delegated = me["role"] == "delegated";
@@ -240,7 +240,7 @@ pub async fn track(
         match row {
             Some(r) if r.link == 2 => {
                 if let Some(t) = &target {
-                    if r.regarding.as_deref() != Some(t.to_string().as_str()) {
+                    if !holds(&r, t) {
                         regarding_missing.push(format!("mid:{}", m.message_id));
                     }
                 }
@@ -335,15 +335,24 @@ pub async fn untrack(
     Ok(report)
 }
 
+/// Whether the cache row holds `target` as the CRM email's regarding.
+fn holds(row: &CachedMessage, target: &Regarding) -> bool {
+    row.regarding
+        .as_deref()
+        .and_then(Regarding::parse)
+        .is_some_and(|r| r.id == target.id)
+}
+
 /// R-E5: sets the regarding of tracked messages: the keyword
-/// `$CRMRegarding:<set>:<id>` replaces the old one, and the sync pushes it.
+/// `$CRMRegarding:<32 hex digits>` replaces the old one, and the sync
+/// pushes it.
 pub async fn set_regarding(
     agent: &Agent,
     items: &[String],
     regarding: &str,
 ) -> anyhow::Result<ItemsReport> {
     let (set, id) = parse_set_id(regarding)?;
-    let target = Regarding::new(set.as_str(), id.to_string());
+    let target = Regarding::new(set.as_str(), id);
     let mut found = Vec::new();
     for i in items {
         if !is_message(i) {
@@ -367,7 +376,7 @@ pub async fn set_regarding(
     let mut report = ItemsReport::default();
     for m in &found {
         let row = row_of(agent, m).await?;
-        if row.as_ref().and_then(|r| r.regarding.as_deref()) != Some(target.to_string().as_str()) {
+        if !row.as_ref().is_some_and(|r| holds(r, &target)) {
             problems.push(format!("{}: the regarding did not reach the CRM", m.path()));
         }
         report.items.push((m.path(), row.and_then(|r| r.crm_id)));

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crmsync_core::email::{parse_email, ParsedEmail};
 use crmsync_core::plan::Role;
 use crmsync_core::settings::AutoTrack;
-use crmsync_mailbox::{ItemRef, Keyword, MessageFlags, SyncState, SystemFlag};
+use crmsync_mailbox::{ItemRef, MessageFlags, SyncState, SystemFlag};
 
 use crate::cache::{CachedMessage, JournalEntry};
 use crate::engine::{Agent, SyncOptions, SyncReport};
@@ -80,17 +80,17 @@ pub struct Folder {
     pub role: FolderRole,
 }
 
-/// The keyword of a regarding (R-M7).
-pub(crate) fn regarding_keyword(r: &Regarding) -> Option<Keyword> {
-    Keyword::new(format!("{}{}:{}", Keyword::REGARDING_PREFIX, r.set, r.id)).ok()
-}
-
-/// The first `$CRMRegarding:` keyword of a message.
-fn regarding_of(flags: &MessageFlags) -> Option<Regarding> {
-    flags
-        .regarding()
-        .first()
-        .map(|(set, id)| Regarding::new(*set, *id))
+/// The record the first `$CRMRegarding:` keyword of a message names, and
+/// whether that keyword is in the former form (R-M7).
+fn regarding_of(flags: &MessageFlags) -> (Option<Regarding>, bool) {
+    let first = flags
+        .keywords
+        .iter()
+        .find_map(|k| Some((k.as_regarding()?, k.is_outdated_regarding())));
+    match first {
+        Some((id, outdated)) => (Some(Regarding::by_id(id)), outdated),
+        None => (None, false),
+    }
 }
 
 /// A message the scan must read before it can act.
@@ -133,7 +133,7 @@ impl Agent {
                     regarding: t
                         .regarding
                         .as_ref()
-                        .map(|(set, id)| Regarding::new(set.clone(), id.to_string())),
+                        .map(|(set, id)| Regarding::new(set.clone(), *id)),
                 },
             ));
         }
@@ -269,11 +269,13 @@ impl Agent {
                     continue;
                 }
                 let flags = r.flags.clone().unwrap_or_default();
+                let (regarding_keyword, outdated_keyword) = regarding_of(&flags);
                 let facts = Facts {
                     role: folder.role.clone(),
                     marked: flags.is_tracked(),
                     draft: flags.system.contains(&SystemFlag::Draft),
-                    regarding_keyword: regarding_of(&flags),
+                    regarding_keyword,
+                    outdated_keyword,
                     known: cached.as_ref().map(|c| Known { link: c.link }),
                     known_regarding: cached
                         .as_ref()
@@ -691,10 +693,10 @@ impl Agent {
         let mut entries = Vec::new();
         for op in &d.ops {
             match op {
-                MailOp::Mark { regarding } => {
+                MailOp::Mark { .. } | MailOp::ShowRegarding(_) => {
+                    let (tracked, regarding, set_regarding) = op.keyword_write();
                     let flags = p.r.flags.clone().unwrap_or_default();
-                    let (add, remove) =
-                        keyword_change(&flags, Some(true), regarding.as_ref(), regarding.is_some());
+                    let (add, remove) = keyword_change(&flags, tracked, regarding, set_regarding);
                     match self
                         .mailbox()
                         .store_keywords(&folder.id, &p.r.href, &etag, &add, &remove)

@@ -9,42 +9,71 @@
 //! it yields nothing.
 
 use crmsync_core::settings::AutoTrack;
+use uuid::Uuid;
 
-/// A regarding (`{"set", "id"}`), as the keyword `$CRMRegarding:<set>:<id>`
-/// and the cache spell it: `<set>:<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A regarding: the record's id, and its entity set when known. A
+/// `$CRMRegarding:` keyword names the id alone (R-M7); the server finds
+/// the set of a regarding pushed without one. The cache spells it
+/// `<set>:<id>` (or `<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Regarding {
-    pub set: String,
-    pub id: String,
+    pub set: Option<String>,
+    pub id: Uuid,
 }
 
 impl Regarding {
-    pub fn new(set: impl Into<String>, id: impl Into<String>) -> Self {
+    pub fn new(set: impl Into<String>, id: Uuid) -> Self {
         Regarding {
-            set: set.into(),
-            id: id.into().to_ascii_lowercase(),
+            set: Some(set.into()),
+            id,
         }
     }
 
-    /// `<set>:<id>`.
+    /// What a `$CRMRegarding:` keyword says: the id alone.
+    pub fn by_id(id: Uuid) -> Self {
+        Regarding { set: None, id }
+    }
+
+    /// `<set>:<id>` or `<id>`.
     pub fn parse(text: &str) -> Option<Regarding> {
-        let (set, id) = text.split_once(':')?;
-        (!set.is_empty() && !id.is_empty()).then(|| Regarding::new(set, id))
+        match text.split_once(':') {
+            Some((set, id)) if !set.is_empty() => {
+                Some(Regarding::new(set, Uuid::parse_str(id).ok()?))
+            }
+            Some(_) => None,
+            None => Some(Regarding::by_id(Uuid::parse_str(text).ok()?)),
+        }
     }
 
     /// From a record's `regarding` field (`{"set", "id"}` or null).
     pub fn from_json(v: &serde_json::Value) -> Option<Regarding> {
-        Some(Regarding::new(v["set"].as_str()?, v["id"].as_str()?))
+        Some(Regarding {
+            set: v["set"].as_str().map(str::to_string),
+            id: Uuid::parse_str(v["id"].as_str()?).ok()?,
+        })
     }
 
+    /// `{"set", "id"}`, or `{"id"}` when the set is not known.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"set": self.set, "id": self.id})
+        match &self.set {
+            Some(set) => serde_json::json!({"set": set, "id": self.id}),
+            None => serde_json::json!({"id": self.id}),
+        }
+    }
+
+    /// Whether `a` and `b` name the same record (an id names one record,
+    /// whether or not its set is known).
+    pub fn same(a: Option<&Regarding>, b: Option<&Regarding>) -> bool {
+        a.map(|r| r.id) == b.map(|r| r.id)
     }
 }
 
 impl std::fmt::Display for Regarding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.set, self.id)
+        match &self.set {
+            Some(set) => write!(f, "{set}:{}", self.id),
+            None => write!(f, "{}", self.id),
+        }
     }
 }
 
@@ -75,8 +104,12 @@ pub struct Facts {
     pub marked: bool,
     /// `\Draft`.
     pub draft: bool,
-    /// R-M7: its `$CRMRegarding:…` keyword (the first, if several).
+    /// R-M7: the record its `$CRMRegarding:…` keyword names (the first, if
+    /// several).
     pub regarding_keyword: Option<Regarding>,
+    /// R-M7: that keyword is in the former form `<set>:<uuid>`, to be
+    /// replaced by the current one.
+    pub outdated_keyword: bool,
     /// The cache's row; `None` for a message seen here for the first time.
     pub known: Option<Known>,
     /// The regarding the cache holds for a tracked message.
@@ -106,6 +139,20 @@ pub enum MailOp {
     ReportGone,
     /// Forget the cache row.
     Forget,
+}
+
+impl MailOp {
+    /// The keywords a `Mark` or `ShowRegarding` writes, as
+    /// `answers::keyword_change` takes them: `$CRMTracked` to show (None:
+    /// left as it is), the regarding, and whether the regarding keywords
+    /// change. Other operations write none.
+    pub fn keyword_write(&self) -> (Option<bool>, Option<&Regarding>, bool) {
+        match self {
+            MailOp::Mark { regarding } => (Some(true), regarding.as_ref(), regarding.is_some()),
+            MailOp::ShowRegarding(r) => (None, r.as_ref(), true),
+            _ => (None, None, false),
+        }
+    }
 }
 
 /// What to do with a message, the link state it has afterwards (until an
@@ -150,10 +197,25 @@ pub fn plan_message(f: &Facts) -> Step {
             "R-M1: $CRMTracked was removed: untracked (the CRM email is kept)",
         ),
         // R-E5, R-T2: only the regarding of a tracked email changes.
-        (2, true) if f.regarding_keyword != f.known_regarding => decide(
-            vec![MailOp::SetRegarding(f.regarding_keyword.clone())],
+        (2, true)
+            if !Regarding::same(f.regarding_keyword.as_ref(), f.known_regarding.as_ref()) =>
+        {
+            let mut ops = vec![MailOp::SetRegarding(f.regarding_keyword.clone())];
+            if f.outdated_keyword {
+                ops.push(MailOp::ShowRegarding(f.regarding_keyword.clone()));
+            }
+            decide(
+                ops,
+                2,
+                "R-E5: the regarding keyword changed: the CRM email's regarding follows",
+            )
+        }
+        // R-M7: the former keyword form is replaced (the track answer does
+        // it for a message being tracked).
+        (2, true) if f.outdated_keyword => decide(
+            vec![MailOp::ShowRegarding(f.known_regarding.clone())],
             2,
-            "R-E5: the regarding keyword changed: the CRM email's regarding follows",
+            "R-M7: the regarding keyword was in its former form: replaced by the current one",
         ),
         (2, true) => decide(vec![], 2, "tracked (R-M1); nothing changed"),
         // R-E6: drafts wait until they are sent.
@@ -396,6 +458,7 @@ mod tests {
             marked,
             draft: false,
             regarding_keyword: None,
+            outdated_keyword: false,
             known: link.map(|link| Known { link }),
             known_regarding: None,
             arrived: true,
@@ -410,7 +473,15 @@ mod tests {
     }
 
     fn acc() -> Regarding {
-        Regarding::new("accounts", "0B9F3C1E-8F6A-4C1E-9D2A-3B4C5D6E7F80")
+        Regarding::new(
+            "accounts",
+            Uuid::from_u128(0x0b9f3c1e_8f6a_4c1e_9d2a_3b4c5d6e7f80),
+        )
+    }
+
+    /// What the keyword of `acc()` says: its id.
+    fn acc_keyword() -> Regarding {
+        Regarding::by_id(acc().id)
     }
 
     #[test]
@@ -483,13 +554,35 @@ mod tests {
     #[test]
     fn r_e5_regarding_keyword_change_sets_the_regarding() {
         let mut f = facts(FolderRole::Inbox, true, Some(2));
-        f.regarding_keyword = Some(acc());
+        f.regarding_keyword = Some(acc_keyword());
         assert_eq!(
             ops(plan_message(&f)),
-            vec![MailOp::SetRegarding(Some(acc()))]
+            vec![MailOp::SetRegarding(Some(acc_keyword()))]
         );
+        // The keyword names the id the CRM holds (with its set): the same.
         f.known_regarding = Some(acc());
         assert_eq!(ops(plan_message(&f)), vec![]);
+    }
+
+    #[test]
+    fn r_m7_former_keyword_of_a_tracked_message_is_replaced() {
+        let mut f = facts(FolderRole::Inbox, true, Some(2));
+        f.regarding_keyword = Some(acc_keyword());
+        f.outdated_keyword = true;
+        f.known_regarding = Some(acc());
+        assert_eq!(
+            ops(plan_message(&f)),
+            vec![MailOp::ShowRegarding(Some(acc()))]
+        );
+        // Another regarding, in the former form: pushed, and shown anew.
+        f.known_regarding = None;
+        assert_eq!(
+            ops(plan_message(&f)),
+            vec![
+                MailOp::SetRegarding(Some(acc_keyword())),
+                MailOp::ShowRegarding(Some(acc_keyword()))
+            ]
+        );
     }
 
     fn auto(setting: AutoTrack) -> AutoFacts {
@@ -606,11 +699,13 @@ mod tests {
             marked: bool,
             draft: bool,
             link in proptest::option::of(0u8..3),
-            kw in proptest::option::of(Just(acc())),
+            kw in proptest::option::of(Just(acc_keyword())),
+            outdated: bool,
             known_regarding in proptest::option::of(Just(acc())),
             arrived: bool,
         ) {
-            let f = Facts { role: role.clone(), marked, draft, regarding_keyword: kw, known: link.map(|link| Known { link }), known_regarding, arrived };
+            let outdated_keyword = outdated && kw.is_some();
+            let f = Facts { role: role.clone(), marked, draft, regarding_keyword: kw, outdated_keyword, known: link.map(|link| Known { link }), known_regarding, arrived };
             let Step::Decided(d) = plan_message(&f) else {
                 prop_assert!(role == FolderRole::Inbox && !marked && link.is_none());
                 return Ok(());
@@ -642,8 +737,11 @@ mod tests {
                 (None, Some(r)) => (f.regarding_keyword.clone(), r),
                 (None, None) => (f.regarding_keyword.clone(), f.known_regarding.clone()),
             };
+            // A track answer or a ShowRegarding writes the current form.
+            let rewritten = tracked || d.ops.iter().any(|o| matches!(o, MailOp::ShowRegarding(_)));
             let again = Facts {
                 marked: marked_after,
+                outdated_keyword: f.outdated_keyword && !rewritten,
                 known: Some(Known { link: link_after }),
                 regarding_keyword: keyword_after,
                 known_regarding: known_after,

@@ -445,8 +445,15 @@ impl World {
     }
 }
 
+/// R-M7: `$CRMRegarding:<the id as 32 lowercase hex digits>`.
 #[allow(dead_code)]
-fn regarding_kw(set: &str, id: &str) -> String {
+fn regarding_kw(id: &str) -> String {
+    format!("$CRMRegarding:{}", id.replace('-', "").to_ascii_lowercase())
+}
+
+/// R-M7: the former form, `$CRMRegarding:<set>:<uuid>`, still read.
+#[allow(dead_code)]
+fn former_regarding_kw(set: &str, id: &str) -> String {
     format!("$CRMRegarding:{set}:{id}")
 }
 

@@ -186,6 +186,16 @@ impl Dovecot {
     /// With `tls`: STARTTLS on the IMAP port and TLS on a second port
     /// (`tls_port`), with a certificate from a private CA (`ca`).
     pub async fn start_with(flavor: Flavor, tls: bool) -> Dovecot {
+        Self::launch(flavor, tls, "").await
+    }
+
+    /// With `settings` (lines of dovecot.conf) added: a server its
+    /// administrator configured.
+    pub async fn start_with_settings(flavor: Flavor, settings: &str) -> Dovecot {
+        Self::launch(flavor, false, settings).await
+    }
+
+    async fn launch(flavor: Flavor, tls: bool, settings: &str) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let (uid, gid) = owner_of(root);
@@ -268,7 +278,7 @@ default_internal_group = {group}
 default_login_user = {login}
 mail_plugins =
 mailbox_idle_check_interval = 1 secs
-mail_max_keyword_length = 200
+{settings}
 {capability}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {users}

@@ -65,6 +65,34 @@ fn record_ref(sets: &[EntitySet]) -> Schema {
         .into()
 }
 
+/// A push operation's `regarding`: `{"set", "id"}`, `{"id"}` alone (a
+/// mailbox keyword names the record by id, R-M7: the server finds its
+/// set), or null (none).
+fn pushed_regarding() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .property(
+            "set",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(
+                    crmsync_core::entity::REGARDING_SETS
+                        .iter()
+                        .map(|s| s.as_str()),
+                )),
+        )
+        .property("id", uuid())
+        .required("id")
+        .additional_properties(Some(closed()))
+        .description(Some(
+            "the record the item is regarding; 'set' may be left out (the server finds it from the id)",
+        ))
+        .into()
+}
+
 fn field_schema(kind: FieldKind) -> Schema {
     match kind {
         FieldKind::Text => string(None).max_length(Some(MAX_TEXT)).into(),
@@ -866,10 +894,7 @@ fn sync_paths(paths: &mut Paths) {
             "delete_in_crm",
             ObjectBuilder::new().schema_type(Type::Boolean),
         )
-        .property(
-            "regarding",
-            record_ref(crmsync_core::entity::REGARDING_SETS),
-        )
+        .property("regarding", pushed_regarding())
         .property(
             "raw",
             string(None).description(Some("tracked email: the RFC 5322 message, base64")),

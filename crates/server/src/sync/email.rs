@@ -239,8 +239,9 @@ pub async fn track_email(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Val
     let (party_list, users) = parties(conn, &parsed).await?;
     fields.insert("parties".into(), Value::Array(party_list));
     fields.insert("raw_size".into(), json!(raw.len()));
-    if let Some(r) = op.get("regarding").filter(|r| !r.is_null()) {
-        fields.insert("regarding".into(), r.clone());
+    let regarding = super::push::regarding_of(conn, op).await?;
+    if !regarding.is_null() {
+        fields.insert("regarding".into(), regarding);
     }
     // R-E9: with two activities, every CRM user party gets their own.
     let mut owners = vec![ctx.owner.id()];

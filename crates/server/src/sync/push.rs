@@ -424,6 +424,30 @@ async fn remove(
     Ok(json!({"id": id, "effect": effect}))
 }
 
+/// An operation's `regarding`: null, `{"set", "id"}`, or `{"id"}` alone,
+/// as a mailbox's `$CRMRegarding:` keyword names it (R-M7): the set is then
+/// the record's. Anything else is returned as is, for the record's
+/// validation to explain.
+pub(super) async fn regarding_of(conn: &mut AnyConnection, op: &Value) -> Result<Value, Refusal> {
+    let regarding = op.get("regarding").cloned().unwrap_or(Value::Null);
+    let Some(only_id) = regarding
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("id"))
+    else {
+        return Ok(regarding);
+    };
+    let id = only_id
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| refuse("invalid_input", "regarding: 'id' must be a record's UUID"))?;
+    let record = store::get_record(conn, id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| refuse("invalid_input", format!("regarding: no record has id {id}")))?;
+    Ok(json!({"set": record.set.as_str(), "id": id}))
+}
+
 /// `set_regarding`: links an activity or email to an account, contact,
 /// lead, opportunity or case.
 async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
@@ -436,7 +460,7 @@ async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value
         ));
     }
     let entry = held(conn, ctx, id).await?;
-    let regarding = op.get("regarding").cloned().unwrap_or(Value::Null);
+    let regarding = regarding_of(conn, op).await?;
     let (record, _) = records::update_in(
         conn,
         ctx.actor,
