@@ -482,30 +482,24 @@ impl Agent {
         let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
         let mut new_states: Vec<(String, SyncState)> = Vec::new();
         let mut incomplete: std::collections::HashSet<String> = Default::default();
-        let mut stored_states: HashMap<String, SyncState> = HashMap::new();
-        for collection in self.item_collections.iter().copied() {
-            if let Some(state) = self.cache.sync_state(collection).await? {
-                stored_states.insert(collection.to_string(), SyncState::new(state));
-            }
-        }
-        tracing::debug!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "sync states read"
-        );
         // (a) scan: the collections side by side (a backend's scan is mostly
-        // waiting on the file system or the network).
+        // waiting on the file system or the network), each reading its
+        // stored state first (a local folder's is a line per item: reading
+        // them one after the other cost 6 ms of a 30k-item no-change sync).
         let scan_all = || {
-            futures_util::future::join_all(self.item_collections.iter().map(|&collection| {
-                let state = stored_states.get(collection);
-                async move {
-                    match self.mailbox.changes_since(collection, state).await {
+            futures_util::future::join_all(self.item_collections.iter().map(
+                |&collection| async move {
+                    let state = self.cache.sync_state(collection).await?.map(SyncState::new);
+                    let changes = match self.mailbox.changes_since(collection, state.as_ref()).await
+                    {
                         Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
                             self.mailbox.changes_since(collection, None).await
                         }
                         other => other,
-                    }
-                }
-            }))
+                    };
+                    anyhow::Ok((state, changes))
+                },
+            ))
         };
         // 0. Operations journaled by an earlier, interrupted sync (R-T4) go
         // first: their answers may write into the mailbox before the scan.
@@ -534,7 +528,12 @@ impl Agent {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "registered, prepared, scanned"
         );
-        for (collection, changes) in self.item_collections.iter().copied().zip(scans) {
+        let mut stored_states: HashMap<String, SyncState> = HashMap::new();
+        for (collection, scan) in self.item_collections.iter().copied().zip(scans) {
+            let (stored, changes) = scan?;
+            if let Some(state) = stored {
+                stored_states.insert(collection.to_string(), state);
+            }
             let changes = changes?;
             if !changes.failed.is_empty() {
                 incomplete.insert(collection.to_string());
