@@ -17,9 +17,9 @@ use uuid::Uuid;
 use super::scan::{self, Scanned};
 use super::tz::{self, Zone, Zones};
 use super::{
-    put_field, Exception, ItemKind, MailboxItem, MappingError, RenderOptions, Status, PRODID,
-    TRACKED_CATEGORY, X_CRM_ENTITY, X_CRM_ID, X_CRM_REGARDING, X_CRM_RESOLVED, X_CRM_SET,
-    X_CRM_TIME_ZONE,
+    fill_required, put_field, Exception, ItemKind, MailboxItem, MappingError, RenderOptions,
+    Status, PRODID, TRACKED_CATEGORY, X_CRM_ENTITY, X_CRM_ID, X_CRM_REGARDING, X_CRM_RESOLVED,
+    X_CRM_SET, X_CRM_TIME_ZONE,
 };
 use crate::entity::EntitySet;
 
@@ -546,6 +546,15 @@ impl Doc {
                     format!("the {name} has no UID; every calendar item needs one"),
                 )
             })?;
+        // R-F7: DTSTART is what RFC 5545 requires of a stored VEVENT; an
+        // event without a readable one cannot be placed in a calendar.
+        let master_comp = &root.children[master];
+        if kind == ItemKind::Event && !has_start(master_comp) {
+            return Err(MappingError::at(
+                begin(master_comp),
+                "the VEVENT has no readable DTSTART; give the event a start date or time",
+            ));
+        }
         for &i in &overrides {
             let c = &root.children[i];
             let other = c.text(&P::Uid);
@@ -615,6 +624,12 @@ impl Doc {
         };
         (item, master_read, override_reads)
     }
+}
+
+/// Whether the component has a DTSTART that reads as a date or date-time.
+fn has_start(comp: &Comp) -> bool {
+    comp.first(&P::Dtstart)
+        .is_some_and(|e| e.values.first().and_then(|v| when(e, v)).is_some())
 }
 
 pub(super) fn parse(scanned: &Scanned) -> Result<MailboxItem, MappingError> {
@@ -867,6 +882,8 @@ fn read_component(
         );
     }
 
+    // R-F7: SUMMARY is optional (RFC 5545); the CRM needs a subject.
+    fill_required(set, &mut read.fields, None);
     read.status = status_of(comp, kind);
     if let Some(id) = comp.text(&x(X_CRM_ID)) {
         match Uuid::parse_str(id.trim()) {
