@@ -2,6 +2,7 @@
 //! folder) and a real local mailbox in a temp folder. Each test is named
 //! after the rule it checks.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use reqwest::Method;
@@ -881,4 +882,101 @@ async fn r_m8_marked_item_moved_elsewhere_before_tracking_is_reported() {
     std::fs::write(&card, MARKED).unwrap();
     sync(&secondary).await;
     assert!(secondary.status().await.unwrap().reported.is_empty());
+}
+
+/// R-F7 end to end: the real-world corpus put into a local mailbox, every
+/// item marked for tracking: every sound item tracked once, every broken
+/// one reported on its own, and a second sync writes nothing.
+#[tokio::test]
+async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let root = w.dir.path().join("ann");
+    let broken = broken();
+    let mut sound: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(corpus()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+        let folder = match path.extension().and_then(|e| e.to_str()) {
+            Some("vcf") => "contacts",
+            Some("ics") if text.contains("BEGIN:VTODO") && !text.contains("BEGIN:VEVENT") => {
+                "tasks"
+            }
+            Some("ics") => "calendar",
+            _ => continue,
+        };
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+        std::fs::write(root.join(folder).join(&name), marked(&name, &text)).unwrap();
+        if !broken.contains(&name) {
+            *sound.entry(folder).or_default() += 1;
+        }
+        names.push(name);
+    }
+
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.refused.is_empty(), "{:#?}", r.refused);
+    let tracked: usize = sound.values().sum();
+    assert_eq!(r.pushed.get("track"), Some(&tracked), "{r:#?}");
+    // Each broken item is reported once, on its own, naming the file.
+    for name in &names {
+        let reports = r
+            .errors
+            .iter()
+            .filter(|e| e.contains(name.as_str()))
+            .count();
+        let want = usize::from(broken.contains(name));
+        assert_eq!(reports, want, "{name}: {:#?}", r.errors);
+    }
+    assert_eq!(r.errors.len(), broken.len(), "{:#?}", r.errors);
+    let status = agent.status().await.unwrap();
+    assert_eq!(status.tracked as usize, tracked);
+    for b in &broken {
+        assert!(
+            status.reported.iter().any(|p| p.contains(b.as_str())),
+            "{b} not in {:#?}",
+            status.reported
+        );
+    }
+    // Each sound item became one record.
+    for (folder, set) in [
+        ("contacts", "contacts"),
+        ("calendar", "appointments"),
+        ("tasks", "tasks"),
+    ] {
+        let records = w.mine(&ann, set).await;
+        let masters = records.iter().filter(|r| r["series_id"].is_null()).count();
+        assert_eq!(masters, sound.get(folder).copied().unwrap_or(0), "{set}");
+    }
+
+    // A second sync writes nothing, on either side.
+    let before: Vec<_> = ["contacts", "calendar", "tasks"]
+        .iter()
+        .map(|f| files(&root.join(f)))
+        .collect();
+    let crm_before = (
+        w.mine(&ann, "contacts").await,
+        w.mine(&ann, "appointments").await,
+        w.mine(&ann, "tasks").await,
+    );
+    let again = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(again.written_to_mailbox, 0, "{again:#?}");
+    assert!(again.pushed.is_empty(), "{again:#?}");
+    assert!(
+        again.errors.is_empty() && again.refused.is_empty(),
+        "{again:#?}"
+    );
+    let after: Vec<_> = ["contacts", "calendar", "tasks"]
+        .iter()
+        .map(|f| files(&root.join(f)))
+        .collect();
+    assert!(before == after, "the mailbox changed");
+    let crm_after = (
+        w.mine(&ann, "contacts").await,
+        w.mine(&ann, "appointments").await,
+        w.mine(&ann, "tasks").await,
+    );
+    assert_eq!(crm_before, crm_after);
 }

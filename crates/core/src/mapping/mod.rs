@@ -74,6 +74,16 @@
 //! [`Status::crm_state`] gives the record's state from it and the current
 //! state, so that open and scheduled, which look alike, stay as they were.
 //!
+//! What an item leaves out (R-F7, as RFC 5545 and RFC 6350 define it): a
+//! VEVENT without DTEND or DURATION ends at its start (a DATE-valued one
+//! lasts one day); a VTODO without DUE has no due date; no SUMMARY reads as
+//! the subject [`NO_SUBJECT`]; a vCard without a family name in N (or FN)
+//! is named by its given name alone, else ORG, else its first EMAIL, else
+//! [`NO_NAME`]. [`project_fields`] gives a record the same values, so they
+//! read back unchanged and are written into the item only when the CRM
+//! changes them. A VEVENT without a readable DTSTART, an item without UID,
+//! and a file of several items cannot be read: [`parse_item`] says why.
+//!
 //! Not mapped: phone calls' `phone_number` and `direction` (no VTODO
 //! counterpart; FieldDef.mailbox is false), attendees' names and answers
 //! (`CN`, `PARTSTAT`: kept in the mailbox, not read), alarms, attachments,
