@@ -527,15 +527,23 @@ impl Doc {
                 ));
             }
         }
-        let Some(master) = master else {
-            let first = overrides
-                .first()
-                .map(|&i| begin(&root.children[i]))
-                .unwrap_or(1);
-            return Err(MappingError::at(
-                first,
-                format!("only instances (RECURRENCE-ID) of a series whose master {name} is not in the item; such items are not mapped"),
-            ));
+        // R-E2: only overridden instances, without their master (how
+        // servers store a single-instance invitation): the first instance
+        // is the item's appointment, the others its exceptions. Its
+        // RECURRENCE-ID stays in the item as the user's client wrote it.
+        let master = match master {
+            Some(m) => m,
+            None if kind == ItemKind::Event && !overrides.is_empty() => overrides.remove(0),
+            None => {
+                let first = overrides
+                    .first()
+                    .map(|&i| begin(&root.children[i]))
+                    .unwrap_or(1);
+                return Err(MappingError::at(
+                    first,
+                    format!("only instances (RECURRENCE-ID) of a repeating {name} whose master is not in the item; such items are not mapped"),
+                ));
+            }
         };
         let uid = root.children[master]
             .text(&P::Uid)

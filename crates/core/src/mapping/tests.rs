@@ -901,8 +901,8 @@ fn malformed_items_give_clear_errors() {
             "line 5: a second VEVENT without RECURRENCE-ID",
         ),
         (
-            b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:a\r\nRECURRENCE-ID:20261125T100000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
-            "line 2: only instances (RECURRENCE-ID)",
+            b"BEGIN:VCALENDAR\r\nBEGIN:VTODO\r\nUID:a\r\nRECURRENCE-ID:20261125T100000Z\r\nEND:VTODO\r\nEND:VCALENDAR\r\n",
+            "line 2: only instances (RECURRENCE-ID) of a repeating VTODO",
         ),
     ];
     for (input, want) in cases {
@@ -1402,4 +1402,33 @@ fn r_f7_vcard_without_fn_or_n_is_named_from_org_then_email() {
     assert_eq!(item.fields["last_name"], "Acme Inc.");
     let item = parse("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c5\r\nNOTE:hi\r\nEND:VCARD\r\n");
     assert_eq!(item.fields["last_name"], NO_NAME);
+}
+
+// ------------------------------------------------------------- R-E2
+
+#[test]
+fn r_e2_instance_only_item_is_read_as_its_instances() {
+    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:inv\r\n\
+RECURRENCE-ID:20261125T100000Z\r\nDTSTART:20261125T110000Z\r\nDTEND:20261125T120000Z\r\n\
+SUMMARY:Planning\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:inv\r\nRECURRENCE-ID:20261202T100000Z\r\n\
+DTSTART:20261202T100000Z\r\nDTEND:20261202T110000Z\r\nSUMMARY:Planning\r\nSTATUS:CANCELLED\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n";
+    let item = parse(ics);
+    assert_eq!(item.set, EntitySet::Appointments);
+    assert_eq!(item.fields["start"], "2026-11-25T11:00:00Z");
+    assert!(!item.fields.contains_key("recurrence"));
+    assert_eq!(item.exceptions.len(), 1);
+    assert_eq!(item.exceptions[0].recurrence_id, "2026-12-02T10:00:00Z");
+    assert_eq!(item.exceptions[0].status, Status::Canceled);
+    // Written back (linked), each instance keeps its RECURRENCE-ID.
+    let mut linked = item.clone();
+    linked.crm_id = Some(Uuid::parse_str(ID).unwrap());
+    let out = over(&linked, ics);
+    assert_eq!(out.matches("RECURRENCE-ID").count(), 2, "{out}");
+    assert!(!out.contains("RRULE"), "{out}");
+    let again = parse(&out);
+    assert_eq!(
+        (again.fields, again.exceptions),
+        (item.fields, item.exceptions)
+    );
 }
