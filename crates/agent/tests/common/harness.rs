@@ -578,3 +578,27 @@ impl World {
         body["items"].as_array().unwrap().clone()
     }
 }
+
+// ---- R-E2: a recurring series as a calendar client writes it.
+
+/// A weekly series (Mondays 09:00 UTC from 2030-01-07, ten times) and its
+/// overridden instances, as a calendar client writes it, marked for
+/// tracking.
+#[allow(dead_code)]
+fn weekly_series(uid: &str, overrides: &str) -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//other//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20291201T000000Z\r\n\
+DTSTART:20300107T090000Z\r\nDTEND:20300107T100000Z\r\nRRULE:FREQ=WEEKLY;COUNT=10\r\nSUMMARY:Weekly\r\n\
+CATEGORIES:Tracked to CRM\r\nEND:VEVENT\r\n{overrides}END:VCALENDAR\r\n"
+    )
+}
+
+/// One overridden instance of [`weekly_series`]: `rid` its original start,
+/// moved to `start`..`end` (all `YYYYMMDDTHHMMSSZ`).
+#[allow(dead_code)]
+fn instance(uid: &str, rid: &str, start: &str, end: &str, extra: &str) -> String {
+    format!(
+        "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20291201T000000Z\r\nRECURRENCE-ID:{rid}\r\nDTSTART:{start}\r\n\
+DTEND:{end}\r\nSUMMARY:Weekly\r\n{extra}CATEGORIES:Tracked to CRM\r\nEND:VEVENT\r\n"
+    )
+}
