@@ -457,11 +457,10 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     // CRM wins ties and unknown times (R-F5).
     let mailbox_is_later = matches!((mailbox_time, crm_time), (Some(m), Some(c)) if m > c);
     let states = status_of(op, "state").zip(status_of(op, "base_state"));
-    let refused_with = shown_item(conn, ctx, &crm).await?;
     let (record, mut conflicts) = match merge_into(
         conn,
         ctx,
-        crm,
+        crm.clone(),
         &baseline,
         &mailbox,
         states,
@@ -471,7 +470,8 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     {
         Ok(merged) => merged,
         Err(mut r) => {
-            r.record = Some(refused_with);
+            // The CRM version, for the mailbox to show instead.
+            r.record = Some(shown_item(conn, ctx, &crm).await?);
             return Err(r);
         }
     };
