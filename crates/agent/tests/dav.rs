@@ -46,6 +46,7 @@ on_both_servers!(
     interop_python_caldav_and_vdirsyncer_reach_the_crm_and_back,
     r_t3_sync_with_nothing_changed_sends_one_request_per_collection,
     r_e2_exceptions_made_on_the_server_reach_the_crm,
+    r_f7_realworld_items_tracked_once_broken_ones_reported_each,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -751,6 +752,85 @@ async fn r_e2_exceptions_made_on_the_server_reach_the_crm(kind: Kind) {
         "{all:#?}"
     );
     quiet(&agent).await;
+}
+
+// ---------------------------------------------------------------- R-F7
+
+/// The real-world corpus (crates/core/tests/data/realworld), each item
+/// marked for tracking and stored on the server as another client would.
+/// What the server accepts is what its users have: every stored item that
+/// can be read is tracked once, every other one is reported on its own,
+/// and a second sync writes nothing.
+async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each(kind: Kind) {
+    let server = Server::start(kind).await;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = dav_agent(&w, &server, &ann, "ann", "cache").await;
+    let mut refused_by_server = Vec::new();
+    for entry in std::fs::read_dir(corpus()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+        let collection = match path.extension().and_then(|e| e.to_str()) {
+            Some("vcf") => "contacts",
+            Some("ics") if text.contains("BEGIN:VTODO") && !text.contains("BEGIN:VEVENT") => {
+                "tasks"
+            }
+            Some("ics") => "calendar",
+            _ => continue,
+        };
+        let status = server
+            .put(collection, &name, marked(&name, &text).as_bytes())
+            .await;
+        if !(200..300).contains(&status) {
+            refused_by_server.push(name);
+        }
+    }
+    // What the server holds, as any client reads it.
+    let mut sound = 0;
+    let mut broken = Vec::new();
+    let mb = server.mailbox();
+    for collection in ["contacts", "calendar", "tasks"] {
+        let listing = mb.changes_since(collection, None).await.unwrap();
+        let hrefs: Vec<String> = listing.changed.iter().map(|r| r.href.clone()).collect();
+        for (href, got) in mb.get_many(collection, &hrefs).await.unwrap() {
+            match parse_item(&got.unwrap().data) {
+                Ok(_) => sound += 1,
+                Err(_) => broken.push(href),
+            }
+        }
+    }
+    assert!(
+        sound >= 30,
+        "{sound} items stored; refused: {refused_by_server:?}"
+    );
+
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.refused.is_empty(), "{:#?}", r.refused);
+    assert_eq!(r.pushed.get("track"), Some(&sound), "{r:#?}");
+    for href in &broken {
+        let reports = r
+            .errors
+            .iter()
+            .filter(|e| e.contains(href.as_str()))
+            .count();
+        assert_eq!(reports, 1, "{href}: {:#?}", r.errors);
+    }
+    assert_eq!(r.errors.len(), broken.len(), "{:#?}", r.errors);
+    let masters: usize = [
+        mine(&w, &ann, "contacts").await,
+        mine(&w, &ann, "appointments").await,
+        mine(&w, &ann, "tasks").await,
+    ]
+    .iter()
+    .map(|list| list.iter().filter(|r| r["series_id"].is_null()).count())
+    .sum();
+    assert_eq!(masters, sound);
+    let again = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(
+        again.pushed.is_empty() && again.written_to_mailbox == 0 && again.errors.is_empty(),
+        "a second sync writes nothing: {again:#?}"
+    );
 }
 
 /// A recurrence with its RRULE parts in a set (servers reorder them).
