@@ -24,8 +24,7 @@ use uuid::Uuid;
 
 use crmsync_core::entity::EntitySet;
 use crmsync_core::mapping::{
-    parse_item, project_fields, render_item, ItemKind, MailboxItem, RenderOptions, Status,
-    VcardVersion,
+    parse_item, render_item, ItemKind, MailboxItem, RenderOptions, Status, VcardVersion,
 };
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
@@ -152,8 +151,15 @@ fn unlinked(found: &Found, etag: String, link: u8) -> CachedItem {
 }
 
 /// The cache row of an item linked to a CRM record (R-M3 state 2), with
-/// the record as its baseline (R-F5).
-fn linked(collection: &str, href: &str, etag: &str, uid: String, rec: &Record) -> CachedItem {
+/// its baseline (R-F5): what the mailbox shows of the record.
+fn linked(
+    collection: &str,
+    href: &str,
+    etag: &str,
+    uid: String,
+    rec: &Record,
+    baseline: Map<String, Value>,
+) -> CachedItem {
     CachedItem {
         collection: collection.to_string(),
         href: href.to_string(),
@@ -163,7 +169,7 @@ fn linked(collection: &str, href: &str, etag: &str, uid: String, rec: &Record) -
         crm_id: Some(rec.id.to_string()),
         link: 2,
         version: rec.version,
-        baseline: baseline_of(rec),
+        baseline,
     }
 }
 
@@ -171,15 +177,15 @@ fn linked(collection: &str, href: &str, etag: &str, uid: String, rec: &Record) -
 /// [`comparable`]: merged like a field, but not a CRM field.
 const STATE_KEY: &str = "@state";
 
-/// What the mailbox shows of a record: its mapped fields and, for events
-/// and to-dos, its status. The baseline of R-F5.
-fn baseline_of(rec: &Record) -> Map<String, Value> {
-    let mut out = project_fields(rec.set, &rec.fields);
-    if has_status(rec.set) {
-        let status = Status::from_crm_state(rec.set, &rec.state);
-        out.insert(STATE_KEY.into(), json!(status.as_str()));
-    }
-    out
+/// Key of a series' exceptions in baselines and in [`comparable`] (R-E2):
+/// recurrence id → the exception's fields and status.
+const EXCEPTIONS_KEY: &str = "@exceptions";
+
+/// What the mailbox shows of a record (a series with its exception
+/// records): its mapped fields and, for events and to-dos, its status. The
+/// baseline of R-F5.
+fn baseline_of(rec: &Record, exceptions: &[Record]) -> Map<String, Value> {
+    comparable(&MailboxItem::from_records(rec, exceptions, "", true))
 }
 
 /// The same view of a mailbox item, to compare with its baseline.
@@ -188,7 +194,48 @@ fn comparable(item: &MailboxItem) -> Map<String, Value> {
     if has_status(item.set) {
         out.insert(STATE_KEY.into(), json!(item.status.as_str()));
     }
+    if !item.exceptions.is_empty() {
+        let exceptions = item
+            .exceptions
+            .iter()
+            .map(|e| {
+                let mut fields = e.fields.clone();
+                fields.insert(STATE_KEY.into(), json!(e.status.as_str()));
+                (e.recurrence_id.clone(), Value::Object(fields))
+            })
+            .collect();
+        out.insert(EXCEPTIONS_KEY.into(), Value::Object(exceptions));
+    }
     out
+}
+
+/// R-E2: the exceptions of a series as a push operation carries them.
+fn exceptions_op(item: &MailboxItem) -> Value {
+    item.exceptions
+        .iter()
+        .map(|e| {
+            json!({"recurrence_id": e.recurrence_id, "crm_id": e.crm_id, "state": e.status.as_str(), "fields": e.fields})
+        })
+        .collect()
+}
+
+/// The exception records delivered with a series (R-E2), in a delivery or
+/// a push answer.
+fn exception_records(record: &Value, set: EntitySet) -> Vec<Record> {
+    record["exceptions"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| {
+                    let mut e = e.clone();
+                    e["set"] = json!(set.as_str());
+                    let rid = e["recurrence_id"].clone();
+                    e["fields"]["recurrence_id"] = rid;
+                    record_of(&e).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// R-E4: a to-do (task, phone call, letter, fax) the CRM holds as
@@ -1003,24 +1050,13 @@ impl Agent {
         let rec = record_of(record)?;
         let company = record["company"].as_str();
         // R-E2: a series travels with its modified and cancelled instances.
-        let exceptions: Vec<Record> = record["exceptions"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|e| {
-                        let mut e = e.clone();
-                        e["set"] = json!(rec.set.as_str());
-                        let rid = e["recurrence_id"].clone();
-                        e["fields"]["recurrence_id"] = rid;
-                        record_of(&e).ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let exceptions = exception_records(record, rec.set);
+        // The bytes to write, and the baseline: what the item then shows.
         let render = |uid: &str, existing: Option<&[u8]>| {
             let mut item = MailboxItem::from_records(&rec, &exceptions, uid, true);
-            // A push answer carries the series without its exceptions: the
-            // item's own exceptions stay (R-E2), never dropped.
+            // A record that comes without its exceptions (a refusal's CRM
+            // version, an item that is not a series): the item's own
+            // exceptions stay, never dropped.
             if record.get("exceptions").is_none() {
                 if let Some(old) = existing.and_then(|b| parse_item(b).ok()) {
                     item.exceptions = old.exceptions;
@@ -1030,7 +1066,7 @@ impl Agent {
             opts.vcard_version = VcardVersion::V4;
             opts.company = company;
             opts.existing = existing;
-            render_item(&item, &opts).or_else(|e| {
+            let bytes = render_item(&item, &opts).or_else(|e| {
                 if existing.is_some() {
                     let mut o = RenderOptions::new(OffsetDateTime::now_utc());
                     o.company = company;
@@ -1038,7 +1074,8 @@ impl Agent {
                 } else {
                     Err(e)
                 }
-            })
+            })?;
+            Ok::<_, crmsync_core::mapping::MappingError>((bytes, comparable(&item)))
         };
         // R-T4: the write is recorded before it is made (see `classify`).
         let old_etag = match (&t.current, &t.cached) {
@@ -1051,7 +1088,7 @@ impl Agent {
                 crm_id: rec.id.to_string(),
                 collection: collection.to_string(),
                 version: rec.version,
-                baseline: baseline_of(&rec),
+                baseline: baseline_of(&rec, &exceptions),
                 old_etag,
             })
             .await?;
@@ -1070,16 +1107,16 @@ impl Agent {
                     let uid = parse_item(&existing)
                         .map(|i| i.uid)
                         .unwrap_or_else(|_| c.uid.clone());
-                    let bytes = render(&uid, Some(&existing))?;
+                    let (bytes, baseline) = render(&uid, Some(&existing))?;
                     let r = self
                         .mailbox
                         .update(collection, &c.href, &Etag::new(expected), &bytes)
                         .await?;
-                    (r, uid)
+                    (r, uid, baseline)
                 }
                 None => {
                     let uid = rec.id.to_string();
-                    let bytes = render(&uid, None)?;
+                    let (bytes, mut baseline) = render(&uid, None)?;
                     let r = match self.mailbox.create(collection, &uid, &bytes).await {
                         Ok(r) => r,
                         Err(crmsync_mailbox::Error::AlreadyExists { href, .. }) => {
@@ -1088,7 +1125,8 @@ impl Agent {
                                 parse_item(&cur.data).is_ok_and(|i| i.crm_id == Some(rec.id));
                             if ours {
                                 // A copy written before a crash: overwrite it.
-                                let bytes = render(&uid, Some(&cur.data))?;
+                                let (bytes, shown) = render(&uid, Some(&cur.data))?;
+                                baseline = shown;
                                 self.mailbox
                                     .update(collection, &href, &cur.etag, &bytes)
                                     .await?
@@ -1101,7 +1139,7 @@ impl Agent {
                         }
                         Err(e) => return Err(e.into()),
                     };
-                    (r, uid)
+                    (r, uid, baseline)
                 }
             })
         }
@@ -1109,9 +1147,9 @@ impl Agent {
         if written.is_err() {
             self.cache.write_intent_done(&rec.id.to_string()).await?;
         }
-        let (r, uid) = written?;
+        let (r, uid, baseline) = written?;
         self.item_writes.fetch_add(1, Ordering::Relaxed);
-        let row = linked(collection, &r.href, r.etag.as_str(), uid, &rec);
+        let row = linked(collection, &r.href, r.etag.as_str(), uid, &rec, baseline);
         self.cache.put_item(&row).await?;
         self.cache.write_intent_done(&rec.id.to_string()).await?;
         t.cached = Some(row);
@@ -1227,6 +1265,9 @@ impl Agent {
                 if let Some(id) = f.item.crm_id {
                     body["crm_id"] = json!(id.to_string());
                 }
+                if !f.item.exceptions.is_empty() {
+                    body["exceptions"] = exceptions_op(&f.item);
+                }
                 ops.push(op("track", t, body));
             }
             Action::PushUpdate => {
@@ -1239,6 +1280,11 @@ impl Agent {
                 if let Some(base) = c.baseline.get(STATE_KEY) {
                     body["base_state"] = base.clone();
                     body["state"] = json!(f.item.status.as_str());
+                }
+                // R-E2: the series' exceptions as the item holds them (an
+                // empty list when its overrides were removed).
+                if ItemKind::for_set(f.item.set) == Some(ItemKind::Event) {
+                    body["exceptions"] = exceptions_op(&f.item);
                 }
                 if let Some(m) = self
                     .modified_at(collection, &f.href)
@@ -1426,7 +1472,8 @@ impl Agent {
                     // as an update next time (baseline = the CRM's answer).
                     let r = record_of(rec)?;
                     let uid = t.cached.as_ref().map(|c| c.uid.clone()).unwrap_or_default();
-                    let row = linked(collection, &entry.href, &entry.etag, uid, &r);
+                    let baseline = baseline_of(&r, &exception_records(rec, r.set));
+                    let row = linked(collection, &entry.href, &entry.etag, uid, &r, baseline);
                     self.cache.put_item(&row).await?;
                     report.errors.push(format!(
                         "{collection}/{}: linked, but the CRM's answer could not be written ({e}); retried next sync",

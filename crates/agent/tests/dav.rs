@@ -45,6 +45,8 @@ on_both_servers!(
     malformed_or_uid_less_item_is_reported_and_others_go_on,
     interop_python_caldav_and_vdirsyncer_reach_the_crm_and_back,
     r_t3_sync_with_nothing_changed_sends_one_request_per_collection,
+    r_e2_exceptions_made_on_the_server_reach_the_crm,
+    r_f7_realworld_items_tracked_once_broken_ones_reported_each,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -630,6 +632,205 @@ async fn r_f2_recurring_appointment_with_exception_and_vtimezone_round_trips(kin
     );
     let r = sync(&agent).await;
     assert!(r.pushed.is_empty(), "{r:?}");
+}
+
+// ---------------------------------------------------------------- R-E2
+
+/// Asserts that a sync changes nothing on either side.
+async fn quiet(agent: &Agent) {
+    let r = sync(agent).await;
+    assert!(
+        r.pushed.is_empty() && r.written_to_mailbox == 0,
+        "a second sync writes nothing: {r:#?}"
+    );
+}
+
+/// The exception records of `series` in the CRM, by recurrence id.
+fn exceptions_in(records: &[Value], series: &str) -> std::collections::BTreeMap<String, Value> {
+    records
+        .iter()
+        .filter(|r| r["series_id"] == series)
+        .map(|r| (r["recurrence_id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+async fn r_e2_exceptions_made_on_the_server_reach_the_crm(kind: Kind) {
+    let server = Server::start(kind).await;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = dav_agent(&w, &server, &ann, "ann", "cache").await;
+    // The other client stores a series with a moved instance.
+    let moved = instance(
+        "weekly",
+        "20300114T090000Z",
+        "20300115T130000Z",
+        "20300115T140000Z",
+        "",
+    );
+    let body = weekly_series("weekly", &moved);
+    server.put("calendar", "weekly.ics", body.as_bytes()).await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
+    let all = mine(&w, &ann, "appointments").await;
+    let id = all.iter().find(|a| a["series_id"].is_null()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ex = exceptions_in(&all, &id);
+    assert_eq!(
+        ex.len(),
+        1,
+        "the series arrives with its exception: {all:#?}"
+    );
+    assert_eq!(ex["2030-01-14T09:00:00Z"]["start"], "2030-01-15T13:00:00Z");
+    let ev = by_uid(&stored(&server, "calendar").await, "weekly")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        ev.item.exceptions[0]
+            .crm_id
+            .map(|u| u.to_string())
+            .as_deref(),
+        ex["2030-01-14T09:00:00Z"]["id"].as_str(),
+        "the instance is linked to its exception record"
+    );
+    quiet(&agent).await;
+
+    // An EXDATE, then an instance moved later, each made on the server.
+    other_client_edits(&server, "calendar", &ev, |i| {
+        i.fields["recurrence"]["exdates"] = json!(["2030-01-21T09:00:00Z"]);
+    })
+    .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
+    let series = get(&w, &ann, "appointments", &id).await.1;
+    assert_eq!(
+        series["recurrence"]["exdates"],
+        json!(["2030-01-21T09:00:00Z"])
+    );
+    quiet(&agent).await;
+    let ev = by_uid(&stored(&server, "calendar").await, "weekly")
+        .unwrap()
+        .clone();
+    other_client_edits(&server, "calendar", &ev, |i| {
+        let mut fields = i.fields.clone();
+        fields.remove("recurrence");
+        fields.insert("start".into(), json!("2030-01-28T15:00:00Z"));
+        fields.insert("end".into(), json!("2030-01-28T16:00:00Z"));
+        i.exceptions.push(crmsync_core::mapping::Exception {
+            recurrence_id: "2030-01-28T09:00:00Z".into(),
+            crm_id: None,
+            status: crmsync_core::mapping::Status::Active,
+            fields,
+        });
+    })
+    .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
+    let ex = exceptions_in(&mine(&w, &ann, "appointments").await, &id);
+    assert_eq!(ex.len(), 2, "{ex:#?}");
+    assert_eq!(ex["2030-01-28T09:00:00Z"]["start"], "2030-01-28T15:00:00Z");
+    quiet(&agent).await;
+
+    // A single-instance invitation: the instance alone, no master.
+    let one = instance(
+        "invite",
+        "20300304T090000Z",
+        "20300304T110000Z",
+        "20300304T120000Z",
+        "",
+    );
+    let body =
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//other//EN\r\n{one}END:VCALENDAR\r\n");
+    server.put("calendar", "invite.ics", body.as_bytes()).await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
+    let all = mine(&w, &ann, "appointments").await;
+    assert!(
+        all.iter()
+            .any(|a| a["start"] == "2030-03-04T11:00:00Z" && a["series_id"].is_null()),
+        "{all:#?}"
+    );
+    quiet(&agent).await;
+}
+
+// ---------------------------------------------------------------- R-F7
+
+/// The real-world corpus (crates/core/tests/data/realworld), each item
+/// marked for tracking and stored on the server as another client would.
+/// What the server accepts is what its users have: every stored item that
+/// can be read is tracked once, every other one is reported on its own,
+/// and a second sync writes nothing.
+async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each(kind: Kind) {
+    let server = Server::start(kind).await;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = dav_agent(&w, &server, &ann, "ann", "cache").await;
+    let mut refused_by_server = Vec::new();
+    for entry in std::fs::read_dir(corpus()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+        let collection = match path.extension().and_then(|e| e.to_str()) {
+            Some("vcf") => "contacts",
+            Some("ics") if text.contains("BEGIN:VTODO") && !text.contains("BEGIN:VEVENT") => {
+                "tasks"
+            }
+            Some("ics") => "calendar",
+            _ => continue,
+        };
+        let status = server
+            .put(collection, &name, marked(&name, &text).as_bytes())
+            .await;
+        if !(200..300).contains(&status) {
+            refused_by_server.push(name);
+        }
+    }
+    // What the server holds, as any client reads it.
+    let mut sound = 0;
+    let mut broken = Vec::new();
+    let mb = server.mailbox();
+    for collection in ["contacts", "calendar", "tasks"] {
+        let listing = mb.changes_since(collection, None).await.unwrap();
+        let hrefs: Vec<String> = listing.changed.iter().map(|r| r.href.clone()).collect();
+        for (href, got) in mb.get_many(collection, &hrefs).await.unwrap() {
+            match parse_item(&got.unwrap().data) {
+                Ok(_) => sound += 1,
+                Err(_) => broken.push(href),
+            }
+        }
+    }
+    assert!(
+        sound >= 30,
+        "{sound} items stored; refused: {refused_by_server:?}"
+    );
+
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.refused.is_empty(), "{:#?}", r.refused);
+    assert_eq!(r.pushed.get("track"), Some(&sound), "{r:#?}");
+    for href in &broken {
+        let reports = r
+            .errors
+            .iter()
+            .filter(|e| e.contains(href.as_str()))
+            .count();
+        assert_eq!(reports, 1, "{href}: {:#?}", r.errors);
+    }
+    assert_eq!(r.errors.len(), broken.len(), "{:#?}", r.errors);
+    let masters: usize = [
+        mine(&w, &ann, "contacts").await,
+        mine(&w, &ann, "appointments").await,
+        mine(&w, &ann, "tasks").await,
+    ]
+    .iter()
+    .map(|list| list.iter().filter(|r| r["series_id"].is_null()).count())
+    .sum();
+    assert_eq!(masters, sound);
+    let again = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(
+        again.pushed.is_empty() && again.written_to_mailbox == 0 && again.errors.is_empty(),
+        "a second sync writes nothing: {again:#?}"
+    );
 }
 
 /// A recurrence with its RRULE parts in a set (servers reorder them).

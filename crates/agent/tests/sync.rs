@@ -2,6 +2,7 @@
 //! folder) and a real local mailbox in a temp folder. Each test is named
 //! after the rule it checks.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use reqwest::Method;
@@ -881,4 +882,304 @@ async fn r_m8_marked_item_moved_elsewhere_before_tracking_is_reported() {
     std::fs::write(&card, MARKED).unwrap();
     sync(&secondary).await;
     assert!(secondary.status().await.unwrap().reported.is_empty());
+}
+
+/// R-F7 end to end: the real-world corpus put into a local mailbox, every
+/// item marked for tracking: every sound item tracked once, every broken
+/// one reported on its own, and a second sync writes nothing.
+#[tokio::test]
+async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let root = w.dir.path().join("ann");
+    let broken = broken();
+    let mut sound: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(corpus()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+        let folder = match path.extension().and_then(|e| e.to_str()) {
+            Some("vcf") => "contacts",
+            Some("ics") if text.contains("BEGIN:VTODO") && !text.contains("BEGIN:VEVENT") => {
+                "tasks"
+            }
+            Some("ics") => "calendar",
+            _ => continue,
+        };
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+        std::fs::write(root.join(folder).join(&name), marked(&name, &text)).unwrap();
+        if !broken.contains(&name) {
+            *sound.entry(folder).or_default() += 1;
+        }
+        names.push(name);
+    }
+
+    let r = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert!(r.refused.is_empty(), "{:#?}", r.refused);
+    let tracked: usize = sound.values().sum();
+    assert_eq!(r.pushed.get("track"), Some(&tracked), "{r:#?}");
+    // Each broken item is reported once, on its own, naming the file.
+    for name in &names {
+        let reports = r
+            .errors
+            .iter()
+            .filter(|e| e.contains(name.as_str()))
+            .count();
+        let want = usize::from(broken.contains(name));
+        assert_eq!(reports, want, "{name}: {:#?}", r.errors);
+    }
+    assert_eq!(r.errors.len(), broken.len(), "{:#?}", r.errors);
+    let status = agent.status().await.unwrap();
+    assert_eq!(status.tracked as usize, tracked);
+    for b in &broken {
+        assert!(
+            status.reported.iter().any(|p| p.contains(b.as_str())),
+            "{b} not in {:#?}",
+            status.reported
+        );
+    }
+    // Each sound item became one record.
+    for (folder, set) in [
+        ("contacts", "contacts"),
+        ("calendar", "appointments"),
+        ("tasks", "tasks"),
+    ] {
+        let records = w.mine(&ann, set).await;
+        let masters = records.iter().filter(|r| r["series_id"].is_null()).count();
+        assert_eq!(masters, sound.get(folder).copied().unwrap_or(0), "{set}");
+    }
+
+    // A second sync writes nothing, on either side.
+    let before: Vec<_> = ["contacts", "calendar", "tasks"]
+        .iter()
+        .map(|f| files(&root.join(f)))
+        .collect();
+    let crm_before = (
+        w.mine(&ann, "contacts").await,
+        w.mine(&ann, "appointments").await,
+        w.mine(&ann, "tasks").await,
+    );
+    let again = agent.sync_once(SyncOptions::default()).await.unwrap();
+    assert_eq!(again.written_to_mailbox, 0, "{again:#?}");
+    assert!(again.pushed.is_empty(), "{again:#?}");
+    assert!(
+        again.errors.is_empty() && again.refused.is_empty(),
+        "{again:#?}"
+    );
+    let after: Vec<_> = ["contacts", "calendar", "tasks"]
+        .iter()
+        .map(|f| files(&root.join(f)))
+        .collect();
+    assert!(before == after, "the mailbox changed");
+    let crm_after = (
+        w.mine(&ann, "contacts").await,
+        w.mine(&ann, "appointments").await,
+        w.mine(&ann, "tasks").await,
+    );
+    assert_eq!(crm_before, crm_after);
+}
+
+// ---------------------------------------------------------------- R-E2
+
+/// Edits a calendar file as another client would: `f` on its text.
+fn edit_text(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
+}
+
+/// The exception records of `series` in the CRM, by recurrence id.
+fn exceptions_in(records: &[Value], series: &str) -> BTreeMap<String, Value> {
+    records
+        .iter()
+        .filter(|r| r["series_id"] == series)
+        .map(|r| (r["recurrence_id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// Asserts that a sync changed nothing on either side.
+async fn quiet(agent: &Agent, dir: &Path) {
+    let before = files(dir);
+    let r = sync(agent).await;
+    assert!(
+        r.pushed.is_empty() && r.written_to_mailbox == 0,
+        "a second sync writes nothing: {r:#?}"
+    );
+    assert!(before == files(dir), "the mailbox changed");
+}
+
+#[tokio::test]
+async fn r_e2_exceptions_made_in_the_mailbox_reach_the_crm() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let cal = w.dir.path().join("ann").join("calendar");
+    std::fs::create_dir_all(&cal).unwrap();
+    let path = cal.join("weekly.ics");
+    // A series with a moved instance (the 2nd Monday, moved to Tuesday).
+    let moved = instance(
+        "weekly",
+        "20300114T090000Z",
+        "20300115T130000Z",
+        "20300115T140000Z",
+        "",
+    );
+    std::fs::write(&path, weekly_series("weekly", &moved)).unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
+    let all = w.mine(&ann, "appointments").await;
+    let series = all.iter().find(|a| a["series_id"].is_null()).unwrap();
+    let id = series["id"].as_str().unwrap().to_string();
+    assert_eq!(series["recurrence"]["rrule"], "FREQ=WEEKLY;COUNT=10");
+    let ex = exceptions_in(&all, &id);
+    assert_eq!(
+        ex.len(),
+        1,
+        "the series arrives with its exception: {all:#?}"
+    );
+    let first = &ex["2030-01-14T09:00:00Z"];
+    assert_eq!(first["start"], "2030-01-15T13:00:00Z");
+    assert_eq!(first["end"], "2030-01-15T14:00:00Z");
+    // The instance in the mailbox is linked to its exception record (R-M2).
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains(&format!("X-CRM-ID:{}", first["id"].as_str().unwrap())),
+        "{text}"
+    );
+    quiet(&agent, &cal).await;
+
+    // An EXDATE added in the mailbox (the 3rd Monday cancelled).
+    edit_text(&path, |t| {
+        t.replacen(
+            "RRULE:FREQ=WEEKLY;COUNT=10\r\n",
+            "RRULE:FREQ=WEEKLY;COUNT=10\r\nEXDATE:20300121T090000Z\r\n",
+            1,
+        )
+    });
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
+    let series = w.get(&ann, &format!("/api/v1/appointments/{id}")).await.1;
+    assert_eq!(
+        series["recurrence"]["exdates"],
+        json!(["2030-01-21T09:00:00Z"])
+    );
+    quiet(&agent, &cal).await;
+
+    // Later: the 4th Monday moved, the 5th cancelled as an instance, and
+    // the moved 2nd one renamed.
+    edit_text(&path, |t| {
+        let more = instance(
+            "weekly",
+            "20300128T090000Z",
+            "20300128T150000Z",
+            "20300128T160000Z",
+            "",
+        ) + &instance(
+            "weekly",
+            "20300204T090000Z",
+            "20300204T090000Z",
+            "20300204T100000Z",
+            "STATUS:CANCELLED\r\n",
+        );
+        // The 2nd Monday's instance renamed.
+        let at = t.find("RECURRENCE-ID:20300114T090000Z").unwrap();
+        let sum = at + t[at..].find("SUMMARY:Weekly").unwrap();
+        let t = format!("{}SUMMARY:Weekly (moved){}", &t[..sum], &t[sum + 14..]);
+        t.replace("END:VCALENDAR", &format!("{more}END:VCALENDAR"))
+    });
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
+    let all = w.mine(&ann, "appointments").await;
+    let ex = exceptions_in(&all, &id);
+    assert_eq!(ex.len(), 3, "{ex:#?}");
+    assert_eq!(ex["2030-01-14T09:00:00Z"]["subject"], "Weekly (moved)");
+    assert_eq!(ex["2030-01-28T09:00:00Z"]["start"], "2030-01-28T15:00:00Z");
+    assert_eq!(ex["2030-02-04T09:00:00Z"]["state"], "canceled");
+    quiet(&agent, &cal).await;
+
+    // An override removed in the mailbox: the instance follows the series.
+    edit_text(&path, |t| {
+        let at = t.find("RECURRENCE-ID:20300128T090000Z").unwrap();
+        let begin = t[..at].rfind("BEGIN:VEVENT").unwrap();
+        let end = at + t[at..].find("END:VEVENT\r\n").unwrap() + "END:VEVENT\r\n".len();
+        format!("{}{}", &t[..begin], &t[end..])
+    });
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
+    let ex = exceptions_in(&w.mine(&ann, "appointments").await, &id);
+    assert_eq!(
+        ex.keys().collect::<Vec<_>>(),
+        ["2030-01-14T09:00:00Z", "2030-02-04T09:00:00Z"]
+    );
+    quiet(&agent, &cal).await;
+}
+
+#[tokio::test]
+async fn r_e2_instance_only_item_tracked_as_one_appointment_per_instance() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    let cal = w.dir.path().join("ann").join("calendar");
+    std::fs::create_dir_all(&cal).unwrap();
+    // A single-instance invitation, as servers store it.
+    let one = instance(
+        "invite",
+        "20300114T090000Z",
+        "20300114T110000Z",
+        "20300114T120000Z",
+        "",
+    );
+    std::fs::write(
+        cal.join("invite.ics"),
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//other//EN\r\n{one}END:VCALENDAR\r\n"),
+    )
+    .unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
+    let all = w.mine(&ann, "appointments").await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["start"], "2030-01-14T11:00:00Z");
+    assert_eq!(all[0]["subject"], "Weekly");
+    let text = std::fs::read_to_string(cal.join("invite.ics")).unwrap();
+    assert!(text.contains("RECURRENCE-ID:20300114T090000Z"), "{text}");
+    quiet(&agent, &cal).await;
+
+    // Two instances of one series, neither with its master.
+    let two = instance(
+        "pair",
+        "20300121T090000Z",
+        "20300121T090000Z",
+        "20300121T100000Z",
+        "",
+    ) + &instance(
+        "pair",
+        "20300128T090000Z",
+        "20300129T090000Z",
+        "20300129T100000Z",
+        "",
+    );
+    std::fs::write(
+        cal.join("pair.ics"),
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//other//EN\r\n{two}END:VCALENDAR\r\n"),
+    )
+    .unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
+    let all = w.mine(&ann, "appointments").await;
+    let starts: std::collections::BTreeSet<_> = all
+        .iter()
+        .map(|a| a["start"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "2030-01-14T11:00:00Z",
+            "2030-01-21T09:00:00Z",
+            "2030-01-29T09:00:00Z"
+        ]
+        .map(String::from)
+        .into()
+    );
+    quiet(&agent, &cal).await;
 }

@@ -442,6 +442,40 @@ both_dbs! {
         assert_eq!(s.get(&ann, "/api/v1/contacts?q=once").await.expect(200)["items"].as_array().unwrap().len(), 1);
     }
 
+    async fn r_e2_series_tracked_with_exceptions_replayed_creates_no_duplicate(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let moved = json!({"recurrence_id": "2030-01-14T09:00:00Z", "state": "active",
+            "fields": {"subject": "Weekly", "start": "2030-01-15T13:00:00Z", "end": "2030-01-15T14:00:00Z"}});
+        let cancelled = json!({"recurrence_id": "2030-01-21T09:00:00Z", "state": "canceled",
+            "fields": {"subject": "Weekly", "start": "2030-01-21T09:00:00Z", "end": "2030-01-21T10:00:00Z"}});
+        let ops = json!([{"op_id": "t", "kind": "track", "set": "appointments", "item_uid": "weekly",
+            "fields": {"subject": "Weekly", "start": "2030-01-07T09:00:00Z", "end": "2030-01-07T10:00:00Z",
+                "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=10", "exdates": []}},
+            "exceptions": [moved, cancelled]}]);
+        let first = s.push(&ann, &client, ops.clone()).await;
+        assert_eq!(first[0]["status"], "ok", "{first:?}");
+        let exceptions = first[0]["record"]["exceptions"].as_array().unwrap().clone();
+        assert_eq!(exceptions.len(), 2, "{first:?}");
+        let mut states: Vec<(&str, &str)> = exceptions.iter().map(|e| (e["recurrence_id"].as_str().unwrap(), e["state"].as_str().unwrap())).collect();
+        states.sort();
+        assert_eq!(states, [("2030-01-14T09:00:00Z", "open"), ("2030-01-21T09:00:00Z", "canceled")]);
+        // R-T4: the answer lost, the same operation sent again.
+        let version = s.version().await;
+        assert_eq!(s.push(&ann, &client, ops).await, first);
+        assert_eq!(s.version().await, version);
+        let all = s.get(&ann, "/api/v1/appointments?owner=me").await.expect(200)["items"].as_array().unwrap().clone();
+        assert_eq!(all.len(), 3, "the series and its two exceptions, once: {all:?}");
+        // An update naming an exception already made creates none either.
+        let series = &first[0]["record"];
+        let baseline = json!({"subject": "Weekly", "start": "2030-01-07T09:00:00Z", "end": "2030-01-07T10:00:00Z",
+            "recurrence": series["fields"]["recurrence"], "@exceptions": {}});
+        let r = s.push(&ann, &client, json!([{"op_id": "u", "kind": "update", "set": "appointments", "id": series["id"],
+            "base_version": series["version"], "baseline": baseline, "fields": baseline, "exceptions": [moved]}])).await;
+        assert_eq!(r[0]["status"], "ok", "{r:?}");
+        assert_eq!(s.get(&ann, "/api/v1/appointments?owner=me").await.expect(200)["items"].as_array().unwrap().len(), 3);
+    }
+
     async fn sync_bad_input_is_refused_clearly(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let (_, bob) = s.add_user("bob@example.com").await;

@@ -514,3 +514,98 @@ fn running(
     );
     (run, reports, stop_tx)
 }
+
+// ---- the real-world corpus of crates/core/tests/data/realworld (R-F7):
+// other projects' calendar and address book files.
+
+#[allow(dead_code)]
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/realworld")
+}
+
+/// The corpus files that cannot be read (their names).
+#[allow(dead_code)]
+fn broken() -> Vec<String> {
+    std::fs::read_to_string(corpus().join("broken.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+/// The item as a user marks it for tracking (R-M1): the category on each
+/// component. UIDs get the file's name: the corpus comes from several
+/// projects, and a collection holds one item per UID (RFC 4791 5.3.2).
+#[allow(dead_code)]
+fn marked(name: &str, text: &str) -> String {
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if matches!(bare, "END:VEVENT" | "END:VTODO" | "END:VCARD") {
+            out.push_str(&format!("CATEGORIES:Tracked to CRM{eol}"));
+        }
+        match bare.strip_prefix("UID:") {
+            Some(uid) => out.push_str(&format!("UID:{name}-{uid}{eol}")),
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// The files of a mailbox folder, name → bytes.
+#[allow(dead_code)]
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .map(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().to_string();
+                    (name, std::fs::read(&p).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[allow(dead_code)]
+impl World {
+    /// Every record of `set` the user owns, as the CRM holds it.
+    async fn mine(&self, token: &str, set: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                token,
+                Method::GET,
+                &format!("/api/v1/{set}?owner=me&limit=500"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+}
+
+// ---- R-E2: a recurring series as a calendar client writes it.
+
+/// A weekly series (Mondays 09:00 UTC from 2030-01-07, ten times) and its
+/// overridden instances, as a calendar client writes it, marked for
+/// tracking.
+#[allow(dead_code)]
+fn weekly_series(uid: &str, overrides: &str) -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//other//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20291201T000000Z\r\n\
+DTSTART:20300107T090000Z\r\nDTEND:20300107T100000Z\r\nRRULE:FREQ=WEEKLY;COUNT=10\r\nSUMMARY:Weekly\r\n\
+CATEGORIES:Tracked to CRM\r\nEND:VEVENT\r\n{overrides}END:VCALENDAR\r\n"
+    )
+}
+
+/// One overridden instance of [`weekly_series`]: `rid` its original start,
+/// moved to `start`..`end` (all `YYYYMMDDTHHMMSSZ`).
+#[allow(dead_code)]
+fn instance(uid: &str, rid: &str, start: &str, end: &str, extra: &str) -> String {
+    format!(
+        "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20291201T000000Z\r\nRECURRENCE-ID:{rid}\r\nDTSTART:{start}\r\n\
+DTEND:{end}\r\nSUMMARY:Weekly\r\n{extra}CATEGORIES:Tracked to CRM\r\nEND:VEVENT\r\n"
+    )
+}

@@ -17,9 +17,9 @@ use uuid::Uuid;
 use super::scan::{self, Scanned};
 use super::tz::{self, Zone, Zones};
 use super::{
-    put_field, Exception, ItemKind, MailboxItem, MappingError, RenderOptions, Status, PRODID,
-    TRACKED_CATEGORY, X_CRM_ENTITY, X_CRM_ID, X_CRM_REGARDING, X_CRM_RESOLVED, X_CRM_SET,
-    X_CRM_TIME_ZONE,
+    fill_required, put_field, Exception, ItemKind, MailboxItem, MappingError, RenderOptions,
+    Status, PRODID, TRACKED_CATEGORY, X_CRM_ENTITY, X_CRM_ID, X_CRM_REGARDING, X_CRM_RESOLVED,
+    X_CRM_SET, X_CRM_TIME_ZONE,
 };
 use crate::entity::EntitySet;
 
@@ -527,15 +527,23 @@ impl Doc {
                 ));
             }
         }
-        let Some(master) = master else {
-            let first = overrides
-                .first()
-                .map(|&i| begin(&root.children[i]))
-                .unwrap_or(1);
-            return Err(MappingError::at(
-                first,
-                format!("only instances (RECURRENCE-ID) of a series whose master {name} is not in the item; such items are not mapped"),
-            ));
+        // R-E2: only overridden instances, without their master (how
+        // servers store a single-instance invitation): the first instance
+        // is the item's appointment, the others its exceptions. Its
+        // RECURRENCE-ID stays in the item as the user's client wrote it.
+        let master = match master {
+            Some(m) => m,
+            None if kind == ItemKind::Event && !overrides.is_empty() => overrides.remove(0),
+            None => {
+                let first = overrides
+                    .first()
+                    .map(|&i| begin(&root.children[i]))
+                    .unwrap_or(1);
+                return Err(MappingError::at(
+                    first,
+                    format!("only instances (RECURRENCE-ID) of a repeating {name} whose master is not in the item; such items are not mapped"),
+                ));
+            }
         };
         let uid = root.children[master]
             .text(&P::Uid)
@@ -546,6 +554,15 @@ impl Doc {
                     format!("the {name} has no UID; every calendar item needs one"),
                 )
             })?;
+        // R-F7: DTSTART is what RFC 5545 requires of a stored VEVENT; an
+        // event without a readable one cannot be placed in a calendar.
+        let master_comp = &root.children[master];
+        if kind == ItemKind::Event && !has_start(master_comp) {
+            return Err(MappingError::at(
+                begin(master_comp),
+                "the VEVENT has no readable DTSTART; give the event a start date or time",
+            ));
+        }
         for &i in &overrides {
             let c = &root.children[i];
             let other = c.text(&P::Uid);
@@ -615,6 +632,12 @@ impl Doc {
         };
         (item, master_read, override_reads)
     }
+}
+
+/// Whether the component has a DTSTART that reads as a date or date-time.
+fn has_start(comp: &Comp) -> bool {
+    comp.first(&P::Dtstart)
+        .is_some_and(|e| e.values.first().and_then(|v| when(e, v)).is_some())
 }
 
 pub(super) fn parse(scanned: &Scanned) -> Result<MailboxItem, MappingError> {
@@ -867,6 +890,8 @@ fn read_component(
         );
     }
 
+    // R-F7: SUMMARY is optional (RFC 5545); the CRM needs a subject.
+    fill_required(set, &mut read.fields, None);
     read.status = status_of(comp, kind);
     if let Some(id) = comp.text(&x(X_CRM_ID)) {
         match Uuid::parse_str(id.trim()) {

@@ -74,6 +74,16 @@
 //! [`Status::crm_state`] gives the record's state from it and the current
 //! state, so that open and scheduled, which look alike, stay as they were.
 //!
+//! What an item leaves out (R-F7, as RFC 5545 and RFC 6350 define it): a
+//! VEVENT without DTEND or DURATION ends at its start (a DATE-valued one
+//! lasts one day); a VTODO without DUE has no due date; no SUMMARY reads as
+//! the subject [`NO_SUBJECT`]; a vCard without a family name in N (or FN)
+//! is named by its given name alone, else ORG, else its first EMAIL, else
+//! [`NO_NAME`]. [`project_fields`] gives a record the same values, so they
+//! read back unchanged and are written into the item only when the CRM
+//! changes them. A VEVENT without a readable DTSTART, an item without UID,
+//! and a file of several items cannot be read: [`parse_item`] says why.
+//!
 //! Not mapped: phone calls' `phone_number` and `direction` (no VTODO
 //! counterpart; FieldDef.mailbox is false), attendees' names and answers
 //! (`CN`, `PARTSTAT`: kept in the mailbox, not read), alarms, attachments,
@@ -113,6 +123,10 @@ pub const X_CRM_RESOLVED: &str = "X-CRM-RESOLVED";
 /// EMAIL parameter naming the CRM field when position cannot (`email2`
 /// without `email`).
 pub const X_CRM_FIELD: &str = "X-CRM-FIELD";
+/// R-F7: the subject of an event or to-do without SUMMARY.
+pub const NO_SUBJECT: &str = "(no subject)";
+/// R-F7: the last name of a vCard that names no one (no N, FN, ORG or EMAIL).
+pub const NO_NAME: &str = "(no name)";
 /// PRODID written into the items.
 pub const PRODID: &str = "-//crmsync//crmsync mapping//EN";
 
@@ -453,7 +467,31 @@ pub fn project_fields(set: EntitySet, fields: &Map<String, Value>) -> Map<String
     if ItemKind::for_set(set) == Some(ItemKind::Event) {
         icalendar::snap_all_day(&mut out);
     }
+    fill_required(set, &mut out, None);
     out
+}
+
+/// R-F7: what an item that omits a value the CRM requires stands for. An
+/// event or to-do without SUMMARY is "(no subject)"; a contact without a
+/// family name is named by its given name alone, else its organization
+/// (`org`, the vCard's ORG), else its e-mail address. [`parse_item`] and
+/// [`project_fields`] both apply it, so such a value reads back as it was
+/// and is never written into the item unless it changes in the CRM.
+pub(crate) fn fill_required(set: EntitySet, fields: &mut Map<String, Value>, org: Option<String>) {
+    match ItemKind::for_set(set) {
+        Some(ItemKind::Event | ItemKind::Todo) if !fields.contains_key("subject") => {
+            fields.insert("subject".into(), NO_SUBJECT.into());
+        }
+        Some(ItemKind::Contact) if !fields.contains_key("last_name") => {
+            let name = fields
+                .remove("first_name")
+                .or_else(|| org.map(Value::String))
+                .or_else(|| fields.get("email").cloned())
+                .unwrap_or_else(|| NO_NAME.into());
+            fields.insert("last_name".into(), name);
+        }
+        _ => {}
+    }
 }
 
 /// Checks and normalizes one field value read from a mailbox item with the

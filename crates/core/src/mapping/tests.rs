@@ -901,8 +901,8 @@ fn malformed_items_give_clear_errors() {
             "line 5: a second VEVENT without RECURRENCE-ID",
         ),
         (
-            b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:a\r\nRECURRENCE-ID:20261125T100000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
-            "line 2: only instances (RECURRENCE-ID)",
+            b"BEGIN:VCALENDAR\r\nBEGIN:VTODO\r\nUID:a\r\nRECURRENCE-ID:20261125T100000Z\r\nEND:VTODO\r\nEND:VCALENDAR\r\n",
+            "line 2: only instances (RECURRENCE-ID) of a repeating VTODO",
         ),
     ];
     for (input, want) in cases {
@@ -1303,4 +1303,132 @@ EXDATE:99991231T235960Z,20261340T000000Z\r\nDTEND:00010101T000000Z\r\nEND:VEVENT
         text(&out)
     );
     assert_eq!(back.fields["start"], "9999-12-31T23:00:00Z");
+}
+
+// ------------------------------------------------------------- R-F7
+
+/// Renders `item` over `existing` (the CRM's answer written back).
+fn over(item: &MailboxItem, existing: &str) -> String {
+    let mut o = opts();
+    o.existing = Some(existing.as_bytes());
+    text(&render_item(item, &o).unwrap())
+}
+
+#[test]
+fn r_f7_vevent_without_summary_tracked_as_no_subject() {
+    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:e1\r\n\
+DTSTAMP:20261101T000000Z\r\nDTSTART:20261202T090000Z\r\nCATEGORIES:Tracked to CRM\r\n\
+BEGIN:VALARM\r\nACTION:DISPLAY\r\nTRIGGER:-PT15M\r\nDESCRIPTION:x\r\nEND:VALARM\r\n\
+END:VEVENT\r\nBEGIN:VJOURNAL\r\nUID:j1\r\nDTSTAMP:20261101T000000Z\r\nEND:VJOURNAL\r\nEND:VCALENDAR\r\n";
+    let item = parse(ics);
+    assert_eq!(item.fields["subject"], NO_SUBJECT);
+    // No DTEND or DURATION: it ends at its start.
+    assert_eq!(item.fields["end"], "2026-12-02T09:00:00Z");
+    let mut linked = item.clone();
+    linked.crm_id = Some(Uuid::parse_str(ID).unwrap());
+    let out = over(&linked, ics);
+    assert!(!out.contains("SUMMARY"), "{out}");
+    assert!(!out.contains("DTEND"), "{out}");
+    assert!(
+        out.contains("BEGIN:VALARM") && out.contains("BEGIN:VJOURNAL"),
+        "{out}"
+    );
+    // Changed in the CRM, the subject is written.
+    linked.fields.insert("subject".into(), "Review".into());
+    assert!(over(&linked, ics).contains("SUMMARY:Review"));
+}
+
+#[test]
+fn r_f7_date_valued_vevent_without_end_lasts_one_day() {
+    let item = parse(
+        "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:e2\r\nDTSTART;VALUE=DATE:20261224\r\n\
+SUMMARY:Holiday\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+    );
+    assert_eq!(item.fields["all_day"], true);
+    assert_eq!(item.fields["start"], "2026-12-24T00:00:00Z");
+    assert_eq!(item.fields["end"], "2026-12-25T00:00:00Z");
+}
+
+#[test]
+fn r_f7_vtodo_without_due_or_start_has_no_due_date() {
+    let item = parse("BEGIN:VCALENDAR\r\nBEGIN:VTODO\r\nUID:t1\r\nEND:VTODO\r\nEND:VCALENDAR\r\n");
+    assert_eq!(item.set, EntitySet::Tasks);
+    assert_eq!(item.fields, fields(json!({"subject": NO_SUBJECT})));
+}
+
+#[test]
+fn r_f7_vevent_without_start_cannot_be_read() {
+    let err = parse_item(
+        b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:e3\r\nSUMMARY:x\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no readable DTSTART"), "{err}");
+}
+
+#[test]
+fn r_f7_vcard_with_only_email_is_a_contact_named_by_it() {
+    let vcf = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nEMAIL:ann@example.com\r\nEND:VCARD\r\n";
+    let item = parse(vcf);
+    assert_eq!(
+        item.fields,
+        fields(json!({"last_name": "ann@example.com", "email": "ann@example.com"}))
+    );
+    // Neither N nor FN is written back unless the name changes in the CRM.
+    let out = over(&item, vcf);
+    assert!(!out.contains("\nN:") && !out.contains("FN:"), "{out}");
+    let mut renamed = item.clone();
+    renamed.fields.insert("last_name".into(), "Lee".into());
+    let out = over(&renamed, vcf);
+    assert!(out.contains("N:Lee;") && out.contains("FN:Lee"), "{out}");
+}
+
+#[test]
+fn r_f7_vcard_with_only_n_is_a_contact() {
+    let item = parse("BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c2\r\nN:Lee;Ann;;;\r\nEND:VCARD\r\n");
+    assert_eq!(
+        item.fields,
+        fields(json!({"last_name": "Lee", "first_name": "Ann"}))
+    );
+    // A given name alone names the contact.
+    let item = parse("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c3\r\nN:;Madonna;;;\r\nEND:VCARD\r\n");
+    assert_eq!(item.fields, fields(json!({"last_name": "Madonna"})));
+}
+
+#[test]
+fn r_f7_vcard_without_fn_or_n_is_named_from_org_then_email() {
+    let item = parse(
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c4\r\nORG:Acme Inc.;Sales\r\nEMAIL:info@acme.example\r\nEND:VCARD\r\n",
+    );
+    assert_eq!(item.fields["last_name"], "Acme Inc.");
+    let item = parse("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c5\r\nNOTE:hi\r\nEND:VCARD\r\n");
+    assert_eq!(item.fields["last_name"], NO_NAME);
+}
+
+// ------------------------------------------------------------- R-E2
+
+#[test]
+fn r_e2_instance_only_item_is_read_as_its_instances() {
+    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:inv\r\n\
+RECURRENCE-ID:20261125T100000Z\r\nDTSTART:20261125T110000Z\r\nDTEND:20261125T120000Z\r\n\
+SUMMARY:Planning\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:inv\r\nRECURRENCE-ID:20261202T100000Z\r\n\
+DTSTART:20261202T100000Z\r\nDTEND:20261202T110000Z\r\nSUMMARY:Planning\r\nSTATUS:CANCELLED\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n";
+    let item = parse(ics);
+    assert_eq!(item.set, EntitySet::Appointments);
+    assert_eq!(item.fields["start"], "2026-11-25T11:00:00Z");
+    assert!(!item.fields.contains_key("recurrence"));
+    assert_eq!(item.exceptions.len(), 1);
+    assert_eq!(item.exceptions[0].recurrence_id, "2026-12-02T10:00:00Z");
+    assert_eq!(item.exceptions[0].status, Status::Canceled);
+    // Written back (linked), each instance keeps its RECURRENCE-ID.
+    let mut linked = item.clone();
+    linked.crm_id = Some(Uuid::parse_str(ID).unwrap());
+    let out = over(&linked, ics);
+    assert_eq!(out.matches("RECURRENCE-ID").count(), 2, "{out}");
+    assert!(!out.contains("RRULE"), "{out}");
+    let again = parse(&out);
+    assert_eq!(
+        (again.fields, again.exceptions),
+        (item.fields, item.exceptions)
+    );
 }

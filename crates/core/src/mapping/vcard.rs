@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::scan::{self, Scanned};
 use super::{
-    put_field, MailboxItem, MappingError, RenderOptions, Status, VcardVersion, PRODID,
-    TRACKED_CATEGORY, X_CRM_FIELD, X_CRM_ID,
+    fill_required, put_field, MailboxItem, MappingError, RenderOptions, Status, VcardVersion,
+    PRODID, TRACKED_CATEGORY, X_CRM_FIELD, X_CRM_ID,
 };
 use crate::entity::EntitySet;
 
@@ -181,7 +181,9 @@ fn read_fields(card: &VCard, scanned: &Scanned, problems: &mut Vec<String>) -> R
                at: &str| { put_field(SET, fields, problems, name, v.into(), at) };
     let e = |i: Option<usize>| i.and_then(|i| card.entries.get(i));
 
-    if let Some(n) = e(s.n) {
+    let n = e(s.n).filter(|n| !component(n, 0).is_empty() || !component(n, 1).is_empty());
+    let fn_ = e(s.fn_).filter(|f| !text(f).trim().is_empty());
+    if let Some(n) = n {
         put(
             &mut fields,
             problems,
@@ -196,7 +198,7 @@ fn read_fields(card: &VCard, scanned: &Scanned, problems: &mut Vec<String>) -> R
             component(n, 1),
             &at("N"),
         );
-    } else if let Some(f) = e(s.fn_) {
+    } else if let Some(f) = fn_ {
         let full = text(f);
         let full = full.trim();
         let (first, last) = match full.rsplit_once(' ') {
@@ -232,6 +234,7 @@ fn read_fields(card: &VCard, scanned: &Scanned, problems: &mut Vec<String>) -> R
             &at("EMAIL"),
         );
     }
+    name_without_family(card, &s, &mut fields);
     if let Some(x) = e(s.email2) {
         put(
             &mut fields,
@@ -296,6 +299,17 @@ fn read_fields(card: &VCard, scanned: &Scanned, problems: &mut Vec<String>) -> R
         crm_id,
         tracked,
     }
+}
+
+/// R-F7: FN and N are optional in the vCards clients write, but the CRM
+/// needs a last name: see [`fill_required`] (ORG is read for this only).
+fn name_without_family(card: &VCard, s: &Slots, fields: &mut Map<String, Value>) {
+    let org = s
+        .org
+        .and_then(|i| card.entries.get(i))
+        .map(|o| component(o, 0).trim().to_string())
+        .filter(|o| !o.is_empty());
+    fill_required(SET, fields, org);
 }
 
 fn is_marker(category: &str) -> bool {
@@ -416,8 +430,9 @@ pub(super) fn render(
 
     // N and FN.
     let names_changed = changed(&["first_name", "last_name"]);
-    // vCard 3.0 requires N; without it the names would be read from FN.
-    if names_changed || s.n.is_none() {
+    // R-F7: a card without N or FN keeps it so until the name changes in
+    // the CRM (its name is read from FN, ORG or EMAIL).
+    if names_changed {
         let last = value("last_name").unwrap_or_default();
         let first = value("first_name").unwrap_or_default();
         let n = match get(s.n) {
@@ -443,7 +458,7 @@ pub(super) fn render(
         };
         set_one(&mut edits, &mut appends, s.n, Some(n));
     }
-    if names_changed || s.fn_.is_none() {
+    if names_changed {
         let full = [value("first_name"), value("last_name")]
             .into_iter()
             .flatten()

@@ -274,18 +274,31 @@ async fn delivered_record(
             }
         }
     }
-    // R-E2: a series travels with its modified and cancelled instances.
-    if r.fields.contains_key("recurrence") {
-        let exceptions = store::exceptions_of(conn, r.id).await?;
-        out["exceptions"] = Value::Array(
-            exceptions
-                .iter()
-                .map(|e| json!({"id": e.id, "version": e.version, "state": e.state, "fields": owner.mailbox_fields(e),
-                    "recurrence_id": e.fields.get("recurrence_id").cloned().unwrap_or(Value::Null)}))
-                .collect(),
-        );
+    if let Some(exceptions) = exceptions_json(conn, owner, r).await? {
+        out["exceptions"] = exceptions;
     }
     Ok(out)
+}
+
+/// R-E2: a series travels with its modified and cancelled instances, in
+/// deliveries and in push answers alike. `None` for a record that is not a
+/// series.
+pub(super) async fn exceptions_json(
+    conn: &mut sqlx::AnyConnection,
+    owner: &MailboxOwner,
+    r: &Record,
+) -> ApiResult<Option<Value>> {
+    if !r.fields.contains_key("recurrence") {
+        return Ok(None);
+    }
+    let exceptions = store::exceptions_of(conn, r.id).await?;
+    Ok(Some(Value::Array(
+        exceptions
+            .iter()
+            .map(|e| json!({"id": e.id, "version": e.version, "state": e.state, "fields": owner.mailbox_fields(e),
+                "recurrence_id": e.fields.get("recurrence_id").cloned().unwrap_or(Value::Null)}))
+            .collect(),
+    )))
 }
 
 /// R-S3: pages of a batch's deliveries (`cursor`), or the full records of

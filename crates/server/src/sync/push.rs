@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crmsync_core::mapping::Status;
-use crmsync_core::merge::{merge, Side};
+use crmsync_core::merge::{merge, FieldConflict, Side};
 use crmsync_core::sync_rules::{
     accepts_mailbox_edits, effect_of_mailbox_removal, is_closed_activity, CrmEffect,
 };
@@ -143,6 +143,20 @@ pub fn shown(ctx: &OpContext, r: &Record) -> Value {
     json!({"id": r.id, "set": r.set, "version": r.version, "state": r.state, "modified_at": r.modified_at, "fields": ctx.owner.mailbox_fields(r)})
 }
 
+/// [`shown`], and for a series its exceptions (R-E2), so that the mailbox
+/// item gets their `X-CRM-ID`s and its baseline holds them.
+async fn shown_item(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    r: &Record,
+) -> Result<Value, Refusal> {
+    let mut out = shown(ctx, r);
+    if let Some(exceptions) = super::prepare::exceptions_json(conn, ctx.owner, r).await? {
+        out["exceptions"] = exceptions;
+    }
+    Ok(out)
+}
+
 pub(super) async fn link(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
@@ -223,9 +237,8 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
             // R-M2: a known item is linked again, never duplicated; the
             // CRM version is what the mailbox shows next.
             link(conn, ctx, &r, uid).await?;
-            return Ok(
-                json!({"id": r.id, "version": r.version, "linked": true, "record": shown(ctx, &r)}),
-            );
+            let record = shown_item(conn, ctx, &r).await?;
+            return Ok(json!({"id": r.id, "version": r.version, "linked": true, "record": record}));
         }
     }
     let mut body = object(op, "fields")?;
@@ -236,10 +249,148 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     }
     let created =
         records::create_in(conn, ctx.actor, set, &Value::Object(body), ctx.version).await?;
-    link(conn, ctx, &created.record, uid).await?;
-    Ok(
-        json!({"id": created.record.id, "version": created.record.version, "linked": false, "record": shown(ctx, &created.record)}),
-    )
+    // R-E2: a series tracked from the mailbox arrives with its exceptions.
+    let exceptions = exceptions_of_op(op)?;
+    let record = if exceptions.is_empty() {
+        created.record
+    } else {
+        write_exceptions(conn, ctx, &created.record, &exceptions, None, false).await?;
+        current(conn, set, created.record.id).await?
+    };
+    link(conn, ctx, &record, uid).await?;
+    let shown = shown_item(conn, ctx, &record).await?;
+    Ok(json!({"id": record.id, "version": record.version, "linked": false, "record": shown}))
+}
+
+/// One exception of a series as the mailbox holds it (R-E2): an overridden
+/// instance (moved, edited or cancelled), keyed by its original start.
+struct MailboxException {
+    recurrence_id: Value,
+    crm_id: Option<Uuid>,
+    status: Option<Status>,
+    fields: Map<String, Value>,
+}
+
+/// The `exceptions` of a `track` or `update` of a series:
+/// `[{"recurrence_id", "crm_id"?, "state"?, "fields"}]`.
+fn exceptions_of_op(op: &Value) -> Result<Vec<MailboxException>, Refusal> {
+    let list = match op.get("exceptions") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(refuse(
+                "invalid_operation",
+                "'exceptions' must be a list of {recurrence_id, crm_id, state, fields}",
+            ))
+        }
+    };
+    list.iter()
+        .map(|e| {
+            let rid = e
+                .get("recurrence_id")
+                .and_then(Value::as_str)
+                .and_then(|t| parse_datetime(t).ok())
+                .ok_or_else(|| {
+                    refuse(
+                        "invalid_operation",
+                        "every exception needs 'recurrence_id': the instance's original start (RFC 3339)",
+                    )
+                })?;
+            Ok(MailboxException {
+                recurrence_id: json!(crmsync_core::time::format_datetime(rid)),
+                crm_id: e
+                    .get("crm_id")
+                    .and_then(Value::as_str)
+                    .and_then(|s| Uuid::parse_str(s).ok()),
+                status: status_of(e, "state"),
+                fields: object(e, "fields")?,
+            })
+        })
+        .collect()
+}
+
+/// R-E2: the exceptions the mailbox holds become the CRM's exception
+/// records of `series`, as if the CRM had made them: a new one is created,
+/// a known one merged with its baseline (R-F5, from `baselines`, the
+/// update's `baseline["@exceptions"]` keyed by recurrence id), and one the
+/// baseline had but the mailbox no longer holds (its override removed,
+/// the instance back in the series) is deleted. Returns the merge conflicts.
+async fn write_exceptions(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    series: &Record,
+    mailbox: &[MailboxException],
+    baselines: Option<&Map<String, Value>>,
+    mailbox_is_later: bool,
+) -> Result<Vec<FieldConflict>, Refusal> {
+    let set = series.set;
+    let crm = store::exceptions_of(conn, series.id)
+        .await
+        .map_err(ApiError::from)?;
+    let rid_of = |r: &Record| r.fields.get("recurrence_id").cloned();
+    let baseline_of = |rid: &Value| {
+        baselines
+            .and_then(|b| b.get(rid.as_str()?))
+            .and_then(Value::as_object)
+    };
+    let mut conflicts = Vec::new();
+    for ex in mailbox {
+        let known = crm
+            .iter()
+            .find(|r| Some(r.id) == ex.crm_id || rid_of(r).as_ref() == Some(&ex.recurrence_id));
+        match known {
+            None => {
+                let mut body = ex.fields.clone();
+                body.retain(|k, _| {
+                    k != "recurrence"
+                        && (ctx.owner.to_crm(set, k) || set.field(k).is_some_and(|f| f.required))
+                });
+                body.insert("series_id".into(), json!(series.id));
+                body.insert("recurrence_id".into(), ex.recurrence_id.clone());
+                if let Some(status) = ex.status {
+                    body.insert("state".into(), json!(status.crm_state(set, None)));
+                }
+                records::create_in(conn, ctx.actor, set, &Value::Object(body), ctx.version).await?;
+            }
+            Some(crm_ex) => {
+                let crm_ex = crm_ex.clone();
+                // No baseline (an exception the mailbox did not hold when
+                // last synchronized): the mailbox's values are the change.
+                let baseline = baseline_of(&ex.recurrence_id)
+                    .cloned()
+                    .unwrap_or_else(|| mapped(ctx, set, &crm_ex.fields));
+                let base_state = baseline
+                    .get("@state")
+                    .and_then(Value::as_str)
+                    .and_then(Status::parse);
+                let mut fields = ex.fields.clone();
+                fields.remove("recurrence");
+                let (_, mut c) = merge_into(
+                    conn,
+                    ctx,
+                    crm_ex,
+                    &mapped(ctx, set, &baseline),
+                    &mapped(ctx, set, &fields),
+                    ex.status.zip(base_state),
+                    mailbox_is_later,
+                )
+                .await?;
+                conflicts.append(&mut c);
+            }
+        }
+    }
+    // Overrides removed in the mailbox: the instance follows its series again.
+    for r in &crm {
+        let Some(rid) = rid_of(r) else { continue };
+        let removed = baseline_of(&rid).is_some()
+            && !mailbox
+                .iter()
+                .any(|m| m.recurrence_id == rid || m.crm_id == Some(r.id));
+        if removed {
+            records::delete_in(conn, ctx.actor, set, r.id, None, ctx.version).await?;
+        }
+    }
+    Ok(conflicts)
 }
 
 /// A mailbox status (`active`, `completed`, `canceled`) in an operation.
@@ -295,9 +446,9 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
             ),
         ));
     }
-    let baseline = mapped(ctx, set, &object(op, "baseline")?);
+    let baseline_op = object(op, "baseline")?;
+    let baseline = mapped(ctx, set, &baseline_op);
     let mailbox = mapped(ctx, set, &object(op, "fields")?);
-    let crm_mapped = mapped(ctx, set, &crm.fields);
     let mailbox_time = op
         .get("mailbox_modified_at")
         .and_then(Value::as_str)
@@ -305,7 +456,58 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     let crm_time = parse_datetime(&crm.modified_at).ok();
     // CRM wins ties and unknown times (R-F5).
     let mailbox_is_later = matches!((mailbox_time, crm_time), (Some(m), Some(c)) if m > c);
-    let merged = merge(&baseline, &crm_mapped, &mailbox, mailbox_is_later, |f| {
+    let states = status_of(op, "state").zip(status_of(op, "base_state"));
+    let (record, mut conflicts) = match merge_into(
+        conn,
+        ctx,
+        crm.clone(),
+        &baseline,
+        &mailbox,
+        states,
+        mailbox_is_later,
+    )
+    .await
+    {
+        Ok(merged) => merged,
+        Err(mut r) => {
+            // The CRM version, for the mailbox to show instead.
+            r.record = Some(shown_item(conn, ctx, &crm).await?);
+            return Err(r);
+        }
+    };
+    // R-E2: the series' exceptions as the mailbox holds them.
+    let exceptions = exceptions_of_op(op)?;
+    let baselines = baseline_op.get("@exceptions").and_then(Value::as_object);
+    let record = if exceptions.is_empty() && baselines.is_none_or(|b| b.is_empty()) {
+        record
+    } else {
+        let mut c =
+            write_exceptions(conn, ctx, &record, &exceptions, baselines, mailbox_is_later).await?;
+        conflicts.append(&mut c);
+        // Changed exceptions changed their series' version.
+        current(conn, set, id).await?
+    };
+    holds(conn, ctx, id, set, record.version, entry.manual).await?;
+    let shown = shown_item(conn, ctx, &record).await?;
+    Ok(json!({"id": id, "version": record.version, "record": shown, "conflicts": conflicts}))
+}
+
+/// R-F5: merges the mailbox's fields (and status, given as (mailbox,
+/// baseline)) into the CRM record `crm` against the baseline, writes what
+/// differs, and logs the values discarded (R-F6). A series and each of its
+/// exceptions are merged alike.
+async fn merge_into(
+    conn: &mut AnyConnection,
+    ctx: &OpContext<'_>,
+    crm: Record,
+    baseline: &Map<String, Value>,
+    mailbox: &Map<String, Value>,
+    states: Option<(Status, Status)>,
+    mailbox_is_later: bool,
+) -> Result<(Record, Vec<FieldConflict>), Refusal> {
+    let (set, id) = (crm.set, crm.id);
+    let crm_mapped = mapped(ctx, set, &crm.fields);
+    let merged = merge(baseline, &crm_mapped, mailbox, mailbox_is_later, |f| {
         ctx.owner.to_crm(set, f)
     });
     // The CRM write: every mapped field that differs from the CRM now.
@@ -321,7 +523,7 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     // The item's status (a to-do completed or cancelled, an event
     // cancelled in the mail client) is merged like a field: the mailbox's
     // change applies unless the CRM changed it too and is later.
-    if let (Some(mine), Some(base)) = (status_of(op, "state"), status_of(op, "base_state")) {
+    if let Some((mine, base)) = states {
         let crm_status = Status::from_crm_state(set, &crm.state);
         if mine != base && mine != crm_status && (crm_status == base || mailbox_is_later) {
             patch.insert("state".into(), json!(mine.crm_state(set, Some(&crm.state))));
@@ -331,9 +533,9 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
         crm
     } else {
         if crm.owner_id != ctx.actor.user_id && !ctx.actor.is_admin {
-            return Err(with_record(refuse("not_owner", "only the owner may change this record in the CRM (R-A); the mailbox shows the CRM version"), &crm));
+            return Err(refuse("not_owner", "only the owner may change this record in the CRM (R-A); the mailbox shows the CRM version"));
         }
-        match records::update_in(
+        records::update_in(
             conn,
             ctx.actor,
             set,
@@ -342,11 +544,8 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
             None,
             ctx.version,
         )
-        .await
-        {
-            Ok((r, _)) => r,
-            Err(e) => return Err(with_record(e.into(), &crm)),
-        }
+        .await?
+        .0
     };
     for c in &merged.conflicts {
         let row = ConflictRow {
@@ -369,10 +568,7 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
             .await
             .map_err(ApiError::from)?;
     }
-    holds(conn, ctx, id, set, record.version, entry.manual).await?;
-    Ok(
-        json!({"id": id, "version": record.version, "record": shown(ctx, &record), "conflicts": merged.conflicts}),
-    )
+    Ok((record, merged.conflicts))
 }
 
 /// `untrack` and `delete`: §9 mailbox → CRM.
