@@ -13,6 +13,13 @@ fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
+/// (id, action) pairs sorted as `common::ids` sorts deliveries.
+fn ids_of(wanted: &[(&Value, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = wanted.iter().map(|(r, a)| (id(r), a.to_string())).collect();
+    v.sort();
+    v
+}
+
 async fn contact(s: &TestServer, token: &str, last: &str) -> Value {
     s.post(
         token,
@@ -569,12 +576,16 @@ both_dbs! {
         assert_eq!(reg["kinds"], json!(["mail"]));
         let client = id(&reg);
         assert!(s.sync_once(&ann, &client).await.is_empty());
+        // Changes after the first sync (the change feed) neither.
+        let later = contact(&s, &ann, "Later").await;
+        s.patch(&ann, &format!("/api/v1/tasks/{}", id(&t)), json!({"subject": "Call back soon"})).await.expect(200);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
         let why = s.get(&ann, &format!("/api/v1/sync/explain?client_id={client}&set=contacts&id={}", id(&c))).await.expect(200);
         assert_eq!(why["delivered"], false);
         assert!(why["reasons"][0].as_str().unwrap().contains("no contacts collection"), "{why}");
         // Contacts added to the configuration: its records come now.
         register(json!(["contacts", "mail"])).await;
-        assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&c), "create".into())]);
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), ids_of(&[(&c, "create"), (&later, "create")]));
         // Contacts gone, calendar added: no removal is sent for a kind the
         // mailbox does not have; the calendar's record comes.
         register(json!(["calendar", "mail"])).await;
@@ -583,11 +594,7 @@ both_dbs! {
         // again (not taken as delivered), the task too.
         let reg = register(Value::Null).await;
         assert_eq!(reg["kinds"], json!(["contacts", "calendar", "tasks", "mail"]));
-        let mut got = ids(&s.sync_once(&ann, &client).await);
-        got.sort();
-        let mut want = vec![(id(&c), "create".to_string()), (id(&t), "create".to_string())];
-        want.sort();
-        assert_eq!(got, want);
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), ids_of(&[(&c, "create"), (&later, "create"), (&t, "create")]));
         let bad = s.post(&ann, "/api/v1/sync/clients", json!({"name": "laptop", "kinds": ["notes"]})).await;
         assert_eq!(bad.status, 422, "{}", bad.body);
         assert!(bad.body["error"]["message"].as_str().unwrap().contains("kinds: 'notes'"), "{}", bad.body);
