@@ -1617,3 +1617,34 @@ impl Agent {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_t5_message_says_what_would_go_on_which_side_and_how_to_go_on() {
+        let crm_side = [Deletions {
+            collection: "tasks".into(),
+            deletes: 10,
+            held: 10,
+        }];
+        let reason = MassDeleteLimits::default().exceeded(&crm_side);
+        let quiet = json!({"exceeded": false, "deletes": 0});
+        let text = mass_delete_message(&quiet, &crm_side, reason).expect("held");
+        assert!(
+            text.contains("10 from tasks")
+                && text.contains("10 of the 10 items of tasks")
+                && text.ends_with("run `crmsync sync --allow-mass-delete` to go on"),
+            "{text}"
+        );
+        let mailbox = json!({"exceeded": true, "deletes": 55, "reason": "55 deletions, more than the limit of 50"});
+        let text = mass_delete_message(&mailbox, &[], None).expect("held");
+        assert!(
+            text.contains("delete 55 items from the mailbox (55 deletions")
+                && text.contains("sync filters"),
+            "{text}"
+        );
+        assert_eq!(mass_delete_message(&quiet, &[], None), None);
+    }
+}
