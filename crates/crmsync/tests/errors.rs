@@ -87,6 +87,11 @@ fn s12_config_errors_say_their_path_and_fix_once() {
             vec!["http://127.0.0.1:1", "Connection refused", "check [crm] url"],
         ),
     ];
+    let no_file = sync(Path::new("/nonexistent/agent.toml"), false);
+    let err = stderr(&no_file);
+    assert_eq!(no_file.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("/nonexistent/agent.toml").count(), 1, "{err}");
+    assert_says_each_thing_once("missing configuration file", &err);
     for (case, text, phrases) in cases {
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, text).unwrap();
