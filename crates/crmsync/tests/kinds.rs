@@ -4,7 +4,6 @@
 //! `crmsync status` (text and `--json`) names the kinds not synchronized.
 
 #[path = "../../imap/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod dovecot;
 mod support;
 
