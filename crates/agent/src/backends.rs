@@ -23,10 +23,10 @@ pub struct OpenedMailbox {
 
 pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
     let local: Option<Arc<dyn Mailbox>> = match &cfg.local_root {
-        Some(root) => Some(Arc::new(
-            LocalMailbox::open(&LocalConfig { root: root.clone() })
-                .with_context(|| format!("[mailbox.local] root = {}", root.display()))?,
-        )),
+        // The backend's errors name the path and the fix.
+        Some(root) => Some(Arc::new(LocalMailbox::open(&LocalConfig {
+            root: root.clone(),
+        })?)),
         None => None,
     };
     let dav: Option<Arc<dyn Mailbox>> = match &cfg.dav {

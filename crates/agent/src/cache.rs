@@ -315,6 +315,17 @@ impl Cache {
         Ok(out)
     }
 
+    /// Items linked to a CRM record in one collection (R-T5's denominator
+    /// on the CRM side).
+    pub async fn tracked_count(&self, collection: &str) -> anyhow::Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE collection = ? AND link = 2")
+                .bind(collection)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
+    }
+
     /// Records a push operation before it is sent (R-T4).
     pub async fn journal_add(&self, entry: &JournalEntry) -> anyhow::Result<()> {
         self.journal_add_with_messages(std::slice::from_ref(entry), &[])

@@ -71,10 +71,7 @@ fn crm(agent: &Agent) -> CrmClient {
 
 /// Registers (or finds again) this client: the server's client object.
 pub async fn this_client(agent: &Agent) -> anyhow::Result<Value> {
-    let cfg = agent.config();
-    let c = crm(agent)
-        .register(&cfg.client_name, cfg.on_behalf_of.as_deref())
-        .await?;
+    let c = agent.registration().await?;
     if let Some(id) = c["id"].as_str() {
         agent.cache().set_meta("client_id", id).await?;
     }

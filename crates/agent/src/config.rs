@@ -117,11 +117,11 @@ impl Default for MailFolders {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the configuration file ({source}); pass an existing file with --config")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The I/O error is in the message, not also a `source` (said once).
+    #[error(
+        "{path}: cannot read the configuration file ({error}); pass an existing file with --config"
+    )]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -216,9 +216,9 @@ impl Config {
     /// Reads and checks `path`; relative paths in it are taken from the
     /// file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let env = std::env::var(TOKEN_ENV).ok();
         Config::parse(&text, path, env.as_deref())

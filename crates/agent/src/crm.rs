@@ -2,17 +2,19 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use crmsync_core::kind::MailboxKind;
 use serde_json::{json, Value};
 
 /// A refused or failed call, with the server's error code when it sent one.
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {
-    #[error("cannot reach the CRM server at {url} ({source}); check [crm] url and that `crmsync serve` runs")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The message carries the whole cause (reqwest's chain); the error
+    /// is not also a `source`, so a printed chain says it once.
+    #[error(
+        "cannot reach the CRM server at {url} ({}); check [crm] url and that `crmsync serve` runs",
+        causes(error)
+    )]
+    Unreachable { url: String, error: reqwest::Error },
     #[error(
         "the CRM server refused the token (401); check [crm] token or the CRMSYNC_TOKEN variable"
     )]
@@ -24,6 +26,20 @@ pub enum CrmError {
         code: String,
         message: String,
     },
+}
+
+/// An error and its causes in one line, each once ("a: b: c").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
 }
 
 impl CrmError {
@@ -79,9 +95,11 @@ impl CrmClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b);
         }
-        let unreachable = |source| CrmError::Unreachable {
+        // The message names the server once: reqwest's own text would
+        // repeat it with the path.
+        let unreachable = |error: reqwest::Error| CrmError::Unreachable {
             url: self.base.clone(),
-            source,
+            error: error.without_url(),
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -107,13 +125,15 @@ impl CrmClient {
         Ok(value)
     }
 
-    /// R-C1: registers (or finds again) this client.
+    /// R-C1: registers (or finds again) this client, saying which kinds of
+    /// collection its mailbox holds (SPEC §13).
     pub async fn register(
         &self,
         name: &str,
         on_behalf_of: Option<&str>,
+        kinds: &[MailboxKind],
     ) -> Result<Value, CrmError> {
-        let mut body = json!({"name": name});
+        let mut body = json!({"name": name, "kinds": kinds});
         if let Some(u) = on_behalf_of {
             body["on_behalf_of"] = json!(u);
         }
@@ -236,7 +256,7 @@ impl CrmClient {
             // server still answering is taken as too large.
             let large = ops.iter().map(|o| raw_len(o)).sum::<u64>() > 1 << 20;
             let r = match r {
-                Err(CrmError::Unreachable { source, .. })
+                Err(CrmError::Unreachable { error, .. })
                     if large
                         && self
                             .call(reqwest::Method::GET, "/healthz", None)
@@ -248,7 +268,8 @@ impl CrmClient {
                         status: 413,
                         code: "payload_too_large".into(),
                         message: format!(
-                            "the connection was closed during a large request: {source}"
+                            "the connection was closed during a large request: {}",
+                            causes(&error)
                         ),
                     })
                 }

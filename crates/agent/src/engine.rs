@@ -23,9 +23,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crmsync_core::entity::EntitySet;
+use crmsync_core::kind::MailboxKind;
 use crmsync_core::mapping::{
     parse_item, render_item, ItemKind, MailboxItem, RenderOptions, Status, VcardVersion,
 };
+use crmsync_core::mass_delete::{Deletions, MassDeleteLimits};
 use crmsync_core::plan::{plan_item, Action, CrmSide, LinkState, MailboxSide, Role};
 use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
@@ -89,9 +91,31 @@ pub struct SyncReport {
     /// R-T2: mailbox deletions left for the next scheduled sync.
     pub deferred_deletions: usize,
     pub reported: Vec<String>,
+    /// Items that cannot be read (malformed), skipped by this sync and
+    /// listed in `crmsync status`; read again when they change. The sync
+    /// still completes (SPEC §12: a success with warnings).
+    pub skipped: Vec<String>,
+    /// What could not be synchronized this time; retried at the next sync.
     pub errors: Vec<String>,
     /// How long the sync took, registration to last write.
     pub elapsed_ms: f64,
+}
+
+impl SyncReport {
+    /// A per-item failure of the mailbox: an item that cannot be read is
+    /// skipped (a warning), anything else is an error retried next time.
+    pub(crate) fn note_item_failure(&mut self, line: String, e: &crmsync_mailbox::Error) {
+        match e {
+            crmsync_mailbox::Error::Malformed { .. } => self.skipped.push(line),
+            _ => self.errors.push(line),
+        }
+    }
+
+    /// Whether the sync did all it set out to do: nothing failed and no
+    /// deletion was held back (skipped items are warnings).
+    pub fn completed(&self) -> bool {
+        self.errors.is_empty() && self.mass_delete.is_none()
+    }
 }
 
 /// `crmsync status --json`.
@@ -103,6 +127,9 @@ pub struct StatusReport {
     pub to_be_tracked: i64,
     pub tracked: i64,
     pub pending_operations: usize,
+    /// SPEC §13: the kinds (`contacts`, `calendar`, `tasks`, `mail`) not
+    /// synchronized because the configuration names no collection for them.
+    pub kinds_not_synchronized: Vec<String>,
     /// Items that cannot be read (malformed, unreadable), messages whose
     /// tracking was refused, and messages marked and moved out of the
     /// synchronized folders before being tracked (R-M8).
@@ -263,6 +290,49 @@ struct Touched {
     side: MailboxSide,
 }
 
+/// What registration tells this client (R-C1, R-T1, R-T5).
+struct Registered {
+    id: String,
+    role: Role,
+    role_name: String,
+    limits: MassDeleteLimits,
+}
+
+/// R-T5: why this sync holds back its deletions, and how to go on; `None`
+/// when neither side exceeds the limits. `mailbox` is prepare's report of
+/// the deletions the CRM asks of the mailbox; `crm_side` what the mailbox
+/// would push, with `crm_reason` when that exceeds the limits.
+fn mass_delete_message(
+    mailbox: &Value,
+    crm_side: &[Deletions],
+    crm_reason: Option<String>,
+) -> Option<String> {
+    let mut why = Vec::new();
+    if mailbox["exceeded"] == true {
+        why.push(format!(
+            "the CRM asks to delete {} items from the mailbox ({}); check the sync filters",
+            mailbox["deletes"],
+            mailbox["reason"].as_str().unwrap_or("over the limits")
+        ));
+    }
+    if let Some(reason) = crm_reason {
+        let what: Vec<String> = crm_side
+            .iter()
+            .map(|d| format!("{} from {}", d.deletes, d.collection))
+            .collect();
+        why.push(format!(
+            "items deleted or untracked in the mailbox ({}) would be deleted or unlinked in the CRM ({reason}); if a folder was emptied by mistake, put its items back",
+            what.join(", ")
+        ));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{}. Nothing was deleted; run `crmsync sync --allow-mass-delete` to go on",
+            why.join("; and ")
+        )
+    })
+}
+
 pub struct Agent {
     cfg: Config,
     cache: Cache,
@@ -272,6 +342,9 @@ pub struct Agent {
     local_root: Option<PathBuf>,
     /// Which of `contacts`, `calendar`, `tasks` this mailbox has.
     item_collections: Vec<&'static str>,
+    /// The kinds of collection this mailbox holds, as the server is told
+    /// (SPEC §13): the item collections, and mail when it has mail folders.
+    kinds: Vec<MailboxKind>,
     /// The mail folders listed at start, used by the first mail pass
     /// instead of listing them again (one round trip on IMAP); later passes
     /// list them anew, to see folders created since.
@@ -362,11 +435,18 @@ impl Agent {
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
         let opened = crate::backends::open_mailbox(&cfg).await?;
         let mut listed = opened.mailbox.collections().await?;
-        let item_collections = collections()
+        let item_collections: Vec<&'static str> = collections()
             .into_iter()
             .filter(|c| listed.iter().any(|l| l.id == *c))
             .collect();
         listed.retain(|c| c.kind == CollectionKind::Mail);
+        let mut kinds: Vec<MailboxKind> = item_collections
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if !listed.is_empty() {
+            kinds.push(MailboxKind::Mail);
+        }
         let cache = Cache::open(&cfg.cache).await?;
         let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
@@ -376,6 +456,7 @@ impl Agent {
             mailbox: opened.mailbox,
             local_root: opened.local_items_root,
             item_collections,
+            kinds,
             mail_folders_at_start: std::sync::Mutex::new(Some(listed)),
             item_writes: AtomicU64::new(0),
             progress: std::sync::Mutex::new(None),
@@ -468,6 +549,11 @@ impl Agent {
             to_be_tracked: to_be_tracked + m1,
             tracked: tracked + m2,
             pending_operations: self.cache.journal_pending().await?.len(),
+            kinds_not_synchronized: MailboxKind::ALL
+                .iter()
+                .filter(|k| !self.kinds.contains(k))
+                .map(|k| k.to_string())
+                .collect(),
             reported: {
                 let mut r: Vec<String> = self
                     .cache
@@ -490,13 +576,23 @@ impl Agent {
         Some(now_rfc3339(OffsetDateTime::from(t)))
     }
 
-    /// Registers (or finds again) this client: its id, its role, and the
-    /// server's name of the role.
-    async fn register(&self) -> anyhow::Result<(String, Role, String)> {
-        let client = self
+    /// The server's answer to this client's registration (R-C1), which
+    /// tells it the kinds of collection the mailbox holds (SPEC §13).
+    pub(crate) async fn registration(&self) -> anyhow::Result<Value> {
+        Ok(self
             .crm
-            .register(&self.cfg.client_name, self.cfg.on_behalf_of.as_deref())
-            .await?;
+            .register(
+                &self.cfg.client_name,
+                self.cfg.on_behalf_of.as_deref(),
+                &self.kinds,
+            )
+            .await?)
+    }
+
+    /// Registers (or finds again) this client: its id, its role, the
+    /// server's name of the role, and the R-T5 limits.
+    async fn register(&self) -> anyhow::Result<Registered> {
+        let client = self.registration().await?;
         let id = client["id"]
             .as_str()
             .context("the server answered a registration without id")?
@@ -518,7 +614,43 @@ impl Agent {
             });
             *self.schedule.lock().unwrap_or_else(|e| e.into_inner()) = Some(every);
         }
-        Ok((id, role, role_name))
+        let limits =
+            serde_json::from_value(client["mass_delete_limits"].clone()).unwrap_or_default();
+        Ok(Registered {
+            id,
+            role,
+            role_name,
+            limits,
+        })
+    }
+
+    /// R-T5 on the CRM side: per collection, the deletions and untracks
+    /// this sync would push (deletions deferred per R-T2 do not go now),
+    /// and how many tracked items the collection holds.
+    async fn crm_side_deletions(
+        &self,
+        touched: &BTreeMap<(String, String), Touched>,
+        role: Role,
+        defer_deletions: bool,
+    ) -> anyhow::Result<Vec<Deletions>> {
+        let mut per: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((collection, _), t) in touched {
+            let pushes = plan_item(t.link, CrmSide::Unchanged, t.side, role)
+                .into_iter()
+                .any(|a| a == Action::PushUntrack || (a == Action::PushDelete && !defer_deletions));
+            if pushes {
+                *per.entry(collection.as_str()).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for (collection, deletes) in per {
+            out.push(Deletions {
+                collection: collection.to_string(),
+                deletes,
+                held: self.cache.tracked_count(collection).await?,
+            });
+        }
+        Ok(out)
     }
 
     /// One synchronization.
@@ -553,10 +685,10 @@ impl Agent {
         // Without any, registration and prepare (b) run while the mailbox
         // is scanned: neither depends on the other.
         let pending = self.cache.journal_pending().await?;
-        let ((client, role, role_name), prep, scans) = if pending.is_empty() {
+        let (registered, prep, scans) = if pending.is_empty() {
             let crm_side = async {
                 let registered = self.register().await?;
-                let prep = self.crm.prepare(&registered.0).await?;
+                let prep = self.crm.prepare(&registered.id).await?;
                 anyhow::Ok((registered, prep))
             };
             let (crm_side, scans) = tokio::join!(crm_side, scan_all());
@@ -564,11 +696,17 @@ impl Agent {
             (registered, prep, scans)
         } else {
             let registered = self.register().await?;
-            self.send(&registered.0, pending, &mut report).await?;
+            self.send(&registered.id, pending, &mut report).await?;
             let scans = scan_all().await;
-            let prep = self.crm.prepare(&registered.0).await?;
+            let prep = self.crm.prepare(&registered.id).await?;
             (registered, prep, scans)
         };
+        let Registered {
+            id: client,
+            role,
+            role_name,
+            limits,
+        } = registered;
         report.client_id = client.clone();
         report.role = role_name;
         tracing::debug!(
@@ -585,7 +723,7 @@ impl Agent {
             if !changes.failed.is_empty() {
                 incomplete.insert(collection.to_string());
                 for (href, e) in &changes.failed {
-                    report.errors.push(format!("{collection}/{href}: {e}"));
+                    report.note_item_failure(format!("{collection}/{href}: {e}"), e);
                     self.cache
                         .set_item_problem(collection, href, &e.to_string())
                         .await?;
@@ -608,7 +746,7 @@ impl Agent {
                         Some((_, Err(crmsync_mailbox::Error::NotFound { .. }))) => continue,
                         Some((_, Err(e))) => {
                             incomplete.insert(collection.to_string());
-                            report.errors.push(e.to_string());
+                            report.note_item_failure(e.to_string(), &e);
                             self.cache
                                 .set_item_problem(collection, href, &e.to_string())
                                 .await?;
@@ -621,7 +759,7 @@ impl Agent {
                         Err(e) => {
                             let problem = format!("cannot be read ({e}); fix or remove the item");
                             report
-                                .errors
+                                .skipped
                                 .push(format!("{collection}/{href}: {problem}"));
                             self.cache
                                 .set_item_problem(collection, href, &problem)
@@ -703,18 +841,20 @@ impl Agent {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "scan classified"
         );
+        // R-T5: a sync that would delete too much, on either side, deletes
+        // nothing on both.
+        if !options.allow_mass_delete {
+            let crm_side = self
+                .crm_side_deletions(&touched, role, options.defer_deletions)
+                .await?;
+            report.mass_delete =
+                mass_delete_message(&prep["mass_delete"], &crm_side, limits.exceeded(&crm_side));
+        }
         // (b) data of the prepared batch.
         let mut acks: Vec<(String, i64)> = Vec::new();
         let mut ops: Vec<JournalEntry> = Vec::new();
         let batch = prep["batch"].as_str().map(str::to_string);
         if let Some(batch) = &batch {
-            let exceeded = prep["mass_delete"]["exceeded"] == true;
-            if exceeded && !options.allow_mass_delete {
-                report.mass_delete = Some(format!(
-                    "this sync would delete {} items from the mailbox (limits: {} items or {}%); nothing was deleted. Check the sync filters, then run `crmsync sync --allow-mass-delete` to go on",
-                    prep["mass_delete"]["deletes"], prep["mass_delete"]["max_items"], prep["mass_delete"]["max_percent"]
-                ));
-            }
             // Items the scan found with an X-CRM-ID the cache does not hold
             // linked (R-M2): a delivery of that record updates them.
             let mut by_crm_id: HashMap<String, (String, String)> = HashMap::new();
@@ -886,16 +1026,24 @@ impl Agent {
             report.acknowledged += r["acknowledged"].as_u64().unwrap_or(0) as usize;
         }
 
-        if options.defer_deletions {
+        // Deletions left for later are found again by the next scan: their
+        // collections' states are not stored.
+        let mut leave = |kinds: &[&str], count: &mut usize| {
             let before = ops.len();
             ops.retain(|o| {
-                let deletion = o.op["kind"] == "delete";
-                if deletion {
+                let left = kinds.iter().any(|k| o.op["kind"] == *k);
+                if left {
                     incomplete.insert(o.collection.clone());
                 }
-                !deletion
+                !left
             });
-            report.deferred_deletions = before - ops.len();
+            *count += before - ops.len();
+        };
+        if options.defer_deletions {
+            leave(&["delete"], &mut report.deferred_deletions);
+        }
+        if report.mass_delete.is_some() {
+            leave(&["delete", "untrack"], &mut report.held_deletions);
         }
         // Mailbox → CRM: journal first, then send (R-T4).
         if !ops.is_empty() {
@@ -1513,5 +1661,36 @@ impl Agent {
             _ => {}
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_t5_message_says_what_would_go_on_which_side_and_how_to_go_on() {
+        let crm_side = [Deletions {
+            collection: "tasks".into(),
+            deletes: 10,
+            held: 10,
+        }];
+        let reason = MassDeleteLimits::default().exceeded(&crm_side);
+        let quiet = json!({"exceeded": false, "deletes": 0});
+        let text = mass_delete_message(&quiet, &crm_side, reason).expect("held");
+        assert!(
+            text.contains("10 from tasks")
+                && text.contains("10 of the 10 items of tasks")
+                && text.ends_with("run `crmsync sync --allow-mass-delete` to go on"),
+            "{text}"
+        );
+        let mailbox = json!({"exceeded": true, "deletes": 55, "reason": "55 deletions, more than the limit of 50"});
+        let text = mass_delete_message(&mailbox, &[], None).expect("held");
+        assert!(
+            text.contains("delete 55 items from the mailbox (55 deletions")
+                && text.contains("sync filters"),
+            "{text}"
+        );
+        assert_eq!(mass_delete_message(&quiet, &[], None), None);
     }
 }

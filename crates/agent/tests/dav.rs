@@ -47,6 +47,7 @@ on_both_servers!(
     r_t3_sync_with_nothing_changed_sends_one_request_per_collection,
     r_e2_exceptions_made_on_the_server_reach_the_crm,
     r_f7_realworld_items_tracked_once_broken_ones_reported_each,
+    s13_a_mailbox_without_tasks_gets_them_once_a_task_list_is_configured,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1055,16 +1056,17 @@ async fn r_t5_mass_delete_is_held_back(kind: Kind) {
     let (_, ann) = w.user("ann@example.com").await;
     let (bob_id, _) = w.user("bob@example.com").await;
     let mut ids = Vec::new();
-    for n in 0..5 {
+    for n in 0..10 {
         ids.push(w.contact(&ann, &format!("Person{n}")).await);
     }
     let agent = dav_agent(&w, &server, &ann, "ann", "cache").await;
     sync(&agent).await;
-    for id in &ids[..3] {
+    // Six of ten: more than 5 items and 60% of the address book.
+    for id in &ids[..6] {
         w.patch_contact(&ann, id, json!({"owner_id": bob_id})).await;
     }
     let r = sync(&agent).await;
-    assert_eq!(r.held_deletions, 3, "{r:?}");
+    assert_eq!(r.held_deletions, 6, "{r:?}");
     assert_eq!(r.deleted_from_mailbox, 0);
     assert!(r
         .mass_delete
@@ -1073,12 +1075,12 @@ async fn r_t5_mass_delete_is_held_back(kind: Kind) {
         .contains("--allow-mass-delete"));
     assert_eq!(
         stored(&server, "contacts").await.len(),
-        5,
+        10,
         "nothing deleted"
     );
     let r = sync(&agent).await;
-    assert_eq!(r.held_deletions, 3, "held again: {r:?}");
-    assert_eq!(stored(&server, "contacts").await.len(), 5);
+    assert_eq!(r.held_deletions, 6, "held again: {r:?}");
+    assert_eq!(stored(&server, "contacts").await.len(), 10);
     let r = agent
         .sync_once(SyncOptions {
             allow_mass_delete: true,
@@ -1086,8 +1088,59 @@ async fn r_t5_mass_delete_is_held_back(kind: Kind) {
         })
         .await
         .unwrap();
-    assert_eq!(r.deleted_from_mailbox, 3, "{r:?}");
-    assert_eq!(stored(&server, "contacts").await.len(), 2);
+    assert_eq!(r.deleted_from_mailbox, 6, "{r:?}");
+    assert_eq!(stored(&server, "contacts").await.len(), 4);
+}
+
+// ---------------------------------------------------------------- §13
+
+/// SPEC §13: contacts and calendar over DAV, no task list. The CRM's task
+/// is not sent (no error); once the configuration names a task list, it is.
+async fn s13_a_mailbox_without_tasks_gets_them_once_a_task_list_is_configured(kind: Kind) {
+    let server = Server::start(kind).await;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    w.contact(&ann, "Person").await;
+    let task = post(&w, &ann, "tasks", json!({"subject": "Call back"})).await;
+    let config = |with_tasks: bool| {
+        let mut text = format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{ann}\"\n[client]\nname = \"ann\"\ncache = \"cache.db\"\n[mailbox.dav]\ncontacts = \"{}\"\ncalendar = \"{}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+            w.base,
+            server.url_of("contacts"),
+            server.url_of("calendar"),
+        );
+        if with_tasks {
+            text.push_str(&format!("tasks = \"{}\"\n", server.url_of("tasks")));
+        }
+        let path = w.dir.path().join("ann-kinds.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    };
+    let agent = Agent::open(config(false)).await.unwrap();
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 1, "the contact only: {r:?}");
+    assert_eq!(stored(&server, "contacts").await.len(), 1);
+    assert!(stored(&server, "tasks").await.is_empty());
+    let status = agent.status().await.unwrap();
+    assert_eq!(
+        status.kinds_not_synchronized,
+        vec!["tasks", "mail"],
+        "{status:?}"
+    );
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 0, "{r:?}");
+    drop(agent);
+    // The task list is added to the configuration: the task comes now.
+    let agent = Agent::open(config(true)).await.unwrap();
+    let r = sync(&agent).await;
+    let tasks = stored(&server, "tasks").await;
+    assert_eq!(tasks.len(), 1, "{r:?}");
+    assert_eq!(tasks[0].item.crm_id.map(|id| id.to_string()), Some(task));
+    assert_eq!(stored(&server, "contacts").await.len(), 1, "no duplicate");
+    assert_eq!(
+        agent.status().await.unwrap().kinds_not_synchronized,
+        vec!["mail"]
+    );
 }
 
 // ---------------------------------------------------------------- R-C3
@@ -1463,6 +1516,7 @@ async fn malformed_or_uid_less_item_is_reported_and_others_go_on(kind: Kind) {
     let problems = |r: &crmsync_agent::SyncReport| {
         let mut all = r.errors.clone();
         all.extend(r.refused.iter().cloned());
+        all.extend(r.skipped.iter().cloned());
         all.join("\n")
     };
     let errors = problems(&r);

@@ -76,6 +76,7 @@ both_configurations!(
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
     max_message_size_refuses_larger_messages_unread,
     r_t4_spooled_message_journaled_and_sent_after_a_failed_push,
+    s13_mail_only_agent_tracks_email_and_is_sent_no_items,
 );
 
 /// A CRM user's mailbox on a Dovecot of its own, the agent on it, and
@@ -191,6 +192,64 @@ fn lee(id: &str, subject: &str) -> Vec<u8> {
         subject,
         "",
     )
+}
+
+/// SPEC §13: `[mailbox.imap]` alone. The CRM holds a contact, an
+/// appointment and a task of the user; the agent syncs without error,
+/// tracks email, and says which kinds it does not synchronize.
+async fn s13_mail_only_agent_tracks_email_and_is_sent_no_items(flavor: Flavor) {
+    let w = world().await;
+    let (_, token) = w.user("ann@example.com").await;
+    w.contact(&token, "Person").await;
+    for (set, body) in [
+        (
+            "appointments",
+            json!({"subject": "Meet", "start": "2030-06-01T10:00:00Z", "end": "2030-06-01T11:00:00Z"}),
+        ),
+        ("tasks", json!({"subject": "Call back"})),
+    ] {
+        let (status, b) = w
+            .call(&token, Method::POST, &format!("/api/v1/{set}"), Some(body))
+            .await;
+        assert_eq!(status, 201, "{b}");
+    }
+    let dovecot = Dovecot::start(flavor).await;
+    let mut other = dovecot.client().await;
+    let agent = w
+        .imap_agent(
+            &token,
+            "ann",
+            "cache",
+            dovecot.port,
+            dovecot::USER,
+            dovecot::PASSWORD,
+            |c| {
+                c.local_root = None;
+            },
+        )
+        .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.written_to_mailbox, 0, "{r:?}");
+    other
+        .append_flags(
+            "INBOX",
+            &format!("\\Seen {TRACKED}"),
+            &lee("only@example.org", "Mail only"),
+        )
+        .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    assert_eq!(w.email_by_mid("only@example.org").await.len(), 1);
+    let status = agent.status().await.unwrap();
+    assert_eq!(
+        status.kinds_not_synchronized,
+        vec!["contacts", "calendar", "tasks"],
+        "{status:?}"
+    );
+    assert!(
+        !w.dir.path().join("ann/contacts").exists(),
+        "no local folder was made"
+    );
 }
 
 async fn r_m1_keyword_set_by_another_client_tracks_and_removing_it_untracks(flavor: Flavor) {

@@ -41,8 +41,8 @@ include!("common/harness.rs");
 const CRM_FIELDS: [&str; 2] = ["job_title", "city"];
 const MAILBOX_FIELDS: [&str; 2] = ["notes", "city"];
 
-/// The R-T5 guard would hold back most deletions of these small mailboxes
-/// (one of five is over 20 %); it has its own test (`r_t5_mass_delete_is_held_back`).
+/// The R-T5 guard could hold back a random step's deletions (more than 5
+/// items of these small collections); it has its own tests (`r_t5_…`).
 const MODEL_SYNC: SyncOptions = SyncOptions {
     allow_mass_delete: true,
     defer_deletions: false,

@@ -265,28 +265,28 @@ async fn r_t5_mass_delete_is_held_back() {
     let (_, ann) = w.user("ann@example.com").await;
     let (bob_id, _) = w.user("bob@example.com").await;
     let mut ids = Vec::new();
-    for n in 0..5 {
+    for n in 0..10 {
         ids.push(w.contact(&ann, &format!("Person{n}")).await);
     }
     let agent = w.agent(&ann, "ann", "cache").await;
     sync(&agent).await;
-    // Three of five (60% > 20%) leave ann's filter at once.
-    for id in &ids[..3] {
+    // Six of ten (more than 5, and 60% > 20%) leave ann's filter at once.
+    for id in &ids[..6] {
         w.patch_contact(&ann, id, json!({"owner_id": bob_id})).await;
     }
     let r = sync(&agent).await;
-    assert_eq!(r.held_deletions, 3, "{r:?}");
+    assert_eq!(r.held_deletions, 6, "{r:?}");
     assert_eq!(r.deleted_from_mailbox, 0);
     assert!(r
         .mass_delete
         .as_deref()
         .unwrap()
         .contains("--allow-mass-delete"));
-    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 5, "nothing deleted");
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 10, "nothing deleted");
     // Held again at the next plain sync.
     let r = sync(&agent).await;
-    assert_eq!(r.held_deletions, 3);
-    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 5);
+    assert_eq!(r.held_deletions, 6);
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 10);
     // The user allows it.
     let r = agent
         .sync_once(SyncOptions {
@@ -295,8 +295,138 @@ async fn r_t5_mass_delete_is_held_back() {
         })
         .await
         .unwrap();
-    assert_eq!(r.deleted_from_mailbox, 3, "{r:?}");
-    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 2);
+    assert_eq!(r.deleted_from_mailbox, 6, "{r:?}");
+    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 4);
+}
+
+/// `n` open tasks of the user in the CRM.
+async fn tasks(w: &World, token: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (status, body) = w
+            .call(
+                token,
+                Method::POST,
+                "/api/v1/tasks",
+                Some(json!({"subject": format!("Task {i}")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn crm_count(w: &World, token: &str, set: &str) -> usize {
+    let (status, body) = w
+        .call(
+            token,
+            Method::GET,
+            &format!("/api/v1/{set}?owner=me&limit=500"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().unwrap().len()
+}
+
+fn empty_folder(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn r_t5_emptied_task_folder_deletes_nothing_in_the_crm_until_allowed() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    tasks(&w, &ann, 60).await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let dir = w.dir.path().join("ann/tasks");
+    assert_eq!(items_in(&dir).len(), 60);
+    empty_folder(&dir);
+    let r = sync(&agent).await;
+    assert_eq!(
+        crm_count(&w, &ann, "tasks").await,
+        60,
+        "nothing deleted in the CRM: {r:?}"
+    );
+    assert_eq!(r.held_deletions, 60, "{r:?}");
+    assert!(r.pushed.is_empty(), "{r:?}");
+    let why = r.mass_delete.as_deref().expect("held back");
+    assert!(
+        why.contains("60 from tasks")
+            && why.contains("in the CRM")
+            && why.contains("--allow-mass-delete"),
+        "says what and why: {why}"
+    );
+    // Held again: the deletions are not forgotten.
+    let r = sync(&agent).await;
+    assert_eq!(r.held_deletions, 60, "{r:?}");
+    assert_eq!(crm_count(&w, &ann, "tasks").await, 60);
+    let r = agent
+        .sync_once(SyncOptions {
+            allow_mass_delete: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.pushed.get("delete"), Some(&60), "{r:?}");
+    assert_eq!(crm_count(&w, &ann, "tasks").await, 0);
+}
+
+#[tokio::test]
+async fn r_t5_deleting_the_one_future_appointment_in_the_crm_is_not_held_back() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (status, body) = w
+        .call(
+            &ann,
+            Method::POST,
+            "/api/v1/appointments",
+            Some(json!({"subject": "Only one", "start": "2030-06-01T10:00:00Z", "end": "2030-06-01T11:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let dir = w.dir.path().join("ann/calendar");
+    assert_eq!(items_in(&dir).len(), 1);
+    let (status, _) = w
+        .call(
+            &ann,
+            Method::DELETE,
+            &format!("/api/v1/appointments/{}", body["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let r = sync(&agent).await;
+    assert_eq!(r.mass_delete, None, "{r:?}");
+    assert_eq!(r.deleted_from_mailbox, 1, "{r:?}");
+    assert!(items_in(&dir).is_empty());
+}
+
+#[tokio::test]
+async fn r_t5_limits_changed_by_setting_take_effect() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    tasks(&w, &ann, 3).await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    w.org_settings(json!({"mass_delete_max_items": 2, "mass_delete_min_items": 0}))
+        .await;
+    empty_folder(&w.dir.path().join("ann/tasks"));
+    let r = sync(&agent).await;
+    assert_eq!(r.held_deletions, 3, "3 > 2: {r:?}");
+    assert_eq!(crm_count(&w, &ann, "tasks").await, 3);
+    w.org_settings(json!({"mass_delete_max_items": 50, "mass_delete_min_items": 5}))
+        .await;
+    let r = sync(&agent).await;
+    assert_eq!(r.mass_delete, None, "{r:?}");
+    assert_eq!(r.pushed.get("delete"), Some(&3), "{r:?}");
+    assert_eq!(crm_count(&w, &ann, "tasks").await, 0);
 }
 
 /// The parsed items of a vdir folder (`calendar`, `tasks`).
@@ -611,7 +741,7 @@ async fn malformed_item_is_skipped_listed_in_status_and_blocks_nothing() {
         Some(&1),
         "the good item went on: {r:?}"
     );
-    assert!(r.errors.iter().any(|e| e.contains("broken.vcf")), "{r:?}");
+    assert!(r.skipped.iter().any(|e| e.contains("broken.vcf")), "{r:?}");
     let status = agent.status().await.unwrap();
     assert!(
         status

@@ -27,8 +27,13 @@ pub struct OrgSettings {
     pub smart_matching: bool,
     /// R-M6: addresses or domains never auto-tracked (`@hr.example.com`, `noreply@*`).
     pub exclusions: Vec<String>,
-    /// R-T5: largest deletion a sync may make without `--allow-mass-delete`.
+    /// R-T5: largest deletion a sync may make without `--allow-mass-delete`,
+    /// on each side (mailbox, CRM).
     pub mass_delete_max_items: u32,
+    /// R-T5: the share limit counts only when more than this many items of
+    /// a collection would go (deleting the one appointment of a calendar is
+    /// not a mass delete).
+    pub mass_delete_min_items: u32,
     /// R-T5: largest share of a collection (percent) a sync may delete.
     pub mass_delete_max_percent: u32,
 }
@@ -45,6 +50,7 @@ impl Default for OrgSettings {
             smart_matching: false,
             exclusions: vec![],
             mass_delete_max_items: 50,
+            mass_delete_min_items: 5,
             mass_delete_max_percent: 20,
         }
     }
@@ -167,6 +173,12 @@ impl OrgSettings {
         if self.mass_delete_max_percent > 100 {
             return Err("mass_delete_max_percent must be from 0 to 100".into());
         }
+        if self.mass_delete_min_items > self.mass_delete_max_items {
+            return Err(format!(
+                "mass_delete_min_items ({}) is above mass_delete_max_items ({}); lower it or raise the maximum",
+                self.mass_delete_min_items, self.mass_delete_max_items
+            ));
+        }
         check_exclusions(&self.exclusions)
     }
 }
@@ -284,6 +296,23 @@ mod tests {
         assert!(org.validate().unwrap_err().contains("shorter"));
         let org = OrgSettings {
             exclusions: vec!["hr".into()],
+            ..OrgSettings::default()
+        };
+        assert!(org.validate().is_err());
+    }
+
+    #[test]
+    fn r_t5_limits_are_validated() {
+        let org = OrgSettings {
+            mass_delete_min_items: 60,
+            ..OrgSettings::default()
+        };
+        assert!(org
+            .validate()
+            .unwrap_err()
+            .contains("mass_delete_min_items"));
+        let org = OrgSettings {
+            mass_delete_max_percent: 101,
             ..OrgSettings::default()
         };
         assert!(org.validate().is_err());

@@ -177,6 +177,9 @@ pub struct DeliveryFacts {
     pub syncs_items: bool,
     /// Email tagging is on (R-M7).
     pub tagging: bool,
+    /// The client's mailbox has a collection of the record's kind (SPEC
+    /// §13: contacts, calendar, tasks, mail).
+    pub kind_held: bool,
 }
 
 /// The delivery table: (record, what the mailbox holds, filters, role) ->
@@ -187,6 +190,10 @@ pub fn plan_delivery(
     user: Uuid,
     now: OffsetDateTime,
 ) -> Option<Delivery> {
+    if !f.kind_held {
+        // §13: a mailbox without this kind of collection gets nothing of it.
+        return None;
+    }
     let held = f.held.filter(|h| !h.excluded);
     if r.set == EntitySet::Emails {
         return match (held, f.deleted) {
@@ -251,7 +258,33 @@ mod tests {
             delivers_type: true,
             syncs_items: true,
             tagging: true,
+            kind_held: true,
         }
+    }
+
+    #[test]
+    fn s13_a_kind_the_mailbox_lacks_gets_nothing() {
+        let me = Uuid::new_v4();
+        let lacking = |held| DeliveryFacts {
+            kind_held: false,
+            ..facts(held)
+        };
+        let mut c = rec(EntitySet::Contacts, me, "active", json!({}));
+        assert_eq!(plan_delivery(&c, lacking(None), me, now()), None);
+        c.version = 3;
+        let manual = Held {
+            manual: true,
+            ..HELD
+        };
+        assert_eq!(plan_delivery(&c, lacking(Some(manual)), me, now()), None);
+        let deleted = DeliveryFacts {
+            deleted: true,
+            ..lacking(Some(HELD))
+        };
+        assert_eq!(plan_delivery(&c, deleted, me, now()), None);
+        let mut e = rec(EntitySet::Emails, me, "completed", json!({}));
+        e.version = 3;
+        assert_eq!(plan_delivery(&e, lacking(Some(HELD)), me, now()), None);
     }
 
     const HELD: Held = Held {

@@ -502,12 +502,21 @@ fn print_sync(report: &crmsync_agent::SyncReport, json: bool) -> anyhow::Result<
         );
         if report.left_for_primary > 0 {
             println!(
-                "{} change(s) wait for the primary client (R-C3)",
+                "{} change(s) wait for the primary client (`crmsync client set-primary` moves the role)",
                 report.left_for_primary
             );
         }
         for line in report.refused.iter().chain(&report.reported) {
             println!("{line}");
+        }
+    }
+    if !report.skipped.is_empty() {
+        eprintln!(
+            "warning: {} item(s) cannot be read and were skipped (fix or remove them; they are read again when they change, and `crmsync status` lists them):",
+            report.skipped.len()
+        );
+        for line in &report.skipped {
+            eprintln!("  {line}");
         }
     }
     if let Some(why) = &report.mass_delete {
@@ -516,8 +525,11 @@ fn print_sync(report: &crmsync_agent::SyncReport, json: bool) -> anyhow::Result<
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    if report.mass_delete.is_some() || !report.errors.is_empty() {
-        anyhow::bail!("the sync did not complete; see above");
+    // SPEC §12: 0 success (skipped items are warnings), 1 failure.
+    if !report.completed() {
+        anyhow::bail!(
+            "the sync did not complete: the changes above were not made and are tried again at the next sync"
+        );
     }
     Ok(())
 }
@@ -649,6 +661,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.tracked,
                     s.pending_operations
                 );
+                if !s.kinds_not_synchronized.is_empty() {
+                    println!(
+                        "not synchronized (the [mailbox] section has no collection for them): {}",
+                        s.kinds_not_synchronized.join(", ")
+                    );
+                }
                 if !s.reported.is_empty() {
                     println!("needs your attention:");
                     for line in &s.reported {

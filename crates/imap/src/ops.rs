@@ -228,7 +228,7 @@ pub(crate) async fn copy_message_to(
     let io = |e| {
         OpErr::Mb(Error::Io {
             path: to.to_path_buf(),
-            source: e,
+            error: e,
         })
     };
     let mut file = std::fs::File::create(to).map_err(io)?;

@@ -65,11 +65,12 @@ pub enum Error {
     #[error("{collection}: the stored sync state cannot be used ({reason}); the agent must list the whole collection again (`crmsync client reset`)")]
     InvalidSyncState { collection: String, reason: String },
 
-    #[error("{}: {source}", path.display())]
+    /// The message names the path and the system's reason; the I/O error
+    /// is not also a `source`, so a printed chain says it once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{}: timed out waiting for the lock {}; if no other program is writing this folder, delete the lock file", folder.display(), lock.display())]
@@ -96,7 +97,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -14,6 +14,13 @@ fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
+/// (id, action) pairs sorted as `common::ids` sorts deliveries.
+fn ids_of(wanted: &[(&Value, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = wanted.iter().map(|(r, a)| (id(r), a.to_string())).collect();
+    v.sort();
+    v
+}
+
 async fn contact(s: &TestServer, token: &str, last: &str) -> Value {
     s.post(
         token,
@@ -557,6 +564,90 @@ both_dbs! {
         s.patch(&s.admin, "/api/v1/settings", json!({"mass_delete_max_items": 1000, "mass_delete_max_percent": 100})).await.expect(200);
         let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
         assert_eq!(prep["mass_delete"]["exceeded"], false);
+    }
+}
+
+both_dbs! {
+    async fn r_t5_prepare_share_counts_only_above_five_items_per_collection(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let (bob_id, _) = s.add_user("bob@example.com").await;
+        let client = id(&s.register(&ann, "laptop").await);
+        let meeting = s.post(&ann, "/api/v1/appointments", json!({"subject": "Only one", "start": FUTURE, "end": FUTURE_END})).await.expect(201);
+        let mut contacts = Vec::new();
+        for i in 0..10 {
+            contacts.push(contact(&s, &ann, &format!("C{i}")).await);
+        }
+        s.sync_once(&ann, &client).await;
+        // The one appointment of the calendar: 100% of it, but one item.
+        s.delete(&ann, &format!("/api/v1/appointments/{}", id(&meeting))).await.expect(204);
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["deletes"], 1);
+        assert_eq!(prep["mass_delete"]["exceeded"], false, "{prep}");
+        s.sync_once(&ann, &client).await;
+        // Six of ten contacts: more than 5 and 60% of the contacts.
+        for c in &contacts[..6] {
+            s.patch(&s.admin, &format!("/api/v1/contacts/{}", id(c)), json!({"owner_id": bob_id})).await.expect(200);
+        }
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["exceeded"], true, "{prep}");
+        assert!(prep["mass_delete"]["reason"].as_str().unwrap().contains("6 of the 10 items of contacts"), "{prep}");
+        // The numbers are settings, and the registration tells the agent.
+        s.patch(&s.admin, "/api/v1/settings", json!({"mass_delete_min_items": 6})).await.expect(200);
+        let prep = s.post(&ann, "/api/v1/sync/prepare", json!({"client_id": client})).await.expect(200);
+        assert_eq!(prep["mass_delete"]["exceeded"], false, "{prep}");
+        let reg = s.register(&ann, "laptop").await;
+        assert_eq!(reg["mass_delete_limits"], json!({"max_items": 50, "min_items": 6, "max_percent": 20}));
+        let bad = s.patch(&s.admin, "/api/v1/settings", json!({"mass_delete_min_items": 51})).await;
+        assert_eq!(bad.status, 422, "{}", bad.body);
+    }
+}
+
+both_dbs! {
+    async fn s13_a_mailbox_gets_only_the_kinds_it_holds(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let c = contact(&s, &ann, "Person").await;
+        let m = s.post(&ann, "/api/v1/appointments", json!({"subject": "Meet", "start": FUTURE, "end": FUTURE_END})).await.expect(201);
+        let t = s.post(&ann, "/api/v1/tasks", json!({"subject": "Call back"})).await.expect(201);
+        let register = |kinds: Value| {
+            let ann = ann.clone();
+            let s = &s;
+            async move {
+                let mut body = json!({"name": "laptop"});
+                if !kinds.is_null() {
+                    body["kinds"] = kinds;
+                }
+                let r = s.post(&ann, "/api/v1/sync/clients", body).await;
+                assert!(r.status == 200 || r.status == 201, "{}", r.body);
+                r.body
+            }
+        };
+        // A mail-only mailbox: nothing of contacts, calendar or tasks.
+        let reg = register(json!(["mail"])).await;
+        assert_eq!(reg["kinds"], json!(["mail"]));
+        let client = id(&reg);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
+        // Changes after the first sync (the change feed) neither.
+        let later = contact(&s, &ann, "Later").await;
+        s.patch(&ann, &format!("/api/v1/tasks/{}", id(&t)), json!({"subject": "Call back soon"})).await.expect(200);
+        assert!(s.sync_once(&ann, &client).await.is_empty());
+        let why = s.get(&ann, &format!("/api/v1/sync/explain?client_id={client}&set=contacts&id={}", id(&c))).await.expect(200);
+        assert_eq!(why["delivered"], false);
+        assert!(why["reasons"][0].as_str().unwrap().contains("no contacts collection"), "{why}");
+        // Contacts added to the configuration: its records come now.
+        register(json!(["contacts", "mail"])).await;
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), ids_of(&[(&c, "create"), (&later, "create")]));
+        // Contacts gone, calendar added: no removal is sent for a kind the
+        // mailbox does not have; the calendar's record comes.
+        register(json!(["calendar", "mail"])).await;
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), vec![(id(&m), "create".into())]);
+        // A client that says nothing holds every kind: the contact comes
+        // again (not taken as delivered), the task too.
+        let reg = register(Value::Null).await;
+        assert_eq!(reg["kinds"], json!(["contacts", "calendar", "tasks", "mail"]));
+        assert_eq!(ids(&s.sync_once(&ann, &client).await), ids_of(&[(&c, "create"), (&later, "create"), (&t, "create")]));
+        let bad = s.post(&ann, "/api/v1/sync/clients", json!({"name": "laptop", "kinds": ["notes"]})).await;
+        assert_eq!(bad.status, 422, "{}", bad.body);
+        assert!(bad.body["error"]["message"].as_str().unwrap().contains("kinds: 'notes'"), "{}", bad.body);
     }
 }
 

@@ -203,7 +203,7 @@ impl Agent {
             };
             for (href, e) in &changes.failed {
                 run.incomplete.insert(folder.id.clone());
-                report.errors.push(format!("{}/{href}: {e}", folder.id));
+                report.note_item_failure(format!("{}/{href}: {e}", folder.id), e);
             }
             // Flags the listing did not carry are asked for.
             let (mut changed, bare): (Vec<ItemRef>, Vec<ItemRef>) =
@@ -556,7 +556,7 @@ impl Agent {
                 // Reported, never blocking the others; planned again
                 // when the message changes.
                 let problem = format!("cannot be read as a message ({e})");
-                report.errors.push(format!(
+                report.skipped.push(format!(
                     "{}/{}: {problem}; the message is skipped",
                     folder.id, p.r.href
                 ));
@@ -648,11 +648,7 @@ impl Agent {
     }
 
     async fn mail_settings(&self) -> anyhow::Result<MailSettings> {
-        let cfg = self.config();
-        let me = self
-            .crm()
-            .register(&cfg.client_name, cfg.on_behalf_of.as_deref())
-            .await?;
+        let me = self.registration().await?;
         let user = me["mailbox_user_id"]
             .as_str()
             .or(me["user_id"].as_str())

@@ -189,7 +189,7 @@ impl LocalMailbox {
         if !root.is_dir() {
             return Err(Error::Io {
                 path: root,
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "the [mailbox.local] root is not a folder; create it or fix `root` in the agent configuration",
                 ),

@@ -916,6 +916,17 @@ fn sync_paths(paths: &mut Paths) {
                         .into(),
                 ),
                 ("on_behalf_of", string(None).into()),
+                (
+                    "kinds",
+                    ArrayBuilder::new()
+                        .items(string(None).enum_values(Some(
+                            crmsync_core::kind::MailboxKind::ALL.map(|k| k.as_str()),
+                        )))
+                        .description(Some(
+                            "the kinds of collection the client's mailbox holds; nothing of the others is delivered. Absent: all",
+                        ))
+                        .into(),
+                ),
             ],
             &["name"],
         ))))

@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crmsync_core::kind::MailboxKind;
+use crmsync_core::mass_delete::MassDeleteLimits;
 use crmsync_core::time::now_timestamp;
 use crmsync_core::EntitySet;
 
@@ -20,6 +22,9 @@ struct Registration {
     name: String,
     #[serde(default)]
     on_behalf_of: Option<String>,
+    /// SPEC §13: the kinds of collection the mailbox holds; absent: all.
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -38,9 +43,12 @@ pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
     let mut out = json!({
         "id": c.id, "name": c.name, "user_id": c.user_id, "mailbox_user_id": c.mailbox_user_id,
         "role": role, "acts_as_primary": owner.is_some_and(|o| o.acts_as_primary(c)),
+        "kinds": c.kinds,
     });
     if let Some(o) = owner {
         out["schedule"] = schedule_json(o);
+        // R-T5: the agent holds back the CRM-side deletions with these.
+        out["mass_delete_limits"] = json!(MassDeleteLimits::of(&o.org));
     }
     out
 }
@@ -77,9 +85,15 @@ async fn find_user(store: &Store, who: &str) -> ApiResult<Uuid> {
 pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<(bool, Value)> {
     let reg: Registration = serde_json::from_value(body.clone()).map_err(|e| {
         ApiError::invalid(format!(
-            "a client registration is {{\"name\", \"on_behalf_of\"?}}: {e}"
+            "a client registration is {{\"name\", \"on_behalf_of\"?, \"kinds\"?}}: {e}"
         ))
     })?;
+    let kinds = match &reg.kinds {
+        None => MailboxKind::ALL.to_vec(),
+        Some(names) => {
+            MailboxKind::parse_list(names).map_err(|e| ApiError::invalid(format!("kinds: {e}")))?
+        }
+    };
     let name = reg.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::invalid(
@@ -107,9 +121,15 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
         }
     };
     let mut conn = store.pool.acquire().await?;
-    if let Some(existing) =
+    if let Some(mut existing) =
         sync_store::find_client(&mut conn, caller.user_id, mailbox_user, name).await?
     {
+        if existing.kinds != kinds {
+            let mut tx = store.begin().await?;
+            sync_store::set_kinds(&mut tx, &existing, &kinds).await?;
+            tx.commit().await?;
+            existing.kinds = kinds;
+        }
         let owner = if mailbox_user == caller.user_id {
             me
         } else {
@@ -128,6 +148,7 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
         full_scan: true,
         time_checked_at: now.clone(),
         current_batch: None,
+        kinds,
     };
     // The first client of a user becomes primary; a race for it leaves one
     // primary (the partial unique index) and the other client secondary.

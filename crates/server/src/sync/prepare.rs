@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crmsync_core::kind::MailboxKind;
+use crmsync_core::mass_delete::{Deletions, MassDeleteLimits};
 use crmsync_core::settings::MAILBOX_TYPES;
 use crmsync_core::sync_rules::{plan_delivery, Delivery, DeliveryFacts, Held};
 use crmsync_core::time::{now_timestamp, parse_datetime};
@@ -133,7 +135,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
             && owner
                 .filters_of(set)
                 .any(|f| f.condition.may_gain_matches_over_time());
-        if syncs_items && owner.delivers(set) && (client.full_scan || gains) {
+        if syncs_items && client.holds(set) && owner.delivers(set) && (client.full_scan || gains) {
             filter_scan(store, &owner, set, now, &mut candidates).await?;
         }
     }
@@ -170,6 +172,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
                 delivers_type: syncs_items && owner.delivers(record.set),
                 syncs_items,
                 tagging: owner.org.tagging,
+                kind_held: client.holds(record.set),
             };
             let delivery = plan_delivery(&record, facts, owner.id(), now);
             if let Some(d) = delivery {
@@ -205,8 +208,8 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     if let Some(b) = batch {
         sync_store::insert_batch(&mut tx, b, client.id, upto, &items, &now_timestamp()).await?;
     }
-    let held = sync_store::held_count(&mut tx, client.id).await?;
-    let mass_delete = mass_delete(&owner.org, &items, held);
+    let held = sync_store::held_by_set(&mut tx, client.id).await?;
+    let mass_delete = mass_delete(&owner.org, &items, &held);
     let checked = if recheck || client.full_scan {
         now_timestamp()
     } else {
@@ -220,18 +223,36 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     }))
 }
 
-/// R-T5: how many mailbox items this batch deletes, against the limits. The
-/// agent deletes nothing of a batch that exceeds them unless the user
-/// allows it (`crmsync sync --allow-mass-delete`).
-fn mass_delete(org: &crmsync_core::settings::OrgSettings, items: &[BatchItem], held: i64) -> Value {
-    let deletes = items
+/// R-T5: how many mailbox items this batch deletes, per collection, against
+/// the limits. The agent deletes nothing of a batch that exceeds them
+/// unless the user allows it (`crmsync sync --allow-mass-delete`).
+fn mass_delete(
+    org: &crmsync_core::settings::OrgSettings,
+    items: &[BatchItem],
+    held: &[(EntitySet, i64)],
+) -> Value {
+    let limits = MassDeleteLimits::of(org);
+    let per_kind: Vec<Deletions> = MailboxKind::ALL
         .iter()
-        .filter(|i| i.removal.as_deref() == Some("delete"))
-        .count() as i64;
-    let too_many = deletes > org.mass_delete_max_items as i64;
-    let too_large_share = held > 0 && deletes * 100 > org.mass_delete_max_percent as i64 * held;
-    json!({"deletes": deletes, "held": held, "max_items": org.mass_delete_max_items,
-        "max_percent": org.mass_delete_max_percent, "exceeded": too_many || too_large_share})
+        .map(|kind| Deletions {
+            collection: kind.as_str().to_string(),
+            deletes: items
+                .iter()
+                .filter(|i| i.removal.as_deref() == Some("delete"))
+                .filter(|i| MailboxKind::of_set(i.set) == Some(*kind))
+                .count() as u64,
+            held: held
+                .iter()
+                .filter(|(set, _)| MailboxKind::of_set(*set) == Some(*kind))
+                .map(|(_, n)| *n as u64)
+                .sum(),
+        })
+        .collect();
+    let reason = limits.exceeded(&per_kind);
+    json!({"deletes": per_kind.iter().map(|d| d.deletes).sum::<u64>(),
+        "held": per_kind.iter().map(|d| d.held).sum::<u64>(),
+        "max_items": limits.max_items, "min_items": limits.min_items, "max_percent": limits.max_percent,
+        "exceeded": reason.is_some(), "reason": reason})
 }
 
 async fn current_batch(

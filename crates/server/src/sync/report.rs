@@ -65,6 +65,12 @@ pub async fn explain(
             "the record was deleted in the CRM (§9 decides what happens to the mailbox copy)"
                 .to_string(),
         );
+    } else if !client.holds(set) {
+        // SPEC §13.
+        reasons.push(format!(
+            "this client's mailbox has no {} collection, so nothing of that kind is delivered to it; add one to the [mailbox] section of the agent configuration",
+            crmsync_core::kind::MailboxKind::of_set(set).map_or("such", |k| k.as_str())
+        ));
     } else if set == EntitySet::Emails {
         delivered = entry.is_some_and(|e| !e.excluded);
         reasons.push(if delivered {

@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
+use crmsync_core::kind::MailboxKind;
 use crmsync_core::EntitySet;
 
 fn corrupt(what: &str) -> sqlx::Error {
@@ -30,16 +31,46 @@ pub struct Client {
     pub full_scan: bool,
     pub time_checked_at: String,
     pub current_batch: Option<Uuid>,
+    /// The kinds of collection its mailbox holds (SPEC §13), sorted.
+    pub kinds: Vec<MailboxKind>,
 }
 
 impl Client {
     pub fn is_delegated(&self) -> bool {
         self.user_id != self.mailbox_user_id
     }
+
+    /// Whether its mailbox has a collection for records of `set`.
+    pub fn holds(&self, set: EntitySet) -> bool {
+        MailboxKind::of_set(set).is_some_and(|k| self.kinds.contains(&k))
+    }
 }
 
 const CLIENT_COLUMNS: &str =
-    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch";
+    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch, kinds";
+
+/// Stored as a sorted comma-separated list; NULL when the mailbox holds
+/// every kind (what a client that never said is taken to hold).
+fn kinds_column(kinds: &[MailboxKind]) -> Option<String> {
+    (kinds != MailboxKind::ALL).then(|| {
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+fn kinds_from_column(stored: Option<String>) -> Result<Vec<MailboxKind>, sqlx::Error> {
+    match stored {
+        None => Ok(MailboxKind::ALL.to_vec()),
+        Some(s) if s.is_empty() => Ok(Vec::new()),
+        Some(s) => {
+            let names: Vec<&str> = s.split(',').collect();
+            MailboxKind::parse_list(&names).map_err(|_| corrupt("kinds"))
+        }
+    }
+}
 
 fn client_from_row(row: &AnyRow) -> Result<Client, sqlx::Error> {
     Ok(Client {
@@ -55,6 +86,7 @@ fn client_from_row(row: &AnyRow) -> Result<Client, sqlx::Error> {
             .try_get::<Option<String>, _>("current_batch")?
             .map(|b| Uuid::parse_str(&b).map_err(|_| corrupt("current_batch")))
             .transpose()?,
+        kinds: kinds_from_column(row.try_get("kinds")?)?,
     })
 }
 
@@ -139,8 +171,8 @@ pub async fn insert_client(
     at: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO sync_clients (id, user_id, mailbox_user_id, name, is_primary, created_at, scanned_version, full_scan, time_checked_at, current_batch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+        "INSERT INTO sync_clients (id, user_id, mailbox_user_id, name, is_primary, created_at, scanned_version, full_scan, time_checked_at, current_batch, kinds) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)",
     )
     .bind(c.id.to_string())
     .bind(c.user_id.to_string())
@@ -151,8 +183,37 @@ pub async fn insert_client(
     .bind(c.scanned_version)
     .bind(c.full_scan as i64)
     .bind(c.time_checked_at.clone())
+    .bind(kinds_column(&c.kinds))
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// SPEC §13: the client's mailbox now holds `kinds`. What it held of a kind
+/// it no longer has is forgotten (R-S9 exclusions stay), and the next
+/// prepare evaluates the filters again, so a kind added later gets its
+/// records delivered, never taken as delivered already.
+pub async fn set_kinds(
+    conn: &mut AnyConnection,
+    c: &Client,
+    kinds: &[MailboxKind],
+) -> Result<(), sqlx::Error> {
+    for gone in c.kinds.iter().filter(|k| !kinds.contains(k)) {
+        for set in gone.sets() {
+            sqlx::query(
+                "DELETE FROM sync_entries WHERE client_id = $1 AND entity_set = $2 AND excluded = 0",
+            )
+            .bind(c.id.to_string())
+            .bind(set.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    sqlx::query("UPDATE sync_clients SET kinds = $2, full_scan = 1 WHERE id = $1")
+        .bind(c.id.to_string())
+        .bind(kinds_column(kinds))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -360,12 +421,27 @@ pub async fn delete_entry(
     Ok(())
 }
 
-/// How many records the client's mailbox holds (R-T5's denominator).
-pub async fn held_count(conn: &mut AnyConnection, client: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM sync_entries WHERE client_id = $1 AND excluded = 0")
-        .bind(client.to_string())
-        .fetch_one(conn)
-        .await
+/// How many records of each set the client's mailbox holds (R-T5's
+/// denominators).
+pub async fn held_by_set(
+    conn: &mut AnyConnection,
+    client: Uuid,
+) -> Result<Vec<(EntitySet, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT entity_set, COUNT(*) AS n FROM sync_entries WHERE client_id = $1 AND excluded = 0 GROUP BY entity_set",
+    )
+    .bind(client.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let set = r
+                .try_get::<String, _>("entity_set")?
+                .parse()
+                .map_err(|_| corrupt("entity_set"))?;
+            Ok((set, r.try_get("n")?))
+        })
+        .collect()
 }
 
 pub async fn pending_ids(conn: &mut AnyConnection, client: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
