@@ -385,6 +385,81 @@ async fn r_o2_every_table_moves_sqlite_to_postgres_and_back() {
     assert!(err.to_string().contains("already holds"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_o2_an_organization_larger_than_a_page_moves_whole() {
+    // More records, entries and batch items than one page of the export,
+    // and a message near the largest accepted size (messages are read a row
+    // at a time).
+    let s = common::start(Backend::Sqlite).await;
+    let (_, ann) = s.add_user("ann@example.com").await;
+    for chunk in (0..1_100).collect::<Vec<_>>().chunks(50) {
+        let posts = chunk.iter().map(|i| {
+            s.post(
+                &ann,
+                "/api/v1/contacts",
+                json!({"last_name": format!("C{i}")}),
+            )
+        });
+        for reply in futures_util::future::join_all(posts).await {
+            reply.expect(201);
+        }
+    }
+    let client = id(&s.register(&ann, "laptop").await);
+    // One batch of 1,100 deliveries, read a page at a time and acknowledged.
+    let prep = s
+        .post(&ann, "/api/v1/sync/prepare", json!({"client_id": client}))
+        .await
+        .expect(200);
+    assert_eq!(prep["total"], 1_100);
+    let batch = prep["batch"].as_str().unwrap();
+    let (mut acked, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let page = s
+            .get(
+                &ann,
+                &format!("/api/v1/sync/data?client_id={client}&batch={batch}{cursor}"),
+            )
+            .await
+            .expect(200);
+        for item in page["items"].as_array().unwrap() {
+            acked.push(json!({"id": item["id"], "version": item["version"]}));
+        }
+        match page["next_cursor"].as_i64() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    s.post(
+        &ann,
+        "/api/v1/sync/ack",
+        json!({"client_id": client, "batch": batch, "items": acked}),
+    )
+    .await
+    .expect(200);
+    let filler = "x".repeat(20 * 1024 * 1024);
+    for n in 0..2 {
+        let mut raw = message(&format!("big-{n}@example.org"));
+        if n == 0 {
+            raw.extend_from_slice(filler.as_bytes());
+        }
+        let r = s
+            .push(&ann, &client, json!([{"op_id": format!("big-{n}"), "kind": "track", "set": "emails", "raw": STANDARD.encode(&raw)}]))
+            .await;
+        assert_eq!(r[0]["status"], "ok", "{}", r[0]);
+    }
+    let source = tables(&s.store).await;
+    let pg = common::fresh_db(Backend::Postgres).await;
+    let pg_store = Store::connect(&pg.url).await.unwrap();
+    export::import(&pg_store, dump(&s.store).await.as_bytes())
+        .await
+        .unwrap();
+    assert_same_tables(
+        &tables(&pg_store).await,
+        &source,
+        "PostgreSQL holds every row SQLite held",
+    );
+}
+
 /// Imports `text` into a new SQLite database; it must be refused with
 /// nothing imported. Returns the error's text.
 async fn refused(text: &str) -> String {
