@@ -117,21 +117,30 @@ async fn raw(server: &Server, email: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A new, empty PostgreSQL database; its URL.
-async fn postgres_db() -> String {
+/// The PostgreSQL server the test creates its database on.
+fn postgres_admin_url() -> String {
+    std::env::var("CRMSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn postgres_admin() -> sqlx::PgConnection {
     use sqlx::Connection;
-    let admin = std::env::var("CRMSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+    let admin = postgres_admin_url();
+    sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
         panic!("cannot reach PostgreSQL at {admin} ({e}); run ./scripts/test, which starts one, or set CRMSYNC_TEST_PG_URL")
-    });
+    })
+}
+
+/// A new, empty PostgreSQL database: its name and URL.
+async fn postgres_db() -> (String, String) {
     let name = format!("crmsync_migration_{:016x}", rand::random::<u64>());
     sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
+        .execute(&mut postgres_admin().await)
         .await
         .unwrap();
+    let admin = postgres_admin_url();
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
+    (name.clone(), format!("{base}/{name}"))
 }
 
 /// What the organization and the mailbox hold before a move.
@@ -372,7 +381,7 @@ async fn r_o2_agent_keeps_its_client_across_sqlite_postgres_sqlite() {
 
     // SQLite -> PostgreSQL
     drop(server);
-    let pg = postgres_db().await;
+    let (pg_name, pg) = postgres_db().await;
     export_import(dir, &sqlite, &pg, 1);
     let server = Server::serve(&pg, token.clone()).await;
     point_at(&config, &server);
@@ -386,6 +395,10 @@ async fn r_o2_agent_keeps_its_client_across_sqlite_postgres_sqlite() {
     let server = Server::serve(&back, token).await;
     point_at(&config, &server);
     check_after_move(dir, &server, &config, &root, &before, 2).await;
+    sqlx::query(&format!("DROP DATABASE {pg_name} WITH (FORCE)"))
+        .execute(&mut postgres_admin().await)
+        .await
+        .unwrap();
 }
 
 /// An RFC 3339 time `days` from now.

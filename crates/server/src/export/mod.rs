@@ -23,12 +23,12 @@ use crate::store::Store;
 
 /// The version of the export format this crmsync writes and reads.
 /// Format 1 (no header line) held neither sync clients nor raw messages.
-pub const FORMAT: i64 = 2;
+const FORMAT: i64 = 2;
 const HEADER: &str = "crmsync_export";
 const END: &str = "end";
 
 /// Writes lines and counts them.
-pub struct Lines<W: Write> {
+struct Lines<W: Write> {
     out: W,
     count: usize,
 }
@@ -56,10 +56,8 @@ pub async fn export(store: &Store, out: &mut impl Write) -> anyhow::Result<usize
     lines.write(&json!({"type": HEADER, "format": FORMAT}))?;
     for table in tables::TABLES {
         tables::export_table(&mut tx, table, &mut lines).await?;
-        if table.name == "organization" {
-            records::export_records(&mut tx, &mut lines).await?;
-        }
     }
+    records::export_records(&mut tx, &mut lines).await?;
     let count = lines.count;
     lines.write(&json!({"type": END, "lines": count}))?;
     lines.out.flush()?;

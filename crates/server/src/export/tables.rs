@@ -37,6 +37,17 @@ pub struct Table {
     pub seeded: bool,
 }
 
+impl Table {
+    /// The kind of one of its columns (the key's columns are among them,
+    /// as the unit test checks).
+    fn kind_of(&self, column: &str) -> Kind {
+        self.columns
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map_or(Text, |(_, kind)| *kind)
+    }
+}
+
 const PAGE: i64 = 500;
 
 pub const TABLES: &[Table] = &[
@@ -290,16 +301,10 @@ pub async fn export_table(
         let Some(last) = rows.last().filter(|_| rows.len() as i64 == t.page) else {
             return Ok(());
         };
-        let kind_of = |k: &&str| {
-            t.columns
-                .iter()
-                .find(|(c, _)| c == k)
-                .map(|(_, kind)| *kind)
-        };
         after = Some(
             t.key
                 .iter()
-                .map(|k| read(last, k, kind_of(k).unwrap_or(Text)))
+                .map(|k| read(last, k, t.kind_of(k)))
                 .collect::<Result<_, _>>()?,
         );
     }
@@ -362,4 +367,34 @@ pub async fn import_row(
     }
     q.execute(conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_is_consistent() {
+        let mut names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        let mut lines: Vec<&str> = TABLES.iter().map(|t| t.line).collect();
+        names.sort();
+        names.dedup();
+        lines.sort();
+        lines.dedup();
+        assert_eq!(names.len(), TABLES.len(), "a table is listed twice");
+        assert_eq!(lines.len(), TABLES.len(), "two tables share a line type");
+        for t in TABLES {
+            assert!(!t.key.is_empty() && t.page >= 1, "{}", t.name);
+            for k in t.key {
+                assert!(
+                    t.columns.iter().any(|(c, _)| c == k),
+                    "{}: key column {k} is not among its columns",
+                    t.name
+                );
+            }
+            for reserved in ["record", "tombstone", "crmsync_export", "end"] {
+                assert_ne!(t.line, reserved, "{}", t.name);
+            }
+        }
+    }
 }
