@@ -811,6 +811,7 @@ async fn r_e7_bulk_tracking_of_many_messages(flavor: Flavor) {
     }
     sync(&m.agent).await;
     let r = cmd::track(&m.agent, &mids, None).await.unwrap();
+    assert_eq!(r.items.len(), 20, "{r:?}");
     assert!(r.items.iter().all(|(_, id)| id.is_some()), "{r:?}");
     assert_eq!(w.emails().await.len(), N + 20);
 }

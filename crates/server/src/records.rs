@@ -21,7 +21,7 @@ pub struct Created {
 }
 
 /// The natural key that must stay unique among live records.
-fn unique_key(set: EntitySet, fields: &Map<String, Value>) -> Option<String> {
+pub(crate) fn unique_key(set: EntitySet, fields: &Map<String, Value>) -> Option<String> {
     match set {
         EntitySet::Users => fields
             .get("email")

@@ -89,6 +89,61 @@ fn record_from_row(row: &AnyRow) -> Result<Record, sqlx::Error> {
     })
 }
 
+/// A row of the records table as an export carries it.
+#[derive(Debug, Clone)]
+pub enum StoredRecord {
+    Live(Record),
+    Deleted(Tombstone),
+}
+
+impl StoredRecord {
+    /// Where the next page starts: versions repeat (a series takes its
+    /// exception's version, R-E2), so the id breaks ties.
+    pub fn position(&self) -> (i64, Uuid) {
+        match self {
+            StoredRecord::Live(r) => (r.version, r.id),
+            StoredRecord::Deleted(t) => (t.version, t.id),
+        }
+    }
+}
+
+/// Records and tombstones after `after` in (version, id) order, at most
+/// `limit` (export, a page at a time).
+pub async fn records_page(
+    conn: &mut AnyConnection,
+    after: Option<(i64, Uuid)>,
+    limit: i64,
+) -> Result<Vec<StoredRecord>, sqlx::Error> {
+    let (version, id) = after.unwrap_or((i64::MIN, Uuid::nil()));
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS}, deleted_at FROM records WHERE (version, id) > ($1, $2) ORDER BY version, id LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(version)
+        .bind(id.to_string())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let r = record_from_row(row)?;
+            Ok(match row.try_get::<Option<String>, _>("deleted_at")? {
+                None => StoredRecord::Live(r),
+                Some(deleted_at) => StoredRecord::Deleted(Tombstone {
+                    id: r.id,
+                    set: r.set,
+                    version: r.version,
+                    owner_id: r.owner_id,
+                    state: r.state,
+                    created_at: r.created_at,
+                    deleted_at,
+                    fields: r.fields,
+                }),
+            })
+        })
+        .collect()
+}
+
 /// Reserves the next version. Updating the counter row first also takes
 /// the write lock, so concurrent writers commit in version order.
 pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
@@ -449,40 +504,6 @@ impl Store {
             .await
     }
 
-    /// Tombstones, for export.
-    pub async fn tombstones(&self) -> Result<Vec<Tombstone>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, entity_set, version, owner_id, state, created_at, deleted_at, data FROM records \
-             WHERE deleted_at IS NOT NULL ORDER BY version",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Tombstone {
-                    id: uuid_col(row, "id")?,
-                    set: set_col(row, "entity_set")?,
-                    version: row.try_get("version")?,
-                    owner_id: uuid_col(row, "owner_id")?,
-                    state: row.try_get("state")?,
-                    created_at: row.try_get("created_at")?,
-                    deleted_at: row.try_get("deleted_at")?,
-                    fields: serde_json::from_str(&row.try_get::<String, _>("data")?)
-                        .map_err(|_| corrupt("record data"))?,
-                })
-            })
-            .collect()
-    }
-
-    /// All live records in version order, for export.
-    pub async fn all_records(&self) -> Result<Vec<Record>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE deleted_at IS NULL ORDER BY version"
-        );
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter().map(record_from_row).collect()
-    }
-
     /// The user a token hash belongs to, if the user still exists.
     pub async fn user_by_token(&self, hash: &str) -> Result<Option<Record>, sqlx::Error> {
         let row = sqlx::query(
@@ -519,22 +540,6 @@ impl Store {
                 Ok((
                     r.try_get("key")?,
                     serde_json::from_str(&data).map_err(|_| corrupt("config"))?,
-                ))
-            })
-            .collect()
-    }
-
-    /// Every stored token hash with its user, for export.
-    pub async fn all_tokens(&self) -> Result<Vec<(String, Uuid, String)>, sqlx::Error> {
-        let rows = sqlx::query("SELECT hash, user_id, created_at FROM tokens ORDER BY hash")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("hash")?,
-                    uuid_col(r, "user_id")?,
-                    r.try_get("created_at")?,
                 ))
             })
             .collect()
@@ -625,11 +630,17 @@ pub async fn insert_organization(
     Ok(())
 }
 
-/// Restores a tombstone row as exported (import only).
+/// Restores a tombstone row as exported (import only), still pointing
+/// to its series like the row it was exported from (R-E2).
 pub async fn insert_tombstone(conn: &mut AnyConnection, t: &Tombstone) -> Result<(), sqlx::Error> {
+    let series = t
+        .fields
+        .get("series_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     sqlx::query(
-        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, '', $8)",
+        "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, deleted_at, unique_key, search_text, data, parent_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, '', $8, $9)",
     )
     .bind(t.id.to_string())
     .bind(t.set.as_str())
@@ -639,16 +650,8 @@ pub async fn insert_tombstone(conn: &mut AnyConnection, t: &Tombstone) -> Result
     .bind(t.created_at.clone())
     .bind(t.deleted_at.clone())
     .bind(Value::Object(t.fields.clone()).to_string())
+    .bind(series)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Sets the sequence (import only): later versions continue above it.
-pub async fn set_version_counter(conn: &mut AnyConnection, value: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sequence_counter SET value = $1 WHERE name = 'version'")
-        .bind(value)
-        .execute(conn)
-        .await?;
     Ok(())
 }

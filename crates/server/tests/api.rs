@@ -151,23 +151,34 @@ both_dbs! {
     async fn every_entity_set_validates_its_fields(s: TestServer) {
         let acc = s.post(&s.admin, "/api/v1/accounts", json!({"name": "Acme", "website": "acme.example"})).await.expect(201);
         let contact = s.post(&s.admin, "/api/v1/contacts", json!({"last_name": "Lee"})).await.expect(201);
+        // (set, body, how the server writes the fields it normalizes, state):
+        // every accepted field is read back.
         let ok = [
-            ("leads", json!({"last_name": "Ng", "company_name": "Foo", "state": "qualified"})),
-            ("opportunities", json!({"name": "Deal", "account_id": acc["id"], "contact_id": contact["id"], "estimated_value": 1200.5, "state": "won"})),
-            ("cases", json!({"title": "Broken", "account_id": acc["id"], "state": "resolved"})),
+            ("accounts", json!({"name": "Acme 2", "website": "acme.example", "parent_account_id": acc["id"]}), json!({}), "active"),
+            ("leads", json!({"last_name": "Ng", "company_name": "Foo", "state": "qualified"}), json!({}), "qualified"),
+            ("opportunities", json!({"name": "Deal", "account_id": acc["id"], "contact_id": contact["id"], "estimated_value": 1200.5, "state": "won"}), json!({}), "won"),
+            ("cases", json!({"title": "Broken", "account_id": acc["id"], "state": "resolved"}), json!({}), "resolved"),
             ("appointments", json!({"subject": "Sync", "start": "2026-12-01T10:00:00+01:00", "end": "2026-12-01T11:00:00+01:00", "time_zone": "Europe/Berlin",
-                "attendees": [{"email": "a@x.org"}, {"email": "b@x.org", "role": "optional"}], "recurrence": {"rrule": "FREQ=WEEKLY;BYDAY=TU", "exdates": ["2026-12-08T09:00:00Z"]}})),
-            ("serviceappointments", json!({"subject": "Visit", "start": "2026-12-02T10:00:00Z", "end": "2026-12-02T12:00:00Z"})),
-            ("tasks", json!({"subject": "Do", "priority": "high", "percent_complete": 50, "due": "2026-12-03T00:00:00Z"})),
-            ("phonecalls", json!({"subject": "Ring", "phone_number": "+49 30 1234", "direction": "outgoing"})),
-            ("letters", json!({"subject": "Write"})),
-            ("faxes", json!({"subject": "Fax"})),
+                "attendees": [{"email": "a@x.org"}, {"email": "b@x.org", "role": "optional"}], "recurrence": {"rrule": "FREQ=WEEKLY;BYDAY=TU", "exdates": ["2026-12-08T09:00:00Z"]}}),
+                json!({"start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z",
+                    "attendees": [{"email": "a@x.org", "role": "required", "resolved": null}, {"email": "b@x.org", "role": "optional", "resolved": null}]}), "open"),
+            ("serviceappointments", json!({"subject": "Visit", "start": "2026-12-02T10:00:00Z", "end": "2026-12-02T12:00:00Z"}), json!({}), "open"),
+            ("tasks", json!({"subject": "Do", "priority": "high", "percent_complete": 50, "due": "2026-12-03T00:00:00Z"}), json!({}), "open"),
+            ("phonecalls", json!({"subject": "Ring", "phone_number": "+49 30 1234", "direction": "outgoing"}), json!({}), "open"),
+            ("letters", json!({"subject": "Write"}), json!({}), "open"),
+            ("faxes", json!({"subject": "Fax"}), json!({}), "open"),
             ("emails", json!({"subject": "Hi", "from": "a@x.org", "to": ["b@x.org"], "direction": "incoming", "message_id": "<1@x.org>",
-                "parties": [{"address": "a@x.org", "role": "from"}]})),
+                "parties": [{"address": "a@x.org", "role": "from"}]}), json!({"parties": [{"address": "a@x.org", "role": "from", "resolved": null}]}), "completed"),
         ];
-        for (set, body) in ok {
-            let r = s.post(&s.admin, &format!("/api/v1/{set}"), body).await.expect(201);
-            assert_eq!(r["state"], r["state"].as_str().map(|_| r["state"].clone()).unwrap(), "{set}");
+        for (set, body, normalized, state) in ok {
+            let r = s.post(&s.admin, &format!("/api/v1/{set}"), body.clone()).await.expect(201);
+            assert_eq!(r["state"], state, "{set}: {r}");
+            for (field, given) in body.as_object().unwrap() {
+                let want = normalized.get(field).unwrap_or(given);
+                assert_eq!(&r[field], want, "{set}.{field}: {r}");
+            }
+            let stored = s.get(&s.admin, &format!("/api/v1/{set}/{}", r["id"].as_str().unwrap())).await.expect(200);
+            assert_eq!(stored, r, "{set}: read back as created");
         }
         let appt = s.get(&s.admin, "/api/v1/appointments").await.expect(200);
         assert_eq!(appt["items"][0]["start"], "2026-12-01T09:00:00Z", "times are stored in UTC");

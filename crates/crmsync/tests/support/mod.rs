@@ -56,6 +56,13 @@ impl Server {
             .unwrap()
             .trim()
             .to_string();
+        Server::serve(&db, token).await
+    }
+
+    /// `serve` on an organization's database `db` (a `sqlite://` or
+    /// `postgres://` URL), with the admin's token; returns once /healthz
+    /// answers.
+    pub async fn serve(db: &str, token: String) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -66,7 +73,7 @@ impl Server {
                 .args([
                     "serve",
                     "--db",
-                    &db,
+                    db,
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                 ])
