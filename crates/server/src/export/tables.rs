@@ -99,6 +99,7 @@ pub const TABLES: &[Table] = &[
             ("full_scan", Int),
             ("time_checked_at", Text),
             ("current_batch", OptText),
+            ("kinds", OptText),
         ],
         key: &["id"],
         page: PAGE,
