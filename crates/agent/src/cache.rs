@@ -29,6 +29,11 @@ const SCHEMA: &[&str] = &[
         baseline TEXT NOT NULL DEFAULT '{}',
         PRIMARY KEY (collection, href))",
     "CREATE INDEX IF NOT EXISTS items_crm_id ON items (crm_id)",
+    // Every sync asks each collection for its items waiting to be tracked
+    // (R-M3 state 1), in href order: without this index (href included, or
+    // SQLite keeps the primary key for the order) that read every row of
+    // the collection, 14 ms of a 30k-item no-change sync.
+    "CREATE INDEX IF NOT EXISTS items_link ON items (collection, link, href)",
     "CREATE TABLE IF NOT EXISTS journal (
         op_id TEXT PRIMARY KEY,
         collection TEXT NOT NULL,

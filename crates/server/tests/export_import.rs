@@ -163,7 +163,11 @@ async fn populate(s: &TestServer) -> Organization {
     // A second client whose mailbox holds some kinds only (SPEC §13): the
     // kinds move with it.
     let phone = s
-        .post(&ann, "/api/v1/sync/clients", json!({"name": "phone", "kinds": ["contacts", "mail"]}))
+        .post(
+            &ann,
+            "/api/v1/sync/clients",
+            json!({"name": "phone", "kinds": ["contacts", "mail"]}),
+        )
         .await;
     assert!(phone.status == 201 || phone.status == 200, "{}", phone.body);
     let delivered = s.sync_once(&ann, &client).await;
