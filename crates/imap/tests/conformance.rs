@@ -97,7 +97,7 @@ mod qresync {
         ImapFixture::start(Flavor::Qresync).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
 }
 
 mod condstore {
@@ -107,7 +107,7 @@ mod condstore {
         ImapFixture::start(Flavor::Condstore).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
 }
 
 mod plain {
@@ -117,5 +117,5 @@ mod plain {
         ImapFixture::start(Flavor::Plain).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
 }
