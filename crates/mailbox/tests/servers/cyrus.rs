@@ -215,7 +215,7 @@ EVENTS {{
             if let Ok(Some(status)) = self.master.try_wait() {
                 return Err(format!("master exited ({status}):\n{}", self.logs()));
             }
-            if greeting(self.imap_port).await.is_some()
+            if cyrus_greets(self.imap_port).await
                 && TcpStream::connect(("127.0.0.1", self.http_port))
                     .await
                     .is_ok()
@@ -335,14 +335,14 @@ fn add_sasl_user(root: &Path, user: &str, password: &str) {
     assert!(child.wait().unwrap().success(), "saslpasswd2 failed");
 }
 
-/// The greeting line, if an IMAP server answers on `port`.
-async fn greeting(port: u16) -> Option<String> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+/// Whether Cyrus greets an IMAP client on `port` (not another server that
+/// took the port meanwhile).
+async fn cyrus_greets(port: u16) -> bool {
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
     let mut r = BufReader::new(stream);
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
-        .await
-        .ok()?
-        .ok()?;
-    line.starts_with("* OK").then_some(line)
+    let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+    matches!(read, Ok(Ok(_))) && line.starts_with("* OK") && line.contains("Cyrus")
 }
