@@ -208,18 +208,14 @@ EVENTS {{
         Ok(cyrus)
     }
 
-    /// Waits for the IMAP greeting and for httpd to accept connections.
+    /// Waits for Cyrus to answer on both ports.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.master.try_wait() {
                 return Err(format!("master exited ({status}):\n{}", self.logs()));
             }
-            if cyrus_greets(self.imap_port).await
-                && TcpStream::connect(("127.0.0.1", self.http_port))
-                    .await
-                    .is_ok()
-            {
+            if cyrus_greets(self.imap_port).await && cyrus_serves_http(self.http_port).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -345,4 +341,18 @@ async fn cyrus_greets(port: u16) -> bool {
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
     matches!(read, Ok(Ok(_))) && line.starts_with("* OK") && line.contains("Cyrus")
+}
+
+/// Whether Cyrus's httpd answers on `port`: its error pages name it.
+async fn cyrus_serves_http(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    matches!(read, Ok(Ok(_))) && String::from_utf8_lossy(&answer).contains("Cyrus-HTTP")
 }
