@@ -336,16 +336,10 @@ pub fn sync_collection(token: &str) -> String {
 }
 
 /// calendar-multiget (RFC 4791 §7.9) or addressbook-multiget (RFC 6352
-/// §8.7) of the given (already percent-encoded) paths. vCards are asked
-/// for as 4.0, the version crmsync writes: Cyrus stores every vCard as 3.0
-/// and converts on request (servers that keep what was written ignore it).
+/// §8.7) of the given (already percent-encoded) paths.
 pub fn multiget(contacts: bool, paths: &[String]) -> String {
     let (ns, report, data) = if contacts {
-        (
-            CARDDAV,
-            "addressbook-multiget",
-            r#"address-data content-type="text/vcard" version="4.0""#,
-        )
+        (CARDDAV, "addressbook-multiget", "address-data")
     } else {
         (CALDAV, "calendar-multiget", "calendar-data")
     };
@@ -447,7 +441,6 @@ mod tests {
         let root = parse(body.as_bytes()).unwrap();
         assert!(root.is(CARDDAV, "addressbook-multiget"));
         assert_eq!(root.child(DAV, "href").unwrap().text, "/c/a&b.vcf");
-        assert!(body.contains(r#"<X:address-data content-type="text/vcard" version="4.0"/>"#));
         let body = propfind(&[(DAV, "getetag"), (CALSERVER, "getctag")]);
         let root = parse(body.as_bytes()).unwrap();
         let prop = root.child(DAV, "prop").unwrap();

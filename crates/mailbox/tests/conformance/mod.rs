@@ -144,14 +144,18 @@ fn text(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A vCard 3.0, the version every CardDAV server stores as written (Cyrus
+/// keeps a 4.0 as 3.0; docs/servers.md).
 pub fn vcard(uid: &str, name: &str) -> Vec<u8> {
     let name = text(name);
     format!(
-        "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:{uid}\r\nFN:{name}\r\nEMAIL:{uid}@example.com\r\nEND:VCARD\r\n"
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uid}\r\nFN:{name}\r\nN:{name};;;;\r\nEMAIL:{uid}@example.com\r\nEND:VCARD\r\n"
     )
     .into_bytes()
 }
 
+/// An event with an end: Cyrus refuses one whose DTEND is missing
+/// (docs/servers.md).
 pub fn vevent(uid: &str, summary: &str) -> Vec<u8> {
     let summary = text(summary);
     format!(
