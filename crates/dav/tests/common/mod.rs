@@ -486,39 +486,28 @@ impl Drop for Scripted {
     }
 }
 
-/// One `#[tokio::test]` per server of the list for `async fn body(kind:
-/// Kind)`, in a module named after the body: `on_servers!([radicale:
-/// Radicale, cyrus: Cyrus]; body_a, body_b)`.
-#[allow(unused_macros)]
-macro_rules! on_servers {
-    ($servers:tt; $($name:ident),* $(,)?) => {
-        $(on_servers!(@one $name $servers);)*
-    };
-    (@one $name:ident [$($test:ident: $kind:ident),+ $(,)?]) => {
-        mod $name {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$name(Kind::$kind).await
-                }
-            )+
-        }
-    };
-}
-
-/// [`on_servers!`] on Radicale and Xandikos (`crates/dav/tests`).
-#[allow(unused_macros)]
-macro_rules! on_both_servers {
-    ($($name:ident),* $(,)?) => {
-        on_servers!([radicale: Radicale, xandikos: Xandikos]; $($name),*);
-    };
-}
-
-/// [`on_servers!`] on Radicale, Xandikos and Cyrus (`crates/agent/tests/dav.rs`).
+/// One `#[tokio::test]` per server (Radicale, Xandikos, Cyrus) for `async
+/// fn body(kind: Kind)`, in a module named after the body
+/// (`crates/dav/tests/dav.rs`, `crates/agent/tests/dav.rs`).
 #[allow(unused_macros)]
 macro_rules! on_every_server {
     ($($name:ident),* $(,)?) => {
-        on_servers!([radicale: Radicale, xandikos: Xandikos, cyrus: Cyrus]; $($name),*);
+        $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn radicale() {
+                    super::$name(Kind::Radicale).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn xandikos() {
+                    super::$name(Kind::Xandikos).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cyrus() {
+                    super::$name(Kind::Cyrus).await
+                }
+            }
+        )*
     };
 }
