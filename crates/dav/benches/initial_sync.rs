@@ -134,6 +134,10 @@ async fn fresh_collections(server: &Server, tag: &str) -> [Url; 3] {
     let (ab, cals) = match server.kind {
         Kind::Radicale => (format!("/{USER}/"), format!("/{USER}/")),
         Kind::Xandikos => ("/user/contacts/".to_owned(), "/user/calendars/".to_owned()),
+        Kind::Cyrus => (
+            format!("/dav/addressbooks/user/{USER}/"),
+            format!("/dav/calendars/user/{USER}/"),
+        ),
     };
     let urls = [
         (format!("{ab}{tag}-contacts/"), book),

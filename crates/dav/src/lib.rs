@@ -315,12 +315,18 @@ impl DavMailbox {
     fn put_refused(&self, coll: &Coll, href: &str, url: &Url, answer: &client::Answer) -> Error {
         let conditions = xml::error_conditions(&answer.body);
         let has = |name: &str| conditions.iter().any(|c| c == name);
-        if has("no-uid-conflict") || answer.status == StatusCode::CONFLICT {
+        // RFC 4791/6352's `no-uid-conflict`; Cyrus answers RFC 6638's
+        // `unique-scheduling-object-resource` for a UID used anywhere in
+        // the account's calendars.
+        if has("no-uid-conflict")
+            || has("unique-scheduling-object-resource")
+            || answer.status == StatusCode::CONFLICT
+        {
             return Error::Remote {
                 url: url.to_string(),
                 status: Some(answer.status.as_u16()),
                 reason: format!(
-                    "PUT refused: another item in this collection already has this UID ({}); update that item instead",
+                    "PUT refused: another item of this account already has this UID ({}); update that item instead",
                     answer.snippet()
                 ),
             };

@@ -1,5 +1,5 @@
-//! The mailbox conformance suite against real servers: Radicale (contacts,
-//! and calendar) and Xandikos (calendar, and contacts), each test on a
+//! The mailbox conformance suite against real servers: Radicale, Xandikos
+//! and Cyrus IMAP's httpd, each on contacts and on calendar, each test on a
 //! freshly started server.
 
 #[path = "../../mailbox/tests/conformance/mod.rs"]
@@ -49,6 +49,14 @@ pub async fn xandikos_contacts() -> DavFixture {
     fixture(Kind::Xandikos, "contacts").await
 }
 
+pub async fn cyrus_contacts() -> DavFixture {
+    fixture(Kind::Cyrus, "contacts").await
+}
+
+pub async fn cyrus_calendar() -> DavFixture {
+    fixture(Kind::Cyrus, "calendar").await
+}
+
 #[async_trait]
 impl Fixture for DavFixture {
     fn mailbox(&self) -> Arc<dyn Mailbox> {
@@ -88,9 +96,10 @@ impl Fixture for DavFixture {
         unreachable!("a DAV server has no mail folders")
     }
 
-    /// Both servers refuse invalid data on PUT. Xandikos serves what is
+    /// Every server refuses invalid data on PUT. Xandikos serves what is
     /// committed to its git store; Radicale skips broken files on disk
-    /// (they are invisible to clients), so it cannot hold one.
+    /// (they are invisible to clients), so it cannot hold one; Cyrus keeps
+    /// items as messages of its mail spool, checked when stored.
     async fn plant_malformed(&self, collection: &str) -> Option<Href> {
         match self.server.kind {
             Kind::Xandikos => {
@@ -106,7 +115,7 @@ impl Fixture for DavFixture {
                 );
                 Some(name.to_owned())
             }
-            Kind::Radicale => None,
+            Kind::Radicale | Kind::Cyrus => None,
         }
     }
 
@@ -121,20 +130,31 @@ impl Fixture for DavFixture {
 
 mod radicale_contacts {
     use super::*;
-    mailbox_conformance!(radicale_contacts);
+    // Radicale cannot hold a bad item (see `plant_malformed`).
+    mailbox_conformance!(radicale_contacts; items);
 }
 
 mod radicale_calendar {
     use super::*;
-    mailbox_conformance!(radicale_calendar);
+    mailbox_conformance!(radicale_calendar; items);
 }
 
 mod xandikos_calendar {
     use super::*;
-    mailbox_conformance!(xandikos_calendar);
+    mailbox_conformance!(xandikos_calendar; items, bad_items);
 }
 
 mod xandikos_contacts {
     use super::*;
-    mailbox_conformance!(xandikos_contacts);
+    mailbox_conformance!(xandikos_contacts; items, bad_items);
+}
+
+mod cyrus_contacts {
+    use super::*;
+    mailbox_conformance!(cyrus_contacts; items);
+}
+
+mod cyrus_calendar {
+    use super::*;
+    mailbox_conformance!(cyrus_calendar; items);
 }

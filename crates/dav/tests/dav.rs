@@ -1,4 +1,4 @@
-//! DAV-specific behaviour, on Radicale and on Xandikos (each test on a
+//! DAV-specific behaviour, on Radicale, Xandikos and Cyrus (each test on a
 //! freshly started server), plus the failures real servers do not produce
 //! on demand (507 truncation, 500, a dropped answer) from a scripted
 //! loopback responder.
@@ -13,7 +13,7 @@ use crmsync_mailbox::{Changes, Error, Etag, Mailbox, Notification, SyncState};
 
 use common::{same_item, Kind, Reply, Scripted, Server, PASSWORD, USER};
 
-on_both_servers!(
+on_every_server!(
     r_t3_sync_collection_reports_deletions,
     r_t3_invalid_sync_token_resyncs_without_duplicates,
     r_t3_getctag_fallback_finds_changes_and_deletions,
@@ -49,7 +49,7 @@ fn vtodo(uid: &str, summary: &str) -> Vec<u8> {
 
 fn vevent(uid: &str, summary: &str) -> Vec<u8> {
     format!(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//crmsync//tests//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20270101T100000Z\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//crmsync//tests//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20270101T100000Z\r\nDTEND:20270101T110000Z\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
     .into_bytes()
 }
@@ -195,7 +195,7 @@ async fn r_t3_invalid_sync_token_resyncs_without_duplicates(kind: Kind) {
     // The server no longer knows the token (expired, or the state is old).
     let bogus = match kind {
         Kind::Radicale => "http://radicale.org/ns/sync/0000000000",
-        Kind::Xandikos => "0000000000000000000000000000000000000000",
+        Kind::Xandikos | Kind::Cyrus => "0000000000000000000000000000000000000000",
     };
     let before = mb.request_count();
     let changes = mb
@@ -259,7 +259,9 @@ async fn r_t3_nothing_changed_is_one_request_per_collection(kind: Kind) {
     let mb = server.mailbox();
     mb.create("contacts", "q", &vcard("q", "Q")).await.unwrap();
     mb.create("calendar", "q", &vevent("q", "Q")).await.unwrap();
-    mb.create("tasks", "q", &vtodo("q", "Q")).await.unwrap();
+    mb.create("tasks", "q", &vtodo("q-task", "Q"))
+        .await
+        .unwrap();
     let mut states = Vec::new();
     for c in ["contacts", "calendar", "tasks"] {
         states.push((c, mb.changes_since(c, None).await.unwrap().state));
@@ -581,6 +583,26 @@ async fn items_without_uid_or_sharing_a_uid_are_handled_per_item(kind: Kind) {
             assert!(err.to_string().contains("UID"), "{err}");
             assert!(err.to_string().contains("twin-2.vcf"), "{err}");
         }
+        // Cyrus refuses the one without UID and stores the twin.
+        Kind::Cyrus => {
+            let err = created_no_uid.unwrap_err();
+            assert!(matches!(err, Error::Malformed { .. }), "{err}");
+            assert!(err.to_string().contains("no-uid.vcf"), "{err}");
+            twin.unwrap();
+            // A UID is unique across all of an account's calendars there.
+            mb.create("calendar", "clash", &vevent("clash", "Event"))
+                .await
+                .unwrap();
+            let err = mb
+                .create("tasks", "clash", &vtodo("clash", "Task"))
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("already has this UID")
+                    && err.to_string().contains("/Default/clash.ics"),
+                "{err}"
+            );
+        }
         // Xandikos stores both; they are separate items to the agent.
         Kind::Xandikos => {
             created_no_uid.unwrap();
@@ -593,11 +615,12 @@ async fn items_without_uid_or_sharing_a_uid_are_handled_per_item(kind: Kind) {
     let all: Vec<String> = changes.changed.iter().map(|r| r.href.clone()).collect();
     let got = mb.get_many("contacts", &all).await.unwrap();
     assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
-    assert_eq!(
-        listed.len(),
-        if kind == Kind::Radicale { 1 } else { 3 },
-        "{listed:?}"
-    );
+    let stored = match kind {
+        Kind::Radicale => 1,
+        Kind::Cyrus => 2,
+        Kind::Xandikos => 3,
+    };
+    assert_eq!(listed.len(), stored, "{listed:?}");
 }
 
 async fn server_killed_mid_sync_gives_errors_not_panics(kind: Kind) {
@@ -757,7 +780,7 @@ with caldav.DAVClient(url=url, username=user, password=password) as client:
     event.icalendar_component["summary"] = "Edited by python-caldav"
     event.save()
     cal.save_event(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//python//EN\r\nBEGIN:VEVENT\r\nUID:py-new\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20270201T100000Z\r\nSUMMARY:Created by python-caldav\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//python//EN\r\nBEGIN:VEVENT\r\nUID:py-new\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20270201T100000Z\r\nDTEND:20270201T110000Z\r\nSUMMARY:Created by python-caldav\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
 "#;
     let (root, calendar) = (server.root(), server.url_of("calendar"));

@@ -1,5 +1,6 @@
 //! The mailbox conformance suite (crates/mailbox/tests/conformance) against
-//! a real Dovecot: with CONDSTORE/QRESYNC, with CONDSTORE alone, and with neither.
+//! a real Dovecot (with CONDSTORE/QRESYNC, with CONDSTORE alone, and with
+//! neither) and a real Cyrus IMAP.
 
 #[path = "../../mailbox/tests/conformance/mod.rs"]
 #[macro_use]
@@ -11,17 +12,21 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use crmsync_imap::ImapMailbox;
 use crmsync_mailbox::{CollectionKind, Href, Mailbox};
-use support::{Dovecot, Flavor};
+use support::{Flavor, ImapServer};
 
 pub struct ImapFixture {
-    dovecot: Dovecot,
+    server: ImapServer,
     mailbox: Arc<ImapMailbox>,
 }
 
 impl ImapFixture {
     async fn start(flavor: Flavor) -> Self {
-        let dovecot = Dovecot::start(flavor).await;
-        let mailbox = Arc::new(support::mailbox(&dovecot).await);
+        let server = ImapServer::start(flavor).await;
+        let mailbox = Arc::new(ImapMailbox::new(server.config()));
+        mailbox
+            .ensure_folders()
+            .await
+            .expect("create the test folders");
         let (condstore, qresync) = mailbox.uses_condstore().await.unwrap();
         assert_eq!(
             (condstore, qresync),
@@ -29,10 +34,11 @@ impl ImapFixture {
                 Flavor::Qresync => (true, true),
                 Flavor::Condstore => (true, false),
                 Flavor::Plain => (false, false),
+                Flavor::Cyrus => (true, true),
             },
-            "the {flavor:?} Dovecot offers the wrong capabilities"
+            "the {flavor:?} server offers the wrong capabilities"
         );
-        ImapFixture { dovecot, mailbox }
+        ImapFixture { server, mailbox }
     }
 
     fn folder(collection: &str) -> &str {
@@ -47,7 +53,7 @@ impl conformance::Fixture for ImapFixture {
     }
 
     async fn reopen(&self) -> Arc<dyn Mailbox> {
-        Arc::new(ImapMailbox::new(self.dovecot.config()))
+        Arc::new(ImapMailbox::new(self.server.config()))
     }
 
     fn collection(&self, kind: CollectionKind) -> Option<String> {
@@ -59,7 +65,7 @@ impl conformance::Fixture for ImapFixture {
     }
 
     async fn external_delete(&self, collection: &str, href: &str) {
-        let mut c = self.dovecot.client().await;
+        let mut c = self.server.client().await;
         c.select(Self::folder(collection)).await;
         c.cmd(&format!("UID STORE {href} +FLAGS.SILENT (\\Deleted)"))
             .await;
@@ -68,14 +74,14 @@ impl conformance::Fixture for ImapFixture {
     }
 
     async fn external_deliver(&self, folder: &str, data: &[u8]) -> Href {
-        let mut c = self.dovecot.client().await;
+        let mut c = self.server.client().await;
         let uid = c.append(Self::folder(folder), data).await;
         c.logout().await;
         uid.to_string()
     }
 
     async fn external_mark_seen(&self, folder: &str, href: &str) {
-        let mut c = self.dovecot.client().await;
+        let mut c = self.server.client().await;
         c.select(Self::folder(folder)).await;
         c.cmd(&format!("UID STORE {href} +FLAGS (\\Seen)")).await;
         c.logout().await;
@@ -97,7 +103,7 @@ mod qresync {
         ImapFixture::start(Flavor::Qresync).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
 }
 
 mod condstore {
@@ -107,7 +113,7 @@ mod condstore {
         ImapFixture::start(Flavor::Condstore).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
 }
 
 mod plain {
@@ -117,5 +123,15 @@ mod plain {
         ImapFixture::start(Flavor::Plain).await
     }
 
-    mailbox_conformance!(fixture);
+    mailbox_conformance!(fixture; mail);
+}
+
+mod cyrus {
+    use super::*;
+
+    async fn fixture() -> ImapFixture {
+        ImapFixture::start(Flavor::Cyrus).await
+    }
+
+    mailbox_conformance!(fixture; mail);
 }

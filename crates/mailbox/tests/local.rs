@@ -199,11 +199,11 @@ impl Fixture for LocalFixture {
 }
 
 mod contacts_and_inbox {
-    mailbox_conformance!(crate::local_fixture);
+    mailbox_conformance!(crate::local_fixture; items, mail, bad_items);
 }
 
 mod calendar_and_crm_folder {
-    mailbox_conformance!(crate::local_fixture_calendar_and_crm_folder);
+    mailbox_conformance!(crate::local_fixture_calendar_and_crm_folder; items, mail, bad_items);
 }
 
 // ---------------------------------------------------------------- local only

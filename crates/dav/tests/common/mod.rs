@@ -1,8 +1,9 @@
 //! Real CalDAV/CardDAV servers for the tests: Radicale (Basic auth, plain
-//! htpasswd) and Xandikos (no auth), each started as a child process on a
-//! free loopback port with its storage in a temporary folder, and killed
-//! when the [`Server`] is dropped. Their binaries come from the venv that
-//! `scripts/dav-servers.sh` installs.
+//! htpasswd), Xandikos (no auth) and Cyrus IMAP's httpd (Basic auth, an
+//! sasldb user), each started on a free loopback port with its storage in a
+//! temporary folder, and stopped when the [`Server`] is dropped. Radicale
+//! and Xandikos come from the venv that `scripts/dav-servers.sh` installs,
+//! Cyrus from Debian (`scripts/cyrus.sh`, crates/mailbox/tests/servers/cyrus.rs).
 
 #![allow(dead_code)]
 
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 use crmsync_dav::{DavConfig, DavMailbox, Url};
 use tempfile::TempDir;
 
+#[path = "../../../mailbox/tests/servers/cyrus.rs"]
+mod cyrus;
+use cyrus::Cyrus;
+
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "wonder land";
 
@@ -21,14 +26,20 @@ pub const PASSWORD: &str = "wonder land";
 pub enum Kind {
     Radicale,
     Xandikos,
+    Cyrus,
 }
 
 pub struct Server {
     pub kind: Kind,
-    child: Child,
-    pub dir: TempDir,
+    process: Process,
     pub port: u16,
     http: reqwest::Client,
+}
+
+/// A running server: a Python child process with its folder, or Cyrus.
+enum Process {
+    Child { child: Child, dir: TempDir },
+    Cyrus(Cyrus),
 }
 
 /// The venv with radicale, xandikos, caldav and vdirsyncer.
@@ -72,6 +83,17 @@ impl Server {
     }
 
     async fn try_start(kind: Kind) -> Result<Server, String> {
+        if kind == Kind::Cyrus {
+            let cyrus = Cyrus::start(USER, PASSWORD).await;
+            let server = Server {
+                kind,
+                port: cyrus.http_port,
+                process: Process::Cyrus(cyrus),
+                http: reqwest::Client::new(),
+            };
+            server.create_collections().await;
+            return Ok(server);
+        }
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -97,6 +119,7 @@ impl Server {
                     .arg("--logging-level")
                     .arg("warning");
             }
+            Kind::Cyrus => unreachable!("started above"),
             Kind::Xandikos => {
                 cmd = Command::new(venv.join("bin/xandikos"));
                 cmd.arg("serve")
@@ -120,15 +143,16 @@ impl Server {
             .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
         let mut server = Server {
             kind,
-            child,
-            dir,
+            process: Process::Child { child, dir },
             port,
             http: reqwest::Client::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("exited with {status}:\n{}", server.log()));
+            if let Process::Child { child, .. } = &mut server.process {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("exited with {status}:\n{}", server.log()));
+                }
             }
             let answer = server
                 .raw("PROPFIND", server.root(), &[("Depth", "0")], None)
@@ -146,7 +170,12 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        match &self.process {
+            Process::Child { dir, .. } => {
+                std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            }
+            Process::Cyrus(cyrus) => cyrus.logs(),
+        }
     }
 
     pub fn root(&self) -> Url {
@@ -160,18 +189,25 @@ impl Server {
             (Kind::Xandikos, "contacts") => "/user/contacts/addressbook/".to_owned(),
             (Kind::Xandikos, "calendar") => "/user/calendars/calendar/".to_owned(),
             (Kind::Xandikos, _) => "/user/calendars/tasks/".to_owned(),
+            // Cyrus makes a `Default` address book and calendar for a user.
+            (Kind::Cyrus, "contacts") => format!("/dav/addressbooks/user/{USER}/Default/"),
+            (Kind::Cyrus, "calendar") => format!("/dav/calendars/user/{USER}/Default/"),
+            (Kind::Cyrus, _) => format!("/dav/calendars/user/{USER}/tasks/"),
         };
         self.root().join(&path).unwrap()
     }
 
     /// The folder on disk that holds a collection's items.
     pub fn folder_of(&self, id: &str) -> PathBuf {
-        let storage = self.dir.path().join("storage");
+        let Process::Child { dir, .. } = &self.process else {
+            panic!("Cyrus keeps items in its mail spool, not in a folder of files");
+        };
+        let storage = dir.path().join("storage");
         let url = self.url_of(id);
         let path = url.path().trim_matches('/');
         match self.kind {
             Kind::Radicale => storage.join("collection-root").join(path),
-            Kind::Xandikos => storage.join(path),
+            Kind::Xandikos | Kind::Cyrus => storage.join(path),
         }
     }
 
@@ -257,7 +293,7 @@ impl Server {
                 ("calendar", cal("VEVENT")),
                 ("tasks", cal("VTODO")),
             ],
-            Kind::Xandikos => vec![("tasks", cal("VTODO"))],
+            Kind::Xandikos | Kind::Cyrus => vec![("tasks", cal("VTODO"))],
         };
         for (id, body) in wanted {
             let (status, answer) = self
@@ -281,8 +317,13 @@ impl Server {
 
     /// Stops the server at once (a crash, as far as clients can tell).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Process::Cyrus(cyrus) => cyrus.stop(),
+        }
     }
 
     /// Xandikos keeps each collection in a git work tree: commits a file
@@ -445,10 +486,11 @@ impl Drop for Scripted {
     }
 }
 
-/// One `#[tokio::test]` per server for `async fn body(kind: Kind)`, in a
-/// module named after the body (`crates/dav/tests`, `crates/agent/tests/dav.rs`).
+/// One `#[tokio::test]` per server (Radicale, Xandikos, Cyrus) for `async
+/// fn body(kind: Kind)`, in a module named after the body
+/// (`crates/dav/tests/dav.rs`, `crates/agent/tests/dav.rs`).
 #[allow(unused_macros)]
-macro_rules! on_both_servers {
+macro_rules! on_every_server {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -460,6 +502,10 @@ macro_rules! on_both_servers {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn xandikos() {
                     super::$name(Kind::Xandikos).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cyrus() {
+                    super::$name(Kind::Cyrus).await
                 }
             }
         )*

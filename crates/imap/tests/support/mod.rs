@@ -1,8 +1,10 @@
 //! A real Dovecot for the tests: one instance per test, in a TempDir, on a
 //! free loopback port, with a passwd-file user, Maildir++ storage and either
 //! Dovecot's default capabilities (CONDSTORE, QRESYNC) or a list without
-//! them (the fallback). Plus "another client": a raw IMAP connection of its
-//! own, and a TCP proxy that can cut connections.
+//! them (the fallback). A real Cyrus IMAP the same way
+//! (crates/mailbox/tests/servers/cyrus.rs): [`ImapServer`] starts either.
+//! Plus "another client": a raw IMAP connection of its own, and a TCP proxy
+//! that can cut connections.
 //!
 //! Dovecot comes from Debian's `dovecot-imapd` (scripts/dovecot.sh installs
 //! it); `CRMSYNC_DOVECOT` names another binary.
@@ -21,11 +23,16 @@ use crmsync_imap::{ImapConfig, ImapMailbox, Security};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "../../../mailbox/tests/servers/cyrus.rs"]
+pub mod cyrus;
+use cyrus::Cyrus;
+
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret pässword \"quoted\"";
 pub const FOLDERS: [&str; 4] = ["INBOX", "Sent", "Drafts", "CRM"];
 
-/// Which capabilities Dovecot offers.
+/// The IMAP server a test runs on: Dovecot offering some capabilities, or
+/// Cyrus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     /// Dovecot's defaults: CONDSTORE and QRESYNC.
@@ -34,6 +41,40 @@ pub enum Flavor {
     Condstore,
     /// CONDSTORE and QRESYNC left out of the capability list.
     Plain,
+    /// Cyrus IMAP with its defaults (CONDSTORE and QRESYNC); started by
+    /// [`ImapServer::start`] only.
+    Cyrus,
+}
+
+/// The IMAP server of a test, as [`Flavor`] says.
+pub enum ImapServer {
+    Dovecot(Dovecot),
+    Cyrus(Cyrus),
+}
+
+impl ImapServer {
+    pub async fn start(flavor: Flavor) -> ImapServer {
+        match flavor {
+            Flavor::Cyrus => ImapServer::Cyrus(Cyrus::start(USER, PASSWORD).await),
+            _ => ImapServer::Dovecot(Dovecot::start(flavor).await),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            ImapServer::Dovecot(d) => d.port,
+            ImapServer::Cyrus(c) => c.imap_port,
+        }
+    }
+
+    pub fn config(&self) -> ImapConfig {
+        client_config(self.port())
+    }
+
+    /// Another mail client.
+    pub async fn client(&self) -> Raw {
+        Raw::connect(self.port()).await
+    }
 }
 
 /// Capabilities after login for [`Flavor::Plain`]: Dovecot's list without
@@ -196,6 +237,7 @@ impl Dovecot {
     }
 
     async fn launch(flavor: Flavor, tls: bool, settings: &str) -> Dovecot {
+        assert_ne!(flavor, Flavor::Cyrus, "start Cyrus with ImapServer::start");
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let (uid, gid) = owner_of(root);
@@ -253,6 +295,7 @@ impl Dovecot {
             Flavor::Qresync => String::new(),
             Flavor::Condstore => format!("imap_capability = {PLAIN_CAPABILITIES} CONDSTORE\n"),
             Flavor::Plain => format!("imap_capability = {PLAIN_CAPABILITIES}\n"),
+            Flavor::Cyrus => unreachable!("refused above"),
         };
         let first_valid_uid = mail_uid.min(500);
         // Not root: no chroot and no user switching for the services.
@@ -374,11 +417,7 @@ service imap-login {{
     /// The configuration of a client reaching this Dovecot through `port`
     /// (a proxy).
     pub fn config_on(&self, port: u16) -> ImapConfig {
-        let mut c = ImapConfig::new("127.0.0.1", port, Security::None, USER, PASSWORD);
-        c.folders = FOLDERS.iter().map(|f| f.to_string()).collect();
-        c.poll_interval = Duration::from_millis(500);
-        c.timeout = Duration::from_secs(20);
-        c
+        client_config(port)
     }
 
     /// Writes `count` small messages as Maildir++ files of `folder` (before
@@ -429,6 +468,15 @@ impl Drop for Dovecot {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The configuration of the test user's client of a server on `port`.
+pub fn client_config(port: u16) -> ImapConfig {
+    let mut c = ImapConfig::new("127.0.0.1", port, Security::None, USER, PASSWORD);
+    c.folders = FOLDERS.iter().map(|f| f.to_string()).collect();
+    c.poll_interval = Duration::from_millis(500);
+    c.timeout = Duration::from_secs(20);
+    c
 }
 
 /// A minimal IMAP client of its own (not the crate's code): line-based
