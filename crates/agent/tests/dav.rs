@@ -801,23 +801,27 @@ async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each(kind: Kind)
             }
         }
     }
+    // Cyrus validates every upload and refuses the most (23 of 55).
     assert!(
-        sound >= 30,
+        sound >= 25,
         "{sound} items stored; refused: {refused_by_server:?}"
     );
 
     let r = agent.sync_once(SyncOptions::default()).await.unwrap();
     assert!(r.refused.is_empty(), "{:#?}", r.refused);
     assert_eq!(r.pushed.get("track"), Some(&sound), "{r:#?}");
+    // Each broken item is reported once, on its own, as skipped (the sync
+    // itself completed: no error).
+    assert!(r.errors.is_empty(), "{:#?}", r.errors);
     for href in &broken {
         let reports = r
-            .errors
+            .skipped
             .iter()
             .filter(|e| e.contains(href.as_str()))
             .count();
-        assert_eq!(reports, 1, "{href}: {:#?}", r.errors);
+        assert_eq!(reports, 1, "{href}: {:#?}", r.skipped);
     }
-    assert_eq!(r.errors.len(), broken.len(), "{:#?}", r.errors);
+    assert_eq!(r.skipped.len(), broken.len(), "{:#?}", r.skipped);
     let masters: usize = [
         mine(&w, &ann, "contacts").await,
         mine(&w, &ann, "appointments").await,
