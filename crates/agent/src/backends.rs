@@ -50,7 +50,7 @@ pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
         )),
     };
     Ok(OpenedMailbox {
-        mailbox,
+        mailbox: crate::fault::counting_writes(mailbox),
         local_items_root,
     })
 }

@@ -210,6 +210,7 @@ impl Cache {
             .bind(state)
             .execute(&self.pool)
             .await?;
+        crate::fault::step("mailbox sync state written");
         Ok(())
     }
 
@@ -293,6 +294,7 @@ impl Cache {
         .bind(Value::Object(item.baseline.clone()).to_string())
         .execute(&self.pool)
         .await?;
+        crate::fault::step("cache row written");
         Ok(())
     }
 
@@ -302,6 +304,7 @@ impl Cache {
             .bind(href)
             .execute(&self.pool)
             .await?;
+        crate::fault::step("cache row removed");
         Ok(())
     }
 
@@ -380,6 +383,7 @@ impl Cache {
                 .await?;
         }
         tx.commit().await?;
+        crate::fault::step("journal written");
         Ok(())
     }
 
@@ -468,6 +472,7 @@ impl Cache {
         .bind(&w.old_etag)
         .execute(&self.pool)
         .await?;
+        crate::fault::step("write intent recorded");
         Ok(())
     }
 
@@ -495,6 +500,7 @@ impl Cache {
             .bind(crm_id)
             .execute(&self.pool)
             .await?;
+        crate::fault::step("write intent done");
         Ok(())
     }
 
@@ -505,6 +511,7 @@ impl Cache {
             .bind(collection)
             .execute(&self.pool)
             .await?;
+        crate::fault::step("write intents cleared");
         Ok(())
     }
 
@@ -575,6 +582,7 @@ impl Cache {
 
     pub async fn put_message(&self, m: &CachedMessage) -> anyhow::Result<()> {
         Cache::put_message_query(m).execute(&self.pool).await?;
+        crate::fault::step("message row written");
         Ok(())
     }
 
@@ -595,6 +603,7 @@ impl Cache {
             .bind(href)
             .execute(&self.pool)
             .await?;
+        crate::fault::step("message row removed");
         Ok(())
     }
 

@@ -210,12 +210,15 @@ impl CrmClient {
             .iter()
             .map(|(id, version)| json!({"id": id, "version": version}))
             .collect();
-        self.call(
-            reqwest::Method::POST,
-            "/api/v1/sync/ack",
-            Some(json!({"client_id": client, "batch": batch, "items": items})),
-        )
-        .await
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/sync/ack",
+                Some(json!({"client_id": client, "batch": batch, "items": items})),
+            )
+            .await?;
+        crate::fault::step("acknowledgement answered");
+        Ok(answer)
     }
 
     /// R-S5: the per-operation results, in order (500 operations per call).
@@ -223,6 +226,7 @@ impl CrmClient {
         let mut out = Vec::new();
         for chunk in ops.chunks(500) {
             out.extend(self.push_chunk(client, chunk).await?);
+            crate::fault::step("push answered");
         }
         Ok(out)
     }

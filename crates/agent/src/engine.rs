@@ -1306,6 +1306,22 @@ impl Agent {
         Ok(())
     }
 
+    /// The etag and UID of the item at `href` if it is linked to `rec` and
+    /// shows exactly `baseline` (what writing `rec` gives); `None` when it
+    /// does not, or cannot be read.
+    async fn holding(
+        &self,
+        collection: &str,
+        href: &str,
+        rec: &Record,
+        baseline: &Map<String, Value>,
+    ) -> Option<(String, String)> {
+        let current = self.mailbox.get(collection, href).await.ok()?;
+        let item = parse_item(&current.data).ok()?;
+        (item.crm_id == Some(rec.id) && comparable(&item) == *baseline)
+            .then(|| (current.etag.as_str().to_string(), item.uid))
+    }
+
     /// Drops X-CRM-ID and the marker from the item; the cache keeps it as
     /// not tracked.
     async fn unlink(&self, collection: &str, t: &mut Touched) -> anyhow::Result<()> {
@@ -1616,11 +1632,20 @@ impl Agent {
                     side: MailboxSide::Unchanged,
                 };
                 if let Err(e) = self.write_record(collection, &mut t, rec).await {
+                    let r = record_of(rec)?;
+                    let baseline = baseline_of(&r, &exception_records(rec, r.set));
+                    // R-T4: a run stopped after writing this answer but
+                    // before recording it left the item changed, by us.
+                    if let Some((etag, uid)) =
+                        self.holding(collection, &entry.href, &r, &baseline).await
+                    {
+                        let row = linked(collection, &entry.href, &etag, uid, &r, baseline);
+                        self.cache.put_item(&row).await?;
+                        return Ok(true);
+                    }
                     // Edited again meanwhile: linked now, the edit goes out
                     // as an update next time (baseline = the CRM's answer).
-                    let r = record_of(rec)?;
                     let uid = t.cached.as_ref().map(|c| c.uid.clone()).unwrap_or_default();
-                    let baseline = baseline_of(&r, &exception_records(rec, r.set));
                     let row = linked(collection, &entry.href, &entry.etag, uid, &r, baseline);
                     self.cache.put_item(&row).await?;
                     report.errors.push(format!(

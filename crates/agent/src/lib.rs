@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod crm;
 pub mod engine;
+pub mod fault;
 pub mod mail;
 pub mod run;
 
