@@ -64,13 +64,13 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => Just(Op::CrmCreate),
-        4 => (0..8usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::CrmEdit(i, f, v)),
-        1 => (0..8usize).prop_map(Op::CrmDelete),
-        1 => (0..8usize).prop_map(Op::CrmReassign),
+        4 => (0..1000usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::CrmEdit(i, f, v)),
+        1 => (0..1000usize).prop_map(Op::CrmDelete),
+        1 => (0..1000usize).prop_map(Op::CrmReassign),
         2 => Just(Op::MailboxCreate),
-        4 => (0..8usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::MailboxEdit(i, f, v)),
-        1 => (0..8usize).prop_map(Op::MailboxDelete),
-        1 => (0..8usize).prop_map(Op::MailboxUntrack),
+        4 => (0..1000usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::MailboxEdit(i, f, v)),
+        1 => (0..1000usize).prop_map(Op::MailboxDelete),
+        1 => (0..1000usize).prop_map(Op::MailboxUntrack),
         3 => Just(Op::Sync),
     ]
 }
