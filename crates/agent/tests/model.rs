@@ -6,7 +6,12 @@
 //! - R-S2/R-M1: a CRM contact of the user reaches the address book once; a
 //!   vCard marked `Tracked to CRM` becomes one CRM contact.
 //! - R-F5: an edit on one side reaches the other; a field edited on both
-//!   sides ends equal on both, with one of the two values.
+//!   sides ends equal on both, with the value of the side whose item was
+//!   modified later, the CRM's on a tie. The model reads the two times as
+//!   the product compares them: the CRM record's `modified_at` after the
+//!   CRM edit, and the file's modification time to the second (what the
+//!   agent sends as `mailbox_modified_at`) after the mailbox edit, which
+//!   the test sets 0 or 2 seconds ahead so that both sides win.
 //! - §9: a contact deleted in the mailbox stays in the CRM and is not sent
 //!   again (R-S9); untracked, it stays in the CRM and in the mailbox,
 //!   unlinked; deleted in the CRM (the user owns it), it stays in the
@@ -55,24 +60,46 @@ enum Op {
     CrmDelete(usize),
     CrmReassign(usize),
     MailboxCreate,
-    MailboxEdit(usize, usize, u8),
+    /// Item, field, value, seconds to move the file's time ahead (R-F5).
+    MailboxEdit(usize, usize, u8, u8),
     MailboxDelete(usize),
     MailboxUntrack(usize),
+    /// `city` of one item edited on both sides (R-F5's conflict), the CRM
+    /// first or not, the file's time moved ahead by the seconds given.
+    BothEdit(usize, u8, u8, bool),
     Sync,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => Just(Op::CrmCreate),
-        4 => (0..8usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::CrmEdit(i, f, v)),
-        1 => (0..8usize).prop_map(Op::CrmDelete),
-        1 => (0..8usize).prop_map(Op::CrmReassign),
+        4 => (0..1000usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::CrmEdit(i, f, v)),
+        1 => (0..1000usize).prop_map(Op::CrmDelete),
+        1 => (0..1000usize).prop_map(Op::CrmReassign),
         2 => Just(Op::MailboxCreate),
-        4 => (0..8usize, 0..2usize, any::<u8>()).prop_map(|(i, f, v)| Op::MailboxEdit(i, f, v)),
-        1 => (0..8usize).prop_map(Op::MailboxDelete),
-        1 => (0..8usize).prop_map(Op::MailboxUntrack),
+        4 => (0..1000usize, 0..2usize, any::<u8>(), prop_oneof![Just(0u8), Just(2u8)])
+            .prop_map(|(i, f, v, ahead)| Op::MailboxEdit(i, f, v, ahead)),
+        1 => (0..1000usize).prop_map(Op::MailboxDelete),
+        1 => (0..1000usize).prop_map(Op::MailboxUntrack),
+        2 => (0..1000usize, any::<u8>(), prop_oneof![Just(0u8), Just(2u8)], any::<bool>())
+            .prop_map(|(i, v, ahead, crm_first)| Op::BothEdit(i, v, ahead, crm_first)),
         3 => Just(Op::Sync),
     ]
+}
+
+/// A history: up to 12 items created on either side first (so that the
+/// picks, taken modulo the item count, reach items past the first few),
+/// then random steps.
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let create = prop_oneof![Just(Op::CrmCreate), Just(Op::MailboxCreate)];
+    (
+        proptest::collection::vec(create, 0..12),
+        proptest::collection::vec(op(), 5..30),
+    )
+        .prop_map(|(mut first, rest)| {
+            first.extend(rest);
+            first
+        })
 }
 
 /// Where the model says an item is.
@@ -101,9 +128,13 @@ struct Item {
     place: Place,
     /// A change waiting for the next sync.
     pending: Option<Op>,
-    /// Field → the values it may have after the next sync (two when both
-    /// sides edited it in this round).
-    expected: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Field → the value it must have after the next sync.
+    expected: BTreeMap<&'static str, String>,
+    /// The CRM record's `modified_at` after this round's last CRM edit.
+    crm_time: Option<time::OffsetDateTime>,
+    /// The file's modification time after this round's last mailbox edit,
+    /// to the second, as the agent reads and sends it.
+    mailbox_time: Option<time::OffsetDateTime>,
     /// Edits of this round, per side.
     crm_edits: BTreeMap<&'static str, String>,
     mailbox_edits: BTreeMap<&'static str, String>,
@@ -123,6 +154,8 @@ impl Item {
             place,
             pending: None,
             expected: BTreeMap::new(),
+            crm_time: None,
+            mailbox_time: None,
             crm_edits: BTreeMap::new(),
             mailbox_edits: BTreeMap::new(),
             structural: false,
@@ -199,16 +232,21 @@ impl Run {
                 let field = CRM_FIELDS[*f];
                 let value = format!("crm-{v}");
                 // An admin edits (the record may have been reassigned).
-                self.w
-                    .patch_contact(
+                let (status, rec) = self
+                    .w
+                    .call(
                         &self.w.admin,
-                        it.crm_id.as_ref().unwrap(),
-                        json!({field: value}),
+                        Method::PATCH,
+                        &format!("/api/v1/contacts/{}", it.crm_id.as_ref().unwrap()),
+                        Some(json!({field: value})),
                     )
                     .await;
+                assert_eq!(status, 200, "{rec}");
+                let at = rec["modified_at"].as_str().expect("modified_at");
+                it.crm_time = Some(crmsync_core::time::parse_datetime(at).unwrap());
                 it.crm_edits.insert(field, value);
             }
-            Op::MailboxEdit(i, f, v) => {
+            Op::MailboxEdit(i, f, v, ahead) => {
                 let Some(i) = pick(*i) else { return };
                 let it = &mut self.items[i];
                 let in_mailbox = matches!(
@@ -222,7 +260,19 @@ impl Run {
                 }
                 let field = MAILBOX_FIELDS[*f];
                 let value = format!("mbx-{v}");
-                edit(it.file.as_ref().unwrap(), field, &value);
+                let file = it.file.as_ref().unwrap();
+                edit(file, field, &value);
+                let when = std::time::SystemTime::now()
+                    + std::time::Duration::from_secs(u64::from(*ahead));
+                std::fs::File::options()
+                    .write(true)
+                    .open(file)
+                    .unwrap()
+                    .set_modified(when)
+                    .unwrap();
+                let mtime = std::fs::metadata(file).unwrap().modified().unwrap();
+                let mtime = time::OffsetDateTime::from(mtime);
+                it.mailbox_time = Some(mtime.replace_nanosecond(0).unwrap());
                 it.mailbox_edits.insert(field, value);
             }
             Op::CrmDelete(i)
@@ -268,6 +318,7 @@ impl Run {
                 it.structural = true;
                 it.pending = Some(op.clone());
             }
+            Op::BothEdit(..) => unreachable!("run() splits it in two edits"),
             Op::Sync => self.sync_and_check().await,
         }
     }
@@ -290,24 +341,30 @@ impl Run {
                 (place, _) => place,
             };
             // R-F5: edits cross over while the item is linked; on an
-            // unlinked item each side keeps its own.
+            // unlinked item each side keeps its own. A field edited on both
+            // sides takes the later side's value, the CRM's on a tie.
             let crosses = it.place == Place::Linked;
+            let mailbox_is_later = match (it.mailbox_time, it.crm_time) {
+                (Some(m), Some(c)) => m > c,
+                _ => false,
+            };
             let mut fields: BTreeSet<&'static str> = it.crm_edits.keys().copied().collect();
             fields.extend(it.mailbox_edits.keys().copied());
             for field in fields {
-                let mut allowed = BTreeSet::new();
-                if let Some(v) = it.crm_edits.get(field) {
-                    allowed.insert(v.clone());
-                }
-                if let Some(v) = it.mailbox_edits.get(field) {
-                    allowed.insert(v.clone());
-                }
+                let value = match (it.crm_edits.get(field), it.mailbox_edits.get(field)) {
+                    (Some(_), Some(m)) if mailbox_is_later => m,
+                    (Some(c), _) => c,
+                    (None, Some(m)) => m,
+                    (None, None) => unreachable!(),
+                };
                 if crosses {
-                    it.expected.insert(field, allowed);
+                    it.expected.insert(field, value.clone());
                 }
             }
             it.crm_edits.clear();
             it.mailbox_edits.clear();
+            it.crm_time = None;
+            it.mailbox_time = None;
             it.structural = false;
         }
     }
@@ -414,13 +471,12 @@ impl Run {
                     "R-F5: {}.{field} differs",
                     it.name
                 );
-                if let Some(allowed) = it.expected.get(field) {
-                    assert!(
-                        allowed.contains(&crm_value),
-                        "R-F5: {}.{field} = {crm_value:?}, expected one of {allowed:?}",
+                if let Some(expected) = it.expected.get(field) {
+                    assert_eq!(
+                        &crm_value, expected,
+                        "R-F5: {}.{field} (the later side wins, the CRM on a tie)",
                         it.name
                     );
-                    it.expected.insert(field, BTreeSet::from([crm_value]));
                 }
             }
         }
@@ -447,7 +503,19 @@ fn run(ops: Vec<Op>) {
             created: 0,
         };
         for op in &ops {
-            run.apply(op).await;
+            if let Op::BothEdit(i, v, ahead, crm_first) = *op {
+                let crm = Op::CrmEdit(i, 1, v);
+                let mailbox = Op::MailboxEdit(i, 1, v, ahead);
+                let (a, b) = if crm_first {
+                    (crm, mailbox)
+                } else {
+                    (mailbox, crm)
+                };
+                run.apply(&a).await;
+                run.apply(&b).await;
+            } else {
+                run.apply(op).await;
+            }
         }
         run.apply(&Op::Sync).await;
         // A second sync finds nothing left to do on either side.
@@ -466,7 +534,7 @@ proptest! {
     })]
 
     #[test]
-    fn model_both_sides_converge_to_what_the_rules_say(ops in proptest::collection::vec(op(), 5..30)) {
+    fn model_both_sides_converge_to_what_the_rules_say(ops in ops()) {
         run(ops);
     }
 }

@@ -662,6 +662,55 @@ async fn r_f5_overlapping_edits_later_side_wins() {
     assert_eq!(item.fields["city"], "Crm Again");
 }
 
+/// R-F5's tie rule: both sides edit the same field and the two items'
+/// modification times are equal (the mailbox's as the agent reads it, to
+/// the second, equal to the CRM record's second): the CRM's value wins.
+#[tokio::test]
+async fn r_f5_overlapping_edits_with_equal_times_the_crm_wins() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let agent = w.agent(&ann, "ann", "cache").await;
+    sync(&agent).await;
+    let path = find(&vcards(&w.contacts_dir("ann")), &alpha)
+        .unwrap()
+        .0
+        .clone();
+    let (status, rec) = w
+        .call(
+            &ann,
+            Method::PATCH,
+            &format!("/api/v1/contacts/{alpha}"),
+            Some(json!({"city": "Crm City"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let crm_time =
+        crmsync_core::time::parse_datetime(rec["modified_at"].as_str().unwrap()).unwrap();
+    edit(&path, "city", "Mailbox City");
+    // The file's time: the CRM's second, half a second in (the agent reads
+    // file times to the second, so both sides were modified at that second).
+    let tie = crm_time.replace_nanosecond(500_000_000).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(tie.into())
+        .unwrap();
+    sync(&agent).await;
+    let (_, rec) = w
+        .call(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/contacts/{alpha}"),
+            None,
+        )
+        .await;
+    assert_eq!(rec["city"], "Crm City", "R-F5: the CRM wins ties");
+    let item = parse_item(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(item.fields["city"], "Crm City");
+}
+
 #[tokio::test]
 async fn r9_contact_deleted_in_crm_by_its_owner_stays_unlinked() {
     let w = world().await;

@@ -3,7 +3,9 @@
 //! exactly the records the rules say: those matching the user's filters
 //! plus those tracked manually, minus those the user deleted in the
 //! mailbox (R-S2, R-S6, R-S8, R-S9), and each delivery makes sense
-//! (no create of a held item, no update or removal of an absent one).
+//! (no create of a held item, no update or removal of an absent one), and a
+//! held record edited in the CRM that stays held comes as an update (R-S2:
+//! the mailbox receives the change, not a second copy and not nothing).
 
 mod common;
 
@@ -49,6 +51,8 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
     let mut manual: BTreeSet<String> = BTreeSet::new();
     let mut excluded: BTreeSet<String> = BTreeSet::new();
     let mut held: BTreeSet<String> = BTreeSet::new();
+    // Records edited in the CRM since the last sync.
+    let mut edited: BTreeSet<String> = BTreeSet::new();
     let mut n = 0;
     for st in steps.into_iter().chain([Step::Sync]) {
         n += 1;
@@ -90,6 +94,7 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
                     )
                     .await
                     .expect(200);
+                    edited.insert(id);
                 }
             }
             Step::DeleteInCrm(i) => {
@@ -114,7 +119,12 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
                 }
             }
             Step::Sync => {
+                let held_before = held.clone();
+                let mut updated = BTreeSet::new();
                 for d in s.sync_once(&ann, &client).await {
+                    if d.action == "update" {
+                        updated.insert(d.id.clone());
+                    }
                     match d.action.as_str() {
                         "create" => assert!(
                             held.insert(d.id.clone()),
@@ -139,6 +149,17 @@ async fn run(backend: common::Backend, steps: Vec<Step>) {
                     .cloned()
                     .collect();
                 assert_eq!(held, expected, "after step {n}");
+                // R-S2: an edited record the mailbox held before and still
+                // holds must come as an update (a create would have failed
+                // above; nothing at all would leave the mailbox stale).
+                for id in std::mem::take(&mut edited) {
+                    if held_before.contains(&id) && expected.contains(&id) {
+                        assert!(
+                            updated.contains(&id),
+                            "R-S2: {id} edited in the CRM and held, not delivered as an update (step {n})"
+                        );
+                    }
+                }
             }
         }
     }
