@@ -170,19 +170,6 @@ async fn delete(w: &World, token: &str, set: &str, id: &str) {
     assert_eq!(s, 204, "{rec}");
 }
 
-async fn mine(w: &World, token: &str, set: &str) -> Vec<Value> {
-    let (s, body) = w
-        .call(
-            token,
-            Method::GET,
-            &format!("/api/v1/{set}?owner=me&limit=500"),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    body["items"].as_array().unwrap().clone()
-}
-
 fn meeting(subject: &str) -> Value {
     json!({"subject": subject, "location": "Room 1", "start": "2030-06-01T10:00:00Z", "end": "2030-06-01T11:00:00Z"})
 }
@@ -317,15 +304,15 @@ async fn r_m1_marking_tracks_and_removing_the_marker_untracks(kind: Kind) {
         .await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("track"), Some(&3), "{r:?}");
-    let crm = mine(&w, &ann, "contacts").await;
+    let crm = w.mine(&ann, "contacts").await;
     assert_eq!(crm.len(), 1, "only the marked vCard: {crm:?}");
     assert_eq!(crm[0]["last_name"], "Edwards");
     assert_eq!(crm[0]["email"], "mark@example.com");
     let contact_id = crm[0]["id"].as_str().unwrap().to_string();
-    let tasks = mine(&w, &ann, "tasks").await;
+    let tasks = w.mine(&ann, "tasks").await;
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["subject"], "Call back");
-    let events = mine(&w, &ann, "appointments").await;
+    let events = w.mine(&ann, "appointments").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["subject"], "Lunch");
     assert_eq!(events[0]["start"], "2030-03-01T10:00:00Z");
@@ -349,7 +336,7 @@ async fn r_m1_marking_tracks_and_removing_the_marker_untracks(kind: Kind) {
     // Nothing tracked twice.
     let again = sync(&agent).await;
     assert!(again.pushed.is_empty(), "{again:?}");
-    assert_eq!(mine(&w, &ann, "contacts").await.len(), 1);
+    assert_eq!(w.mine(&ann, "contacts").await.len(), 1);
 
     // Removing the marker untracks; the CRM keeps the contact (§9).
     let marked = marked.clone();
@@ -383,7 +370,7 @@ async fn r_m2_lost_cache_relinks_by_x_crm_id_without_duplicates(kind: Kind) {
         .put("contacts", "marked-1.vcf", MARKED_VCARD.as_bytes())
         .await;
     sync(&first).await;
-    assert_eq!(mine(&w, &ann, "contacts").await.len(), 3);
+    assert_eq!(w.mine(&ann, "contacts").await.len(), 3);
     drop(first);
     // A reinstall: a new, empty cache on the same server collections.
     let second = dav_agent(&w, &server, &ann, "ann", "fresh-cache").await;
@@ -395,11 +382,11 @@ async fn r_m2_lost_cache_relinks_by_x_crm_id_without_duplicates(kind: Kind) {
     );
     sync(&second).await;
     assert_eq!(
-        mine(&w, &ann, "contacts").await.len(),
+        w.mine(&ann, "contacts").await.len(),
         3,
         "no duplicate in the CRM"
     );
-    assert_eq!(mine(&w, &ann, "appointments").await.len(), 1);
+    assert_eq!(w.mine(&ann, "appointments").await.len(), 1);
     let cards = stored(&server, "contacts").await;
     assert_eq!(cards.len(), 3, "no duplicate on the server");
     assert_eq!(stored(&server, "calendar").await.len(), 1);
@@ -619,7 +606,7 @@ async fn r_f2_recurring_appointment_with_exception_and_vtimezone_round_trips(kin
         .await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
-    let list = mine(&w, &ann, "appointments").await;
+    let list = w.mine(&ann, "appointments").await;
     let review = list
         .iter()
         .find(|a| a["subject"] == "Review")
@@ -672,7 +659,7 @@ async fn r_e2_exceptions_made_on_the_server_reach_the_crm(kind: Kind) {
     server.put("calendar", "weekly.ics", body.as_bytes()).await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
-    let all = mine(&w, &ann, "appointments").await;
+    let all = w.mine(&ann, "appointments").await;
     let id = all.iter().find(|a| a["series_id"].is_null()).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -728,7 +715,7 @@ async fn r_e2_exceptions_made_on_the_server_reach_the_crm(kind: Kind) {
     .await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("update"), Some(&1), "{r:#?}");
-    let ex = exceptions_in(&mine(&w, &ann, "appointments").await, &id);
+    let ex = exceptions_in(&w.mine(&ann, "appointments").await, &id);
     assert_eq!(ex.len(), 2, "{ex:#?}");
     assert_eq!(ex["2030-01-28T09:00:00Z"]["start"], "2030-01-28T15:00:00Z");
     quiet(&agent).await;
@@ -746,7 +733,7 @@ async fn r_e2_exceptions_made_on_the_server_reach_the_crm(kind: Kind) {
     server.put("calendar", "invite.ics", body.as_bytes()).await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:#?}");
-    let all = mine(&w, &ann, "appointments").await;
+    let all = w.mine(&ann, "appointments").await;
     assert!(
         all.iter()
             .any(|a| a["start"] == "2030-03-04T11:00:00Z" && a["series_id"].is_null()),
@@ -772,13 +759,9 @@ async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each(kind: Kind)
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
-        let collection = match path.extension().and_then(|e| e.to_str()) {
-            Some("vcf") => "contacts",
-            Some("ics") if text.contains("BEGIN:VTODO") && !text.contains("BEGIN:VEVENT") => {
-                "tasks"
-            }
-            Some("ics") => "calendar",
-            _ => continue,
+        let collection = match corpus_collection(&path, &text) {
+            Some(c) => c,
+            None => continue,
         };
         let status = server
             .put(collection, &name, marked(&name, &text).as_bytes())
@@ -810,22 +793,11 @@ async fn r_f7_realworld_items_tracked_once_broken_ones_reported_each(kind: Kind)
     let r = agent.sync_once(SyncOptions::default()).await.unwrap();
     assert!(r.refused.is_empty(), "{:#?}", r.refused);
     assert_eq!(r.pushed.get("track"), Some(&sound), "{r:#?}");
-    // Each broken item is reported once, on its own, as skipped (the sync
-    // itself completed: no error).
-    assert!(r.errors.is_empty(), "{:#?}", r.errors);
-    for href in &broken {
-        let reports = r
-            .skipped
-            .iter()
-            .filter(|e| e.contains(href.as_str()))
-            .count();
-        assert_eq!(reports, 1, "{href}: {:#?}", r.skipped);
-    }
-    assert_eq!(r.skipped.len(), broken.len(), "{:#?}", r.skipped);
+    assert_each_skipped_once(&r, &broken);
     let masters: usize = [
-        mine(&w, &ann, "contacts").await,
-        mine(&w, &ann, "appointments").await,
-        mine(&w, &ann, "tasks").await,
+        w.mine(&ann, "contacts").await,
+        w.mine(&ann, "appointments").await,
+        w.mine(&ann, "tasks").await,
     ]
     .iter()
     .map(|list| list.iter().filter(|r| r["series_id"].is_null()).count())
@@ -871,7 +843,8 @@ async fn r9_deleted_on_the_server_contact_kept_appointment_and_task_deleted_in_c
         .await;
     sync(&agent).await;
     sync(&agent).await;
-    let past = mine(&w, &ann, "appointments")
+    let past = w
+        .mine(&ann, "appointments")
         .await
         .into_iter()
         .find(|a| a["subject"] == "Old visit")
@@ -980,7 +953,7 @@ async fn r9_completed_tasks_and_past_appointments_are_only_unlinked(kind: Kind) 
         .await;
     sync(&agent).await;
     sync(&agent).await;
-    let past = mine(&w, &ann, "appointments").await[0]["id"]
+    let past = w.mine(&ann, "appointments").await[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1169,7 +1142,7 @@ async fn r_c3_secondary_leaves_server_changes_for_the_primary(kind: Kind) {
     assert_eq!(r.left_for_primary, 1, "{r:?}");
     assert!(r.pushed.is_empty());
     assert!(
-        mine(&w, &ann, "contacts").await.is_empty(),
+        w.mine(&ann, "contacts").await.is_empty(),
         "a secondary never pushes"
     );
     assert_eq!(secondary.status().await.unwrap().to_be_tracked, 1);
@@ -1187,7 +1160,7 @@ async fn r_c3_secondary_leaves_server_changes_for_the_primary(kind: Kind) {
         assert!(r.pushed.is_empty(), "{r:?}");
         sync(&primary).await;
     }
-    let crm = mine(&w, &ann, "contacts").await;
+    let crm = w.mine(&ann, "contacts").await;
     assert_eq!(crm.len(), 1, "created once: {crm:?}");
     let cards = stored(&server, "contacts").await;
     assert_eq!(cards.len(), 1, "{cards:?}");
@@ -1556,7 +1529,7 @@ async fn malformed_or_uid_less_item_is_reported_and_others_go_on(kind: Kind) {
     }
     // The others went on.
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
-    let crm = mine(&w, &ann, "contacts").await;
+    let crm = w.mine(&ann, "contacts").await;
     assert!(
         crm.iter().any(|c| c["last_name"] == "Edwards"),
         "the marked vCard is tracked: {crm:?}"
@@ -1576,9 +1549,9 @@ async fn malformed_or_uid_less_item_is_reported_and_others_go_on(kind: Kind) {
         assert!(problems(&r2).contains("tasks/garbage.ics"), "{r2:?}");
     }
     assert!(!r2.pushed.contains_key("track"), "{r2:?}");
-    let crm = mine(&w, &ann, "contacts").await;
+    let crm = w.mine(&ann, "contacts").await;
     assert_eq!(crm.len(), 2, "{crm:?}");
-    assert!(mine(&w, &ann, "appointments").await.is_empty());
+    assert!(w.mine(&ann, "appointments").await.is_empty());
     assert_eq!(
         by_uid(&stored(&server, "calendar").await, "broken-1").is_some(),
         broken_stored,
@@ -1657,7 +1630,7 @@ with caldav.DAVClient(url=url, username=user, password=password) as client:
         get(&w, &ann, "appointments", &kickoff).await.1["location"],
         "Python room"
     );
-    let events = mine(&w, &ann, "appointments").await;
+    let events = w.mine(&ann, "appointments").await;
     let from_python = events
         .iter()
         .find(|e| e["subject"] == "From python")
@@ -1707,7 +1680,7 @@ with caldav.DAVClient(url=url, username=user, password=password) as client:
     vdirsyncer("sync").await;
     let r = sync(&agent).await;
     assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
-    let tasks = mine(&w, &ann, "tasks").await;
+    let tasks = w.mine(&ann, "tasks").await;
     assert!(
         tasks.iter().any(|t| t["subject"] == "From vdirsyncer"),
         "{tasks:?}"

@@ -714,15 +714,12 @@ async fn r_m6_from_crm_contacts_setting_tracks_mail_from_known_contacts() {
         json!({"auto_track": "from_crm_contacts_leads_accounts"}),
     )
     .await;
-    let (status, body) = w
-        .call(
-            &token,
-            Method::POST,
-            "/api/v1/contacts",
-            Some(json!({"last_name": "Carol", "email": "carol@example.org"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    w.create(
+        &token,
+        "contacts",
+        json!({"last_name": "Carol", "email": "carol@example.org"}),
+    )
+    .await;
     let from_carol = rfc5322(
         Some("carol1@example.org"),
         "Carol@Example.org",

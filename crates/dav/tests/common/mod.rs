@@ -70,6 +70,17 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// The HTTP client of "another client" (set-up, planting items): a fresh
+/// connection per request, since a test server may close an idle
+/// keep-alive connection just as a pooled one is reused (Xandikos under
+/// load: `IncompleteMessage` on the MKCOL right after start).
+fn another_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a plain HTTP client")
+}
+
 impl Server {
     pub async fn start(kind: Kind) -> Server {
         let mut last = String::new();
@@ -89,7 +100,7 @@ impl Server {
                 kind,
                 port: cyrus.http_port,
                 process: Process::Cyrus(cyrus),
-                http: reqwest::Client::new(),
+                http: another_client(),
             };
             server.create_collections().await;
             return Ok(server);
@@ -145,7 +156,7 @@ impl Server {
             kind,
             process: Process::Child { child, dir },
             port,
-            http: reqwest::Client::new(),
+            http: another_client(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
