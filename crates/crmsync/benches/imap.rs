@@ -5,11 +5,12 @@
 //!
 //! 1. Bulk tracking: N messages of about 20 KB, all marked `$CRMTracked` by
 //!    another client, one `crmsync sync`: its wall time and peak RSS
-//!    (wait4's ru_maxrss of the agent process alone), against the floor of
+//!    (the agent process's own VmHWM, read while it runs), against the floor of
 //!    the same run: a plain `UID FETCH 1:* BODY.PEEK[]` of the folder plus
 //!    the server storing the same raw bytes through its bulk API (track
 //!    pushes of 100 from a client of its own, Message-IDs changed so
-//!    nothing is deduplicated). Runs interleaved; medians.
+//!    nothing is deduplicated). Runs interleaved, the floor timed first in
+//!    even runs and the agent first in odd ones; medians.
 //! 2. No-change sync on an M-message folder, with CONDSTORE/QRESYNC and
 //!    without: the engine's time (`elapsed_ms` of `crmsync sync --json`),
 //!    the whole process, and every IMAP command the agent sent (through a
@@ -274,7 +275,10 @@ struct BulkRun {
     store: f64,
 }
 
-async fn bulk_run(n: usize) -> BulkRun {
+/// One run: the floor (FETCH, then the server storing the same bytes) and
+/// the agent, in the order given, so that runs can alternate which one
+/// meets a fresher machine and an emptier CRM database.
+async fn bulk_run(n: usize, agent_first: bool) -> BulkRun {
     let dir = tempfile::tempdir().unwrap();
     let dovecot = Dovecot::start(Flavor::Qresync).await;
     dovecot.seed_maildir_with(FOLDER, n, |i| message(i, "bench-a.example"));
@@ -284,16 +288,28 @@ async fn bulk_run(n: usize) -> BulkRun {
     other.logout().await;
     let server = Server::start(dir.path()).await;
     let (base, admin) = (server.base.clone(), server.token.clone());
-    let (fetch, bytes) = plain_fetch(dovecot.port).await;
-    assert!(bytes > n * 20_000, "{bytes}");
-    let store = server_store(&base, &admin, n).await;
     let config = agent_config(dir.path(), &base, &admin, dovecot.port);
-    let (took, report, rss) = sync(&config);
-    assert_eq!(
-        report["pushed"]["track"].as_u64(),
-        Some(n as u64),
-        "{report}"
-    );
+    let agent = || {
+        let (took, report, rss) = sync(&config);
+        assert_eq!(
+            report["pushed"]["track"].as_u64(),
+            Some(n as u64),
+            "{report}"
+        );
+        (took, rss)
+    };
+    let floor = || async {
+        let (fetch, bytes) = plain_fetch(dovecot.port).await;
+        assert!(bytes > n * 20_000, "{bytes}");
+        (fetch, server_store(&base, &admin, n).await)
+    };
+    let ((took, rss), (fetch, store)) = if agent_first {
+        let a = agent();
+        (a, floor().await)
+    } else {
+        let f = floor().await;
+        (agent(), f)
+    };
     BulkRun {
         agent: took.as_secs_f64(),
         rss,
@@ -448,9 +464,12 @@ async fn main() {
     let mut results: Vec<Vec<BulkRun>> = sizes.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         for (k, &n) in sizes.iter().enumerate() {
-            let r = bulk_run(n).await;
+            // Odd runs time the agent first, even runs the floor first.
+            let agent_first = run % 2 == 1;
+            let r = bulk_run(n, agent_first).await;
             println!(
-                "  run {run}, {n}: agent {:.2} s (peak RSS {:.1} MiB); floor: FETCH {:.2} s + server store {:.2} s = {:.2} s; ratio {:.2}",
+                "  run {run}, {n} ({} first): agent {:.2} s (peak RSS {:.1} MiB); floor: FETCH {:.2} s + server store {:.2} s = {:.2} s; ratio {:.2}",
+                if agent_first { "agent" } else { "floor" },
                 r.agent,
                 r.rss,
                 r.fetch,
