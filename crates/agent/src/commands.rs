@@ -511,7 +511,7 @@ pub async fn track(
     let delegated = me["role"] == "delegated";
     if !delegated && me["acts_as_primary"] != true {
         anyhow::bail!(
-            "this client ('{}') is secondary: only the primary client tracks contacts, appointments and tasks (R-C4). Run `crmsync client set-primary` here to make it primary, or track from the primary client",
+            "this client ('{}') is secondary: only the primary client tracks contacts, appointments and tasks. Run `crmsync client set-primary` here to make it primary, or track from the primary client",
             agent.config().client_name
         );
     }
@@ -606,7 +606,7 @@ pub async fn untrack(
         problems.extend(sync.refused.iter().cloned());
         if sync.left_for_primary > 0 {
             problems.push(format!(
-                "this client is secondary: the primary client untracks at its next sync (R-C3); {} change(s) wait",
+                "this client is secondary: the primary client untracks at its next sync; {} change(s) wait",
                 sync.left_for_primary
             ));
         }

@@ -821,7 +821,7 @@ impl Agent {
                         // synchronized collection: reported, never dropped
                         // silently.
                         let problem = format!(
-                            "\"{}\" was marked for tracking but moved out of the synchronized collections (or deleted) before it was tracked (R-M8); put it back to track it",
+                            "\"{}\" was marked for tracking but moved out of the synchronized collections (or deleted) before it was tracked; put it back to track it",
                             cached.uid
                         );
                         report

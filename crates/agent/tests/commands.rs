@@ -190,7 +190,10 @@ async fn r_c3_explain_gives_the_reasons_in_words() {
         .await
         .unwrap();
     assert!(!e.delivered, "{e:?}");
-    assert!(e.reasons.iter().any(|r| r.contains("R-C3")), "{e:?}");
+    assert!(
+        e.reasons.iter().any(|r| r.contains("not the primary")),
+        "{e:?}"
+    );
     let e = cmd::explain(&agent, None, Some("contacts-nope"))
         .await
         .unwrap_err();

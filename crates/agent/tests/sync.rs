@@ -1005,14 +1005,19 @@ async fn r_m8_marked_item_moved_elsewhere_before_tracking_is_reported() {
     // The user moves it to an address book that is not synchronized.
     std::fs::remove_file(&card).unwrap();
     let r = sync(&secondary).await;
-    assert!(r.reported.iter().any(|l| l.contains("R-M8")), "{r:?}");
+    assert!(
+        r.reported
+            .iter()
+            .any(|l| l.contains("moved out of the synchronized")),
+        "{r:?}"
+    );
     let status = secondary.status().await.unwrap();
     assert_eq!(status.to_be_tracked, 0);
     assert!(
         status
             .reported
             .iter()
-            .any(|l| l.contains("marked-1") && l.contains("R-M8")),
+            .any(|l| l.contains("marked-1") && l.contains("moved out of the synchronized")),
         "{status:?}"
     );
     // Put back, it is tracked (by the primary) and no longer reported.

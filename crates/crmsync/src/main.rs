@@ -248,7 +248,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             for (path, id) in &r.items {
                 match id {
                     Some(id) => println!("tracked {path} as {id}"),
-                    None => println!("marked {path}; the mailbox owner's primary client tracks it at its next sync (R-C5)"),
+                    None => println!("marked {path}; the mailbox owner's primary client tracks it at its next sync"),
                 }
             }
             Ok(())
@@ -263,7 +263,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             let r = cmd::untrack(&agent, &items, delete_in_crm).await?;
             for (path, _) in &r.items {
                 if delete_in_crm {
-                    println!("untracked {path}; deleted in the CRM where §9 allows");
+                    println!("untracked {path}; deleted in the CRM where the deletion rules allow");
                 } else {
                     println!("untracked {path}");
                 }
@@ -346,7 +346,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 }
                 ClientCommand::Reset => {
                     let id = cmd::client_reset(&agent).await?;
-                    println!("client {id} reset: the next sync delivers again what was deleted in this mailbox (R-S9)");
+                    println!("client {id} reset: the next sync delivers again what was deleted in this mailbox");
                 }
             }
             Ok(())

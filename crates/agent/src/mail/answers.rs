@@ -252,7 +252,7 @@ impl Agent {
             .into_iter()
             .map(|m| {
                 let what = if m.gone {
-                    "marked for tracking but moved out of the synchronized folders before it was tracked (R-M8)".to_string()
+                    "marked for tracking but moved out of the synchronized folders before it was tracked".to_string()
                 } else {
                     m.problem.unwrap_or_default()
                 };

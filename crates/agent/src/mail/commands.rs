@@ -284,7 +284,7 @@ pub async fn untrack(
 ) -> anyhow::Result<ItemsReport> {
     let [item] = items else {
         return Err(usage(
-            "messages are untracked one at a time (R-E7); name one mid:<Message-ID>".into(),
+            "messages are untracked one at a time; name one mid:<Message-ID>".into(),
         ));
     };
     let m = find(agent, item).await?;

@@ -45,7 +45,7 @@ impl MailSettings {
         let org = crm
             .request(Method::GET, "/api/v1/settings", None)
             .await
-            .context("reading the organization's settings (R-M6)")?;
+            .context("reading the organization's settings")?;
         let org: OrgSettings = serde_json::from_value(org).unwrap_or_default();
         let user = crm
             .request(
@@ -54,7 +54,7 @@ impl MailSettings {
                 None,
             )
             .await
-            .context("reading the user's auto-track setting (R-M6)")?;
+            .context("reading the user's auto-track setting")?;
         let user: UserSettings = serde_json::from_value(user).unwrap_or_default();
         let mut internal = HashSet::new();
         let mut cursor = String::new();
@@ -66,7 +66,7 @@ impl MailSettings {
                     None,
                 )
                 .await
-                .context("listing the organization's users (R-M6)")?;
+                .context("listing the organization's users")?;
             for u in page["items"].as_array().into_iter().flatten() {
                 if let Some(e) = u["email"].as_str() {
                     internal.insert(e.to_ascii_lowercase());
@@ -118,7 +118,7 @@ async fn correlation(
     let answer = crm
         .request(Method::GET, &q, None)
         .await
-        .context("correlation look-up (R-M5)")?;
+        .context("correlation look-up")?;
     Ok(answer["matched_by"].as_str().map(|by| {
         (
             by.to_string(),

@@ -643,7 +643,7 @@ impl Agent {
                 },
             ],
             link: 1,
-            rule: "R-E6: the draft marked for tracking was sent".into(),
+            rule: "the draft marked for tracking was sent".into(),
         })
     }
 
@@ -806,7 +806,7 @@ impl Agent {
                 MailOp::Forget => self.cache().remove_message(&c.folder, &c.href).await?,
                 MailOp::ReportGone => {
                     report.reported.push(format!(
-                        "{}/{} ({}): marked for tracking but moved out of the synchronized folders before it was tracked (R-M8); move it back or mark it in a synchronized folder",
+                        "{}/{} ({}): marked for tracking but moved out of the synchronized folders before it was tracked; move it back or mark it in a synchronized folder",
                         c.folder,
                         c.href,
                         c.message_id.as_deref().unwrap_or("no Message-ID read")

@@ -194,12 +194,10 @@ pub fn plan_message(f: &Facts) -> Step {
         (2, false) => decide(
             vec![MailOp::Untrack],
             0,
-            "R-M1: $CRMTracked was removed: untracked (the CRM email is kept)",
+            "$CRMTracked was removed: untracked (the CRM email is kept)",
         ),
         // R-E5, R-T2: only the regarding of a tracked email changes.
-        (2, true)
-            if !Regarding::same(f.regarding_keyword.as_ref(), f.known_regarding.as_ref()) =>
-        {
+        (2, true) if !Regarding::same(f.regarding_keyword.as_ref(), f.known_regarding.as_ref()) => {
             let mut ops = vec![MailOp::SetRegarding(f.regarding_keyword.clone())];
             if f.outdated_keyword {
                 ops.push(MailOp::ShowRegarding(f.regarding_keyword.clone()));
@@ -207,7 +205,7 @@ pub fn plan_message(f: &Facts) -> Step {
             decide(
                 ops,
                 2,
-                "R-E5: the regarding keyword changed: the CRM email's regarding follows",
+                "the regarding keyword changed: the CRM email's regarding follows",
             )
         }
         // R-M7: the former keyword form is replaced (the track answer does
@@ -215,21 +213,21 @@ pub fn plan_message(f: &Facts) -> Step {
         (2, true) if f.outdated_keyword => decide(
             vec![MailOp::ShowRegarding(f.known_regarding.clone())],
             2,
-            "R-M7: the regarding keyword was in its former form: replaced by the current one",
+            "the regarding keyword was in its former form: replaced by the current one",
         ),
-        (2, true) => decide(vec![], 2, "tracked (R-M1); nothing changed"),
+        (2, true) => decide(vec![], 2, "tracked; nothing changed"),
         // R-E6: drafts wait until they are sent.
         (_, true) if is_draft => decide(
             vec![],
             1,
-            "R-E6: a draft is never tracked; it is tracked when it is sent (appears in the Sent folder)",
+            "a draft is never tracked; it is tracked when it is sent (appears in the Sent folder)",
         ),
         (_, true) => decide(
             vec![MailOp::Track {
                 regarding: f.regarding_keyword.clone().or(folder_regarding),
             }],
             1,
-            "R-M1: the message carries $CRMTracked",
+            "the message carries $CRMTracked",
         ),
         // R-M4: placed in a tracked folder (once: a marker the user removes
         // there later stays removed).
@@ -237,9 +235,7 @@ pub fn plan_message(f: &Facts) -> Step {
             tracked_folder(folder_regarding)
         }
         (_, false)
-            if f.known.is_none()
-                && !is_draft
-                && matches!(f.role, FolderRole::Tracked { .. }) =>
+            if f.known.is_none() && !is_draft && matches!(f.role, FolderRole::Tracked { .. }) =>
         {
             tracked_folder(None)
         }
@@ -249,9 +245,9 @@ pub fn plan_message(f: &Facts) -> Step {
         (1, false) => decide(
             vec![],
             0,
-            "R-M1: the marker was removed before the message was tracked",
+            "the marker was removed before the message was tracked",
         ),
-        (_, false) => decide(vec![], 0, "not marked with $CRMTracked (R-M1)"),
+        (_, false) => decide(vec![], 0, "not marked with $CRMTracked"),
     })
 }
 
@@ -264,7 +260,7 @@ fn tracked_folder(regarding: Option<Regarding>) -> Decision {
             MailOp::Track { regarding },
         ],
         1,
-        "R-M4: placed in a tracked folder",
+        "placed in a tracked folder",
     )
 }
 
@@ -310,23 +306,21 @@ pub fn plan_auto(a: &AutoFacts) -> Decision {
         return decide(
             vec![],
             0,
-            "R-M6: the auto-track setting is none: received messages are tracked only by hand",
+            "the auto-track setting is none: received messages are tracked only by hand",
         );
     }
     if let Some(entry) = &a.excluded_by {
         return decide(
             vec![],
             0,
-            format!(
-                "R-M6: not tracked automatically: an address matches the exclusion entry '{entry}'"
-            ),
+            format!("not tracked automatically: an address matches the exclusion entry '{entry}'"),
         );
     }
     if a.internal_only {
         return decide(
             vec![],
             0,
-            "R-M6: not tracked automatically: its only parties are internal users",
+            "not tracked automatically: its only parties are internal users",
         );
     }
     let correlated = a.correlation.is_some();
@@ -343,15 +337,15 @@ pub fn plan_auto(a: &AutoFacts) -> Decision {
         return decide(
             vec![],
             0,
-            format!("R-M6: the auto-track setting is {name} and the message belongs to no tracked email (R-M5) nor comes from a matching CRM record"),
+            format!("the auto-track setting is {name} and the message belongs to no tracked email nor comes from a matching CRM record"),
         );
     }
     let regarding = a.correlation.as_ref().and_then(|(_, r)| r.clone());
     let rule = match &a.correlation {
         Some((by, _)) => format!(
-            "R-M5: it belongs to a tracked email (matched by {by}); the auto-track setting {name} allows tracking"
+            "it belongs to a tracked email (matched by {by}); the auto-track setting {name} allows tracking"
         ),
-        None => format!("R-M6: tracked automatically under the auto-track setting {name}"),
+        None => format!("tracked automatically under the auto-track setting {name}"),
     };
     decide(
         vec![
@@ -378,13 +372,13 @@ pub fn plan_gone(known: Known, copy_elsewhere: bool) -> Decision {
         (2, false) => decide(
             vec![MailOp::PushDelete, MailOp::Forget],
             0,
-            "§9: the message was deleted or moved elsewhere; the CRM email is kept (R-M8)",
+            "the message was deleted or moved elsewhere; the CRM email is kept",
         ),
         // R-M8: never silently dropped.
         (1, false) => decide(
             vec![MailOp::ReportGone],
             1,
-            "R-M8: marked but not yet tracked, and moved out of the synchronized folders",
+            "marked but not yet tracked, and moved out of the synchronized folders",
         ),
         _ => decide(vec![MailOp::Forget], 0, "not tracked"),
     }
@@ -396,13 +390,13 @@ pub fn plan_delivery(removed: bool, regarding: Option<Regarding>) -> Decision {
         decide(
             vec![MailOp::Unmark],
             0,
-            "§9: the email was deleted in the CRM: the message is kept, its keyword removed",
+            "the email was deleted in the CRM: the message is kept, its keyword removed",
         )
     } else {
         decide(
             vec![MailOp::ShowRegarding(regarding)],
             2,
-            "R-M7: the email's regarding changed in the CRM",
+            "the email's regarding changed in the CRM",
         )
     }
 }

@@ -420,7 +420,7 @@ impl Mailbox for LocalMailbox {
                 Target::Vdir(_) => Err(unsupported(
                     &id,
                     "setting keywords",
-                    "it is not a mail folder (contacts, events and to-dos carry the CATEGORIES marker instead, R-M1)",
+                    "it is not a mail folder (contacts, events and to-dos carry the CATEGORIES marker instead)",
                 )),
             }
         })

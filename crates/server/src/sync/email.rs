@@ -174,13 +174,13 @@ pub async fn track_email(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Val
     if op.get("draft").and_then(Value::as_bool) == Some(true) {
         return Err(refuse(
             "draft",
-            "drafts are never tracked; it is tracked when it is sent (R-E6)",
+            "drafts are never tracked; it is tracked when it is sent",
         ));
     }
     if ctx.owner.org.approved_only && !ctx.owner.approved_email() {
         return Err(refuse(
             "not_approved",
-            "this organization processes email only for approved users, and this user is not approved (R-E10); an admin can set approved_email",
+            "this organization processes email only for approved users, and this user is not approved; an admin can set approved_email",
         ));
     }
     let raw = op.get("raw").and_then(Value::as_str).ok_or_else(|| {

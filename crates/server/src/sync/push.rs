@@ -208,11 +208,11 @@ async fn track(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     if !ctx.owner.may_sync_to_mailbox() {
         return Err(refuse(
             "no_sync_privilege",
-            "this user lacks the sync_to_mailbox privilege: only email can be tracked (R-S11)",
+            "this user lacks the sync_to_mailbox privilege: only email can be tracked",
         ));
     }
     if ctx.owner.filters_of(set).next().is_none() {
-        return Err(refuse("no_filter", format!("there is no active {set} filter for this user, so {set} cannot be tracked (R-S7); ask an admin")));
+        return Err(refuse("no_filter", format!("there is no active {set} filter for this user, so {set} cannot be tracked; ask an admin")));
     }
     let uid = op.get("item_uid").and_then(Value::as_str);
     let existing = match op
@@ -415,7 +415,7 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     if set == EntitySet::Emails {
         return Err(refuse(
             "read_only_email",
-            "a tracked email cannot change except its regarding (R-E5); use set_regarding",
+            "a tracked email cannot change except its regarding; use set_regarding",
         ));
     }
     let entry = held(conn, ctx, id).await?;
@@ -425,12 +425,12 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
         r
     };
     if !accepts_mailbox_edits(set) {
-        return Err(with_record(refuse("one_way", "service appointments synchronize CRM to mailbox only (R-E3); the mailbox copy is overwritten"), &crm));
+        return Err(with_record(refuse("one_way", "service appointments synchronize CRM to mailbox only; the mailbox copy is overwritten"), &crm));
     }
     if is_closed_activity(&crm) {
         return Err(refuse(
             "closed_activity",
-            "the activity is completed or canceled in the CRM; mailbox edits are not pushed (R-E4)",
+            "the activity is completed or canceled in the CRM; mailbox edits are not pushed",
         ));
     }
     let base_version = op

@@ -62,7 +62,7 @@ pub async fn explain(
     let mut delivered = false;
     if deleted {
         reasons.push(
-            "the record was deleted in the CRM (§9 decides what happens to the mailbox copy)"
+            "the record was deleted in the CRM (the deletion rules decide what happens to the mailbox copy)"
                 .to_string(),
         );
     } else if !client.holds(set) {
@@ -74,26 +74,28 @@ pub async fn explain(
     } else if set == EntitySet::Emails {
         delivered = entry.is_some_and(|e| !e.excluded);
         reasons.push(if delivered {
-            "the email is tracked from this mailbox; regarding changes reach it (R-M7)".into()
+            "the email is tracked from this mailbox; regarding changes reach it".into()
         } else {
             "emails reach a mailbox only when the user tracks them".into()
         });
     } else if !owner.acts_as_primary(&client) {
-        reasons.push("this client is not the primary and roaming is off: only the primary synchronizes contacts, appointments and tasks (R-C3)".into());
+        reasons.push("this client is not the primary and roaming is off: only the primary synchronizes contacts, appointments and tasks".into());
     } else if entry.is_some_and(|e| e.excluded) {
-        reasons.push("the user deleted it in the mailbox; it is not sent again until `crmsync client reset` (R-S9)".into());
+        reasons.push(
+            "the user deleted it in the mailbox; it is not sent again until `crmsync client reset`"
+                .into(),
+        );
     } else if entry.is_some_and(|e| e.manual) {
         delivered = true;
         reasons.push(
-            "the user tracked it from the mailbox, so it stays whatever the filters say (R-S8)"
-                .into(),
+            "the user tracked it from the mailbox, so it stays whatever the filters say".into(),
         );
     } else {
         if !owner.may_sync_to_mailbox() {
-            reasons.push("the user lacks the sync_to_mailbox privilege (R-S11)".into());
+            reasons.push("the user lacks the sync_to_mailbox privilege".into());
         } else if !owner.settings.entity_types.contains(&set) {
             reasons.push(format!(
-                "{set} is unchecked in the user's settings (entity_types, R-S10)"
+                "{set} is unchecked in the user's settings (entity_types)"
             ));
         }
         match owner.matching_filter(&record, now) {
@@ -107,7 +109,7 @@ pub async fn explain(
                 .to_lowercase(),
             ),
             None if owner.filters_of(set).next().is_none() => {
-                reasons.push(format!("the user has no active {set} filter (R-S7)"))
+                reasons.push(format!("the user has no active {set} filter"))
             }
             None => {
                 let names: Vec<String> = owner
@@ -122,8 +124,7 @@ pub async fn explain(
         }
         if is_past_appointment(&record, now) && entry.is_none() {
             reasons.push(
-                "the appointment has ended; past appointments are never sent to mailboxes (R-E1)"
-                    .into(),
+                "the appointment has ended; past appointments are never sent to mailboxes".into(),
             );
         }
         delivered = owner.delivers(set)
