@@ -10,7 +10,7 @@
 //! cache, a crash after a mailbox write) are linked again, never duplicated
 //! (R-M2).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -296,6 +296,58 @@ struct Registered {
     role: Role,
     role_name: String,
     limits: MassDeleteLimits,
+}
+
+/// A collection's stored sync state and what its scan found.
+type Scan = (
+    Option<SyncState>,
+    crmsync_mailbox::Result<crmsync_mailbox::Changes>,
+);
+
+/// What one sync of the contacts, calendar and tasks gathers as it goes,
+/// phase to phase (nothing here is durable: the journal and the cache are).
+#[derive(Default)]
+struct ItemPass {
+    report: SyncReport,
+    /// Items the scan found changed or gone, by (collection, href).
+    touched: BTreeMap<(String, String), Touched>,
+    /// Each collection's state as scanned, and as stored before.
+    new_states: Vec<(String, SyncState)>,
+    stored_states: HashMap<String, SyncState>,
+    /// Collections whose new state must not be stored: something in them
+    /// is left for a later sync.
+    incomplete: HashSet<String>,
+    /// Push operations (mailbox → CRM) and deliveries to acknowledge.
+    ops: Vec<JournalEntry>,
+    acks: Vec<(String, i64)>,
+}
+
+impl ItemPass {
+    /// Deletions left for later are found again by the next scan: their
+    /// collections' states are not stored. R-T2 defers deletions of an
+    /// immediate sync; R-T5 holds back deletions and untracks.
+    fn leave_deletions(&mut self, options: SyncOptions) {
+        if options.defer_deletions {
+            self.report.deferred_deletions += self.leave(&["delete"]);
+        }
+        if self.report.mass_delete.is_some() {
+            self.report.held_deletions += self.leave(&["delete", "untrack"]);
+        }
+    }
+
+    /// Drops the operations of these kinds; how many were dropped.
+    fn leave(&mut self, kinds: &[&str]) -> usize {
+        let before = self.ops.len();
+        let incomplete = &mut self.incomplete;
+        self.ops.retain(|o| {
+            let left = kinds.iter().any(|k| o.op["kind"] == *k);
+            if left {
+                incomplete.insert(o.collection.clone());
+            }
+            !left
+        });
+        before - self.ops.len()
+    }
 }
 
 /// R-T5: why this sync holds back its deletions, and how to go on; `None`
@@ -653,437 +705,484 @@ impl Agent {
         Ok(out)
     }
 
-    /// One synchronization.
+    /// One synchronization: (a) scan the collections while (b) registering
+    /// and preparing, classify what the scan found, (c) apply the CRM's
+    /// deliveries, push the mailbox's changes, (d) acknowledge, store the
+    /// collections' states, then the mail folders.
     pub async fn sync_once(&self, options: SyncOptions) -> anyhow::Result<SyncReport> {
         let started = std::time::Instant::now();
-        let mut report = SyncReport::default();
+        let ms = || started.elapsed().as_secs_f64() * 1e3;
         let writes_before = self.item_writes.load(Ordering::Relaxed);
-        let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
-        let mut new_states: Vec<(String, SyncState)> = Vec::new();
-        let mut incomplete: std::collections::HashSet<String> = Default::default();
-        // (a) scan: the collections side by side (a backend's scan is mostly
-        // waiting on the file system or the network), each reading its
-        // stored state first (a local folder's is a line per item: reading
-        // them one after the other cost 6 ms of a 30k-item no-change sync).
-        let scan_all = || {
-            futures_util::future::join_all(self.item_collections.iter().map(
-                |&collection| async move {
-                    let state = self.cache.sync_state(collection).await?.map(SyncState::new);
-                    let changes = match self.mailbox.changes_since(collection, state.as_ref()).await
-                    {
-                        Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
-                            self.mailbox.changes_since(collection, None).await
-                        }
-                        other => other,
-                    };
-                    anyhow::Ok((state, changes))
-                },
-            ))
-        };
-        // 0. Operations journaled by an earlier, interrupted sync (R-T4) go
-        // first: their answers may write into the mailbox before the scan.
-        // Without any, registration and prepare (b) run while the mailbox
-        // is scanned: neither depends on the other.
-        let pending = self.cache.journal_pending().await?;
-        let (registered, prep, scans) = if pending.is_empty() {
-            let crm_side = async {
-                let registered = self.register().await?;
-                let prep = self.crm.prepare(&registered.id).await?;
-                anyhow::Ok((registered, prep))
-            };
-            let (crm_side, scans) = tokio::join!(crm_side, scan_all());
-            let (registered, prep) = crm_side?;
-            (registered, prep, scans)
-        } else {
-            let registered = self.register().await?;
-            self.send(&registered.id, pending, &mut report).await?;
-            let scans = scan_all().await;
-            let prep = self.crm.prepare(&registered.id).await?;
-            (registered, prep, scans)
-        };
+        let mut run = ItemPass::default();
+        let (registered, prep, scans) = self.register_prepare_and_scan(&mut run.report).await?;
         let Registered {
             id: client,
             role,
             role_name,
             limits,
         } = registered;
-        report.client_id = client.clone();
-        report.role = role_name;
-        tracing::debug!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "registered, prepared, scanned"
-        );
-        let mut stored_states: HashMap<String, SyncState> = HashMap::new();
+        run.report.client_id = client.clone();
+        run.report.role = role_name;
+        tracing::debug!(ms = ms(), "registered, prepared, scanned");
         for (collection, scan) in self.item_collections.iter().copied().zip(scans) {
             let (stored, changes) = scan?;
             if let Some(state) = stored {
-                stored_states.insert(collection.to_string(), state);
+                run.stored_states.insert(collection.to_string(), state);
             }
-            let changes = changes?;
-            if !changes.failed.is_empty() {
-                incomplete.insert(collection.to_string());
-                for (href, e) in &changes.failed {
-                    report.note_item_failure(format!("{collection}/{href}: {e}"), e);
-                    self.cache
-                        .set_item_problem(collection, href, &e.to_string())
-                        .await?;
-                }
-            }
-            // Read what changed, a batch at a time (one multiget on DAV).
-            let mut to_read = Vec::new();
-            for r in &changes.changed {
-                let cached = self.cache.item(collection, &r.href).await?;
-                if cached.as_ref().is_none_or(|c| c.etag != r.etag.as_str()) {
-                    to_read.push((r.href.clone(), cached));
-                }
-            }
-            for batch in to_read.chunks(READ_BATCH) {
-                let hrefs: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
-                let mut read = self.mailbox.get_many(collection, &hrefs).await?.into_iter();
-                for (href, cached) in batch {
-                    let got = match read.next() {
-                        Some((_, Ok(item))) => item,
-                        Some((_, Err(crmsync_mailbox::Error::NotFound { .. }))) => continue,
-                        Some((_, Err(e))) => {
-                            incomplete.insert(collection.to_string());
-                            report.note_item_failure(e.to_string(), &e);
-                            self.cache
-                                .set_item_problem(collection, href, &e.to_string())
-                                .await?;
-                            continue;
-                        }
-                        None => break,
-                    };
-                    let item = match parse_item(&got.data) {
-                        Ok(i) => i,
-                        Err(e) => {
-                            let problem = format!("cannot be read ({e}); fix or remove the item");
-                            report
-                                .skipped
-                                .push(format!("{collection}/{href}: {problem}"));
-                            self.cache
-                                .set_item_problem(collection, href, &problem)
-                                .await?;
-                            continue;
-                        }
-                    };
-                    self.cache.clear_item_problem(collection, href).await?;
-                    let found = Found {
-                        collection: collection.to_string(),
-                        href: got.href.clone(),
-                        etag: got.etag.as_str().to_string(),
-                        bytes: got.data,
-                        item,
-                    };
-                    if let Some(t) = self.classify(cached.clone(), found).await? {
-                        touched.insert((collection.to_string(), href.clone()), t);
-                    }
-                }
-            }
-            // Items waiting to be tracked (R-M3 state 1) keep the collection's
-            // state from being stored, so a scan cannot see them go: look.
-            // Those this scan listed are there; the others are read in one
-            // batch.
-            let mut gone = changes.deleted.clone();
-            let unseen: Vec<String> = self
-                .cache
-                .items_with_link(collection, 1)
-                .await?
-                .into_iter()
-                .map(|w| w.href)
-                .filter(|h| !gone.contains(h) && !changes.changed.iter().any(|r| &r.href == h))
-                .collect();
-            if !unseen.is_empty() {
-                for (href, got) in self.mailbox.get_many(collection, &unseen).await? {
-                    if matches!(got, Err(crmsync_mailbox::Error::NotFound { .. })) {
-                        gone.push(href);
-                    }
-                }
-            }
-            for href in &gone {
-                self.cache.clear_item_problem(collection, href).await?;
-                let Some(cached) = self.cache.item(collection, href).await? else {
-                    continue;
-                };
-                if cached.link == 2 {
-                    touched.insert(
-                        (collection.to_string(), href.clone()),
-                        Touched {
-                            cached: Some(cached),
-                            current: None,
-                            link: LinkState::Tracked,
-                            side: MailboxSide::Deleted,
-                        },
-                    );
-                } else {
-                    if cached.link == 1 {
-                        // R-M8: marked but not yet tracked, and gone from the
-                        // synchronized collection: reported, never dropped
-                        // silently.
-                        let problem = format!(
-                            "\"{}\" was marked for tracking but moved out of the synchronized collections (or deleted) before it was tracked; put it back to track it",
-                            cached.uid
-                        );
-                        report
-                            .reported
-                            .push(format!("{collection}/{href}: {problem}"));
-                        self.cache
-                            .set_item_problem(collection, href, &problem)
-                            .await?;
-                    }
-                    self.cache.remove_item(collection, href).await?;
-                }
-            }
-            new_states.push((collection.to_string(), changes.state));
+            self.classify_scan(collection, changes?, &mut run).await?;
         }
-
-        tracing::debug!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "scan classified"
-        );
+        tracing::debug!(ms = ms(), "scan classified");
         // R-T5: a sync that would delete too much, on either side, deletes
         // nothing on both.
         if !options.allow_mass_delete {
             let crm_side = self
-                .crm_side_deletions(&touched, role, options.defer_deletions)
+                .crm_side_deletions(&run.touched, role, options.defer_deletions)
                 .await?;
-            report.mass_delete =
+            run.report.mass_delete =
                 mass_delete_message(&prep["mass_delete"], &crm_side, limits.exceeded(&crm_side));
         }
-        // (b) data of the prepared batch.
-        let mut acks: Vec<(String, i64)> = Vec::new();
-        let mut ops: Vec<JournalEntry> = Vec::new();
-        let batch = prep["batch"].as_str().map(str::to_string);
-        if let Some(batch) = &batch {
-            // Items the scan found with an X-CRM-ID the cache does not hold
-            // linked (R-M2): a delivery of that record updates them.
-            let mut by_crm_id: HashMap<String, (String, String)> = HashMap::new();
-            for (key, t) in &touched {
-                if t.link == LinkState::ToBeTracked {
-                    if let Some(id) = t.current.as_ref().and_then(|f| f.item.crm_id) {
-                        by_crm_id.insert(id.to_string(), key.clone());
-                    }
-                }
-            }
-
-            // (c) CRM → mailbox, one page of deliveries (and their records)
-            // at a time.
+        let batch = prep["batch"].as_str();
+        if let Some(batch) = batch {
             let total = prep["total"].as_u64().unwrap_or(0) as usize;
-            let mut delivered = 0;
-            let mut cursor = None;
-            loop {
-                let (deliveries, next) = self.crm.deliveries_page(&client, batch, cursor).await?;
-                let wanted: Vec<String> = deliveries
-                    .iter()
-                    .filter(|d| d["action"] != "remove")
-                    .filter_map(|d| d["id"].as_str().map(str::to_string))
-                    .collect();
-                let records: HashMap<String, Value> = self
-                    .crm
-                    .records(&client, batch, &wanted)
-                    .await?
-                    .into_iter()
-                    .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
-                    .collect();
-                for d in &deliveries {
-                    delivered += 1;
-                    if delivered % 50 == 0 {
-                        self.progress("writing CRM records into the mailbox", delivered, total);
-                    }
-                    let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
-                        continue;
-                    };
-                    let version = d["version"].as_i64().unwrap_or(0);
-                    if set == EntitySet::Emails.as_str() {
-                        // R-M7 and §9 for tracked messages (crate::mail).
-                        if self
-                            .apply_mail_delivery(d, records.get(id), &mut report)
-                            .await?
-                        {
-                            acks.push((id.to_string(), version));
-                        }
-                        continue;
-                    }
-                    let Some(collection) = EntitySet::from_str(set).ok().and_then(collection_of)
-                    else {
-                        continue; // not synchronized by this agent yet: not acknowledged
-                    };
-                    let crm_side = match (d["action"].as_str(), d["removal"].as_str()) {
-                        (Some("remove"), Some("unlink")) => CrmSide::Removed(Removal::Unlink),
-                        (Some("remove"), _) => CrmSide::Removed(Removal::Delete),
-                        _ => CrmSide::Changed,
-                    };
-                    if crm_side == CrmSide::Removed(Removal::Delete) && report.mass_delete.is_some()
-                    {
-                        report.held_deletions += 1;
-                        continue;
-                    }
-                    let record = records.get(id);
-                    if crm_side == CrmSide::Changed && record.is_none() {
-                        report.errors.push(format!(
-                            "{set}/{id}: delivered without its record; retried next sync"
-                        ));
-                        continue;
-                    }
-                    // The local side of this record.
-                    let (key, mut t) = if let Some(c) =
-                        self.cache.item_by_crm_id(id).await?.filter(|c| c.link == 2)
-                    {
-                        let key = (c.collection.clone(), c.href.clone());
-                        match touched.remove(&key) {
-                            Some(t) => (Some(key), t),
-                            None => (
-                                Some(key),
-                                Touched {
-                                    cached: Some(c),
-                                    current: None,
-                                    link: LinkState::Tracked,
-                                    side: MailboxSide::Unchanged,
-                                },
-                            ),
-                        }
-                    } else if let Some(key) = by_crm_id.remove(id) {
-                        let mut t = touched.remove(&key).expect("scanned item");
-                        let f = t.current.as_ref().expect("scanned item");
-                        // Found again by X-CRM-ID: linked, the CRM version wins.
-                        t.cached = Some(CachedItem {
-                            collection: f.collection.clone(),
-                            href: f.href.clone(),
-                            etag: f.etag.clone(),
-                            uid: f.item.uid.clone(),
-                            set: set.to_string(),
-                            crm_id: Some(id.to_string()),
-                            link: 2,
-                            version: 0,
-                            baseline: comparable(&f.item),
-                        });
-                        t.link = LinkState::Tracked;
-                        t.side = MailboxSide::Unchanged;
-                        (Some(key), t)
-                    } else {
-                        (
-                            None,
-                            Touched {
-                                cached: None,
-                                current: None,
-                                link: LinkState::NotTracked,
-                                side: MailboxSide::Unchanged,
-                            },
-                        )
-                    };
-                    let actions = plan_item(t.link, crm_side, t.side, role);
-                    let mut done = true;
-                    for action in actions {
-                        let r = self
-                            .execute(action, collection, &mut t, record, &mut ops, &mut report)
-                            .await;
-                        if let Err(e) = r {
-                            done = false;
-                            report.errors.push(format!("{set}/{id}: {e:#}"));
-                            if let Some(k) = &key {
-                                incomplete.insert(k.0.clone());
-                            }
-                            break;
-                        }
-                    }
-                    if done {
-                        acks.push((id.to_string(), version));
-                    }
+            self.apply_deliveries(&client, batch, total, role, &mut run)
+                .await?;
+        }
+        tracing::debug!(ms = ms(), "deliveries applied");
+        self.plan_untouched(role, &mut run).await;
+        // (d) acknowledge what was applied.
+        if let (Some(batch), false) = (batch, run.acks.is_empty()) {
+            let r = self.crm.ack(&client, batch, &run.acks).await?;
+            run.report.acknowledged += r["acknowledged"].as_u64().unwrap_or(0) as usize;
+        }
+        run.leave_deletions(options);
+        // Mailbox → CRM: journal first, then send (R-T4).
+        if !run.ops.is_empty() {
+            let ops = std::mem::take(&mut run.ops);
+            self.cache.journal_add_with_messages(&ops, &[]).await?;
+            let failed = self.send(&client, ops, &mut run.report).await?;
+            run.incomplete.extend(failed);
+        }
+        if run.report.left_for_primary > 0 {
+            run.incomplete
+                .extend(collections().into_iter().map(str::to_string));
+        }
+        let wrote = self.item_writes.load(Ordering::Relaxed) != writes_before;
+        self.store_states(wrote, &mut run).await?;
+        tracing::debug!(ms = ms(), "contacts, calendar, tasks done");
+        // Mail folders (crate::mail).
+        let mut report = run.report;
+        self.sync_mail(&client, role, options, &mut report).await?;
+        report.elapsed_ms = ms();
+        Ok(report)
+    }
+
+    /// Operations journaled by an earlier, interrupted sync (R-T4) go
+    /// first: their answers may write into the mailbox before the scan.
+    /// Without any, registration and prepare (b) run while the mailbox is
+    /// scanned (a): neither depends on the other.
+    async fn register_prepare_and_scan(
+        &self,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<(Registered, Value, Vec<anyhow::Result<Scan>>)> {
+        let pending = self.cache.journal_pending().await?;
+        if pending.is_empty() {
+            let crm_side = async {
+                let registered = self.register().await?;
+                let prep = self.crm.prepare(&registered.id).await?;
+                anyhow::Ok((registered, prep))
+            };
+            let (crm_side, scans) = tokio::join!(crm_side, self.scan_all());
+            let (registered, prep) = crm_side?;
+            Ok((registered, prep, scans))
+        } else {
+            let registered = self.register().await?;
+            self.send(&registered.id, pending, report).await?;
+            let scans = self.scan_all().await;
+            let prep = self.crm.prepare(&registered.id).await?;
+            Ok((registered, prep, scans))
+        }
+    }
+
+    /// (a) The collections scanned side by side (a backend's scan is mostly
+    /// waiting on the file system or the network), each from its stored
+    /// state (kept, to store the new one only when it differs).
+    async fn scan_all(&self) -> Vec<anyhow::Result<Scan>> {
+        futures_util::future::join_all(self.item_collections.iter().map(|&collection| async move {
+            let state = self.cache.sync_state(collection).await?.map(SyncState::new);
+            let changes = match self.mailbox.changes_since(collection, state.as_ref()).await {
+                Err(crmsync_mailbox::Error::InvalidSyncState { .. }) => {
+                    self.mailbox.changes_since(collection, None).await
                 }
-                self.progress("writing CRM records into the mailbox", delivered, total);
-                match next {
-                    Some(c) => cursor = Some(c),
+                other => other,
+            };
+            anyhow::Ok((state, changes))
+        }))
+        .await
+    }
+
+    /// What one collection's scan found: its unreadable items reported, its
+    /// changed items read and classified, its deletions looked at.
+    async fn classify_scan(
+        &self,
+        collection: &str,
+        changes: crmsync_mailbox::Changes,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<()> {
+        if !changes.failed.is_empty() {
+            run.incomplete.insert(collection.to_string());
+            for (href, e) in &changes.failed {
+                run.report
+                    .note_item_failure(format!("{collection}/{href}: {e}"), e);
+                self.cache
+                    .set_item_problem(collection, href, &e.to_string())
+                    .await?;
+            }
+        }
+        self.read_changed(collection, &changes, run).await?;
+        self.classify_gone(collection, &changes, run).await?;
+        run.new_states.push((collection.to_string(), changes.state));
+        Ok(())
+    }
+
+    /// Reads what changed, a batch at a time (one multiget on DAV), and
+    /// classifies each item against the cache.
+    async fn read_changed(
+        &self,
+        collection: &str,
+        changes: &crmsync_mailbox::Changes,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<()> {
+        let mut to_read = Vec::new();
+        for r in &changes.changed {
+            let cached = self.cache.item(collection, &r.href).await?;
+            if cached.as_ref().is_none_or(|c| c.etag != r.etag.as_str()) {
+                to_read.push((r.href.clone(), cached));
+            }
+        }
+        for batch in to_read.chunks(READ_BATCH) {
+            let hrefs: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
+            let mut read = self.mailbox.get_many(collection, &hrefs).await?.into_iter();
+            for (href, cached) in batch {
+                let got = match read.next() {
+                    Some((_, Ok(item))) => item,
+                    Some((_, Err(crmsync_mailbox::Error::NotFound { .. }))) => continue,
+                    Some((_, Err(e))) => {
+                        run.incomplete.insert(collection.to_string());
+                        run.report.note_item_failure(e.to_string(), &e);
+                        self.cache
+                            .set_item_problem(collection, href, &e.to_string())
+                            .await?;
+                        continue;
+                    }
                     None => break,
+                };
+                let item = match parse_item(&got.data) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let problem = format!("cannot be read ({e}); fix or remove the item");
+                        run.report
+                            .skipped
+                            .push(format!("{collection}/{href}: {problem}"));
+                        self.cache
+                            .set_item_problem(collection, href, &problem)
+                            .await?;
+                        continue;
+                    }
+                };
+                self.cache.clear_item_problem(collection, href).await?;
+                let found = Found {
+                    collection: collection.to_string(),
+                    href: got.href.clone(),
+                    etag: got.etag.as_str().to_string(),
+                    bytes: got.data,
+                    item,
+                };
+                if let Some(t) = self.classify(cached.clone(), found).await? {
+                    run.touched
+                        .insert((collection.to_string(), href.clone()), t);
                 }
             }
         }
+        Ok(())
+    }
 
-        tracing::debug!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "deliveries applied"
-        );
-        // Mailbox → CRM for the items no delivery touched.
-        for ((collection, _), mut t) in std::mem::take(&mut touched) {
-            let actions = plan_item(t.link, CrmSide::Unchanged, t.side, role);
-            for action in actions {
+    /// The items gone from the collection. Items waiting to be tracked
+    /// (R-M3 state 1) keep the collection's state from being stored, so a
+    /// scan cannot see them go: look. Those this scan listed are there; the
+    /// others are read in one batch.
+    async fn classify_gone(
+        &self,
+        collection: &str,
+        changes: &crmsync_mailbox::Changes,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<()> {
+        let mut gone = changes.deleted.clone();
+        let unseen: Vec<String> = self
+            .cache
+            .items_with_link(collection, 1)
+            .await?
+            .into_iter()
+            .map(|w| w.href)
+            .filter(|h| !gone.contains(h) && !changes.changed.iter().any(|r| &r.href == h))
+            .collect();
+        if !unseen.is_empty() {
+            for (href, got) in self.mailbox.get_many(collection, &unseen).await? {
+                if matches!(got, Err(crmsync_mailbox::Error::NotFound { .. })) {
+                    gone.push(href);
+                }
+            }
+        }
+        for href in &gone {
+            self.cache.clear_item_problem(collection, href).await?;
+            let Some(cached) = self.cache.item(collection, href).await? else {
+                continue;
+            };
+            if cached.link == 2 {
+                run.touched.insert(
+                    (collection.to_string(), href.clone()),
+                    Touched {
+                        cached: Some(cached),
+                        current: None,
+                        link: LinkState::Tracked,
+                        side: MailboxSide::Deleted,
+                    },
+                );
+                continue;
+            }
+            if cached.link == 1 {
+                // R-M8: marked but not yet tracked, and gone from the
+                // synchronized collection: reported, never dropped silently.
+                let problem = format!(
+                    "\"{}\" was marked for tracking but moved out of the synchronized collections (or deleted) before it was tracked; put it back to track it",
+                    cached.uid
+                );
+                run.report
+                    .reported
+                    .push(format!("{collection}/{href}: {problem}"));
+                self.cache
+                    .set_item_problem(collection, href, &problem)
+                    .await?;
+            }
+            self.cache.remove_item(collection, href).await?;
+        }
+        Ok(())
+    }
+
+    /// (c) CRM → mailbox, one page of deliveries (and their records) at a
+    /// time.
+    async fn apply_deliveries(
+        &self,
+        client: &str,
+        batch: &str,
+        total: usize,
+        role: Role,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<()> {
+        // Items the scan found with an X-CRM-ID the cache does not hold
+        // linked (R-M2): a delivery of that record updates them.
+        let mut by_crm_id: HashMap<String, (String, String)> = HashMap::new();
+        for (key, t) in &run.touched {
+            if t.link == LinkState::ToBeTracked {
+                if let Some(id) = t.current.as_ref().and_then(|f| f.item.crm_id) {
+                    by_crm_id.insert(id.to_string(), key.clone());
+                }
+            }
+        }
+        let mut delivered = 0;
+        let mut cursor = None;
+        loop {
+            let (deliveries, next) = self.crm.deliveries_page(client, batch, cursor).await?;
+            let wanted: Vec<String> = deliveries
+                .iter()
+                .filter(|d| d["action"] != "remove")
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect();
+            let records: HashMap<String, Value> = self
+                .crm
+                .records(client, batch, &wanted)
+                .await?
+                .into_iter()
+                .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
+                .collect();
+            for d in &deliveries {
+                delivered += 1;
+                if delivered % 50 == 0 {
+                    self.progress("writing CRM records into the mailbox", delivered, total);
+                }
+                self.apply_delivery(d, &records, role, &mut by_crm_id, run)
+                    .await?;
+            }
+            self.progress("writing CRM records into the mailbox", delivered, total);
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One delivery: planned against the local side of its record and
+    /// executed; acknowledged only when everything it asked was done.
+    async fn apply_delivery(
+        &self,
+        d: &Value,
+        records: &HashMap<String, Value>,
+        role: Role,
+        by_crm_id: &mut HashMap<String, (String, String)>,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<()> {
+        let (Some(id), Some(set)) = (d["id"].as_str(), d["set"].as_str()) else {
+            return Ok(());
+        };
+        let version = d["version"].as_i64().unwrap_or(0);
+        if set == EntitySet::Emails.as_str() {
+            // R-M7 and §9 for tracked messages (crate::mail).
+            if self
+                .apply_mail_delivery(d, records.get(id), &mut run.report)
+                .await?
+            {
+                run.acks.push((id.to_string(), version));
+            }
+            return Ok(());
+        }
+        let Some(collection) = EntitySet::from_str(set).ok().and_then(collection_of) else {
+            return Ok(()); // not synchronized by this agent yet: not acknowledged
+        };
+        let crm_side = match (d["action"].as_str(), d["removal"].as_str()) {
+            (Some("remove"), Some("unlink")) => CrmSide::Removed(Removal::Unlink),
+            (Some("remove"), _) => CrmSide::Removed(Removal::Delete),
+            _ => CrmSide::Changed,
+        };
+        if crm_side == CrmSide::Removed(Removal::Delete) && run.report.mass_delete.is_some() {
+            run.report.held_deletions += 1;
+            return Ok(());
+        }
+        let record = records.get(id);
+        if crm_side == CrmSide::Changed && record.is_none() {
+            run.report.errors.push(format!(
+                "{set}/{id}: delivered without its record; retried next sync"
+            ));
+            return Ok(());
+        }
+        let (key, mut t) = self.local_side_of(id, set, by_crm_id, run).await?;
+        for action in plan_item(t.link, crm_side, t.side, role) {
+            let r = self
+                .execute(
+                    action,
+                    collection,
+                    &mut t,
+                    record,
+                    &mut run.ops,
+                    &mut run.report,
+                )
+                .await;
+            if let Err(e) = r {
+                run.report.errors.push(format!("{set}/{id}: {e:#}"));
+                if let Some(k) = &key {
+                    run.incomplete.insert(k.0.clone());
+                }
+                return Ok(());
+            }
+        }
+        run.acks.push((id.to_string(), version));
+        Ok(())
+    }
+
+    /// The local side of a delivered record: its linked item (as the scan
+    /// found it, or unchanged), an item the scan found by its X-CRM-ID
+    /// (R-M2: linked again, the CRM version wins), or nothing yet.
+    async fn local_side_of(
+        &self,
+        id: &str,
+        set: &str,
+        by_crm_id: &mut HashMap<String, (String, String)>,
+        run: &mut ItemPass,
+    ) -> anyhow::Result<(Option<(String, String)>, Touched)> {
+        if let Some(c) = self.cache.item_by_crm_id(id).await?.filter(|c| c.link == 2) {
+            let key = (c.collection.clone(), c.href.clone());
+            let t = run.touched.remove(&key).unwrap_or(Touched {
+                cached: Some(c),
+                current: None,
+                link: LinkState::Tracked,
+                side: MailboxSide::Unchanged,
+            });
+            return Ok((Some(key), t));
+        }
+        if let Some(key) = by_crm_id.remove(id) {
+            let mut t = run.touched.remove(&key).expect("scanned item");
+            let f = t.current.as_ref().expect("scanned item");
+            t.cached = Some(CachedItem {
+                collection: f.collection.clone(),
+                href: f.href.clone(),
+                etag: f.etag.clone(),
+                uid: f.item.uid.clone(),
+                set: set.to_string(),
+                crm_id: Some(id.to_string()),
+                link: 2,
+                version: 0,
+                baseline: comparable(&f.item),
+            });
+            t.link = LinkState::Tracked;
+            t.side = MailboxSide::Unchanged;
+            return Ok((Some(key), t));
+        }
+        let nothing = Touched {
+            cached: None,
+            current: None,
+            link: LinkState::NotTracked,
+            side: MailboxSide::Unchanged,
+        };
+        Ok((None, nothing))
+    }
+
+    /// Mailbox → CRM for the items no delivery touched: their push
+    /// operations join the run's (sent after the acknowledgement).
+    async fn plan_untouched(&self, role: Role, run: &mut ItemPass) {
+        for ((collection, _), mut t) in std::mem::take(&mut run.touched) {
+            for action in plan_item(t.link, CrmSide::Unchanged, t.side, role) {
                 if let Err(e) = self
-                    .execute(action, &collection, &mut t, None, &mut ops, &mut report)
+                    .execute(
+                        action,
+                        &collection,
+                        &mut t,
+                        None,
+                        &mut run.ops,
+                        &mut run.report,
+                    )
                     .await
                 {
-                    incomplete.insert(collection.clone());
-                    report.errors.push(format!("{e:#}"));
+                    run.incomplete.insert(collection.clone());
+                    run.report.errors.push(format!("{e:#}"));
                     break;
                 }
             }
             if t.link == LinkState::ToBeTracked && role != Role::Primary {
-                incomplete.insert(collection.clone());
+                run.incomplete.insert(collection.clone());
             }
         }
+    }
 
-        // (d) acknowledge what was applied.
-        if let (Some(batch), false) = (&batch, acks.is_empty()) {
-            let r = self.crm.ack(&client, batch, &acks).await?;
-            report.acknowledged += r["acknowledged"].as_u64().unwrap_or(0) as usize;
-        }
-
-        // Deletions left for later are found again by the next scan: their
-        // collections' states are not stored.
-        let mut leave = |kinds: &[&str], count: &mut usize| {
-            let before = ops.len();
-            ops.retain(|o| {
-                let left = kinds.iter().any(|k| o.op["kind"] == *k);
-                if left {
-                    incomplete.insert(o.collection.clone());
-                }
-                !left
-            });
-            *count += before - ops.len();
-        };
-        if options.defer_deletions {
-            leave(&["delete"], &mut report.deferred_deletions);
-        }
-        if report.mass_delete.is_some() {
-            leave(&["delete", "untrack"], &mut report.held_deletions);
-        }
-        // Mailbox → CRM: journal first, then send (R-T4).
-        if !ops.is_empty() {
-            self.cache.journal_add_with_messages(&ops, &[]).await?;
-            let failed = self.send(&client, ops, &mut report).await?;
-            for c in failed {
-                incomplete.insert(c);
+    /// The new state of every complete collection. Settling re-scans a
+    /// collection to step over the agent's own writes; with no write into
+    /// the mailbox (`wrote` false) the scan's state is exact.
+    async fn store_states(&self, wrote: bool, run: &mut ItemPass) -> anyhow::Result<()> {
+        for (collection, state) in std::mem::take(&mut run.new_states) {
+            if run.incomplete.contains(&collection) {
+                continue;
             }
-        }
-        if report.left_for_primary > 0 {
-            for c in collections() {
-                incomplete.insert(c.to_string());
+            let state = if wrote {
+                self.settle(&collection, state).await?
+            } else {
+                state
+            };
+            if run.stored_states.get(&collection) != Some(&state) {
+                self.cache
+                    .set_sync_state(&collection, state.as_str())
+                    .await?;
             }
+            self.cache.write_intents_clear(&collection).await?;
         }
-        // Settling re-scans a collection to step over the agent's own
-        // writes; with no write into the mailbox the scan's state is exact.
-        let wrote = self.item_writes.load(Ordering::Relaxed) != writes_before;
-        for (collection, state) in new_states {
-            if !incomplete.contains(&collection) {
-                let state = if wrote {
-                    self.settle(&collection, state).await?
-                } else {
-                    state
-                };
-                if stored_states.get(&collection) != Some(&state) {
-                    self.cache
-                        .set_sync_state(&collection, state.as_str())
-                        .await?;
-                }
-                self.cache.write_intents_clear(&collection).await?;
-            }
-        }
-        tracing::debug!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "contacts, calendar, tasks done"
-        );
-        // Mail folders (crate::mail).
-        self.sync_mail(&client, role, options, &mut report).await?;
-        report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(report)
+        Ok(())
     }
 
     /// The state to store after a sync: the scan's state moved over the
