@@ -93,6 +93,7 @@ async fn open_imap(i: &ImapSettings, cfg: &Config) -> anyhow::Result<ImapMailbox
         &tracked,
     );
     c.rescan_interval = i.rescan_interval;
+    c.poll_interval = i.poll_interval;
     ImapMailbox::connect(c)
         .await
         .context("[mailbox.imap]: the IMAP server could not be used")

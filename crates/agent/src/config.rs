@@ -56,6 +56,9 @@ pub struct ImapSettings {
     /// Without CONDSTORE: how often every flag is listed again although the
     /// one-round-trip check saw nothing change (an addition to §13).
     pub rescan_interval: Duration,
+    /// How often the folders IDLE does not cover are looked at, and IDLE is
+    /// renewed with a look at INBOX (R-T2; an addition to §13).
+    pub poll_interval: Duration,
 }
 
 impl std::fmt::Debug for DavSettings {
@@ -197,6 +200,7 @@ struct RawImap {
     /// Folder → `SET/ID` every message tracked from it is regarding (R-M4).
     folder_regarding: Option<std::collections::BTreeMap<String, String>>,
     rescan_interval: Option<String>,
+    poll_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -424,8 +428,15 @@ impl Config {
                         invalid(format!("[mailbox.imap] rescan_interval = {text:?} is not a duration; write it like \"5m\" or \"0s\" (list every flag at every sync)"))
                     })?,
                 };
+                let poll_interval = match i.poll_interval {
+                    None => crmsync_imap::DEFAULT_POLL_INTERVAL,
+                    Some(text) => parse_interval(&text).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        invalid(format!("[mailbox.imap] poll_interval = {text:?} is not a duration; write it like \"2s\" or \"1m\""))
+                    })?,
+                };
                 Some(ImapSettings {
                     rescan_interval,
+                    poll_interval,
                     host,
                     port: i.port.unwrap_or(default_port),
                     security,
@@ -639,6 +650,7 @@ mod tests {
             (143, "none", "pw")
         );
         assert_eq!(imap.rescan_interval, Duration::from_secs(300));
+        assert_eq!(imap.poll_interval, Duration::from_secs(2));
         assert_eq!(c.max_message_size, MAX_MESSAGE_SIZE);
         assert_eq!(c.mail.sent, "Sent Items");
         assert_eq!(c.mail.tracked_folders.len(), 2);
@@ -686,6 +698,24 @@ mod tests {
         assert_eq!(c.max_message_size, 10 * 1024 * 1024);
         let e = parse(&format!("{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nrescan_interval = \"often\"\n"), None).unwrap_err();
         assert!(e.contains("rescan_interval") && e.contains("\"5m\""), "{e}");
+        for bad in ["\"often\"", "\"0s\""] {
+            let e = parse(
+                &format!(
+                    "{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\npoll_interval = {bad}\n"
+                ),
+                None,
+            )
+            .unwrap_err();
+            assert!(e.contains("poll_interval") && e.contains("\"2s\""), "{e}");
+        }
+        let c = parse(
+            &format!(
+                "{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\npoll_interval = \"30s\"\n"
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.imap.unwrap().poll_interval, Duration::from_secs(30));
         let c = parse(
             &format!(
                 "{CRM}[mailbox.imap]\nhost = \"h\"\nusername = \"u\"\nrescan_interval = \"0s\"\n"

@@ -79,6 +79,8 @@ both_configurations!(
     section_9_user_deletes_message_crm_activity_kept,
     r_t2_running_agent_tracks_at_once_and_defers_deletions,
     r_t2_running_agent_tracks_a_message_marked_after_its_append,
+    r_t2_running_agent_tracks_a_message_marked_right_after_its_append,
+    r_t2_running_agent_tracks_a_message_put_in_a_tracked_folder_within_5s,
     uidvalidity_change_relinks_by_message_id_without_duplicate,
     connection_dropped_mid_sync_is_an_error_then_next_sync_completes,
     malformed_no_message_id_8bit_and_huge_messages_reported_others_go_on,
@@ -1021,7 +1023,11 @@ async fn r_t2_running_agent_tracks_at_once_and_defers_deletions(flavor: Flavor) 
 /// `$CRMTracked`: tracked within 5 s, whatever the server's capabilities.
 async fn r_t2_running_agent_tracks_a_message_marked_after_its_append(flavor: Flavor) {
     let w = world().await;
-    let mut m = ann(&w, flavor).await;
+    let m = ann(&w, flavor).await;
+    marked_after_its_append(&w, m, &format!("{flavor:?}")).await;
+}
+
+async fn marked_after_its_append(w: &World, mut m: Mail, flavor: &str) {
     let (agent, other) = (&m.agent, &mut m.other);
     let (running, mut reports, stop_tx) = running(agent);
     let test = async {
@@ -1040,18 +1046,132 @@ async fn r_t2_running_agent_tracks_a_message_marked_after_its_append(flavor: Fla
         while w.email_by_mid("t2-late@example.org").await.is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{flavor:?}: the message marked after its append is not in the CRM 5 s later"
+                "{flavor}: the message marked after its append is not in the CRM 5 s later"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         println!(
-            "{flavor:?}: marked after its append, in the CRM after {:?}",
+            "{flavor}: marked after its append, in the CRM after {:?}",
             marked.elapsed()
         );
         let _ = stop_tx.send(());
     };
     let (ran, ()) = tokio::join!(running, test);
     ran.unwrap();
+}
+
+/// R-T2 (issue 12): another client APPENDs a message and marks it
+/// `$CRMTracked` moments later, while the running agent may be in the middle
+/// of the sync the append started. Each delay puts the mark at another point
+/// of that sync; every message is tracked within 5 s.
+async fn r_t2_running_agent_tracks_a_message_marked_right_after_its_append(flavor: Flavor) {
+    let w = world().await;
+    let m = ann(&w, flavor).await;
+    marked_right_after_its_append(&w, m, &format!("{flavor:?}")).await;
+}
+
+async fn marked_right_after_its_append(w: &World, mut m: Mail, flavor: &str) {
+    let (agent, other) = (&m.agent, &mut m.other);
+    let (running, mut reports, stop_tx) = running(agent);
+    let test = async {
+        reports.recv().await.unwrap().unwrap();
+        for (i, delay_ms) in [0u64, 20, 60, 120, 250, 500].into_iter().enumerate() {
+            let mid = format!("t2-quick-{i}@example.org");
+            let uid = other
+                .append_flags("INBOX", "\\Seen", &lee(&mid, "Quick"))
+                .await;
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            other.select("INBOX").await;
+            let marked = std::time::Instant::now();
+            other
+                .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
+                .await;
+            let deadline = marked + Duration::from_secs(5);
+            while w.email_by_mid(&mid).await.is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{flavor}: the message marked {delay_ms} ms after its append is not in the CRM 5 s later"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!(
+                "{flavor}: marked {delay_ms} ms after its append, in the CRM after {:?}",
+                marked.elapsed()
+            );
+            while reports.try_recv().is_ok() {}
+        }
+        let _ = stop_tx.send(());
+    };
+    let (ran, ()) = tokio::join!(running, test);
+    ran.unwrap();
+}
+
+/// R-T2 with R-M4: another client puts a message in a tracked folder (not
+/// the idled INBOX) while the agent runs: tracked within 5 s.
+async fn r_t2_running_agent_tracks_a_message_put_in_a_tracked_folder_within_5s(flavor: Flavor) {
+    let w = world().await;
+    let m = ann(&w, flavor).await;
+    put_in_a_tracked_folder(&w, m, &format!("{flavor:?}")).await;
+}
+
+async fn put_in_a_tracked_folder(w: &World, mut m: Mail, flavor: &str) {
+    let (agent, other) = (&m.agent, &mut m.other);
+    let (running, mut reports, stop_tx) = running(agent);
+    let test = async {
+        reports.recv().await.unwrap().unwrap();
+        let put = std::time::Instant::now();
+        other
+            .append_flags("CRM", "\\Seen", &lee("t2-folder@example.org", "Filed"))
+            .await;
+        let deadline = put + Duration::from_secs(5);
+        while w.email_by_mid("t2-folder@example.org").await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{flavor}: the message put in the tracked folder is not in the CRM 5 s later"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{flavor}: put in the tracked folder, in the CRM after {:?}",
+            put.elapsed()
+        );
+        let _ = stop_tx.send(());
+    };
+    let (ran, ()) = tokio::join!(running, test);
+    ran.unwrap();
+}
+
+/// Debian's default `cyrus.conf` starts no `idled`: `imapd` then announces
+/// nothing while in IDLE, and the watch's regular look at every folder
+/// (NOOP on the idled INBOX) is what keeps R-T2's seconds.
+mod cyrus_without_idled {
+    use super::*;
+
+    async fn ann(w: &World) -> Mail {
+        let server = ImapServer::start_cyrus_without_idled().await;
+        mailbox_on(w, server, "ann@example.com", &[], |_| {}).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r_t2_running_agent_tracks_a_message_marked_after_its_append() {
+        let w = world().await;
+        let m = ann(&w).await;
+        marked_after_its_append(&w, m, "Cyrus without idled").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r_t2_running_agent_tracks_a_message_marked_right_after_its_append() {
+        let w = world().await;
+        let m = ann(&w).await;
+        marked_right_after_its_append(&w, m, "Cyrus without idled").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r_t2_running_agent_tracks_a_message_put_in_a_tracked_folder_within_5s() {
+        let w = world().await;
+        let m = ann(&w).await;
+        put_in_a_tracked_folder(&w, m, "Cyrus without idled").await;
+    }
 }
 
 async fn uidvalidity_change_relinks_by_message_id_without_duplicate(flavor: Flavor) {

@@ -18,6 +18,13 @@ pub enum Security {
     Tls,
 }
 
+/// How often the watch looks at every folder by default. R-T2 wants a
+/// change tracked within seconds; IDLE covers one folder, and some servers
+/// (Cyrus without `idled`, a Dovecot whose file notifications do not work)
+/// announce nothing while idling, so every folder is looked at this often:
+/// one round trip (STATUS of each folder, NOOP for the idled one).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The IMAP backend's configuration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ImapConfig {
@@ -31,7 +38,9 @@ pub struct ImapConfig {
     pub folders: Vec<String>,
     /// Watch INBOX with IDLE (when the server offers it); otherwise poll.
     pub idle: bool,
-    /// How often `watch` looks at the folders IDLE does not cover.
+    /// How often `watch` looks at the folders IDLE does not cover and
+    /// renews IDLE with a look at the idled folder (which catches servers
+    /// that announce nothing while idling).
     pub poll_interval: Duration,
     /// Without CONDSTORE: how often every message's flags are listed again
     /// even though the quick check (EXISTS, UIDNEXT, the `$CRMTracked`
@@ -64,7 +73,7 @@ impl std::fmt::Debug for ImapConfig {
 
 impl ImapConfig {
     /// A configuration with the default folders (`INBOX`, `Sent`, `Drafts`,
-    /// `CRM`), IDLE on, polling every minute, every flag listed again every
+    /// `CRM`), IDLE on, polling every [`DEFAULT_POLL_INTERVAL`], every flag listed again every
     /// 5 minutes without CONDSTORE, and a 60 s answer timeout.
     pub fn new(
         host: impl Into<String>,
@@ -81,7 +90,7 @@ impl ImapConfig {
             password: password.into(),
             folders: Self::folder_list("INBOX", "Sent", "Drafts", &["CRM".to_owned()]),
             idle: true,
-            poll_interval: Duration::from_secs(60),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             rescan_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(60),
             tls_ca_file: None,

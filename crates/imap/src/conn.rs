@@ -431,10 +431,7 @@ impl Conn {
             .commands
             .fetch_add(commands.len() as u64, Ordering::Relaxed);
         self.write(&out).await?;
-        let mut results = Vec::new();
-        for tag in &tags {
-            results.push(self.read_until_tagged(tag, &mut on).await?);
-        }
+        let results = self.read_until_all_tagged(&tags, &mut on).await?;
         self.poisoned = false;
         Ok(results)
     }
@@ -568,10 +565,30 @@ impl Conn {
         tag: &str,
         on: &mut (dyn FnMut(Untagged<'_, '_>) + Send),
     ) -> Result<Done, ConnError> {
-        loop {
+        let mut done = self.read_until_all_tagged(&[tag], on).await?;
+        done.pop()
+            .ok_or_else(|| ConnError::Protocol("no tagged answer".into()))
+    }
+
+    /// Reads until every one of `tags` has its tagged answer, returned in the
+    /// order of `tags`. A server may complete pipelined commands in any order
+    /// (RFC 9051 5.5; Dovecot answers a STATUS before the NOOP or UNSELECT
+    /// sent ahead of it while that one waits for another session's changes).
+    async fn read_until_all_tagged<S: AsRef<str>>(
+        &mut self,
+        tags: &[S],
+        on: &mut (dyn FnMut(Untagged<'_, '_>) + Send),
+    ) -> Result<Vec<Done>, ConnError> {
+        let mut done: Vec<Option<Done>> = tags.iter().map(|_| None).collect();
+        while done.iter().any(Option::is_none) {
             let frame = self.read_frame().await?;
-            if frame.starts_with(tag.as_bytes()) && frame.get(tag.len()) == Some(&b' ') {
-                return self.tagged(&frame);
+            let answered = tags.iter().position(|tag| {
+                let tag = tag.as_ref().as_bytes();
+                frame.starts_with(tag) && frame.get(tag.len()) == Some(&b' ')
+            });
+            if let Some(i) = answered {
+                done[i] = Some(self.tagged(&frame)?);
+                continue;
             }
             if frame.starts_with(b"+") {
                 // A continuation nobody asked for: the server is waiting for
@@ -590,6 +607,7 @@ impl Conn {
                 }
             }
         }
+        Ok(done.into_iter().flatten().collect())
     }
 
     fn check_bye(&self, frame: &[u8]) -> Result<(), ConnError> {

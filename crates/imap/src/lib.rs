@@ -41,7 +41,7 @@ use crmsync_mailbox::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
-pub use config::{ImapConfig, Security};
+pub use config::{ImapConfig, Security, DEFAULT_POLL_INTERVAL};
 pub use conn::Stats;
 
 use conn::{Conn, ConnError};

@@ -1,6 +1,8 @@
 //! `Mailbox::watch` for IMAP: its own connection, IDLE on INBOX (when the
 //! server offers it and `idle` is on) and `STATUS` polling of the other
-//! folders; on a broken connection it reconnects with back-off (1 s doubling
+//! folders every `poll_interval`, when IDLE is also renewed with a NOOP (a
+//! server that announces nothing while idling is still heard within that
+//! interval, R-T2); on a broken connection it reconnects with back-off (1 s doubling
 //! to 60 s) and sends [`Notification::Rescan`], since changes may have been
 //! missed meanwhile.
 
@@ -85,12 +87,16 @@ async fn run(
     }
 }
 
+/// An answer that may announce a change of the selected folder. One that
+/// cannot be read counts: a needless sync costs one round trip, a missed
+/// change waits for the next one.
 fn is_change(u: &Untagged<'_, '_>) -> bool {
     matches!(
         u,
-        Untagged::Parsed(Response::Data(
-            Data::Exists(_) | Data::Expunge(_) | Data::Fetch { .. } | Data::Vanished { .. }
-        ))
+        Untagged::Malformed(_)
+            | Untagged::Parsed(Response::Data(
+                Data::Exists(_) | Data::Expunge(_) | Data::Fetch { .. } | Data::Vanished { .. }
+            ))
     )
 }
 
@@ -131,7 +137,7 @@ async fn watch_once(
         }
     }
     let interval = if config.poll_interval.is_zero() {
-        Duration::from_secs(60)
+        crate::DEFAULT_POLL_INTERVAL
     } else {
         config.poll_interval
     };
@@ -181,7 +187,7 @@ async fn watch_once(
             return Ok(());
         }
         let mut changed = false;
-        let now = poll_noting(&mut conn, &others, &mut changed).await?;
+        let now = poll_noting(&mut conn, &others, idle_folder.is_some(), &mut changed).await?;
         if let Some(id) = inbox_id.as_ref().filter(|_| changed) {
             // Changes to the selected INBOX reported while not idling.
             if tx.send(Notification::Changed(id.clone())).is_err() {
@@ -203,13 +209,16 @@ async fn watch_once(
 
 /// `STATUS` of each folder: the numbers that move when something changes.
 async fn poll(conn: &mut Conn, folders: &[String]) -> Result<HashMap<String, Vec<u64>>, ConnError> {
-    poll_noting(conn, folders, &mut false).await
+    poll_noting(conn, folders, false, &mut false).await
 }
 
-/// [`poll`], noting in `changed` whether the selected folder reported a change.
+/// [`poll`], with a NOOP first when a folder is selected (it asks the server
+/// for that folder's news, whatever IDLE announced), noting in `changed`
+/// whether the selected folder reported a change.
 async fn poll_noting(
     conn: &mut Conn,
     folders: &[String],
+    noop: bool,
     changed: &mut bool,
 ) -> Result<HashMap<String, Vec<u64>>, ConnError> {
     let mut out = HashMap::new();
@@ -219,10 +228,15 @@ async fn poll_noting(
         "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)"
     };
     // One round trip for all folders (STATUS answers name their folder).
-    let commands: Vec<String> = folders
-        .iter()
-        .filter_map(|f| astring(&utf7::encode(f)))
-        .map(|mbox| format!("STATUS {mbox} {items}"))
+    let commands: Vec<String> = noop
+        .then(|| "NOOP".to_owned())
+        .into_iter()
+        .chain(
+            folders
+                .iter()
+                .filter_map(|f| astring(&utf7::encode(f)))
+                .map(|mbox| format!("STATUS {mbox} {items}")),
+        )
         .collect();
     if commands.is_empty() {
         return Ok(out);

@@ -60,6 +60,11 @@ impl ImapServer {
         }
     }
 
+    /// Cyrus as Debian's default `cyrus.conf` runs it, without `idled`.
+    pub async fn start_cyrus_without_idled() -> ImapServer {
+        ImapServer::Cyrus(Cyrus::start_without_idled(USER, PASSWORD).await)
+    }
+
     pub fn port(&self) -> u16 {
         match self {
             ImapServer::Dovecot(d) => d.port,
@@ -320,7 +325,6 @@ default_internal_user = {internal}
 default_internal_group = {group}
 default_login_user = {login}
 mail_plugins =
-mailbox_idle_check_interval = 1 secs
 {settings}
 {capability}passdb {{
   driver = passwd-file

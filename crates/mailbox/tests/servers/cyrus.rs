@@ -93,9 +93,20 @@ impl Cyrus {
     /// Starts Cyrus with `user` (password `password`) whose INBOX exists.
     /// Retries on new ports if another process took one meanwhile.
     pub async fn start(user: &str, password: &str) -> Cyrus {
+        Self::start_idled(user, password, true).await
+    }
+
+    /// [`Cyrus::start`] as Debian's default `cyrus.conf` runs it: without
+    /// `idled`, `imapd` announces nothing while in IDLE and looks at the
+    /// mailbox only every `imapidlepoll` (60 s).
+    pub async fn start_without_idled(user: &str, password: &str) -> Cyrus {
+        Self::start_idled(user, password, false).await
+    }
+
+    async fn start_idled(user: &str, password: &str, idled: bool) -> Cyrus {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(user, password).await {
+            match Self::try_start(user, password, idled).await {
                 Ok(cyrus) => return cyrus,
                 Err(log) => last = log,
             }
@@ -103,7 +114,7 @@ impl Cyrus {
         panic!("Cyrus did not start:\n{last}");
     }
 
-    async fn try_start(user: &str, password: &str) -> Result<Cyrus, String> {
+    async fn try_start(user: &str, password: &str, idled: bool) -> Result<Cyrus, String> {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         use std::os::unix::fs::PermissionsExt;
@@ -157,7 +168,7 @@ syslog_prefix: crmsync-test-cyrus
             root.join("cyrus.conf"),
             format!(
                 r#"DAEMON {{
-  idled cmd="{idled} -C {conf_arg}"
+{idled}
 }}
 SERVICES {{
   imap cmd="{imapd} -C {conf_arg}" listen="127.0.0.1:{imap_port}" prefork=0
@@ -166,7 +177,14 @@ SERVICES {{
 EVENTS {{
 }}
 "#,
-                idled = bin.join("idled").display(),
+                idled = if idled {
+                    format!(
+                        "  idled cmd=\"{} -C {conf_arg}\"",
+                        bin.join("idled").display()
+                    )
+                } else {
+                    String::new()
+                },
                 imapd = bin.join("imapd").display(),
                 httpd = debian_binary("httpd", "cyrus-caldav").display(),
             ),
