@@ -1042,22 +1042,31 @@ async fn marked_after_its_append(w: &World, mut m: Mail, flavor: &str) {
         other
             .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
             .await;
-        let deadline = marked + Duration::from_secs(5);
-        while w.email_by_mid("t2-late@example.org").await.is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{flavor}: the message marked after its append is not in the CRM 5 s later"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        println!(
-            "{flavor}: marked after its append, in the CRM after {:?}",
-            marked.elapsed()
-        );
+        in_crm_within_5s(
+            w,
+            "t2-late@example.org",
+            marked,
+            &format!("{flavor}: marked after its append"),
+        )
+        .await;
         let _ = stop_tx.send(());
     };
     let (ran, ()) = tokio::join!(running, test);
     ran.unwrap();
+}
+
+/// R-T2: waits until the message `mid` is a CRM email, failing 5 s after
+/// `since`; prints how long it took.
+async fn in_crm_within_5s(w: &World, mid: &str, since: std::time::Instant, what: &str) {
+    let deadline = since + Duration::from_secs(5);
+    while w.email_by_mid(mid).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not in the CRM 5 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("{what}: in the CRM after {:?}", since.elapsed());
 }
 
 /// R-T2 (issue 12): another client APPENDs a message and marks it
@@ -1086,18 +1095,8 @@ async fn marked_right_after_its_append(w: &World, mut m: Mail, flavor: &str) {
             other
                 .cmd(&format!("UID STORE {uid} +FLAGS ({TRACKED})"))
                 .await;
-            let deadline = marked + Duration::from_secs(5);
-            while w.email_by_mid(&mid).await.is_empty() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{flavor}: the message marked {delay_ms} ms after its append is not in the CRM 5 s later"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            println!(
-                "{flavor}: marked {delay_ms} ms after its append, in the CRM after {:?}",
-                marked.elapsed()
-            );
+            let what = format!("{flavor}: marked {delay_ms} ms after its append");
+            in_crm_within_5s(w, &mid, marked, &what).await;
             while reports.try_recv().is_ok() {}
         }
         let _ = stop_tx.send(());
@@ -1123,18 +1122,8 @@ async fn put_in_a_tracked_folder(w: &World, mut m: Mail, flavor: &str) {
         other
             .append_flags("CRM", "\\Seen", &lee("t2-folder@example.org", "Filed"))
             .await;
-        let deadline = put + Duration::from_secs(5);
-        while w.email_by_mid("t2-folder@example.org").await.is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{flavor}: the message put in the tracked folder is not in the CRM 5 s later"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        println!(
-            "{flavor}: put in the tracked folder, in the CRM after {:?}",
-            put.elapsed()
-        );
+        let what = format!("{flavor}: put in the tracked folder");
+        in_crm_within_5s(w, "t2-folder@example.org", put, &what).await;
         let _ = stop_tx.send(());
     };
     let (ran, ()) = tokio::join!(running, test);
