@@ -13,36 +13,13 @@ CRMSYNC_DAV_PINS=(
     "vdirsyncer==0.21.0"
 )
 
+# shellcheck source=scripts/venv.sh
+. "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+
 install_dav_servers() {
     local venv="${XDG_CACHE_HOME:-$HOME/.cache}/crmsync/dav-venv"
-    local stamp="$venv/.crmsync-pins"
-    local want
-    want="$(printf '%s\n' "${CRMSYNC_DAV_PINS[@]}")"
-    if [[ -x "$venv/bin/radicale" && -x "$venv/bin/xandikos" && -f "$stamp" \
-        && "$(cat "$stamp")" == "$want" ]]; then
-        echo "dav servers: up to date in $venv"
-    else
-        echo "dav servers: installing ${CRMSYNC_DAV_PINS[*]} into $venv"
-        mkdir -p -- "$(dirname "$venv")"
-        if [[ ! -x "$venv/bin/python" ]]; then
-            rm -rf -- "$venv"
-            if ! python3 -m venv "$venv" 2>/dev/null; then
-                rm -rf -- "$venv"
-                if declare -F apt_install >/dev/null; then
-                    apt_install python3-venv
-                fi
-                python3 -m venv "$venv" || {
-                    echo "dav servers: python3 -m venv failed" >&2
-                    return 1
-                }
-            fi
-        fi
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check "${CRMSYNC_DAV_PINS[@]}" || {
-            if declare -F die >/dev/null; then die "pip could not install ${CRMSYNC_DAV_PINS[*]}"; fi
-            return 1
-        }
-        printf '%s\n' "$want" >"$stamp"
-    fi
+    printf 'dav servers: '
+    pinned_venv "$venv" xandikos "${CRMSYNC_DAV_PINS[@]}" || return 1
     "$venv/bin/radicale" --version
     "$venv/bin/python" -c 'import xandikos, caldav; print("xandikos", ".".join(map(str, xandikos.__version__)), "caldav", caldav.__version__)' || true
     export CRMSYNC_DAV_VENV="$venv"
