@@ -52,6 +52,44 @@ pub struct ListQuery {
     /// Only records with a version below this (the cursor).
     pub before_version: Option<i64>,
     pub limit: i64,
+    /// Only records in this state.
+    pub state: Option<String>,
+    /// Another order than newest change first, with its keyset position
+    /// (the web lists' sortable columns); `before_version` is then unused.
+    pub order: Option<ListOrder>,
+}
+
+/// A list's order: by one of the set's text fields (missing values
+/// first), the version breaking ties; or by version.
+#[derive(Debug, Clone, Default)]
+pub struct ListOrder {
+    /// A field of the set's field table (never user text: it is written into the SQL).
+    pub field: Option<&'static str>,
+    pub descending: bool,
+    /// Rows strictly after this (sort value, version) in the order.
+    pub after: Option<(String, i64)>,
+}
+
+/// The SQL of a record's text field ('' when missing); `field` comes
+/// from the core field tables only.
+fn field_sql(kind: DbKind, field: &'static str) -> String {
+    debug_assert!(field
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    match kind {
+        DbKind::Sqlite => format!("COALESCE(json_extract(data, '$.{field}'), '')"),
+        DbKind::Postgres => format!("COALESCE(CAST(data AS json) ->> '{field}', '')"),
+    }
+}
+
+/// A record's sort value as [`field_sql`] computes it, for the next
+/// page's position (text fields only, so both databases agree).
+pub fn sort_value(r: &Record, field: &str) -> String {
+    r.fields
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 const RECORD_COLUMNS: &str =
@@ -420,28 +458,63 @@ impl Store {
 
     /// Live records of one set, newest change first.
     pub async fn list(&self, set: EntitySet, q: &ListQuery) -> Result<Vec<Record>, sqlx::Error> {
-        // The WHERE clause is assembled from fixed fragments; every value is bound.
+        // The WHERE clause is assembled from fixed fragments and field
+        // names of the core tables; every value is bound.
         let mut sql = format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND deleted_at IS NULL"
         );
         let mut n = 1;
-        let mut param = |fragment: &str| {
+        let mut next = || {
             n += 1;
-            sql.push_str(&fragment.replace("$?", &format!("${n}")));
+            format!("${n}")
         };
         if q.owner.is_some() {
-            param(" AND owner_id = $?");
+            sql += &format!(" AND owner_id = {}", next());
         }
         if q.modified_since.is_some() {
-            param(" AND modified_at >= $?");
+            sql += &format!(" AND modified_at >= {}", next());
         }
         if q.text.is_some() {
-            param(" AND search_text LIKE $? ESCAPE '\\'");
+            sql += &format!(" AND search_text LIKE {} ESCAPE '\\'", next());
         }
-        if q.before_version.is_some() {
-            param(" AND version < $?");
+        if q.state.is_some() {
+            sql += &format!(" AND state = {}", next());
         }
-        param(" ORDER BY version DESC LIMIT $?");
+        match &q.order {
+            None => {
+                if q.before_version.is_some() {
+                    sql += &format!(" AND version < {}", next());
+                }
+                sql += &format!(" ORDER BY version DESC LIMIT {}", next());
+            }
+            Some(order) => {
+                let (cmp, dir) = if order.descending {
+                    ("<", "DESC")
+                } else {
+                    (">", "ASC")
+                };
+                match (order.field, &order.after) {
+                    (Some(field), Some(_)) => {
+                        let expr = field_sql(self.kind, field);
+                        let (a, b, c) = (next(), next(), next());
+                        sql += &format!(
+                            " AND ({expr} {cmp} {a} OR ({expr} = {b} AND version {cmp} {c}))"
+                        );
+                        sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
+                    }
+                    (Some(field), None) => {
+                        let expr = field_sql(self.kind, field);
+                        sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
+                    }
+                    (None, after) => {
+                        if after.is_some() {
+                            sql += &format!(" AND version {cmp} {}", next());
+                        }
+                        sql += &format!(" ORDER BY version {dir} LIMIT {}", next());
+                    }
+                }
+            }
+        }
         let mut query = sqlx::query(&sql).bind(set.as_str());
         if let Some(owner) = q.owner {
             query = query.bind(owner.to_string());
@@ -456,10 +529,66 @@ impl Store {
                 .replace('_', "\\_");
             query = query.bind(format!("%{escaped}%"));
         }
-        if let Some(v) = q.before_version {
-            query = query.bind(v);
+        if let Some(state) = &q.state {
+            query = query.bind(state.clone());
+        }
+        match &q.order {
+            None => {
+                if let Some(v) = q.before_version {
+                    query = query.bind(v);
+                }
+            }
+            Some(order) => match (order.field, &order.after) {
+                (Some(_), Some((value, version))) => {
+                    query = query.bind(value.clone()).bind(value.clone()).bind(*version);
+                }
+                (None, Some((_, version))) => query = query.bind(*version),
+                (_, None) => {}
+            },
         }
         let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The activities and emails pointing to `target` (their regarding, or
+    /// a resolved attendee or party), newest first, at most `limit`, after
+    /// the keyset position `(created_at, id)`.
+    pub async fn timeline(
+        &self,
+        target: Uuid,
+        sets: &[EntitySet],
+        after: Option<(String, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        if sets.is_empty() {
+            return Ok(vec![]);
+        }
+        // References are stored as {"set": ..., "id": "<uuid>"} objects
+        // in compact JSON; reference fields of other kinds end in `_id`
+        // and so never match the pattern.
+        let set_params: Vec<String> = (0..sets.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut n = sets.len() + 1;
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE data LIKE $1 AND deleted_at IS NULL AND entity_set IN ({})",
+            set_params.join(", ")
+        );
+        if after.is_some() {
+            sql += &format!(
+                " AND (created_at < ${a} OR (created_at = ${a} AND id < ${b}))",
+                a = n + 1,
+                b = n + 2
+            );
+            n += 2;
+        }
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", n + 1);
+        let mut query = sqlx::query(&sql).bind(format!("%\"id\":\"{target}\"%"));
+        for set in sets {
+            query = query.bind(set.as_str());
+        }
+        if let Some((created, id)) = after {
+            query = query.bind(created).bind(id.to_string());
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
     }
 

@@ -1,0 +1,241 @@
+//! The pages around the records: Activities (the user's open work across
+//! records), Sync (the user's clients and the conflict log) and Admin.
+//! Each reads through the same functions as the API.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crmsync_core::EntitySet;
+
+use super::forms::display_name;
+use super::layout::{label, set_singular, Layout};
+use super::pages::{page, Message};
+use super::session::WebUser;
+use crate::store::ListQuery;
+use crate::AppState;
+
+/// How many open items of each kind the Activities page lists.
+const PER_KIND: i64 = 100;
+
+pub struct Activity {
+    pub kind: &'static str,
+    pub href: String,
+    pub title: String,
+    pub when: String,
+    pub state: String,
+}
+
+#[derive(Template)]
+#[template(path = "activities.html")]
+pub struct ActivitiesPage {
+    layout: Layout,
+    items: Vec<Activity>,
+    capped: bool,
+}
+
+pub struct ClientRow {
+    pub name: String,
+    pub role: String,
+    pub kinds: String,
+}
+
+pub struct ConflictView {
+    pub when: String,
+    pub href: String,
+    pub field: String,
+    pub crm: String,
+    pub mailbox: String,
+    pub kept: String,
+}
+
+#[derive(Template)]
+#[template(path = "sync.html")]
+pub struct SyncPage {
+    layout: Layout,
+    clients: Vec<ClientRow>,
+    conflicts: Vec<ConflictView>,
+}
+
+pub struct UserRow {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+    pub state: String,
+    pub approved_email: &'static str,
+    pub sync_to_mailbox: &'static str,
+    pub go_offline: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage {
+    layout: Layout,
+    users: Vec<UserRow>,
+}
+
+page!(ActivitiesPage, SyncPage, AdminPage);
+
+/// The open states of an activity set.
+fn open_states(set: EntitySet) -> &'static [&'static str] {
+    match set {
+        EntitySet::Appointments | EntitySet::Serviceappointments => &["open", "scheduled"],
+        _ => &["open"],
+    }
+}
+
+pub async fn activities(State(state): State<AppState>, user: WebUser) -> Response {
+    let mut items = Vec::new();
+    let mut capped = false;
+    for set in [
+        EntitySet::Appointments,
+        EntitySet::Serviceappointments,
+        EntitySet::Tasks,
+        EntitySet::Phonecalls,
+        EntitySet::Letters,
+        EntitySet::Faxes,
+    ] {
+        for open in open_states(set) {
+            let query = ListQuery {
+                owner: Some(user.caller.user_id),
+                state: Some(open.to_string()),
+                limit: PER_KIND,
+                ..ListQuery::default()
+            };
+            let records = match state.store.list(set, &query).await {
+                Ok(r) => r,
+                Err(e) => return super::server_error(e.into()),
+            };
+            capped |= records.len() as i64 == PER_KIND;
+            items.extend(records.iter().map(|r| {
+                Activity {
+                    kind: set_singular(set),
+                    href: format!("/{set}/{}", r.id),
+                    title: display_name(r),
+                    when: ["start", "due"]
+                        .iter()
+                        .find_map(|k| r.fields.get(*k).and_then(Value::as_str))
+                        .unwrap_or("")
+                        .to_string(),
+                    state: label(&r.state),
+                }
+            }));
+        }
+    }
+    // Soonest first; those without a time last.
+    items.sort_by(|a, b| (a.when.is_empty(), &a.when).cmp(&(b.when.is_empty(), &b.when)));
+    ActivitiesPage {
+        layout: Layout::new("My open activities", &user, "/activities"),
+        items,
+        capped,
+    }
+    .into_response()
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "(empty)".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
+    let clients = match crate::sync::clients::list(&state.store, user.caller, None).await {
+        Ok(c) => c,
+        Err(e) => return super::error_page(e),
+    };
+    let conflicts =
+        match crate::sync::report::conflicts(&state.store, user.caller, None, None).await {
+            Ok(c) => c,
+            Err(e) => return super::error_page(e),
+        };
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    SyncPage {
+        layout: Layout::new("Sync", &user, "/sync"),
+        clients: clients
+            .iter()
+            .map(|c| ClientRow {
+                name: text(c, "name"),
+                role: label(&text(c, "role")),
+                kinds: match c.get("kinds").and_then(Value::as_array) {
+                    Some(k) => k
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => "all".into(),
+                },
+            })
+            .collect(),
+        conflicts: conflicts["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| ConflictView {
+                when: text(c, "at"),
+                href: format!("/{}/{}", text(c, "set"), text(c, "record_id")),
+                field: label(&text(c, "field")),
+                crm: shown(&c["crm_value"]),
+                mailbox: shown(&c["mailbox_value"]),
+                kept: text(c, "kept"),
+            })
+            .collect(),
+    }
+    .into_response()
+}
+
+pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
+    if !user.caller.is_admin {
+        return (
+            StatusCode::FORBIDDEN,
+            Message::public("Not allowed", "Only an admin may open this page."),
+        )
+            .into_response();
+    }
+    let query = ListQuery {
+        limit: 1000,
+        ..ListQuery::default()
+    };
+    let users = match state.store.list(EntitySet::Users, &query).await {
+        Ok(u) => u,
+        Err(e) => return super::server_error(e.into()),
+    };
+    let yes_no = |r: &crmsync_core::Record, k: &str| {
+        if r.fields.get(k).and_then(Value::as_bool) == Some(true) {
+            "Yes"
+        } else {
+            "No"
+        }
+    };
+    AdminPage {
+        layout: Layout::new("Admin", &user, "/admin"),
+        users: users
+            .iter()
+            .map(|u| UserRow {
+                id: u.id.to_string(),
+                name: display_name(u),
+                email: u
+                    .fields
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+                role: label(
+                    u.fields
+                        .get("role")
+                        .and_then(Value::as_str)
+                        .unwrap_or("user"),
+                ),
+                state: label(&u.state),
+                approved_email: yes_no(u, "approved_email"),
+                sync_to_mailbox: yes_no(u, "sync_to_mailbox"),
+                go_offline: yes_no(u, "go_offline"),
+            })
+            .collect(),
+    }
+    .into_response()
+}
