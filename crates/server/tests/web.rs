@@ -568,4 +568,86 @@ both_dbs! {
         assert!(p.html.find("My meeting").unwrap() < p.html.find("My open task").unwrap(), "soonest first");
         assert!(b.get("/sync").await.html.contains("No sync client has registered"));
     }
+
+    async fn r_w5_set_regarding_changes_it_as_the_api_does(s: TestServer) {
+        let acc = s.post(&s.admin, "/api/v1/accounts", json!({"name": "Acme Rockets"})).await.expect(201);
+        s.post(&s.admin, "/api/v1/accounts", json!({"name": "Other Co"})).await.expect(201);
+        let aid = acc["id"].as_str().unwrap();
+        let task = s.post(&s.admin, "/api/v1/tasks", json!({"subject": "Call back"})).await.expect(201);
+        let tid = task["id"].as_str().unwrap();
+        let b = Browser::as_admin(&s).await;
+        let record = b.get(&format!("/tasks/{tid}")).await;
+        assert!(record.html.contains(&format!("href=\"/tasks/{tid}/regarding\">Set regarding</a>")));
+        let page = b.get(&format!("/tasks/{tid}/regarding?target=accounts&q=rocket")).await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        assert_security_headers(&page, "set regarding");
+        assert!(page.html.contains("Acme Rockets") && !page.html.contains("Other Co"), "{}", page.html);
+        let choice = format!("accounts/{aid}");
+        assert!(page.html.contains(&format!("value=\"{choice}\"")));
+        let (csrf, version) = (page.hidden("_csrf"), page.hidden("_version"));
+        // Without its token, nothing changes.
+        let refused = b.post_with(&format!("/tasks/{tid}/regarding"), &[("_version", &version), ("regarding", &choice)], &[]).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(s.get(&s.admin, &format!("/api/v1/tasks/{tid}")).await.expect(200).get("regarding").is_none());
+        let p = b.post(&format!("/tasks/{tid}/regarding"), &[("_csrf", &csrf), ("_version", &version), ("regarding", &choice)]).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.html);
+        let t = s.get(&s.admin, &format!("/api/v1/tasks/{tid}")).await.expect(200);
+        assert_eq!(t["regarding"], json!({"set": "accounts", "id": aid}));
+        assert!(b.get(&format!("/accounts/{aid}")).await.html.contains("Call back"), "it is on the account's timeline");
+        // The version shown is checked: a stale form changes nothing.
+        let stale = b.post(&format!("/tasks/{tid}/regarding"), &[("_csrf", &csrf), ("_version", &version), ("regarding", "")]).await;
+        assert_eq!(stale.status, StatusCode::CONFLICT);
+        assert_eq!(s.get(&s.admin, &format!("/api/v1/tasks/{tid}")).await.expect(200)["regarding"]["id"], aid);
+        // A regarding the API refuses is refused with its message.
+        let bad = b.post(&format!("/tasks/{tid}/regarding"), &[("_csrf", &csrf), ("_version", &t["version"].to_string()), ("regarding", "tasks/00000000-0000-0000-0000-000000000001")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.html);
+        assert!(bad.html.contains("cannot point to tasks"), "{}", bad.html);
+    }
+
+    async fn r_w5_why_not_in_my_mailbox_answers_as_explain_does(s: TestServer) {
+        let (uid, token) = s.add_user("gus@example.com").await;
+        let client = s.register(&token, "laptop").await;
+        let cid = client["id"].as_str().unwrap().to_string();
+        let c = s.post(&token, "/api/v1/contacts", json!({"last_name": "Inactive", "state": "inactive"})).await.expect(201);
+        let id = c["id"].as_str().unwrap();
+        let api = s.get(&token, &format!("/api/v1/sync/explain?client_id={cid}&set=contacts&id={id}")).await.expect(200);
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let record = b.get(&format!("/contacts/{id}")).await;
+        assert!(record.html.contains("Why isn't this in my mailbox?"));
+        let page = b.get(&format!("/contacts/{id}/explain")).await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        assert!(page.html.contains("laptop"));
+        for reason in api["reasons"].as_array().unwrap() {
+            let text = reason.as_str().unwrap().replace('\'', "&#39;").replace('"', "&#34;");
+            assert!(page.html.contains(&text), "the page gives the API's reason {text:?}: {}", page.html);
+        }
+        let verdict = if api["delivered"] == true { "It is meant to be there." } else { "It is not meant to be there." };
+        assert!(page.html.contains(verdict), "{api}: {}", page.html);
+    }
+
+    async fn r_w6_make_primary_and_reset_from_the_sync_page(s: TestServer) {
+        let (uid, token) = s.add_user("hal@example.com").await;
+        let first = s.register(&token, "desktop").await;
+        let second = s.register(&token, "laptop").await;
+        assert_eq!(first["role"], "primary");
+        let laptop = second["id"].as_str().unwrap();
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let page = b.get("/sync").await;
+        assert!(page.html.contains("desktop") && page.html.contains("laptop") && page.html.contains(">Primary<"));
+        let csrf = page.hidden("_csrf");
+        assert_eq!(b.post_with(&format!("/sync/clients/{laptop}/primary"), &[], &[]).await.status, StatusCode::FORBIDDEN);
+        let p = b.post(&format!("/sync/clients/{laptop}/primary"), &[("_csrf", &csrf)]).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.html);
+        let clients = s.get(&token, "/api/v1/sync/clients").await.expect(200);
+        let role = |name: &str| clients.as_array().or(clients["items"].as_array()).unwrap().iter().find(|c| c["name"] == name).unwrap()["role"].clone();
+        assert_eq!(role("laptop"), "primary");
+        assert_eq!(role("desktop"), "secondary");
+        let p = b.post(&format!("/sync/clients/{laptop}/reset"), &[("_csrf", &csrf)]).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.html);
+        // Another user's client is not theirs to change.
+        let (other, _) = s.add_user("ivy@example.com").await;
+        let ivy = Browser::as_user(&s, Uuid::parse_str(&other).unwrap()).await;
+        let p = ivy.post(&format!("/sync/clients/{laptop}/primary"), &[("_csrf", &ivy.csrf().await)]).await;
+        assert!(p.status == StatusCode::FORBIDDEN || p.status == StatusCode::NOT_FOUND, "{}", p.status);
+    }
 }

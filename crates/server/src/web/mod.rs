@@ -5,11 +5,13 @@
 //! API's JSON bodies and the answers into pages.
 
 pub mod csrf;
+mod explain;
 mod forms;
 pub mod layout;
 mod lists;
 pub mod pages;
 mod record_pages;
+mod regarding;
 pub mod session;
 mod signin;
 mod timeline;
@@ -54,6 +56,8 @@ pub fn router() -> Router<AppState> {
         .route("/assets/{file}", get(asset))
         .route("/activities", get(work::activities))
         .route("/sync", get(work::sync))
+        .route("/sync/clients/{id}/primary", post(work::make_primary))
+        .route("/sync/clients/{id}/reset", post(work::reset))
         .route("/admin", get(work::admin));
     // Static paths per set, so that no other path (e.g. under /api) is
     // taken for a set's page.
@@ -74,6 +78,15 @@ pub fn router() -> Router<AppState> {
                 &format!("{base}/{{id}}/delete"),
                 get(record_pages::confirm_delete).post(record_pages::delete),
             );
+        if set.syncs_to_mailbox() {
+            router = router.route(&format!("{base}/{{id}}/explain"), get(explain::page));
+        }
+        if regarding::has_regarding(*set) {
+            router = router.route(
+                &format!("{base}/{{id}}/regarding"),
+                get(regarding::page).post(regarding::save),
+            );
+        }
     }
     router.layer(axum::middleware::map_response(security_headers))
 }

@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// The record of a page's path, or the page that says why there is none.
-async fn load(state: &AppState, set: EntitySet, id: &str) -> Result<Record, Response> {
+pub(super) async fn load(state: &AppState, set: EntitySet, id: &str) -> Result<Record, Response> {
     let not_found = || {
         super::error_page(ApiError::not_found(format!(
             "There is no {} with this id; it may have been deleted.",
@@ -87,6 +87,9 @@ pub struct RecordPage {
     modified_at: String,
     email: Option<EmailView>,
     timeline: Option<Timeline>,
+    /// Links to "Set regarding" and "Why isn't this in my mailbox?".
+    regarding_link: bool,
+    explain_link: bool,
 }
 
 #[derive(Template)]
@@ -251,6 +254,8 @@ pub async fn show(
         modified_at: r.modified_at.clone(),
         email,
         timeline,
+        regarding_link: super::regarding::has_regarding(set),
+        explain_link: set.syncs_to_mailbox(),
     }
     .into_response()
 }

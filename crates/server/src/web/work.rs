@@ -3,13 +3,15 @@
 //! Each reads through the same functions as the API.
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crmsync_core::EntitySet;
 
+use super::csrf::Posted;
 use super::forms::display_name;
 use super::layout::{label, set_singular, Layout};
 use super::pages::{page, Message};
@@ -37,6 +39,7 @@ pub struct ActivitiesPage {
 }
 
 pub struct ClientRow {
+    pub id: String,
     pub name: String,
     pub role: String,
     pub kinds: String,
@@ -55,6 +58,7 @@ pub struct ConflictView {
 #[template(path = "sync.html")]
 pub struct SyncPage {
     layout: Layout,
+    csrf: String,
     clients: Vec<ClientRow>,
     conflicts: Vec<ConflictView>,
 }
@@ -156,9 +160,11 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     SyncPage {
         layout: Layout::new("Sync", &user, "/sync"),
+        csrf: user.csrf.clone(),
         clients: clients
             .iter()
             .map(|c| ClientRow {
+                id: text(c, "id"),
                 name: text(c, "name"),
                 role: label(&text(c, "role")),
                 kinds: match c.get("kinds").and_then(Value::as_array) {
@@ -186,6 +192,41 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
             .collect(),
     }
     .into_response()
+}
+
+/// "Make primary" and "Reset": the API's own client functions (R-C1, R-S9).
+async fn client_action(state: &AppState, posted: &Posted, id: &str, primary: bool) -> Response {
+    let Ok(id) = Uuid::parse_str(id) else {
+        return super::error_page(crate::error::ApiError::not_found(
+            "There is no such sync client.",
+        ));
+    };
+    let caller = posted.user.caller;
+    let done = if primary {
+        crate::sync::clients::set_primary(&state.store, caller, id).await
+    } else {
+        crate::sync::clients::reset(&state.store, caller, id).await
+    };
+    match done {
+        Ok(_) => Redirect::to("/sync").into_response(),
+        Err(e) => super::error_page(e),
+    }
+}
+
+pub async fn make_primary(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> Response {
+    client_action(&state, &posted, &id, true).await
+}
+
+pub async fn reset(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> Response {
+    client_action(&state, &posted, &id, false).await
 }
 
 pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
