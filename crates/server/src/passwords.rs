@@ -153,15 +153,20 @@ pub async fn wait_before_signin(store: &Store, email: &str) -> Result<i64, sqlx:
     Ok((at + retry_delay_secs(n) - unix_now()).max(0))
 }
 
+/// Counts a failed sign-in in one statement, so that processes failing
+/// sign-ins of one account at once each count (a failure after a quiet
+/// window starts again at 1).
 pub async fn record_failure(store: &Store, email: &str) -> Result<(), sqlx::Error> {
-    let (n, _) = failures(store, email).await?;
+    let now = unix_now();
     sqlx::query(
-        "INSERT INTO signin_failures (email, failures, last_failure_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (email) DO UPDATE SET failures = excluded.failures, last_failure_at = excluded.last_failure_at",
+        "INSERT INTO signin_failures (email, failures, last_failure_at) VALUES ($1, 1, $2) \
+         ON CONFLICT (email) DO UPDATE SET \
+         failures = CASE WHEN signin_failures.last_failure_at < $3 THEN 1 ELSE signin_failures.failures + 1 END, \
+         last_failure_at = excluded.last_failure_at",
     )
     .bind(email.trim().to_lowercase())
-    .bind(n + 1)
-    .bind(unix_now())
+    .bind(now)
+    .bind(now - FAILURE_WINDOW_SECS)
     .execute(&store.pool)
     .await?;
     Ok(())
