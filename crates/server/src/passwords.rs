@@ -147,10 +147,30 @@ pub async fn failures(store: &Store, email: &str) -> Result<(i64, i64), sqlx::Er
     })
 }
 
-/// Seconds the account must still wait before a sign-in is checked.
+/// Seconds the account must still wait before a sign-in is checked (0:
+/// go ahead). Once a wait applies, going ahead claims the attempt in one
+/// statement, so that of many sign-ins sent at once only one is checked.
 pub async fn wait_before_signin(store: &Store, email: &str) -> Result<i64, sqlx::Error> {
     let (n, at) = failures(store, email).await?;
-    Ok((at + retry_delay_secs(n) - unix_now()).max(0))
+    let delay = retry_delay_secs(n);
+    let now = unix_now();
+    let wait = (at + delay - now).max(0);
+    if delay == 0 || wait > 0 {
+        return Ok(wait);
+    }
+    let claimed = sqlx::query(
+        "UPDATE signin_failures SET last_failure_at = $2 WHERE email = $1 AND last_failure_at = $3",
+    )
+    .bind(email.trim().to_lowercase())
+    .bind(now)
+    .bind(at)
+    .execute(&store.pool)
+    .await?;
+    Ok(if claimed.rows_affected() == 1 {
+        0
+    } else {
+        delay
+    })
 }
 
 /// Counts a failed sign-in in one statement, so that processes failing

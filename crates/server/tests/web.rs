@@ -266,6 +266,12 @@ both_dbs! {
         // Once the delay has passed (the failures are in the database,
         // shared by every server process), the right password works.
         sqlx::query("UPDATE signin_failures SET last_failure_at = last_failure_at - 60").execute(&s.store.pool).await.unwrap();
+        // Of sign-ins sent at once after the wait, one is checked.
+        let tries = futures_util::future::join_all((0..4).map(|_| sign_in(&b, "bob@example.com", "still wrong"))).await;
+        let checked = tries.iter().filter(|p| p.status == StatusCode::UNAUTHORIZED).count();
+        assert_eq!(checked, 1, "{:?}", tries.iter().map(|p| p.status).collect::<Vec<_>>());
+        assert!(tries.iter().all(|p| p.status == StatusCode::UNAUTHORIZED || p.status == StatusCode::TOO_MANY_REQUESTS));
+        sqlx::query("UPDATE signin_failures SET last_failure_at = last_failure_at - 60").execute(&s.store.pool).await.unwrap();
         let p = sign_in(&b, "bob@example.com", "the right password").await;
         assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.html);
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signin_failures WHERE email = 'bob@example.com'").fetch_one(&s.store.pool).await.unwrap();

@@ -166,8 +166,11 @@ pub async fn link(
     }
 }
 
-pub async fn sign_out(State(state): State<AppState>, posted: Posted) -> Response {
-    let headers = HeaderMap::new();
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    posted: Posted,
+) -> Response {
     if let Err(e) = session::end(&state.store, &posted.user.session_token).await {
         return super::server_error(e.into());
     }
