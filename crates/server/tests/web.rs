@@ -526,4 +526,22 @@ both_dbs! {
         let p = ivy.post(&format!("/sync/clients/{laptop}/primary"), &[("_csrf", &ivy.csrf().await)]).await;
         assert!(p.status == StatusCode::FORBIDDEN || p.status == StatusCode::NOT_FOUND, "{}", p.status);
     }
+
+    async fn r_w5_timeline_pages_newest_first(s: TestServer) {
+        let acc = s.post(&s.admin, "/api/v1/accounts", json!({"name": "Busy"})).await.expect(201);
+        let aid = acc["id"].as_str().unwrap();
+        for i in 0..30 {
+            s.post(&s.admin, "/api/v1/tasks", json!({"subject": format!("Task {i:02}"), "regarding": {"set": "accounts", "id": aid}})).await.expect(201);
+        }
+        let b = Browser::as_admin(&s).await;
+        let first = b.get(&format!("/accounts/{aid}")).await;
+        let rows = |p: &Page| p.html.matches("<tr><td>").count();
+        assert_eq!(rows(&first), 25);
+        assert!(first.html.contains("Task 29") && !first.html.contains("Task 04"));
+        let older = b.get(&first.link("next")).await;
+        assert_eq!(rows(&older), 5);
+        assert!(older.html.contains("Task 04") && older.html.contains("Task 00") && !older.html.contains("Task 05"));
+        assert!(!older.html.contains("rel=\"next\""), "the last page");
+        assert!(older.html.contains(">Newest</a>"));
+    }
 }
