@@ -107,8 +107,13 @@ pub async fn set_password(store: &Store, email: &str, password: &str) -> anyhow:
     let hash = hash_password(password);
     let mut conn = store.pool.acquire().await?;
     put_hash(&mut conn, user.id, &hash).await?;
-    // A new password also ends the failures counted against the old one.
+    // A new password also ends the failures counted against the old one,
+    // and the sessions signed in with it.
     clear_failures(&mut conn, email).await?;
+    sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
+        .bind(user.id.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -544,4 +544,40 @@ both_dbs! {
         assert!(!older.html.contains("rel=\"next\""), "the last page");
         assert!(older.html.contains(">Newest</a>"));
     }
+
+    async fn r_w7_admin_adds_users_and_sets_passwords(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let page = admin.get("/admin").await;
+        let csrf = page.hidden("_csrf");
+        let added = admin.post("/admin/users", &[("_csrf", &csrf), ("email", "joe@example.com"), ("name", "Joe"), ("role", "user")]).await;
+        assert_eq!(added.status, 200, "{}", added.html);
+        assert!(added.html.contains("Added joe@example.com"));
+        let token = added.html.split("<code class=\"token\">").nth(1).unwrap().split('<').next().unwrap().to_string();
+        assert!(token.starts_with("crm_"), "the token is shown once: {token}");
+        let me = s.get(&token, "/api/v1/contacts").await;
+        assert_eq!(me.status, 200, "the token works");
+        let dup = admin.post("/admin/users", &[("_csrf", &csrf), ("email", "JOE@example.com"), ("name", "Joe again")]).await;
+        assert_eq!(dup.status, StatusCode::CONFLICT);
+        assert!(dup.html.contains("already has this email"), "the API's message: {}", dup.html);
+        let joe = crmsync_server::passwords::user_by_email(&s.store, "joe@example.com").await.unwrap().unwrap();
+        let short = admin.post(&format!("/admin/users/{}/password", joe.id), &[("_csrf", &csrf), ("password", "short")]).await;
+        assert_eq!(short.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(short.html.contains("at least 8"));
+        let set = admin.post(&format!("/admin/users/{}/password", joe.id), &[("_csrf", &csrf), ("password", "joe's new password")]).await;
+        assert_eq!(set.status, 200, "{}", set.html);
+        assert_eq!(sign_in(&Browser::anonymous(&s), "joe@example.com", "joe's new password").await.status, StatusCode::SEE_OTHER);
+        // A plain user may do neither; nor may a form without its token.
+        let joe_b = Browser::as_user(&s, joe.id).await;
+        let jcsrf = joe_b.csrf().await;
+        let users_before = s.get(&s.admin, "/api/v1/users").await.expect(200)["items"].as_array().unwrap().len();
+        assert_eq!(joe_b.post("/admin/users", &[("_csrf", &jcsrf), ("email", "x@example.com"), ("name", "X")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(joe_b.post(&format!("/admin/users/{}/password", joe.id), &[("_csrf", &jcsrf), ("password", "another password")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with("/admin/users", &[("email", "y@example.com"), ("name", "Y")], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, "/api/v1/users").await.expect(200)["items"].as_array().unwrap().len(), users_before);
+        assert_eq!(sign_in(&Browser::anonymous(&s), "joe@example.com", "joe's new password").await.status, StatusCode::SEE_OTHER, "the password stayed");
+        // A new password ends the sessions signed in with the old one.
+        assert_eq!(joe_b.get("/contacts").await.status, 200);
+        admin.post(&format!("/admin/users/{}/password", joe.id), &[("_csrf", &csrf), ("password", "joe's third password")]).await;
+        assert_eq!(joe_b.get("/contacts").await.status, StatusCode::SEE_OTHER);
+    }
 }

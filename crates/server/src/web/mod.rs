@@ -58,7 +58,9 @@ pub fn router() -> Router<AppState> {
         .route("/sync", get(work::sync))
         .route("/sync/clients/{id}/primary", post(work::make_primary))
         .route("/sync/clients/{id}/reset", post(work::reset))
-        .route("/admin", get(work::admin));
+        .route("/admin", get(work::admin))
+        .route("/admin/users", post(work::add_user))
+        .route("/admin/users/{id}/password", post(work::set_password));
     // Static paths per set, so that no other path (e.g. under /api) is
     // taken for a set's page.
     for set in WEB_SETS {

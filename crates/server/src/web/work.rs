@@ -78,7 +78,13 @@ pub struct UserRow {
 #[template(path = "admin.html")]
 pub struct AdminPage {
     layout: Layout,
+    csrf: String,
     users: Vec<UserRow>,
+    /// What the last action did, or why it was refused.
+    notice: Option<String>,
+    error: Option<String>,
+    /// A new user's API token, shown once.
+    token: Option<String>,
 }
 
 page!(ActivitiesPage, SyncPage, AdminPage);
@@ -229,14 +235,23 @@ pub async fn reset(
     client_action(&state, &posted, &id, false).await
 }
 
-pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
-    if !user.caller.is_admin {
-        return (
-            StatusCode::FORBIDDEN,
-            Message::public("Not allowed", "Only an admin may open this page."),
-        )
-            .into_response();
-    }
+fn not_admin() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Message::public("Not allowed", "Only an admin may open this page."),
+    )
+        .into_response()
+}
+
+/// The Admin page, with the outcome of an action on it.
+async fn admin_page(
+    state: &AppState,
+    user: &WebUser,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+    token: Option<String>,
+) -> Response {
     let query = ListQuery {
         limit: 1000,
         ..ListQuery::default()
@@ -252,8 +267,9 @@ pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
             "No"
         }
     };
-    AdminPage {
-        layout: Layout::new("Admin", &user, "/admin"),
+    let page = AdminPage {
+        layout: Layout::new("Admin", user, "/admin"),
+        csrf: user.csrf.clone(),
         users: users
             .iter()
             .map(|u| UserRow {
@@ -277,6 +293,92 @@ pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
                 go_offline: yes_no(u, "go_offline"),
             })
             .collect(),
+        notice,
+        error,
+        token,
+    };
+    (status, page).into_response()
+}
+
+pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
+    if !user.caller.is_admin {
+        return not_admin();
     }
-    .into_response()
+    admin_page(&state, &user, StatusCode::OK, None, None, None).await
+}
+
+/// "Add user": the API's user creation (admins only, core validation,
+/// unique email); the new user's API token is shown once.
+pub async fn add_user(State(state): State<AppState>, posted: Posted) -> Response {
+    let user = &posted.user;
+    if !user.caller.is_admin {
+        return not_admin();
+    }
+    let text = |k: &str| posted.form.get(k).unwrap_or("").trim().to_string();
+    let body = serde_json::json!({
+        "email": text("email"),
+        "name": text("name"),
+        "role": if text("role") == "admin" { "admin" } else { "user" },
+    });
+    match crate::records::create(&state.store, user.caller, EntitySet::Users, &body).await {
+        Ok(created) => {
+            let notice = format!("Added {}.", text("email"));
+            admin_page(
+                &state,
+                user,
+                StatusCode::OK,
+                Some(notice),
+                None,
+                created.token,
+            )
+            .await
+        }
+        Err(e) if !e.status.is_server_error() => {
+            admin_page(&state, user, e.status, None, Some(e.message), None).await
+        }
+        Err(e) => super::error_page(e),
+    }
+}
+
+/// "Set password": the same function as `crmsync admin user passwd`.
+pub async fn set_password(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> Response {
+    let user = &posted.user;
+    if !user.caller.is_admin {
+        return not_admin();
+    }
+    let target = match Uuid::parse_str(&id) {
+        Ok(id) => state.store.get(id).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let Some(email) = target.filter(|t| t.set == EntitySet::Users).and_then(|t| {
+        t.fields
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }) else {
+        return super::error_page(crate::error::ApiError::not_found("There is no such user."));
+    };
+    let password = posted.form.get("password").unwrap_or("");
+    match crate::passwords::set_password(&state.store, &email, password).await {
+        Ok(()) => {
+            let notice = format!("Set a new password for {email}.");
+            admin_page(&state, user, StatusCode::OK, Some(notice), None, None).await
+        }
+        Err(e) => {
+            let error = format!("The password for {email} was not set: {e}.");
+            admin_page(
+                &state,
+                user,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(error),
+                None,
+            )
+            .await
+        }
+    }
 }
