@@ -38,3 +38,14 @@ CREATE TABLE signin_failures (
     failures BIGINT NOT NULL,
     last_failure_at BIGINT NOT NULL
 );
+
+-- What an activity or email points to (its regarding, and the records its
+-- attendees or parties resolved to), so that a record's timeline is one
+-- index range, whatever the organization holds. Derived from the records
+-- (kept in step by every write, rebuilt on import); not exported.
+CREATE TABLE record_links (
+    target_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (target_id, record_id)
+);
+CREATE INDEX record_links_by_record ON record_links (record_id);

@@ -335,9 +335,9 @@ pub async fn insert_record(
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
     .bind(parent_of(r).map(|p| p.to_string()))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    set_links(conn, r, false, true).await
 }
 
 /// R-E2: the series an exception belongs to.
@@ -346,6 +346,97 @@ pub fn parent_of(r: &Record) -> Option<Uuid> {
         .get("series_id")
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// The records a record points to for timelines: its `regarding`, and the
+/// records its attendees or parties resolved to.
+pub fn link_targets(r: &Record) -> Vec<Uuid> {
+    use crmsync_core::field::FieldKind;
+    let id_of = |v: &Value| {
+        v.get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+    };
+    let mut out = Vec::new();
+    for def in r.set.fields() {
+        let Some(value) = r.fields.get(def.name) else {
+            continue;
+        };
+        match def.kind {
+            FieldKind::Regarding => out.extend(id_of(value)),
+            FieldKind::Attendees | FieldKind::Parties => out.extend(
+                value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| item.get("resolved").and_then(id_of)),
+            ),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether records of this set can point to others for timelines.
+fn has_links(set: EntitySet) -> bool {
+    use crmsync_core::field::FieldKind;
+    set.fields().iter().any(|f| {
+        matches!(
+            f.kind,
+            FieldKind::Regarding | FieldKind::Attendees | FieldKind::Parties
+        )
+    })
+}
+
+/// Replaces a record's rows in `record_links` (none when it is deleted).
+async fn set_links(
+    conn: &mut AnyConnection,
+    r: &Record,
+    replace: bool,
+    live: bool,
+) -> Result<(), sqlx::Error> {
+    if !has_links(r.set) {
+        return Ok(());
+    }
+    if replace {
+        sqlx::query("DELETE FROM record_links WHERE record_id = $1")
+            .bind(r.id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    if live {
+        for target in link_targets(r) {
+            sqlx::query("INSERT INTO record_links (target_id, record_id) VALUES ($1, $2)")
+                .bind(target.to_string())
+                .bind(r.id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `record_links` for a database that had records before the
+/// table existed (once: a table with rows is left alone).
+pub async fn backfill_links(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let any: Option<String> = sqlx::query_scalar("SELECT record_id FROM record_links LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    if any.is_some() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE deleted_at IS NULL AND data LIKE '%\"id\":\"%'"
+    );
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    let mut conn = pool.acquire().await?;
+    for row in &rows {
+        let r = record_from_row(row)?;
+        set_links(&mut conn, &r, false, true).await?;
+    }
+    Ok(())
 }
 
 /// Gives a record a new version without changing it, so that the change
@@ -393,9 +484,9 @@ pub async fn update_record(
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
     .bind(parent_of(r).map(|p| p.to_string()))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    set_links(conn, r, true, true).await
 }
 
 /// Turns a live record into a tombstone at `version`. The tombstone keeps
@@ -414,8 +505,12 @@ pub async fn tombstone_record(
     .bind(id.to_string())
     .bind(version)
     .bind(at.to_string())
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    sqlx::query("DELETE FROM record_links WHERE record_id = $1")
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -552,7 +647,7 @@ impl Store {
 
     /// The activities and emails pointing to `target` (their regarding, or
     /// a resolved attendee or party), newest first, at most `limit`, after
-    /// the keyset position `(created_at, id)`.
+    /// the keyset position `(created_at, id)`: one range of `record_links`.
     pub async fn timeline(
         &self,
         target: Uuid,
@@ -563,25 +658,23 @@ impl Store {
         if sets.is_empty() {
             return Ok(vec![]);
         }
-        // References are stored as {"set": ..., "id": "<uuid>"} objects
-        // in compact JSON; reference fields of other kinds end in `_id`
-        // and so never match the pattern.
         let set_params: Vec<String> = (0..sets.len()).map(|i| format!("${}", i + 2)).collect();
         let mut n = sets.len() + 1;
         let mut sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE data LIKE $1 AND deleted_at IS NULL AND entity_set IN ({})",
+            "SELECT {RECORD_COLUMNS} FROM record_links l JOIN records r ON r.id = l.record_id \
+             WHERE l.target_id = $1 AND r.deleted_at IS NULL AND r.entity_set IN ({})",
             set_params.join(", ")
         );
         if after.is_some() {
             sql += &format!(
-                " AND (created_at < ${a} OR (created_at = ${a} AND id < ${b}))",
+                " AND (r.created_at < ${a} OR (r.created_at = ${a} AND r.id < ${b}))",
                 a = n + 1,
                 b = n + 2
             );
             n += 2;
         }
-        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", n + 1);
-        let mut query = sqlx::query(&sql).bind(format!("%\"id\":\"{target}\"%"));
+        sql += &format!(" ORDER BY r.created_at DESC, r.id DESC LIMIT ${}", n + 1);
+        let mut query = sqlx::query(&sql).bind(target.to_string());
         for set in sets {
             query = query.bind(set.as_str());
         }

@@ -580,4 +580,24 @@ both_dbs! {
         admin.post(&format!("/admin/users/{}/password", joe.id), &[("_csrf", &csrf), ("password", "joe's third password")]).await;
         assert_eq!(joe_b.get("/contacts").await.status, StatusCode::SEE_OTHER);
     }
+
+    async fn r_w5_timeline_index_is_built_for_a_database_that_had_records_before(s: TestServer) {
+        let acc = s.post(&s.admin, "/api/v1/accounts", json!({"name": "Old"})).await.expect(201);
+        let aid = acc["id"].as_str().unwrap();
+        s.post(&s.admin, "/api/v1/tasks", json!({"subject": "From before", "regarding": {"set": "accounts", "id": aid}})).await.expect(201);
+        let gone = s.post(&s.admin, "/api/v1/tasks", json!({"subject": "Deleted one", "regarding": {"set": "accounts", "id": aid}})).await.expect(201);
+        s.delete(&s.admin, &format!("/api/v1/tasks/{}", gone["id"].as_str().unwrap())).await;
+        let links = |store: crmsync_server::Store| async move {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM record_links").fetch_one(&store.pool).await.unwrap();
+            n
+        };
+        assert_eq!(links(s.store.clone()).await, 1, "a deleted record leaves no link");
+        sqlx::query("DELETE FROM record_links").execute(&s.store.pool).await.unwrap();
+        // Opening the database again builds the index.
+        let reopened = crmsync_server::Store::connect(&s.db.url).await.unwrap();
+        assert_eq!(links(reopened).await, 1);
+        let b = Browser::as_admin(&s).await;
+        let page = b.get(&format!("/accounts/{aid}")).await;
+        assert!(page.html.contains("From before") && !page.html.contains("Deleted one"));
+    }
 }
