@@ -600,4 +600,26 @@ both_dbs! {
         let page = b.get(&format!("/accounts/{aid}")).await;
         assert!(page.html.contains("From before") && !page.html.contains("Deleted one"));
     }
+
+    async fn r_w5_tracked_email_page_shows_recipients_attachments_and_escaped_html(s: TestServer) {
+        use base64::Engine;
+        let (uid, ann) = s.add_user("ann@example.com").await;
+        let lee = s.post(&ann, "/api/v1/contacts", json!({"last_name": "Lee", "email": "lee@example.org"})).await.expect(201);
+        let client = s.register(&ann, "laptop").await["id"].as_str().unwrap().to_string();
+        let raw = "Message-ID: <w1@example.org>\r\nFrom: Lee <lee@example.org>\r\nTo: ann@example.com, stranger@example.net\r\nSubject: Quote <b>now</b>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hi</p><script>alert(1)</script><img src=x onerror=alert(2)>\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"quote.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
+        let op = json!({"op_id": "1", "kind": "track", "set": "emails", "raw": base64::engine::general_purpose::STANDARD.encode(raw)});
+        let r = s.push(&ann, &client, json!([op])).await;
+        assert_eq!(r[0]["status"], "ok", "{}", r[0]);
+        let eid = r[0]["id"].as_str().unwrap();
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let page = b.get(&format!("/emails/{eid}")).await;
+        assert_eq!(page.status, 200);
+        assert!(page.html.contains("<li>quote.pdf</li>"), "attachment names: {}", page.html);
+        assert!(page.html.contains(&format!("<a href=\"/contacts/{}\">lee@example.org</a>", lee["id"].as_str().unwrap())), "the resolved sender is linked: {}", page.html);
+        assert!(page.html.contains("stranger@example.net") && !page.html.contains("href=\"/contacts/stranger"), "an unknown recipient is plain text");
+        assert!(!page.html.contains("<script>") && !page.html.contains("<img") && !page.html.contains("<b>now"), "nothing of the message is markup: {}", page.html);
+        assert!(page.html.contains("Quote &#60;b&#62;now&#60;/b&#62;"));
+        // The contact's timeline lists it.
+        assert!(b.get(&format!("/contacts/{}", lee["id"].as_str().unwrap())).await.html.contains(&format!("/emails/{eid}")));
+    }
 }
