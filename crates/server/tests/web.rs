@@ -424,6 +424,8 @@ both_dbs! {
         let p = eve.get("/admin").await;
         assert_eq!(p.status, StatusCode::FORBIDDEN);
         assert_security_headers(&p, "/admin refused");
+        assert!(p.html.contains("Only an admin") && p.html.contains(">Sign out<"), "a page with the navigation: {}", p.html);
+        assert!(!p.html.contains(">Admin<"));
         let admin = Browser::as_admin(&s).await;
         let p = admin.get("/admin").await;
         assert_eq!(p.status, 200);

@@ -38,13 +38,13 @@ pub async fn page(
     Path(id): Path<String>,
 ) -> Response {
     let set = super::set_of(&uri);
-    let r = match super::record_pages::load(&state, set, &id).await {
+    let r = match super::record_pages::load(&state, &user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
     let clients = match crate::sync::clients::list(&state.store, user.caller, None).await {
         Ok(c) => c,
-        Err(e) => return super::error_page(e),
+        Err(e) => return super::error_page_for(&user, e),
     };
     let mut answers = Vec::new();
     for c in &clients {
@@ -56,7 +56,7 @@ pub async fn page(
                 .await
             {
                 Ok(e) => e,
-                Err(e) => return super::error_page(e),
+                Err(e) => return super::error_page_for(&user, e),
             };
         answers.push(Answer {
             client: c["name"].as_str().unwrap_or("").to_string(),

@@ -150,13 +150,28 @@ pub fn server_error(e: ApiError) -> Response {
     error_page(e)
 }
 
-/// An API error as a page with the API's message and status.
-pub fn error_page(e: ApiError) -> Response {
-    let title = match e.status {
+/// An API error as a page with the API's message and status, with the
+/// navigation of the signed-in user.
+pub fn error_page_for(user: &session::WebUser, e: ApiError) -> Response {
+    let status = e.status;
+    let page = pages::Message {
+        layout: layout::Layout::new(error_title(&e), user, ""),
+        text: e.message,
+    };
+    (status, page).into_response()
+}
+
+fn error_title(e: &ApiError) -> &'static str {
+    match e.status {
         StatusCode::FORBIDDEN => "Not allowed",
         StatusCode::NOT_FOUND => "Not found",
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => "Changed meanwhile",
         s if s.is_server_error() => "Something went wrong",
         _ => "Refused",
-    };
-    (e.status, pages::Message::public(title, e.message)).into_response()
+    }
+}
+
+/// An API error as a page with the API's message and status.
+pub fn error_page(e: ApiError) -> Response {
+    (e.status, pages::Message::public(error_title(&e), e.message)).into_response()
 }

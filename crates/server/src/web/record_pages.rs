@@ -25,12 +25,20 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// The record of a page's path, or the page that says why there is none.
-pub(super) async fn load(state: &AppState, set: EntitySet, id: &str) -> Result<Record, Response> {
+pub(super) async fn load(
+    state: &AppState,
+    user: &WebUser,
+    set: EntitySet,
+    id: &str,
+) -> Result<Record, Response> {
     let not_found = || {
-        super::error_page(ApiError::not_found(format!(
-            "There is no {} with this id; it may have been deleted.",
-            set_singular(set)
-        )))
+        super::error_page_for(
+            user,
+            ApiError::not_found(format!(
+                "There is no {} with this id; it may have been deleted.",
+                set_singular(set)
+            )),
+        )
     };
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     match state.store.get(id).await {
@@ -216,7 +224,7 @@ pub async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let set = super::set_of(&uri);
-    let r = match load(&state, set, &id).await {
+    let r = match load(&state, &user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
@@ -309,7 +317,7 @@ fn refused(
     e: ApiError,
 ) -> Response {
     if e.status.is_server_error() {
-        return super::error_page(e);
+        return super::error_page_for(user, e);
     }
     (
         e.status,
@@ -342,7 +350,7 @@ pub async fn edit_form(
     Path(id): Path<String>,
 ) -> Response {
     let set = super::set_of(&uri);
-    match load(&state, set, &id).await {
+    match load(&state, &user, set, &id).await {
         Ok(r) => form_page(&user, set, Some(&r), None, None).into_response(),
         Err(page) => page,
     }
@@ -382,7 +390,7 @@ pub async fn save(
     posted: Posted,
 ) -> Response {
     let set = super::set_of(&uri);
-    let current = match load(&state, set, &id).await {
+    let current = match load(&state, &posted.user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
@@ -391,7 +399,7 @@ pub async fn save(
         .get("_version")
         .and_then(|v| v.parse::<i64>().ok())
     else {
-        return super::error_page(ApiError::bad_request(
+        return super::error_page_for(&posted.user, ApiError::bad_request(
             "bad_form",
             "The form did not say which version of the record it edits; open the record again and edit it there.",
         ));
@@ -432,7 +440,7 @@ pub async fn confirm_delete(
     Path(id): Path<String>,
 ) -> Response {
     let set = super::set_of(&uri);
-    match load(&state, set, &id).await {
+    match load(&state, &user, set, &id).await {
         Ok(r) => DeletePage {
             layout: Layout::new(format!("Delete {}?", display_name(&r)), &user, &nav_of(set)),
             base: format!("/{set}/{}", r.id),
@@ -453,7 +461,7 @@ pub async fn delete(
     posted: Posted,
 ) -> Response {
     let set = super::set_of(&uri);
-    let current = match load(&state, set, &id).await {
+    let current = match load(&state, &posted.user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
@@ -462,20 +470,20 @@ pub async fn delete(
         .get("_version")
         .and_then(|v| v.parse::<i64>().ok())
     else {
-        return super::error_page(ApiError::bad_request(
+        return super::error_page_for(&posted.user, ApiError::bad_request(
             "bad_form",
             "The form did not say which version of the record it deletes; open the record again and delete it there.",
         ));
     };
     match crate::records::delete(&state.store, posted.user.caller, set, current.id, Some(version)).await {
         Ok(()) => Redirect::to(&format!("/{set}")).into_response(),
-        Err(e) if e.code == "version_mismatch" => super::error_page(ApiError::conflict(
+        Err(e) if e.code == "version_mismatch" => super::error_page_for(&posted.user, ApiError::conflict(
             "version_mismatch",
             format!(
                 "This {} was changed after you opened it, so it was not deleted. Open it again, check the changes, and delete it then if you still want to.",
                 set_singular(set)
             ),
         )),
-        Err(e) => super::error_page(e),
+        Err(e) => super::error_page_for(&posted.user, e),
     }
 }

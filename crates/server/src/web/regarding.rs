@@ -62,7 +62,7 @@ pub async fn page(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let set = super::set_of(&uri);
-    let r = match super::record_pages::load(&state, set, &id).await {
+    let r = match super::record_pages::load(&state, &user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
@@ -146,7 +146,7 @@ pub async fn save(
     posted: Posted,
 ) -> Response {
     let set = super::set_of(&uri);
-    let r = match super::record_pages::load(&state, set, &id).await {
+    let r = match super::record_pages::load(&state, &posted.user, set, &id).await {
         Ok(r) => r,
         Err(page) => return page,
     };
@@ -155,7 +155,7 @@ pub async fn save(
         .get("_version")
         .and_then(|v| v.parse::<i64>().ok())
     else {
-        return super::error_page(ApiError::bad_request(
+        return super::error_page_for(&posted.user, ApiError::bad_request(
             "bad_form",
             "The form did not say which version of the record it changes; open the record again.",
         ));
@@ -167,13 +167,13 @@ pub async fn save(
     let body = json!({ "regarding": regarding });
     match crate::records::update(&state.store, posted.user.caller, set, r.id, &body, Some(version)).await {
         Ok(_) => Redirect::to(&format!("/{set}/{}", r.id)).into_response(),
-        Err(e) if e.code == "version_mismatch" => super::error_page(ApiError::conflict(
+        Err(e) if e.code == "version_mismatch" => super::error_page_for(&posted.user, ApiError::conflict(
             "version_mismatch",
             format!(
                 "This {} was changed after you opened it, so its regarding was not changed. Open it again and set its regarding there.",
                 set_singular(set)
             ),
         )),
-        Err(e) => super::error_page(e),
+        Err(e) => super::error_page_for(&posted.user, e),
     }
 }

@@ -14,7 +14,7 @@ use crmsync_core::EntitySet;
 use super::csrf::Posted;
 use super::forms::display_name;
 use super::layout::{label, set_singular, Layout};
-use super::pages::{page, Message};
+use super::pages::page;
 use super::session::WebUser;
 use crate::store::ListQuery;
 use crate::AppState;
@@ -156,12 +156,12 @@ fn shown(v: &Value) -> String {
 pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
     let clients = match crate::sync::clients::list(&state.store, user.caller, None).await {
         Ok(c) => c,
-        Err(e) => return super::error_page(e),
+        Err(e) => return super::error_page_for(&user, e),
     };
     let conflicts =
         match crate::sync::report::conflicts(&state.store, user.caller, None, None).await {
             Ok(c) => c,
-            Err(e) => return super::error_page(e),
+            Err(e) => return super::error_page_for(&user, e),
         };
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     SyncPage {
@@ -203,9 +203,10 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
 /// "Make primary" and "Reset": the API's own client functions (R-C1, R-S9).
 async fn client_action(state: &AppState, posted: &Posted, id: &str, primary: bool) -> Response {
     let Ok(id) = Uuid::parse_str(id) else {
-        return super::error_page(crate::error::ApiError::not_found(
-            "There is no such sync client.",
-        ));
+        return super::error_page_for(
+            &posted.user,
+            crate::error::ApiError::not_found("There is no such sync client."),
+        );
     };
     let caller = posted.user.caller;
     let done = if primary {
@@ -215,7 +216,7 @@ async fn client_action(state: &AppState, posted: &Posted, id: &str, primary: boo
     };
     match done {
         Ok(_) => Redirect::to("/sync").into_response(),
-        Err(e) => super::error_page(e),
+        Err(e) => super::error_page_for(&posted.user, e),
     }
 }
 
@@ -235,12 +236,11 @@ pub async fn reset(
     client_action(&state, &posted, &id, false).await
 }
 
-fn not_admin() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        Message::public("Not allowed", "Only an admin may open this page."),
+fn not_admin(user: &WebUser) -> Response {
+    super::error_page_for(
+        user,
+        crate::error::ApiError::forbidden("Only an admin may open this page."),
     )
-        .into_response()
 }
 
 /// The Admin page, with the outcome of an action on it.
@@ -302,7 +302,7 @@ async fn admin_page(
 
 pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
     if !user.caller.is_admin {
-        return not_admin();
+        return not_admin(&user);
     }
     admin_page(&state, &user, StatusCode::OK, None, None, None).await
 }
@@ -312,7 +312,7 @@ pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
 pub async fn add_user(State(state): State<AppState>, posted: Posted) -> Response {
     let user = &posted.user;
     if !user.caller.is_admin {
-        return not_admin();
+        return not_admin(user);
     }
     let text = |k: &str| posted.form.get(k).unwrap_or("").trim().to_string();
     let body = serde_json::json!({
@@ -336,7 +336,7 @@ pub async fn add_user(State(state): State<AppState>, posted: Posted) -> Response
         Err(e) if !e.status.is_server_error() => {
             admin_page(&state, user, e.status, None, Some(e.message), None).await
         }
-        Err(e) => super::error_page(e),
+        Err(e) => super::error_page_for(&posted.user, e),
     }
 }
 
@@ -348,7 +348,7 @@ pub async fn set_password(
 ) -> Response {
     let user = &posted.user;
     if !user.caller.is_admin {
-        return not_admin();
+        return not_admin(user);
     }
     let target = match Uuid::parse_str(&id) {
         Ok(id) => state.store.get(id).await.ok().flatten(),
@@ -360,7 +360,10 @@ pub async fn set_password(
             .and_then(Value::as_str)
             .map(str::to_string)
     }) else {
-        return super::error_page(crate::error::ApiError::not_found("There is no such user."));
+        return super::error_page_for(
+            &posted.user,
+            crate::error::ApiError::not_found("There is no such user."),
+        );
     };
     let password = posted.form.get("password").unwrap_or("");
     match crate::passwords::set_password(&state.store, &email, password).await {
