@@ -509,8 +509,15 @@ both_dbs! {
         let second = s.register(&token, "laptop").await;
         assert_eq!(first["role"], "primary");
         let laptop = second["id"].as_str().unwrap();
+        for name in ["One", "Two"] {
+            s.post(&token, "/api/v1/contacts", json!({"last_name": name})).await.expect(201);
+        }
+        let delivered = s.sync_once(&token, first["id"].as_str().unwrap()).await;
         let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
         let page = b.get("/sync").await;
+        let held = delivered.iter().filter(|d| d.action != "remove").count();
+        assert!(held >= 2);
+        assert!(page.html.contains(&format!("<th scope=\"row\">desktop</th><td>Primary</td><td>contacts, calendar, tasks, mail</td><td>{held}</td><td>0</td><td>0</td>")), "what the client holds: {}", page.html);
         assert!(page.html.contains("desktop") && page.html.contains("laptop") && page.html.contains(">Primary<"));
         let csrf = page.hidden("_csrf");
         assert_eq!(b.post_with(&format!("/sync/clients/{laptop}/primary"), &[], &[]).await.status, StatusCode::FORBIDDEN);

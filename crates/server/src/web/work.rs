@@ -43,6 +43,7 @@ pub struct ClientRow {
     pub name: String,
     pub role: String,
     pub kinds: String,
+    pub counts: crate::sync::store::EntryCounts,
 }
 
 pub struct ConflictView {
@@ -163,6 +164,16 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
             Ok(c) => c,
             Err(e) => return super::error_page_for(&user, e),
         };
+    let counts = match state.store.pool.acquire().await {
+        Ok(mut conn) => {
+            crate::sync::store::entry_counts_of_user(&mut conn, user.caller.user_id).await
+        }
+        Err(e) => Err(e),
+    };
+    let counts = match counts {
+        Ok(c) => c,
+        Err(e) => return super::server_error(e.into()),
+    };
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     SyncPage {
         layout: Layout::new("Sync", &user, "/sync"),
@@ -171,6 +182,10 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
             .iter()
             .map(|c| ClientRow {
                 id: text(c, "id"),
+                counts: Uuid::parse_str(&text(c, "id"))
+                    .ok()
+                    .and_then(|id| counts.get(&id).copied())
+                    .unwrap_or_default(),
                 name: text(c, "name"),
                 role: label(&text(c, "role")),
                 kinds: match c.get("kinds").and_then(Value::as_array) {
