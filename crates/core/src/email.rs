@@ -462,6 +462,18 @@ fn latin1_to_string(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
 }
 
+/// The file names of a message's attachments, in order (those without a
+/// name are left out). Never panics, whatever the bytes.
+pub fn attachment_names(raw: &[u8]) -> Vec<String> {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return vec![];
+    };
+    message
+        .attachments()
+        .filter_map(|part| part.attachment_name().map(str::to_string))
+        .collect()
+}
+
 /// A stable synthetic Message-ID for a message without one: derived from a
 /// SHA-256 hash (truncated to 128 bits, hex) of the headers Date, From, To,
 /// Subject and the body, formatted like `crmsync-<hex>@synthetic.invalid`;
@@ -713,6 +725,7 @@ JVBERi0xLjQKJeLjz9MK\r\n\
             Some("<p>Hello Bob,</p><p>the numbers are attached.</p>")
         );
         assert!(e.problems.is_empty(), "{:?}", e.problems);
+        assert_eq!(attachment_names(MULTIPART.as_bytes()), ["numbers.pdf"]);
         // The attachment's bytes are not a body.
         assert!(!e.body_text.unwrap().contains("JVBER"));
     }

@@ -408,6 +408,7 @@ async fn up(dir: &std::path::Path, listen: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {listen}: cannot listen there (in use, or not an address of this machine)"))?;
     let address = listener.local_addr()?;
+    let signin = up_signin_link(&store, &token_file).await?;
     tokio::spawn(async move {
         if let Err(e) = crmsync_server::serve(
             store,
@@ -421,11 +422,29 @@ async fn up(dir: &std::path::Path, listen: &str) -> anyhow::Result<()> {
         }
     });
     println!("CRM server:  http://{address}");
+    println!("sign in:     http://{address}/signin/link/{signin}  (works once, for 10 minutes)");
     println!("token file:  {}", token_file.display());
     println!("mailbox:     {}", mailbox.display());
     println!("agent config: {}", config.display());
     let agent = open_agent(&config).await?;
     crmsync_agent::run::run(&agent, shutdown_signal(), log_sync).await
+}
+
+/// A one-time sign-in link's token for the user of `up` (the owner of the
+/// token file), so that a first run is one click away from the browser.
+async fn up_signin_link(store: &Store, token_file: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?;
+    let user = store
+        .user_by_token(&crmsync_server::auth::hash_token(token.trim()))
+        .await?
+        .with_context(|| {
+            format!(
+                "the token in {} is not a user's token any more; move the folder away to start afresh",
+                token_file.display()
+            )
+        })?;
+    Ok(crmsync_server::web::session::create_link(store, user.id).await?)
 }
 
 /// Writes a secret readable by its owner only.
@@ -578,6 +597,38 @@ enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Set a user's password for the web sign-in: read from standard
+    /// input, or prompted (twice, without echo) on a terminal.
+    Passwd {
+        #[command(flatten)]
+        db: Db,
+        #[arg(long)]
+        email: String,
+    },
+}
+
+/// The new password: prompted without echo on a terminal, else the first
+/// line of standard input.
+fn read_new_password(email: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {email}: "))?;
+        let again = rpassword::prompt_password("Repeat it: ")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ; nothing was changed, run the command again");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input; pipe one in (echo 'secret' | crmsync admin user passwd ...) or run the command on a terminal");
+    }
+    Ok(password)
 }
 
 async fn shutdown_signal() {
@@ -698,6 +749,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}",
                     crmsync_server::records::add_user(&store, &email, &name, admin).await?
                 );
+                Ok(())
+            }
+            AdminCommand::User {
+                command: UserCommand::Passwd { db, email },
+            } => {
+                let password = read_new_password(&email)?;
+                let store = Store::connect(&db.db).await?;
+                crmsync_server::passwords::set_password(&store, &email, &password).await?;
+                eprintln!("password set for {email}; sign in at the server's address with it");
                 Ok(())
             }
             AdminCommand::Export { db, file } => {

@@ -302,3 +302,128 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
     again.kill().unwrap();
     again.wait().unwrap();
 }
+
+/// Runs `crmsync` with `input` on standard input.
+fn crmsync_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(args)
+        .env_remove("CRMSYNC_DB")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn r_w2_admin_user_passwd_sets_the_web_password_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let init = crmsync(&["admin", "init", "--db", &db, "--email", "boss@example.com"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let passwd = |email: &str, input: &str| {
+        crmsync_with_stdin(
+            &["admin", "user", "passwd", "--db", &db, "--email", email],
+            input,
+        )
+    };
+    let set = passwd("Boss@example.com", "a long enough secret\n");
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(stdout(&set).is_empty(), "nothing secret on stdout");
+    let unknown = passwd("nobody@example.com", "a long enough secret\n");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("crmsync admin user add"),
+        "{}",
+        stderr(&unknown)
+    );
+    let short = passwd("boss@example.com", "short\n");
+    assert_eq!(short.status.code(), Some(1));
+    assert!(stderr(&short).contains("at least 8"), "{}", stderr(&short));
+    let empty = passwd("boss@example.com", "");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(stderr(&empty).contains("no password"), "{}", stderr(&empty));
+    // The web sign-in takes the password that was set (and only it).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = crmsync_server::Store::connect(&db).await.unwrap();
+        let hash: String = sqlx::query_scalar("SELECT hash FROM user_passwords")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        let ok =
+            crmsync_server::passwords::sign_in(&store, "boss@example.com", "a long enough secret")
+                .await
+                .unwrap();
+        assert!(ok.is_ok(), "{ok:?}");
+        let wrong = crmsync_server::passwords::sign_in(&store, "boss@example.com", "short")
+            .await
+            .unwrap();
+        assert!(wrong.is_err());
+    });
+}
+
+#[test]
+fn r_w2_up_prints_a_sign_in_link_that_works_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("up");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+        .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let line = out
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sign in:"))
+        .expect("up prints a sign-in link");
+    let url = line.split_whitespace().nth(2).unwrap().to_string();
+    let path = url
+        .strip_prefix(&format!("http://{addr}"))
+        .unwrap_or_else(|| panic!("a link to the server: {line}"));
+    assert!(path.starts_with("/signin/link/"), "{line}");
+    wait_for("the server", || std::net::TcpStream::connect(&addr).is_ok());
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let first = get(path);
+    assert!(first.starts_with("HTTP/1.1 303"), "{first}");
+    assert!(
+        first.contains("crmsync_session="),
+        "the link signs in: {first}"
+    );
+    let again = get(path);
+    assert!(
+        again.starts_with("HTTP/1.1 410"),
+        "the link works once: {again}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

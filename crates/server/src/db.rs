@@ -67,6 +67,9 @@ pub async fn connect(url: &str) -> anyhow::Result<(DbKind, AnyPool)> {
         .run(&pool)
         .await
         .context("cannot apply database migrations")?;
+    crate::store::backfill_links(&pool)
+        .await
+        .context("cannot index the records' links for timelines")?;
     Ok((kind, pool))
 }
 

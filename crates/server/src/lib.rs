@@ -1,5 +1,5 @@
 //! The crmsync CRM server (`crmsync serve`): storage on SQLite or
-//! PostgreSQL and the REST API of SPEC §4.
+//! PostgreSQL, the REST API of SPEC §4 and the web interface of §14.
 
 pub mod api;
 pub mod auth;
@@ -8,9 +8,11 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod metrics;
+pub mod passwords;
 pub mod records;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 use std::net::SocketAddr;
 

@@ -330,6 +330,7 @@ pub async fn delete_in(
             ));
         }
         store::delete_tokens(conn, id).await?;
+        crate::passwords::forget_user(conn, id).await?;
     } else {
         check_may_change(caller, &current, None)?;
     }

@@ -52,6 +52,44 @@ pub struct ListQuery {
     /// Only records with a version below this (the cursor).
     pub before_version: Option<i64>,
     pub limit: i64,
+    /// Only records in this state.
+    pub state: Option<String>,
+    /// Another order than newest change first, with its keyset position
+    /// (the web lists' sortable columns); `before_version` is then unused.
+    pub order: Option<ListOrder>,
+}
+
+/// A list's order: by one of the set's text fields (missing values
+/// first), the version breaking ties; or by version.
+#[derive(Debug, Clone, Default)]
+pub struct ListOrder {
+    /// A field of the set's field table (never user text: it is written into the SQL).
+    pub field: Option<&'static str>,
+    pub descending: bool,
+    /// Rows strictly after this (sort value, version) in the order.
+    pub after: Option<(String, i64)>,
+}
+
+/// The SQL of a record's text field ('' when missing); `field` comes
+/// from the core field tables only.
+fn field_sql(kind: DbKind, field: &'static str) -> String {
+    debug_assert!(field
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    match kind {
+        DbKind::Sqlite => format!("COALESCE(json_extract(data, '$.{field}'), '')"),
+        DbKind::Postgres => format!("COALESCE(CAST(data AS json) ->> '{field}', '')"),
+    }
+}
+
+/// A record's sort value as [`field_sql`] computes it, for the next
+/// page's position (text fields only, so both databases agree).
+pub fn sort_value(r: &Record, field: &str) -> String {
+    r.fields
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 const RECORD_COLUMNS: &str =
@@ -297,9 +335,9 @@ pub async fn insert_record(
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
     .bind(parent_of(r).map(|p| p.to_string()))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    set_links(conn, r, false, true).await
 }
 
 /// R-E2: the series an exception belongs to.
@@ -308,6 +346,97 @@ pub fn parent_of(r: &Record) -> Option<Uuid> {
         .get("series_id")
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// The records a record points to for timelines: its `regarding`, and the
+/// records its attendees or parties resolved to.
+pub fn link_targets(r: &Record) -> Vec<Uuid> {
+    use crmsync_core::field::FieldKind;
+    let id_of = |v: &Value| {
+        v.get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+    };
+    let mut out = Vec::new();
+    for def in r.set.fields() {
+        let Some(value) = r.fields.get(def.name) else {
+            continue;
+        };
+        match def.kind {
+            FieldKind::Regarding => out.extend(id_of(value)),
+            FieldKind::Attendees | FieldKind::Parties => out.extend(
+                value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| item.get("resolved").and_then(id_of)),
+            ),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether records of this set can point to others for timelines.
+fn has_links(set: EntitySet) -> bool {
+    use crmsync_core::field::FieldKind;
+    set.fields().iter().any(|f| {
+        matches!(
+            f.kind,
+            FieldKind::Regarding | FieldKind::Attendees | FieldKind::Parties
+        )
+    })
+}
+
+/// Replaces a record's rows in `record_links` (none when it is deleted).
+async fn set_links(
+    conn: &mut AnyConnection,
+    r: &Record,
+    replace: bool,
+    live: bool,
+) -> Result<(), sqlx::Error> {
+    if !has_links(r.set) {
+        return Ok(());
+    }
+    if replace {
+        sqlx::query("DELETE FROM record_links WHERE record_id = $1")
+            .bind(r.id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    if live {
+        for target in link_targets(r) {
+            sqlx::query("INSERT INTO record_links (target_id, record_id) VALUES ($1, $2)")
+                .bind(target.to_string())
+                .bind(r.id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `record_links` for a database that had records before the
+/// table existed (once: a table with rows is left alone).
+pub async fn backfill_links(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let any: Option<String> = sqlx::query_scalar("SELECT record_id FROM record_links LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    if any.is_some() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE deleted_at IS NULL AND data LIKE '%\"id\":\"%'"
+    );
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    let mut conn = pool.acquire().await?;
+    for row in &rows {
+        let r = record_from_row(row)?;
+        set_links(&mut conn, &r, false, true).await?;
+    }
+    Ok(())
 }
 
 /// Gives a record a new version without changing it, so that the change
@@ -355,9 +484,9 @@ pub async fn update_record(
     .bind(r.search_text())
     .bind(Value::Object(r.fields.clone()).to_string())
     .bind(parent_of(r).map(|p| p.to_string()))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    set_links(conn, r, true, true).await
 }
 
 /// Turns a live record into a tombstone at `version`. The tombstone keeps
@@ -376,8 +505,12 @@ pub async fn tombstone_record(
     .bind(id.to_string())
     .bind(version)
     .bind(at.to_string())
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    sqlx::query("DELETE FROM record_links WHERE record_id = $1")
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -420,28 +553,63 @@ impl Store {
 
     /// Live records of one set, newest change first.
     pub async fn list(&self, set: EntitySet, q: &ListQuery) -> Result<Vec<Record>, sqlx::Error> {
-        // The WHERE clause is assembled from fixed fragments; every value is bound.
+        // The WHERE clause is assembled from fixed fragments and field
+        // names of the core tables; every value is bound.
         let mut sql = format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND deleted_at IS NULL"
         );
         let mut n = 1;
-        let mut param = |fragment: &str| {
+        let mut next = || {
             n += 1;
-            sql.push_str(&fragment.replace("$?", &format!("${n}")));
+            format!("${n}")
         };
         if q.owner.is_some() {
-            param(" AND owner_id = $?");
+            sql += &format!(" AND owner_id = {}", next());
         }
         if q.modified_since.is_some() {
-            param(" AND modified_at >= $?");
+            sql += &format!(" AND modified_at >= {}", next());
         }
         if q.text.is_some() {
-            param(" AND search_text LIKE $? ESCAPE '\\'");
+            sql += &format!(" AND search_text LIKE {} ESCAPE '\\'", next());
         }
-        if q.before_version.is_some() {
-            param(" AND version < $?");
+        if q.state.is_some() {
+            sql += &format!(" AND state = {}", next());
         }
-        param(" ORDER BY version DESC LIMIT $?");
+        match &q.order {
+            None => {
+                if q.before_version.is_some() {
+                    sql += &format!(" AND version < {}", next());
+                }
+                sql += &format!(" ORDER BY version DESC LIMIT {}", next());
+            }
+            Some(order) => {
+                let (cmp, dir) = if order.descending {
+                    ("<", "DESC")
+                } else {
+                    (">", "ASC")
+                };
+                match (order.field, &order.after) {
+                    (Some(field), Some(_)) => {
+                        let expr = field_sql(self.kind, field);
+                        let (a, b, c) = (next(), next(), next());
+                        sql += &format!(
+                            " AND ({expr} {cmp} {a} OR ({expr} = {b} AND version {cmp} {c}))"
+                        );
+                        sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
+                    }
+                    (Some(field), None) => {
+                        let expr = field_sql(self.kind, field);
+                        sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
+                    }
+                    (None, after) => {
+                        if after.is_some() {
+                            sql += &format!(" AND version {cmp} {}", next());
+                        }
+                        sql += &format!(" ORDER BY version {dir} LIMIT {}", next());
+                    }
+                }
+            }
+        }
         let mut query = sqlx::query(&sql).bind(set.as_str());
         if let Some(owner) = q.owner {
             query = query.bind(owner.to_string());
@@ -456,10 +624,64 @@ impl Store {
                 .replace('_', "\\_");
             query = query.bind(format!("%{escaped}%"));
         }
-        if let Some(v) = q.before_version {
-            query = query.bind(v);
+        if let Some(state) = &q.state {
+            query = query.bind(state.clone());
+        }
+        match &q.order {
+            None => {
+                if let Some(v) = q.before_version {
+                    query = query.bind(v);
+                }
+            }
+            Some(order) => match (order.field, &order.after) {
+                (Some(_), Some((value, version))) => {
+                    query = query.bind(value.clone()).bind(value.clone()).bind(*version);
+                }
+                (None, Some((_, version))) => query = query.bind(*version),
+                (_, None) => {}
+            },
         }
         let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The activities and emails pointing to `target` (their regarding, or
+    /// a resolved attendee or party), newest first, at most `limit`, after
+    /// the keyset position `(created_at, id)`: one range of `record_links`.
+    pub async fn timeline(
+        &self,
+        target: Uuid,
+        sets: &[EntitySet],
+        after: Option<(String, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        if sets.is_empty() {
+            return Ok(vec![]);
+        }
+        let set_params: Vec<String> = (0..sets.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut n = sets.len() + 1;
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM record_links l JOIN records r ON r.id = l.record_id \
+             WHERE l.target_id = $1 AND r.deleted_at IS NULL AND r.entity_set IN ({})",
+            set_params.join(", ")
+        );
+        if after.is_some() {
+            sql += &format!(
+                " AND (r.created_at < ${a} OR (r.created_at = ${a} AND r.id < ${b}))",
+                a = n + 1,
+                b = n + 2
+            );
+            n += 2;
+        }
+        sql += &format!(" ORDER BY r.created_at DESC, r.id DESC LIMIT ${}", n + 1);
+        let mut query = sqlx::query(&sql).bind(target.to_string());
+        for set in sets {
+            query = query.bind(set.as_str());
+        }
+        if let Some((created, id)) = after {
+            query = query.bind(created).bind(id.to_string());
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
     }
 

@@ -3,7 +3,7 @@
 
 mod admin;
 pub mod openapi;
-mod records;
+pub(crate) mod records;
 mod sync;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -100,6 +100,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         );
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::web::router())
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(crate::metrics::render))
         .fallback(not_found)

@@ -95,6 +95,19 @@ fn parse_limit(q: &ApiQuery) -> ApiResult<i64> {
     }
 }
 
+/// The `q` of a list (API and web): at most 200 characters, matched
+/// lower-cased against the record's text fields.
+pub fn search_text(q: Option<&str>) -> ApiResult<Option<String>> {
+    match q {
+        Some(q) if q.chars().count() > 200 => Err(ApiError::bad_request(
+            "bad_q",
+            "q must be at most 200 characters",
+        )),
+        Some(q) if !q.trim().is_empty() => Ok(Some(q.trim().to_lowercase())),
+        _ => Ok(None),
+    }
+}
+
 /// Cursors are opaque to clients: the version of the last item shown.
 fn encode_cursor(version: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("v{version}"))
@@ -137,16 +150,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let text = match query.get("q") {
-        Some(q) if q.chars().count() > 200 => {
-            return Err(ApiError::bad_request(
-                "bad_q",
-                "q must be at most 200 characters",
-            ))
-        }
-        Some(q) if !q.trim().is_empty() => Some(q.trim().to_lowercase()),
-        _ => None,
-    };
+    let text = search_text(query.get("q"))?;
     let limit = parse_limit(&query)?;
     let before_version = query.get("cursor").map(decode_cursor).transpose()?;
     let list = ListQuery {
@@ -155,6 +159,7 @@ pub async fn list(
         text,
         before_version,
         limit: limit + 1,
+        ..ListQuery::default()
     };
     let mut rows = state.store.list(set, &list).await?;
     let more = rows.len() as i64 > limit;

@@ -77,6 +77,17 @@ pub const TABLES: &[Table] = &[
         page: PAGE,
         seeded: false,
     },
+    // Web sign-in passwords (Argon2id PHC strings): users keep signing
+    // in after a move. Sessions, sign-in links and failure counts are
+    // not exported (docs/export.md).
+    Table {
+        name: "user_passwords",
+        line: "user_password",
+        columns: &[("user_id", Text), ("hash", Text), ("set_at", Text)],
+        key: &["user_id"],
+        page: PAGE,
+        seeded: false,
+    },
     Table {
         name: "config",
         line: "config",

@@ -751,3 +751,42 @@ pub async fn conflicts_of(
         })
         .collect()
 }
+
+/// What each of a user's clients holds (R-S1, R-S8, R-S9), by client id:
+/// records in its mailbox, of those tracked by hand, and records deleted
+/// there that are not sent again. One query for all the user's clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub held: i64,
+    pub manual: i64,
+    pub excluded: i64,
+}
+
+pub async fn entry_counts_of_user(
+    conn: &mut AnyConnection,
+    user: Uuid,
+) -> Result<std::collections::HashMap<Uuid, EntryCounts>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT e.client_id, \
+         COUNT(CASE WHEN e.excluded = 0 THEN 1 END) AS held, \
+         COUNT(CASE WHEN e.excluded = 0 AND e.manual = 1 THEN 1 END) AS manual, \
+         COUNT(CASE WHEN e.excluded = 1 THEN 1 END) AS excluded \
+         FROM sync_entries e JOIN sync_clients c ON c.id = e.client_id \
+         WHERE c.user_id = $1 GROUP BY e.client_id",
+    )
+    .bind(user.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                uuid_col(r, "client_id")?,
+                EntryCounts {
+                    held: r.try_get("held")?,
+                    manual: r.try_get("manual")?,
+                    excluded: r.try_get("excluded")?,
+                },
+            ))
+        })
+        .collect()
+}

@@ -2,6 +2,8 @@
 //! fresh SQLite file or a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
