@@ -38,7 +38,7 @@ fn assert_security_headers(p: &Page, what: &str) {
     assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
     assert_eq!(h("x-content-type-options"), "nosniff", "{what}");
     assert_eq!(h("x-frame-options"), "DENY", "{what}");
-    assert_eq!(h("referrer-policy"), "no-referrer", "{what}");
+    assert_eq!(h("referrer-policy"), "same-origin", "{what}");
 }
 
 /// Sets a password straight in the store, as `crmsync admin user passwd` does.

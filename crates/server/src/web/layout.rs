@@ -10,6 +10,9 @@ use super::session::WebUser;
 /// The stylesheet, compiled into the binary (R-W1: no asset is fetched at run time).
 pub const STYLE_CSS: &str = include_str!("../../assets/style.css");
 
+/// The site's icon, compiled into the binary like the stylesheet.
+pub const ICON_SVG: &str = include_str!("../../assets/icon.svg");
+
 /// The stylesheet's path names its content, so browsers may cache it for
 /// a year and still see a new one after an upgrade.
 pub fn style_path() -> &'static str {

@@ -54,6 +54,7 @@ pub fn router() -> Router<AppState> {
         .route("/signin/link/{token}", get(signin::link))
         .route("/signout", post(signin::sign_out))
         .route("/assets/{file}", get(asset))
+        .route("/favicon.ico", get(icon))
         .route("/activities", get(work::activities))
         .route("/sync", get(work::sync))
         .route("/sync/clients/{id}/primary", post(work::make_primary))
@@ -102,7 +103,10 @@ async fn security_headers(mut response: Response) -> Response {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: under it browsers send `Origin: null` with a form,
+    // which the CSRF check must refuse; `same-origin` still tells other
+    // sites nothing.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -113,7 +117,22 @@ async fn home(_user: session::WebUser) -> Redirect {
     Redirect::to("/activities")
 }
 
+/// The site's icon (browsers ask for `/favicon.ico` on every site).
+async fn icon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        layout::ICON_SVG,
+    )
+        .into_response()
+}
+
 async fn asset(Path(file): Path<String>) -> Response {
+    if file == "icon.svg" {
+        return icon().await;
+    }
     if format!("/assets/{file}") == layout::style_path() {
         (
             [

@@ -1,0 +1,109 @@
+"""The user's paths through the web interface, by the names a user sees
+(SPEC §14). Each page visited passes axe-core and causes no CSP violation
+(the `watched` fixture fails the test otherwise)."""
+
+import re
+import uuid
+
+from conftest import ADMIN_EMAIL, USER_EMAIL, USER_PASSWORD, sign_in
+
+def field(label):
+    """A form field's label: its name in words, marked "(required)" or not."""
+    return re.compile("^" + re.escape(label) + r"( \(required\))?$")
+
+
+NAV = ["Accounts", "Contacts", "Leads", "Opportunities", "Cases", "Activities", "Sync"]
+
+
+def test_r_w2_sign_in_page_is_where_a_stranger_lands(watched):
+    page = watched.page
+    page.goto("/contacts")
+    assert page.get_by_role("button", name="Sign in").is_visible()
+    assert page.get_by_role("link", name="Contacts").count() == 0
+    watched.accessible()
+
+
+def test_r_w2_wrong_password_is_refused(watched):
+    page = watched.page
+    page.goto("/")
+    page.get_by_label("Email").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("button", name="Sign in").is_visible()
+    assert page.get_by_role("link", name="Contacts").count() == 0
+    watched.accessible()
+
+
+def test_r_w3_navigation_names_and_admin_only_for_admins(watched):
+    page = watched.page
+    sign_in(watched)
+    for name in NAV + ["Admin"]:
+        assert page.get_by_role("link", name=name, exact=True).count() >= 1, name
+    watched.accessible()
+    page.get_by_role("button", name="Sign out").or_(page.get_by_role("link", name="Sign out")).first.click()
+    assert page.get_by_role("button", name="Sign in").is_visible()
+    sign_in(watched, USER_EMAIL, USER_PASSWORD)
+    for name in NAV:
+        assert page.get_by_role("link", name=name, exact=True).count() >= 1, name
+    assert page.get_by_role("link", name="Admin", exact=True).count() == 0
+
+
+def test_r_w4_new_contact_saved_then_found_by_search(watched, crm):
+    page = watched.page
+    last = "Lee" + uuid.uuid4().hex[:8]
+    sign_in(watched)
+    page.get_by_role("link", name="Contacts", exact=True).first.click()
+    watched.accessible()
+    page.get_by_role("link", name="New").or_(page.get_by_role("button", name="New")).first.click()
+    watched.accessible()
+    page.get_by_label(field("First name")).fill("Ann")
+    page.get_by_label(field("Last name")).fill(last)
+    page.get_by_label(field("Email")).fill(f"{last.lower()}@example.com")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text(last).first.wait_for()
+    watched.accessible()
+    # The CRM holds it, as the API sees it.
+    found = crm.api("GET", f"/contacts?q={last}")["items"]
+    assert [c["last_name"] for c in found] == [last]
+    page.get_by_role("link", name="Contacts", exact=True).first.click()
+    page.get_by_label("Search").fill(last)
+    page.get_by_role("button", name="Search").click()
+    assert page.get_by_role("link", name=re.compile(last)).count() >= 1
+    watched.accessible()
+
+
+def test_r_w5_record_page_shows_its_timeline(watched, crm):
+    page = watched.page
+    name = "Acme " + uuid.uuid4().hex[:8]
+    account = crm.api("POST", "/accounts", {"name": name})
+    subject = "Kick-off " + uuid.uuid4().hex[:8]
+    crm.api(
+        "POST",
+        "/appointments",
+        {
+            "subject": subject,
+            "start": "2027-01-05T10:00:00Z",
+            "end": "2027-01-05T11:00:00Z",
+            "regarding": {"set": "accounts", "id": account["id"]},
+        },
+    )
+    sign_in(watched)
+    page.get_by_role("link", name="Accounts", exact=True).first.click()
+    page.get_by_label("Search").fill(name)
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name=name).first.click()
+    page.get_by_text(subject).first.wait_for()
+    assert page.get_by_role("link", name="Edit").or_(page.get_by_role("button", name="Edit")).count() >= 1
+    assert page.get_by_role("button", name="Delete").or_(page.get_by_role("link", name="Delete")).count() >= 1
+    watched.accessible()
+
+
+def test_r_w1_hostile_record_text_is_shown_not_run(watched, crm):
+    page = watched.page
+    hostile = '<img src=x onerror="alert(1)">' + uuid.uuid4().hex[:6]
+    contact = crm.api("POST", "/contacts", {"first_name": "Eve", "last_name": hostile})
+    sign_in(watched)
+    page.goto(f"/contacts/{contact['id']}")
+    page.get_by_text(hostile).first.wait_for()
+    assert page.locator("img[src=x]").count() == 0
+    watched.accessible()
