@@ -20,12 +20,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use std::time::{Duration, Instant};
 use support::{Killed, Server, BIN};
 
-use serde_json::{json, Value};
+use common::median;
+use serde_json::Value;
 
 fn arg(name: &str, default: usize) -> usize {
     let argv: Vec<String> = std::env::args().collect();
@@ -71,11 +73,6 @@ fn sync_with(bin: &str, config: &Path) -> (Duration, Value) {
     (took, serde_json::from_slice(&out.stdout).unwrap())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let n = arg("--items", 10_000);
@@ -85,43 +82,7 @@ async fn main() {
     let (base, token) = (server.base.clone(), server.token.clone());
     let http = reqwest::Client::new();
 
-    // Seed the CRM over the REST API, 16 requests at a time.
-    let t = Instant::now();
-    let mut bodies = Vec::new();
-    for i in 0..n {
-        bodies.push((
-            "contacts",
-            json!({"first_name": "Person", "last_name": format!("N{i}"),
-                   "email": format!("p{i}@example.com"), "phone": "+1 555 0100"}),
-        ));
-        bodies.push((
-            "appointments",
-            json!({"subject": format!("Meeting {i}"), "location": "Room 1",
-                   "start": "2027-03-01T09:00:00Z", "end": "2027-03-01T10:00:00Z"}),
-        ));
-        bodies.push((
-            "tasks",
-            json!({"subject": format!("Task {i}"), "due": "2027-03-01T09:00:00Z", "state": "open"}),
-        ));
-    }
-    let mut first_contact = None;
-    for chunk in bodies.chunks(16) {
-        let calls = chunk.iter().map(|(set, body)| {
-            http.post(format!("{base}/api/v1/{set}"))
-                .bearer_auth(&token)
-                .json(body)
-                .send()
-        });
-        for r in futures_util::future::join_all(calls).await {
-            let r = r.unwrap();
-            assert_eq!(r.status().as_u16(), 201);
-            let v: Value = r.json().await.unwrap();
-            if first_contact.is_none() && v["first_name"] == "Person" {
-                first_contact = Some(v["id"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    let seed = t.elapsed();
+    let (seed, first_contact) = common::seed_crm(&base, &token, n).await;
 
     let root = dir.path().join("mailbox");
     let config = server.agent_config(dir.path(), "bench", &root);
@@ -196,7 +157,7 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let contact = first_contact.unwrap();
+    let contact = first_contact;
     let file = find_contact_file(&root, &contact);
     // Let the agent's start-up sync finish before timing edits.
     std::thread::sleep(Duration::from_secs(3));
