@@ -3,7 +3,8 @@
 //! each a separate process.
 //!
 //! 1. initial sync of N contacts + N appointments + N to-dos into an empty
-//!    mailbox (`crmsync sync`), with its wall time and peak RSS;
+//!    mailbox (`crmsync sync`), with its wall time and peak RSS (the
+//!    process's own VmHWM, read while it runs);
 //! 2. syncs with nothing changed: the engine's own time (`elapsed_ms` of
 //!    `crmsync sync --json`) and the whole process;
 //! 3. `crmsync agent` running: one edit of a contact file until the CRM has
@@ -38,14 +39,6 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Peak RSS of the children waited for so far, in MiB.
-fn children_max_rss_mib() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
-}
-
 fn vm_hwm_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -53,24 +46,8 @@ fn vm_hwm_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn sync(config: &Path) -> (Duration, Value) {
-    sync_with(BIN, config)
-}
-
-fn sync_with(bin: &str, config: &Path) -> (Duration, Value) {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(["sync", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "crmsync sync failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (took, serde_json::from_slice(&out.stdout).unwrap())
+fn sync(config: &Path) -> common::SyncRun {
+    common::sync_process(BIN, config)
 }
 
 #[tokio::main]
@@ -92,14 +69,15 @@ async fn main() {
         3 * n,
         seed.as_secs_f64()
     );
-    let (initial, report) = sync(&config);
+    let run = sync(&config);
+    let (initial, report) = (run.wall, run.report);
     let written = report["written_to_mailbox"].as_u64().unwrap();
     assert_eq!(written as usize, 3 * n, "{report}");
     println!(
         "initial sync (crmsync sync, whole process): {:>9.2} s  ({:.0} µs per item), peak RSS {:.1} MiB",
         initial.as_secs_f64(),
         initial.as_secs_f64() * 1e6 / (3 * n) as f64,
-        children_max_rss_mib()
+        run.peak_rss_mib
     );
     // Past the local backend's "racily clean" window, then one sync to stamp
     // every file clean, as a running agent would.
@@ -113,7 +91,9 @@ async fn main() {
     for _ in 0..7 {
         // Alternated, so both binaries see the same machine load.
         for (i, bin) in bins.iter().enumerate() {
-            let (took, report) = sync_with(bin, &config);
+            let common::SyncRun {
+                wall: took, report, ..
+            } = common::sync_process(bin, &config);
             assert_eq!(report["written_to_mailbox"], 0, "{report}");
             engine[i].push(report["elapsed_ms"].as_f64().unwrap());
             process[i].push(took.as_secs_f64() * 1e3);
