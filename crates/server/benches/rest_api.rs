@@ -105,7 +105,10 @@ async fn main() {
     }
     let typed_pool = floor::Pool::typed(&url).await;
     let any_pool = floor::Pool::Any(store.pool.clone());
-    const PARTS: [&str; 7] = [
+    // The auth query as `store.user_by_token` sends it, to run it on a
+    // connection held for the whole request.
+    const AUTH_SQL: &str = "SELECT r.id, r.entity_set, r.version, r.owner_id, r.state, r.created_at, r.modified_at, r.data FROM tokens t JOIN records r ON r.id = t.user_id WHERE t.hash = $1 AND r.deleted_at IS NULL";
+    const PARTS: [&str; 9] = [
         "GET /api/v1/contacts/{id}",
         "floor: axum + typed sqlx, GET one row",
         "floor query alone (typed connection)",
@@ -113,6 +116,8 @@ async fn main() {
         "store.get (the record query)",
         "floor query on a typed pool (sqlx default options)",
         "floor query on the project's Any pool",
+        "auth + record queries, a connection each (as GET)",
+        "auth + record queries on one held connection",
     ];
     let mut timed: Vec<Vec<std::time::Duration>> = vec![Vec::new(); PARTS.len()];
     for block in 0..a.samples.div_ceil(50) {
@@ -153,8 +158,25 @@ async fn main() {
                     5 => {
                         typed_pool.get(&id.to_string()).await.unwrap();
                     }
-                    _ => {
+                    6 => {
                         any_pool.get(&id.to_string()).await.unwrap();
+                    }
+                    7 => {
+                        store.user_by_token(&hash).await.unwrap().unwrap();
+                        store.get(id).await.unwrap().unwrap();
+                    }
+                    _ => {
+                        let mut conn = store.pool.acquire().await.unwrap();
+                        sqlx::query(AUTH_SQL)
+                            .bind(&hash)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        crmsync_server::store::get_record(&mut conn, id)
+                            .await
+                            .unwrap()
+                            .unwrap();
                     }
                 }
                 timed[part].push(t.elapsed());
