@@ -256,14 +256,20 @@ async fn count_items(server: &dav::Server, url: &Url) -> usize {
         - 1
 }
 
-/// The request line of an HTTP request, without its version.
+/// The request line of an HTTP request, without its version. A request
+/// line may follow the previous request's body on the same line (a body
+/// need not end with a newline): the method is the upper-case tail of what
+/// comes before the path.
 fn http_request(line: &str) -> Option<String> {
     let line = line.strip_suffix(" HTTP/1.1\r\n")?;
-    let (method, path) = line.split_once(' ')?;
-    method
-        .chars()
-        .all(|c| c.is_ascii_uppercase())
-        .then(|| format!("{method} {path}"))
+    let (before, path) = line.rsplit_once(' ')?;
+    let start = before
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_uppercase())
+        .last()?
+        .0;
+    Some(format!("{} {path}", &before[start..]))
 }
 
 /// The collections' URLs with the port of a proxy in front of the server.
