@@ -3,7 +3,8 @@
 //! each a separate process.
 //!
 //! 1. initial sync of N contacts + N appointments + N to-dos into an empty
-//!    mailbox (`crmsync sync`), with its wall time and peak RSS;
+//!    mailbox (`crmsync sync`), with its wall time and peak RSS (the
+//!    process's own VmHWM, read while it runs);
 //! 2. syncs with nothing changed: the engine's own time (`elapsed_ms` of
 //!    `crmsync sync --json`) and the whole process;
 //! 3. `crmsync agent` running: one edit of a contact file until the CRM has
@@ -20,12 +21,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use std::time::{Duration, Instant};
 use support::{Killed, Server, BIN};
 
-use serde_json::{json, Value};
+use common::median;
+use serde_json::Value;
 
 fn arg(name: &str, default: usize) -> usize {
     let argv: Vec<String> = std::env::args().collect();
@@ -36,14 +39,6 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Peak RSS of the children waited for so far, in MiB.
-fn children_max_rss_mib() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
-}
-
 fn vm_hwm_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -51,29 +46,8 @@ fn vm_hwm_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn sync(config: &Path) -> (Duration, Value) {
-    sync_with(BIN, config)
-}
-
-fn sync_with(bin: &str, config: &Path) -> (Duration, Value) {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(["sync", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "crmsync sync failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (took, serde_json::from_slice(&out.stdout).unwrap())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+fn sync(config: &Path) -> common::SyncRun {
+    common::sync_process(BIN, config)
 }
 
 #[tokio::main]
@@ -85,43 +59,7 @@ async fn main() {
     let (base, token) = (server.base.clone(), server.token.clone());
     let http = reqwest::Client::new();
 
-    // Seed the CRM over the REST API, 16 requests at a time.
-    let t = Instant::now();
-    let mut bodies = Vec::new();
-    for i in 0..n {
-        bodies.push((
-            "contacts",
-            json!({"first_name": "Person", "last_name": format!("N{i}"),
-                   "email": format!("p{i}@example.com"), "phone": "+1 555 0100"}),
-        ));
-        bodies.push((
-            "appointments",
-            json!({"subject": format!("Meeting {i}"), "location": "Room 1",
-                   "start": "2027-03-01T09:00:00Z", "end": "2027-03-01T10:00:00Z"}),
-        ));
-        bodies.push((
-            "tasks",
-            json!({"subject": format!("Task {i}"), "due": "2027-03-01T09:00:00Z", "state": "open"}),
-        ));
-    }
-    let mut first_contact = None;
-    for chunk in bodies.chunks(16) {
-        let calls = chunk.iter().map(|(set, body)| {
-            http.post(format!("{base}/api/v1/{set}"))
-                .bearer_auth(&token)
-                .json(body)
-                .send()
-        });
-        for r in futures_util::future::join_all(calls).await {
-            let r = r.unwrap();
-            assert_eq!(r.status().as_u16(), 201);
-            let v: Value = r.json().await.unwrap();
-            if first_contact.is_none() && v["first_name"] == "Person" {
-                first_contact = Some(v["id"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    let seed = t.elapsed();
+    let (seed, first_contact) = common::seed_crm(&base, &token, n).await;
 
     let root = dir.path().join("mailbox");
     let config = server.agent_config(dir.path(), "bench", &root);
@@ -131,14 +69,15 @@ async fn main() {
         3 * n,
         seed.as_secs_f64()
     );
-    let (initial, report) = sync(&config);
+    let run = sync(&config);
+    let (initial, report) = (run.wall, run.report);
     let written = report["written_to_mailbox"].as_u64().unwrap();
     assert_eq!(written as usize, 3 * n, "{report}");
     println!(
         "initial sync (crmsync sync, whole process): {:>9.2} s  ({:.0} µs per item), peak RSS {:.1} MiB",
         initial.as_secs_f64(),
         initial.as_secs_f64() * 1e6 / (3 * n) as f64,
-        children_max_rss_mib()
+        run.peak_rss_mib
     );
     // Past the local backend's "racily clean" window, then one sync to stamp
     // every file clean, as a running agent would.
@@ -152,7 +91,9 @@ async fn main() {
     for _ in 0..7 {
         // Alternated, so both binaries see the same machine load.
         for (i, bin) in bins.iter().enumerate() {
-            let (took, report) = sync_with(bin, &config);
+            let common::SyncRun {
+                wall: took, report, ..
+            } = common::sync_process(bin, &config);
             assert_eq!(report["written_to_mailbox"], 0, "{report}");
             engine[i].push(report["elapsed_ms"].as_f64().unwrap());
             process[i].push(took.as_secs_f64() * 1e3);
@@ -196,7 +137,7 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let contact = first_contact.unwrap();
+    let contact = first_contact;
     let file = find_contact_file(&root, &contact);
     // Let the agent's start-up sync finish before timing edits.
     std::thread::sleep(Duration::from_secs(3));

@@ -18,38 +18,24 @@
 //!
 //!   cargo bench -p crmsync --bench imap -- [--sizes 2500,10000] [--runs 3] [--nochange 10000,50000] [--large 1,8,24]
 
+mod common;
 #[path = "../../imap/tests/support/mod.rs"]
 mod dovecot;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use dovecot::{Dovecot, Flavor};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+use common::{arg_list, median};
 use support::{Server, BIN};
 const FOLDER: &str = "Bulk";
-
-fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter()
-        .position(|a| a == name)
-        .and_then(|i| argv.get(i + 1))
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// A message of about 20 KB; `domain` in its Message-ID (same length for
 /// the agent's and the floor's copies).
@@ -85,75 +71,11 @@ fn agent_config(dir: &Path, base: &str, token: &str, imap_port: u16) -> std::pat
     config
 }
 
-/// `crmsync sync --json`: (wall time, report, peak RSS in MiB of that
-/// process alone, VmHWM sampled every 20 ms).
-// The child is reaped by wait4 (for its status), not by Child::wait.
-#[allow(clippy::zombie_processes)]
+/// `crmsync sync --json`: (wall time, report, the process's peak RSS in
+/// MiB).
 fn sync(config: &Path) -> (Duration, Value, f64) {
-    let t = Instant::now();
-    let child = Command::new(BIN)
-        .args(["sync", "--json", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    // Read the output on threads so the child never blocks on a full pipe.
-    let mut out = child.stdout.unwrap();
-    let mut err = child.stderr.unwrap();
-    let o = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
-        v
-    });
-    let e = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut err, &mut v).unwrap();
-        v
-    });
-    // Peak RSS: the agent's own VmHWM, read while it runs (wait4's
-    // ru_maxrss would count this benchmark's memory: a spawned child
-    // inherits its parent's high-water mark).
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = done.clone();
-    let hwm = std::thread::spawn(move || {
-        let mut peak = 0.0f64;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                if let Some(kb) = status
-                    .lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<f64>().ok())
-                {
-                    peak = peak.max(kb / 1024.0);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        peak
-    });
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, writing into zeroed structs we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    let took = t.elapsed();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let peak = hwm.join().unwrap();
-    let stdout = o.join().unwrap();
-    let stderr = e.join().unwrap();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "crmsync sync failed: {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    let report: Value = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&stdout));
-    });
-    let _ = usage.ru_maxrss;
-    (took, report, peak)
+    let r = common::sync_process(BIN, config);
+    (r.wall, r.report, r.peak_rss_mib)
 }
 
 /// Floor 1: a plain `UID FETCH 1:* BODY.PEEK[]` of the folder over a raw
@@ -347,62 +269,19 @@ async fn large_run(mib: usize) -> (f64, f64) {
     (took.as_secs_f64(), rss)
 }
 
-/// A proxy in front of Dovecot that records the command names the client
-/// sends (`SELECT`, `UID FETCH`, …).
-async fn counting_proxy(target: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let server = TcpStream::connect(("127.0.0.1", target)).await.unwrap();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let down = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut line = Vec::new();
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    for &b in &buf[..n] {
-                        line.push(b);
-                        if b == b'\n' {
-                            let text = String::from_utf8_lossy(&line).into_owned();
-                            let mut words = text.split_whitespace();
-                            let _tag = words.next();
-                            if let Some(verb) = words.next() {
-                                let verb = verb.to_ascii_uppercase();
-                                let name = if verb == "UID" {
-                                    format!("UID {}", words.next().unwrap_or("").to_uppercase())
-                                } else {
-                                    verb
-                                };
-                                if name.chars().all(|c| c.is_ascii_alphabetic() || c == ' ') {
-                                    log.lock().unwrap().push(name);
-                                }
-                            }
-                            line.clear();
-                        }
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                down.abort();
-            });
-        }
-    });
-    (port, seen)
+/// The IMAP command name of a line a client sends (`SELECT`, `UID FETCH`, …).
+fn imap_command(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    let _tag = words.next();
+    let verb = words.next()?.to_ascii_uppercase();
+    let name = if verb == "UID" {
+        format!("UID {}", words.next().unwrap_or("").to_uppercase())
+    } else {
+        verb
+    };
+    name.chars()
+        .all(|c| c.is_ascii_alphabetic() || c == ' ')
+        .then_some(name)
 }
 
 async fn no_change(flavor: Flavor, m: usize) {
@@ -419,7 +298,7 @@ async fn no_change(flavor: Flavor, m: usize) {
     let first_select = t.elapsed();
     let server = Server::start(dir.path()).await;
     let (base, admin) = (server.base.clone(), server.token.clone());
-    let (port, seen) = counting_proxy(dovecot.port).await;
+    let (port, seen) = common::counting_proxy(dovecot.port, imap_command).await;
     let config = agent_config(dir.path(), &base, &admin, port);
     let (first, _, first_rss) = sync(&config);
     let mut engine = Vec::new();

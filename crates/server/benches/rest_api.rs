@@ -1,4 +1,5 @@
-//! REST benchmark (issue "CRM server", BENCHMARKS.md "Server (REST)"):
+//! REST benchmark (issue "CRM server", BENCHMARKS.md "Server (REST)"; issue
+//! 17 §7: the GET beside a minimal axum + typed-sqlx floor in the same run):
 //! with N contacts stored, p50/p99 of a single GET and PATCH over HTTP on
 //! loopback, and of "changes since V" when 100 records changed; beside the
 //! floors measured in the same run (the bare indexed query on the same
@@ -12,6 +13,8 @@
 use serde_json::json;
 use sqlx::Row;
 
+#[path = "floor.rs"]
+mod floor;
 #[path = "support.rs"]
 mod support;
 use std::time::Instant;
@@ -86,20 +89,110 @@ async fn main() {
             .await
             .unwrap();
     }
-    let mut gets = Vec::new();
-    for i in 0..a.samples {
-        let t = Instant::now();
-        let r = http
-            .get(format!("{base}/api/v1/contacts/{}", pick(i + 1000)))
-            .bearer_auth(&token)
+    // GET beside its floor and its parts, interleaved in blocks of 50 whose
+    // order rotates, so that all meet the same machine load.
+    let floor_base = floor::serve(&url).await;
+    let mut direct = floor::Conn::open(&url).await;
+    let hash = crmsync_server::auth::hash_token(&token);
+    for i in 0..200 {
+        http.get(format!("{floor_base}/floor/{}", pick(i)))
             .send()
             .await
+            .unwrap()
+            .bytes()
+            .await
             .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        gets.push(t.elapsed());
     }
-    let get_p50 = support::report("GET /api/v1/contacts/{id}", gets);
+    let typed_pool = floor::Pool::typed(&url).await;
+    let any_pool = floor::Pool::Any(store.pool.clone());
+    // The auth query as `store.user_by_token` sends it, to run it on a
+    // connection held for the whole request.
+    const AUTH_SQL: &str = "SELECT r.id, r.entity_set, r.version, r.owner_id, r.state, r.created_at, r.modified_at, r.data FROM tokens t JOIN records r ON r.id = t.user_id WHERE t.hash = $1 AND r.deleted_at IS NULL";
+    const PARTS: [&str; 9] = [
+        "GET /api/v1/contacts/{id}",
+        "floor: axum + typed sqlx, GET one row",
+        "floor query alone (typed connection)",
+        "store.user_by_token (the auth query)",
+        "store.get (the record query)",
+        "floor query on a typed pool (sqlx default options)",
+        "floor query on the project's Any pool",
+        "auth + record queries, a connection each (as GET)",
+        "auth + record queries on one held connection",
+    ];
+    let mut timed: Vec<Vec<std::time::Duration>> = vec![Vec::new(); PARTS.len()];
+    for block in 0..a.samples.div_ceil(50) {
+        for k in 0..PARTS.len() {
+            let part = (k + block) % PARTS.len();
+            for j in 0..50 {
+                let id = pick(1000 + block * 50 + j);
+                let t = Instant::now();
+                match part {
+                    0 => {
+                        let r = http
+                            .get(format!("{base}/api/v1/contacts/{id}"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 200);
+                        r.bytes().await.unwrap();
+                    }
+                    1 => {
+                        let r = http
+                            .get(format!("{floor_base}/floor/{id}"))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 200);
+                        r.bytes().await.unwrap();
+                    }
+                    2 => {
+                        direct.get(&id.to_string()).await.unwrap();
+                    }
+                    3 => {
+                        store.user_by_token(&hash).await.unwrap().unwrap();
+                    }
+                    4 => {
+                        store.get(id).await.unwrap().unwrap();
+                    }
+                    5 => {
+                        typed_pool.get(&id.to_string()).await.unwrap();
+                    }
+                    6 => {
+                        any_pool.get(&id.to_string()).await.unwrap();
+                    }
+                    7 => {
+                        store.user_by_token(&hash).await.unwrap().unwrap();
+                        store.get(id).await.unwrap().unwrap();
+                    }
+                    _ => {
+                        let mut conn = store.pool.acquire().await.unwrap();
+                        sqlx::query(AUTH_SQL)
+                            .bind(&hash)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        crmsync_server::store::get_record(&mut conn, id)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    }
+                }
+                timed[part].push(t.elapsed());
+            }
+        }
+    }
+    let p: Vec<(f64, f64)> = timed.into_iter().map(support::percentiles).collect();
+    for (name, (p50, p99)) in PARTS.iter().zip(&p) {
+        println!("{name:<48} p50 {p50:>9.1} µs   p99 {p99:>9.1} µs");
+    }
+    println!(
+        "GET / floor: p50 {:.2}x, p99 {:.2}x",
+        p[0].0 / p[1].0,
+        p[0].1 / p[1].1
+    );
+    let get_p50 = p[0].0;
 
     let mut patches = Vec::new();
     for i in 0..a.samples {

@@ -6,8 +6,15 @@
 
 use anyhow::{bail, Context};
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use std::path::Path;
+use std::time::Duration;
+
+/// A pooled connection idle at least this long is pinged before use (the
+/// database may have restarted meanwhile). sqlx's default pings on every
+/// acquire: a PostgreSQL round trip (a SQLite worker hop) before each query,
+/// which was a third of a REST GET's time.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -49,6 +56,15 @@ pub async fn connect(url: &str) -> anyhow::Result<(DbKind, AnyPool)> {
     let (kind, url) = normalize_url(url)?;
     let options = AnyPoolOptions::new()
         .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if kind == DbKind::Sqlite {
