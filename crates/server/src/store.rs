@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crmsync_core::{EntitySet, Record};
 
+use crate::changes::{ChangeFeed, Committed};
 use crate::db::DbKind;
 
 pub type Tx = Transaction<'static, Any>;
@@ -17,7 +18,14 @@ pub type Tx = Transaction<'static, Any>;
 pub struct Store {
     pub pool: AnyPool,
     pub kind: DbKind,
+    /// The connection URL (the PostgreSQL listener opens its own).
+    pub url: String,
+    /// What committed lately, for the clients waiting on `/sync/wait`.
+    pub changes: ChangeFeed,
 }
+
+/// The PostgreSQL channel every `serve` process of one database listens on.
+pub const CHANGES_CHANNEL: &str = "crmsync_changes";
 
 /// One entry of "everything changed or deleted since version V".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -152,6 +160,13 @@ pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> 
     )
     .fetch_one(conn)
     .await
+}
+
+/// The last committed version of the change sequence.
+pub async fn committed_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
+        .fetch_one(conn)
+        .await
 }
 
 /// Takes the organization's write lock without using a version: for rare
@@ -397,7 +412,30 @@ pub async fn unique_key_taken(
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         let (kind, pool) = crate::db::connect(url).await?;
-        Ok(Store { pool, kind })
+        let committed = committed_version(&mut *pool.acquire().await?).await?;
+        Ok(Store {
+            pool,
+            kind,
+            url: crate::db::normalize_url(url)?.1,
+            changes: ChangeFeed::new(committed),
+        })
+    }
+
+    /// Commits a write that took `change.version` ([`next_version`]) and
+    /// tells the waiting clients (R-T7): on PostgreSQL through a
+    /// notification sent by the commit itself (every `serve` process of
+    /// the database hears it), and to this process's waiters at once.
+    pub async fn commit_change(&self, mut tx: Tx, change: Committed) -> Result<(), sqlx::Error> {
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(change.to_payload())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.changes.publish(change);
+        Ok(())
     }
 
     /// A write transaction. On SQLite it takes the write lock at BEGIN

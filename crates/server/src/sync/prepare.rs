@@ -51,14 +51,6 @@ fn is_exception(r: &Record) -> bool {
     r.fields.contains_key("series_id")
 }
 
-async fn committed_version(conn: &mut sqlx::AnyConnection) -> ApiResult<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
-            .fetch_one(conn)
-            .await?,
-    )
-}
-
 /// Ids of live records of `set` that match the owner's filters, evaluated
 /// in SQL, page by page (a client's first sync, or after a reset).
 async fn filter_scan(
@@ -120,7 +112,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
     let syncs_items = owner.acts_as_primary(&client);
     let mut tx = store.begin().await?;
-    let upto = committed_version(&mut tx).await?;
+    let upto = store::committed_version(&mut tx).await?;
     let mut candidates: BTreeSet<Uuid> = sync_store::pending_ids(&mut tx, client.id)
         .await?
         .into_iter()
