@@ -207,3 +207,75 @@ async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }
+
+/// The listening connection of a server dies (PostgreSQL restarted, a
+/// network cut): the server reconnects, and a change it may have missed
+/// meanwhile still wakes its waiter; later changes are heard again.
+#[tokio::test]
+async fn r_t7_a_dropped_listener_reconnects_and_wakes_waiters() {
+    let a = common::start(common::Backend::Postgres).await;
+    let store_b = crmsync_server::Store::connect(&a.db.url).await.unwrap();
+    let b = common::serve_store(
+        store_b,
+        a.admin.clone(),
+        a.db.again(),
+        crmsync_server::DEFAULT_MAX_BODY,
+    )
+    .await;
+    let (_, token) = a.add_user("cut@example.com").await;
+    let (client, since) = synced_client(&a, &token, "laptop", json!(["contacts"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = waiting(&a, &token, &client, since);
+    still_waiting(&w, "nothing").await;
+
+    let db = a.db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&common::pg_admin_url())
+            .await
+            .unwrap()
+    };
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(&db)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(cut, [true, true], "each server listens on one connection");
+    let written = Instant::now();
+    let c = b
+        .post(
+            &token,
+            "/api/v1/contacts",
+            json!({"last_name": "DuringCut"}),
+        )
+        .await
+        .expect(201);
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .expect("the waiter is woken after the listener reconnects")
+        .unwrap();
+    println!(
+        "woken {:?} after a write made while the listener was cut",
+        written.elapsed()
+    );
+    assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+    assert!(written.elapsed() < Duration::from_secs(5));
+
+    let since = c["version"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = waiting(&a, &token, &client, since);
+    still_waiting(&w, "nothing new").await;
+    let written = Instant::now();
+    b.post(&token, "/api/v1/contacts", json!({"last_name": "AfterCut"}))
+        .await
+        .expect(201);
+    let (_, body, _) = w.await.unwrap();
+    assert_eq!(body["changed"], true);
+    assert!(
+        written.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        written.elapsed()
+    );
+}
