@@ -162,6 +162,33 @@ pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> 
     .await
 }
 
+/// [`Store::changes_between`] on a connection the caller holds.
+pub async fn changes_between(
+    conn: &mut AnyConnection,
+    since: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Change>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
+    )
+    .bind(since)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Change {
+                id: uuid_col(row, "id")?,
+                set: set_col(row, "entity_set")?,
+                version: row.try_get("version")?,
+                deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
+            })
+        })
+        .collect()
+}
+
 /// The last committed version of the change sequence.
 pub async fn committed_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
@@ -515,24 +542,7 @@ impl Store {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<Change>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
-        )
-        .bind(since)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Change {
-                    id: uuid_col(row, "id")?,
-                    set: set_col(row, "entity_set")?,
-                    version: row.try_get("version")?,
-                    deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
-                })
-            })
-            .collect()
+        changes_between(&mut *self.pool.acquire().await?, since, upto, limit).await
     }
 
     /// The highest version handed out so far.
