@@ -50,11 +50,19 @@ pub async fn run(
         };
         on_sync(&result);
         // R-T7: from the version of the last prepare, so a change made
-        // during this sync wakes the next wait at once.
+        // during this sync wakes the next wait at once. After a failed
+        // sync (which may have failed before its prepare) not at once: a
+        // sync failing again and again is not repeated without a pause.
         let position = agent.crm_position();
+        let pause = if result.is_ok() {
+            Duration::ZERO
+        } else {
+            FIRST_RETRY
+        };
         let crm_change = async {
             match &position {
                 Some((client, since)) => {
+                    tokio::time::sleep(pause).await;
                     crate::crm_watch::crm_changed(agent.crm(), client, *since).await
                 }
                 None => std::future::pending().await,
