@@ -102,6 +102,9 @@ pub struct Recent {
     /// server started, while the listener was away, or forgotten).
     floor: i64,
     changes: VecDeque<Committed>,
+    /// Counts rule changes (filters, settings, field rules, a reset or a
+    /// new primary): they take no version, yet change what prepares find.
+    rules: u64,
     closing: bool,
 }
 
@@ -174,12 +177,17 @@ impl Recent {
         self.closing = true;
     }
 
-    /// Whether a change after `since` may concern a client holding `kinds`.
-    pub fn look(&self, since: i64, kinds: Kinds, client: Uuid) -> Look {
+    pub fn rules_changed(&mut self) {
+        self.rules += 1;
+    }
+
+    /// Whether a change after `since`, or a rule change after the waiter
+    /// saw `rules`, may concern a client holding `kinds`.
+    pub fn look(&self, since: i64, rules: u64, kinds: Kinds, client: Uuid) -> Look {
         if self.closing {
             return Look::Closing;
         }
-        if since < self.floor {
+        if since < self.floor || rules != self.rules {
             return Look::Changed;
         }
         let concerns = self
@@ -224,18 +232,38 @@ impl ChangeFeed {
         self.tx.send_modify(Recent::close);
     }
 
+    /// Wakes every waiter: rules changed (each may find work; the clients
+    /// the change does not concern prepare and find nothing).
+    pub fn rules_changed(&self) {
+        self.tx.send_modify(Recent::rules_changed);
+    }
+
     pub fn version(&self) -> i64 {
         self.tx.borrow().version()
     }
 
-    /// Waits until a change after `since` may concern the client, the feed
-    /// closes, or `timeout` passes; `Look::Nothing` on timeout. Parked on
-    /// the channel: no CPU, no database connection.
-    pub async fn wait(&self, since: i64, kinds: Kinds, client: Uuid, timeout: Duration) -> Look {
+    /// How many rule changes the feed has seen: taken before a waiter
+    /// reads its client, so a change in between is not missed.
+    pub fn rules_seen(&self) -> u64 {
+        self.tx.borrow().rules
+    }
+
+    /// Waits until a change after `since` (or a rule change after
+    /// `rules`) may concern the client, the feed closes, or `timeout`
+    /// passes; `Look::Nothing` on timeout. Parked on the channel: no CPU,
+    /// no database connection.
+    pub async fn wait(
+        &self,
+        since: i64,
+        rules: u64,
+        kinds: Kinds,
+        client: Uuid,
+        timeout: Duration,
+    ) -> Look {
         let mut rx = self.tx.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let look = rx.borrow_and_update().look(since, kinds, client);
+            let look = rx.borrow_and_update().look(since, rules, kinds, client);
             if look != Look::Nothing {
                 return look;
             }
@@ -266,22 +294,26 @@ mod tests {
     fn r_t7_a_change_of_a_held_kind_after_the_version_wakes() {
         let me = Uuid::new_v4();
         let mut r = Recent::new(10);
-        assert_eq!(r.look(10, CONTACTS, me), Look::Nothing);
+        assert_eq!(r.look(10, 0, CONTACTS, me), Look::Nothing);
         r.add(change(11, EntitySet::Accounts));
         assert_eq!(
-            r.look(10, CONTACTS, me),
+            r.look(10, 0, CONTACTS, me),
             Look::Nothing,
             "accounts never reach a mailbox"
         );
         r.add(change(12, EntitySet::Tasks));
-        assert_eq!(r.look(10, CONTACTS, me), Look::Nothing, "a kind not held");
         assert_eq!(
-            r.look(10, Kinds::of(&[MailboxKind::Tasks]), me),
+            r.look(10, 0, CONTACTS, me),
+            Look::Nothing,
+            "a kind not held"
+        );
+        assert_eq!(
+            r.look(10, 0, Kinds::of(&[MailboxKind::Tasks]), me),
             Look::Changed
         );
         r.add(change(13, EntitySet::Contacts));
-        assert_eq!(r.look(12, CONTACTS, me), Look::Changed);
-        assert_eq!(r.look(13, CONTACTS, me), Look::Nothing, "not after 13");
+        assert_eq!(r.look(12, 0, CONTACTS, me), Look::Changed);
+        assert_eq!(r.look(13, 0, CONTACTS, me), Look::Nothing, "not after 13");
         assert_eq!(r.version(), 13);
     }
 
@@ -289,17 +321,17 @@ mod tests {
     fn r_t7_a_version_older_than_what_is_remembered_wakes_at_once() {
         let me = Uuid::new_v4();
         let r = Recent::new(50);
-        assert_eq!(r.look(3, Kinds::NONE, me), Look::Changed);
+        assert_eq!(r.look(3, 0, Kinds::NONE, me), Look::Changed);
         let mut r = Recent::new(0);
         for v in 1..=(REMEMBERED as i64 + 10) {
             r.add(change(v, EntitySet::Accounts));
         }
         assert_eq!(
-            r.look(5, CONTACTS, me),
+            r.look(5, 0, CONTACTS, me),
             Look::Changed,
             "forgotten: may be anything"
         );
-        assert_eq!(r.look(20, CONTACTS, me), Look::Nothing);
+        assert_eq!(r.look(20, 0, CONTACTS, me), Look::Nothing);
         assert_eq!(r.changes.len(), REMEMBERED);
     }
 
@@ -313,8 +345,8 @@ mod tests {
         r.add(change(1, EntitySet::Accounts));
         let versions: Vec<i64> = r.changes.iter().map(|c| c.version).collect();
         assert_eq!(versions, [1, 2, 3]);
-        assert_eq!(r.look(1, CONTACTS, me), Look::Changed, "2 is after 1");
-        assert_eq!(r.look(2, CONTACTS, me), Look::Nothing);
+        assert_eq!(r.look(1, 0, CONTACTS, me), Look::Changed, "2 is after 1");
+        assert_eq!(r.look(2, 0, CONTACTS, me), Look::Nothing);
     }
 
     #[test]
@@ -327,8 +359,8 @@ mod tests {
             kinds: CONTACTS,
             origin: Some(me),
         });
-        assert_eq!(r.look(0, CONTACTS, me), Look::Nothing);
-        assert_eq!(r.look(0, CONTACTS, other), Look::Changed);
+        assert_eq!(r.look(0, 0, CONTACTS, me), Look::Nothing);
+        assert_eq!(r.look(0, 0, CONTACTS, other), Look::Changed);
     }
 
     #[test]
@@ -337,10 +369,13 @@ mod tests {
         let mut r = Recent::new(5);
         r.add(change(6, EntitySet::Accounts));
         r.missed_up_to(9);
-        assert_eq!(r.look(7, CONTACTS, me), Look::Changed);
-        assert_eq!(r.look(9, CONTACTS, me), Look::Nothing);
+        assert_eq!(r.look(7, 0, CONTACTS, me), Look::Changed);
+        assert_eq!(r.look(9, 0, CONTACTS, me), Look::Nothing);
+        r.rules_changed();
+        assert_eq!(r.look(9, 0, CONTACTS, me), Look::Changed, "rules changed");
+        assert_eq!(r.look(9, 1, CONTACTS, me), Look::Nothing);
         r.close();
-        assert_eq!(r.look(9, CONTACTS, me), Look::Closing);
+        assert_eq!(r.look(9, 1, CONTACTS, me), Look::Closing);
     }
 
     #[test]
@@ -363,7 +398,7 @@ mod tests {
         let me = Uuid::new_v4();
         let waiting = tokio::spawn({
             let feed = feed.clone();
-            async move { feed.wait(0, CONTACTS, me, Duration::from_secs(30)).await }
+            async move { feed.wait(0, 0, CONTACTS, me, Duration::from_secs(30)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         feed.publish(change(1, EntitySet::Accounts));
@@ -377,15 +412,19 @@ mod tests {
 
         let parked = tokio::spawn({
             let feed = feed.clone();
-            async move { feed.wait(2, CONTACTS, me, Duration::from_secs(30)).await }
+            async move { feed.wait(2, 0, CONTACTS, me, Duration::from_secs(30)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         feed.close();
         assert_eq!(parked.await.unwrap(), Look::Closing);
-        let quick = feed.wait(2, CONTACTS, me, Duration::from_millis(1)).await;
+        let quick = feed
+            .wait(2, 0, CONTACTS, me, Duration::from_millis(1))
+            .await;
         assert_eq!(quick, Look::Closing);
         let fresh = ChangeFeed::new(0);
-        let timed_out = fresh.wait(0, CONTACTS, me, Duration::from_millis(10)).await;
+        let timed_out = fresh
+            .wait(0, 0, CONTACTS, me, Duration::from_millis(10))
+            .await;
         assert_eq!(timed_out, Look::Nothing);
     }
 }

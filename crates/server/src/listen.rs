@@ -11,7 +11,7 @@ use sqlx::postgres::PgListener;
 
 use crate::changes::Committed;
 use crate::db::DbKind;
-use crate::store::{committed_version, Store, CHANGES_CHANNEL};
+use crate::store::{committed_version, Store, CHANGES_CHANNEL, RULES_CHANGED};
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -56,6 +56,7 @@ async fn connect(store: &Store) -> Result<PgListener, sqlx::Error> {
 async fn hear(store: &Store, listener: &mut PgListener) {
     loop {
         match listener.try_recv().await {
+            Ok(Some(n)) if n.payload() == RULES_CHANGED => store.changes.rules_changed(),
             Ok(Some(n)) => match Committed::from_payload(n.payload()) {
                 Some(change) => store.changes.publish(change),
                 None => tracing::warn!(payload = n.payload(), "unreadable change notification"),

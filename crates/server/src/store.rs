@@ -26,6 +26,8 @@ pub struct Store {
 
 /// The PostgreSQL channel every `serve` process of one database listens on.
 pub const CHANGES_CHANNEL: &str = "crmsync_changes";
+/// The notification of a rule change (anything else is a `Committed`).
+pub const RULES_CHANGED: &str = "rules";
 
 /// One entry of "everything changed or deleted since version V".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -462,6 +464,21 @@ impl Store {
         }
         tx.commit().await?;
         self.changes.publish(change);
+        Ok(())
+    }
+
+    /// Tells every waiting client, after a committed rule change (filters,
+    /// settings, field rules, a reset, a new primary), that its next
+    /// prepare may find work (R-T7); on PostgreSQL every `serve` process.
+    pub async fn rules_changed(&self) -> Result<(), sqlx::Error> {
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(RULES_CHANGED)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.changes.rules_changed();
         Ok(())
     }
 

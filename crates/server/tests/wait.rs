@@ -99,6 +99,33 @@ both_dbs! {
         assert_eq!(quick["changed"], true);
     }
 
+    async fn r_t7_a_rule_change_wakes_waiting_clients(s: TestServer) {
+        let (user, token) = s.add_user("ruled@example.com").await;
+        let (client, since) = synced_client(&s, &token, "laptop", json!(["contacts"])).await;
+        let w = waiting(&s, &token, &client, since);
+        still_waiting(&w, "nothing").await;
+        let changed = Instant::now();
+        s.patch(
+            &s.admin,
+            &format!("/api/v1/users/{user}/settings"),
+            json!({"schedule_enabled": false}),
+        )
+        .await
+        .expect(200);
+        let (status, body, _) = w.await.unwrap();
+        assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+        assert!(changed.elapsed() < Duration::from_secs(2), "{:?}", changed.elapsed());
+        // Its prepare took the new rules up: the next wait waits again.
+        let prep = s
+            .post(&token, "/api/v1/sync/prepare", json!({"client_id": client}))
+            .await
+            .expect(200);
+        let since = prep["upto_version"].as_i64().unwrap();
+        let w = waiting(&s, &token, &client, since);
+        still_waiting(&w, "a rule change already taken up").await;
+        w.abort();
+    }
+
     async fn r_t7_a_client_is_not_woken_by_its_own_push(s: TestServer) {
         let (_, token) = s.add_user("pusher@example.com").await;
         let (client, since) = synced_client(&s, &token, "laptop", json!(["contacts"])).await;
@@ -206,6 +233,29 @@ async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
         assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
+    // A rule change through B (no version taken) wakes A's waiter too.
+    let prep = a
+        .post(&token, "/api/v1/sync/prepare", json!({"client_id": client}))
+        .await
+        .expect(200);
+    let w = waiting(&a, &token, &client, prep["upto_version"].as_i64().unwrap());
+    still_waiting(&w, "nothing").await;
+    let user = a.me(&token).await;
+    let changed = Instant::now();
+    b.patch(
+        &a.admin,
+        &format!("/api/v1/users/{user}/settings"),
+        json!({"schedule_enabled": false}),
+    )
+    .await
+    .expect(200);
+    let (_, body, _) = w.await.unwrap();
+    assert_eq!(body["changed"], true, "{body}");
+    assert!(
+        changed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        changed.elapsed()
+    );
 }
 
 /// The listening connection of a server dies (PostgreSQL restarted, a

@@ -30,6 +30,7 @@ pub async fn wait(
     since: i64,
     timeout: Duration,
 ) -> ApiResult<Value> {
+    let rules = store.changes.rules_seen();
     let mut conn = store.pool.acquire().await?;
     let status = sync_store::client_status(&mut conn, client_id).await?;
     drop(conn);
@@ -50,11 +51,13 @@ pub async fn wait(
         )));
     }
     // Rules changed since its last prepare (a filter, a reset): work waits.
+    // Rule changes made while it waits wake it through the feed.
     let changed = client.full_scan
         || store
             .changes
             .wait(
                 since,
+                rules,
                 Kinds::of(&client.kinds),
                 client.id,
                 timeout.min(MAX_WAIT),
