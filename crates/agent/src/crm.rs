@@ -302,6 +302,44 @@ impl CrmClient {
         })
     }
 
+    /// R-T7: waits until a CRM change after `since` may concern this
+    /// client (true), or the server's time limit passes (false). The
+    /// request gives up a while after the server's one minute, so a
+    /// connection that died silently is noticed.
+    pub async fn wait_for_changes(&self, client: &str, since: i64) -> Result<bool, CrmError> {
+        let url = format!(
+            "{}/api/v1/sync/wait?client_id={client}&since={since}",
+            self.base
+        );
+        let unreachable = |error: reqwest::Error| CrmError::Unreachable {
+            url: self.base.clone(),
+            error: error.without_url(),
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(75))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        let value: Value = resp.json().await.map_err(unreachable)?;
+        match status.as_u16() {
+            200 => Ok(value["changed"] == true),
+            401 => Err(CrmError::Unauthorized),
+            code => Err(CrmError::Refused {
+                what: "GET /api/v1/sync/wait".into(),
+                status: code,
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
+                message: value["error"]["message"].as_str().unwrap_or("").to_string(),
+            }),
+        }
+    }
+
     /// Any other call of the sync API (the `crmsync` commands: clients,
     /// conflicts, explain).
     pub async fn request(

@@ -406,6 +406,9 @@ pub struct Agent {
     schedule: std::sync::Mutex<Option<Option<std::time::Duration>>>,
     /// Told where long work is (`on_progress`).
     progress: std::sync::Mutex<Option<ProgressFn>>,
+    /// The client id and the CRM version of the last prepare: where the
+    /// wait for CRM changes (R-T7) starts.
+    crm_position: std::sync::Mutex<Option<(String, i64)>>,
     /// Contacts/events/to-dos written or removed in the mailbox by this
     /// agent: a sync that wrote nothing skips settling its scan states.
     item_writes: AtomicU64,
@@ -513,6 +516,7 @@ impl Agent {
             item_writes: AtomicU64::new(0),
             progress: std::sync::Mutex::new(None),
             schedule: std::sync::Mutex::new(None),
+            crm_position: std::sync::Mutex::new(None),
         })
     }
 
@@ -546,6 +550,15 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .unwrap_or(Some(self.cfg.interval))
+    }
+
+    /// R-T7: this client's id and the CRM version its last prepare went up
+    /// to (`None` before the first prepare answered).
+    pub fn crm_position(&self) -> Option<(String, i64)> {
+        self.crm_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn cache(&self) -> &Cache {
@@ -723,6 +736,10 @@ impl Agent {
         } = registered;
         run.report.client_id = client.clone();
         run.report.role = role_name;
+        if let Some(upto) = prep["upto_version"].as_i64() {
+            *self.crm_position.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((client.clone(), upto));
+        }
         tracing::debug!(ms = ms(), "registered, prepared, scanned");
         for (collection, scan) in self.item_collections.iter().copied().zip(scans) {
             let (stored, changes) = scan?;

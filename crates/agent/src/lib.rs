@@ -7,6 +7,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod crm;
+pub mod crm_watch;
 pub mod engine;
 pub mod fault;
 pub mod mail;

@@ -1,6 +1,8 @@
 //! `crmsync agent`: the long-running client. It synchronizes at start
 //! (catching up on what changed while it was off, R-T3), on every mailbox
-//! change notification (R-T2, deletions left for the scheduled sync), and on
+//! change notification (R-T2, deletions left for the scheduled sync), when
+//! the CRM server says a change may concern it (R-T7, the long poll of
+//! `crm_watch`, with the same deferral of mailbox deletions), and on
 //! the schedule (R-T1: the organization's and user's settings, from the
 //! server; off when the user turned it off). A failed sync (server unreachable) is logged and
 //! tried again; changes wait in the mailbox and the cache meanwhile (R-T4).
@@ -47,6 +49,25 @@ pub async fn run(
             }
         };
         on_sync(&result);
+        // R-T7: from the version of the last prepare, so a change made
+        // during this sync wakes the next wait at once. After a failed
+        // sync (which may have failed before its prepare) not at once: a
+        // sync failing again and again is not repeated without a pause.
+        let position = agent.crm_position();
+        let pause = if result.is_ok() {
+            Duration::ZERO
+        } else {
+            FIRST_RETRY
+        };
+        let crm_change = async {
+            match &position {
+                Some((client, since)) => {
+                    tokio::time::sleep(pause).await;
+                    crate::crm_watch::crm_changed(agent.crm(), client, *since).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         let scheduled_wait = async {
             match wait {
                 Some(w) => tokio::time::sleep(w).await,
@@ -57,6 +78,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = scheduled_wait => scheduled = true,
+            _ = crm_change => scheduled = false,
             Some(_) = watch.next() => {
                 tokio::time::sleep(SETTLE).await;
                 while watch.try_next().is_some() {}

@@ -206,50 +206,122 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// `crmsync up` running in `root`, after its start-up sync.
+struct Up {
+    child: std::process::Child,
+    addr: String,
+    token: String,
+    /// A message per finished sync.
+    synced: std::sync::mpsc::Receiver<()>,
+}
+
+impl Up {
+    fn start(root: &std::path::Path) -> Up {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+            .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
+            .env("CRMSYNC_LOG", "crmsync=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Each finished sync logs "synchronized": the tests wait for the
+        // start-up sync, so what follows arrives through a notification.
+        let (synced_tx, synced) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("synchronized") {
+                    let _ = synced_tx.send(());
+                }
+            }
+        });
+        let token_file = root.join("token");
+        wait_for("the token file and the server", || {
+            token_file.exists() && std::net::TcpStream::connect(&addr).is_ok()
+        });
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(root.join("agent.toml").exists() && root.join("mailbox/contacts").is_dir());
+        synced
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the start-up sync finishes");
+        Up {
+            child,
+            addr,
+            token,
+            synced,
+        }
+    }
+
+    fn stop(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Whether a file of `folder` contains `text`.
+fn folder_holds(folder: &std::path::Path, text: &str) -> bool {
+    std::fs::read_dir(folder).unwrap().any(|e| {
+        std::fs::read_to_string(e.unwrap().path())
+            .unwrap_or_default()
+            .contains(text)
+    })
+}
+
+#[test]
+fn r_t7_up_shows_a_crm_contact_in_the_mailbox_within_2s() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("up");
+    let up = Up::start(&root);
+    let contacts = root.join("mailbox/contacts");
+    let sent = std::time::Instant::now();
+    let (status, _) = http(
+        &up.addr,
+        "POST",
+        "/api/v1/contacts",
+        &up.token,
+        Some(r#"{"last_name": "SeenAtOnce"}"#),
+    );
+    assert_eq!(status, 201);
+    while !folder_holds(&contacts, "SeenAtOnce") {
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(30),
+            "never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = sent.elapsed();
+    println!(
+        "R-T7: CRM contact in the mailbox folder {} ms after it was created",
+        took.as_millis()
+    );
+    // 2 s promised; up to 5 s tolerated on a busy machine. `up` syncs on
+    // schedule every 5 minutes: only the CRM's notice explains this.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    up.synced
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the contact came with a sync after the start-up one");
+    up.stop();
+}
+
 #[test]
 fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("up");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
-        .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])
-        .env("CRMSYNC_LOG", "crmsync=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Each finished sync logs "synchronized": the test waits for the
-    // start-up sync, so what follows can only arrive through the watch.
-    let (synced_tx, synced) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("synchronized") {
-                let _ = synced_tx.send(());
-            }
-        }
-    });
-    let token_file = root.join("token");
-    wait_for("the token file and the server", || {
-        token_file.exists() && std::net::TcpStream::connect(&addr).is_ok()
-    });
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    assert!(root.join("agent.toml").exists() && root.join("mailbox/contacts").is_dir());
-    synced
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the start-up sync finishes");
+    let up = Up::start(&root);
+    let (addr, token) = (up.addr.clone(), up.token.clone());
     let (status, _) = http(
         &addr,
         "POST",
@@ -259,7 +331,7 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
     );
     assert_eq!(status, 201);
     // A contact marked in the address book reaches the CRM at once (R-T2),
-    // and that sync brings the CRM's contact into the address book.
+    // as the CRM's contact reaches the address book (R-T7).
     let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:up-1\r\nFN:From Mailbox\r\nN:FromMailbox;;;;\r\nCATEGORIES:Tracked to CRM\r\nEND:VCARD\r\n";
     std::fs::write(root.join("mailbox/contacts/mine.vcf"), card).unwrap();
     let written = std::time::Instant::now();
@@ -278,16 +350,9 @@ fn r_t2_up_runs_the_server_and_the_agent_and_syncs_on_mailbox_changes() {
         "R-T2: at once, not at the next scheduled sync (took {took:?})"
     );
     wait_for("the CRM contact in the address book", || {
-        std::fs::read_dir(root.join("mailbox/contacts"))
-            .unwrap()
-            .any(|e| {
-                std::fs::read_to_string(e.unwrap().path())
-                    .unwrap_or_default()
-                    .contains("FromCrm")
-            })
+        folder_holds(&root.join("mailbox/contacts"), "FromCrm")
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    up.stop();
     // A second run finds its organization again (no second admin, same token).
     let mut again = Command::new(env!("CARGO_BIN_EXE_crmsync"))
         .args(["up", "--dir", root.to_str().unwrap(), "--listen", &addr])

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod support;
-use support::{Server, BIN};
+use support::{postgres_admin, postgres_db, Server, BIN};
 
 use serde_json::{json, Value};
 
@@ -115,32 +115,6 @@ async fn raw(server: &Server, email: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The PostgreSQL server the test creates its database on.
-fn postgres_admin_url() -> String {
-    std::env::var("CRMSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn postgres_admin() -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let admin = postgres_admin_url();
-    sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-        panic!("cannot reach PostgreSQL at {admin} ({e}); run ./scripts/test, which starts one, or set CRMSYNC_TEST_PG_URL")
-    })
-}
-
-/// A new, empty PostgreSQL database: its name and URL.
-async fn postgres_db() -> (String, String) {
-    let name = format!("crmsync_migration_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut postgres_admin().await)
-        .await
-        .unwrap();
-    let admin = postgres_admin_url();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    (name.clone(), format!("{base}/{name}"))
 }
 
 /// What the organization and the mailbox hold before a move.

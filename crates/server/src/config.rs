@@ -98,6 +98,7 @@ pub async fn patch_user_settings(
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SETTINGS_KIND, &user.to_string(), &json!(next)).await?;
     reevaluate(&mut conn, Some(user)).await?;
+    store.rules_changed().await?;
     Ok(next)
 }
 
@@ -297,6 +298,7 @@ async fn save_filter(store: &Store, caller: Caller, filter: &SyncFilter) -> ApiR
     let v = filter.to_json();
     store::put_config(&mut conn, FILTER_KIND, &filter.id.to_string(), &v).await?;
     reevaluate(&mut conn, filter.user_id).await?;
+    store.rules_changed().await?;
     Ok(v)
 }
 
@@ -334,6 +336,7 @@ pub async fn delete_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult
         .and_then(Value::as_str)
         .and_then(|u| Uuid::parse_str(u).ok());
     reevaluate(&mut conn, owner).await?;
+    store.rules_changed().await?;
     Ok(())
 }
 
@@ -390,6 +393,7 @@ pub async fn patch_sync_fields_of(
     let mut conn = store.pool.acquire().await?;
     store::put_config(&mut conn, SYNC_FIELDS_KIND, set.as_str(), &json!(next)).await?;
     sync_store::redeliver_set(&mut conn, set).await?;
+    store.rules_changed().await?;
     Ok(next)
 }
 
@@ -507,6 +511,7 @@ async fn save_field_security(
     if let Some(set) = previous_set.filter(|s| *s != rule.entity_set) {
         sync_store::redeliver_set(&mut conn, set).await?;
     }
+    store.rules_changed().await?;
     Ok(v)
 }
 
@@ -524,6 +529,7 @@ pub async fn delete_field_security(store: &Store, caller: Caller, id: Uuid) -> A
         }) {
             sync_store::redeliver_set(&mut conn, set).await?;
         }
+        store.rules_changed().await?;
         Ok(())
     } else {
         Err(ApiError::not_found(format!(

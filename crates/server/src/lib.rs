@@ -3,10 +3,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod changes;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod export;
+mod listen;
 pub mod metrics;
 pub mod passwords;
 pub mod records;
@@ -35,12 +37,24 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     metrics::init();
+    let changes = store.changes.clone();
+    let heard = listen::spawn(&store);
     let app = api::router(AppState { store }, max_body_bytes);
-    axum::serve(
+    // Waiting clients are answered at once: a graceful shutdown waits for
+    // every request in flight, and a long poll would hold it up to 60 s.
+    let shutdown = async move {
+        shutdown.await;
+        changes.close();
+    };
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
+    if let Some(task) = heard {
+        task.abort();
+    }
+    served?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use crmsync_core::time::now_timestamp;
 use crmsync_core::{EntitySet, Record, RecordInput};
 
 use crate::auth::{hash_token, new_token, Caller};
+use crate::changes::{Committed, Kinds};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, Store};
 
@@ -73,6 +74,22 @@ async fn check_write(
     Ok(())
 }
 
+/// What a committed write of a record of `set` may concern (R-T7): its
+/// kind of mailbox collection; a user record, every kind (privileges and
+/// settings decide what reaches that user's mailboxes).
+fn change(version: i64, set: EntitySet) -> Committed {
+    let kinds = if set == EntitySet::Users {
+        Kinds::ALL
+    } else {
+        Kinds::of_set(set)
+    };
+    Committed {
+        version,
+        kinds,
+        origin: None,
+    }
+}
+
 /// Creates a record owned by the caller (or by `owner_id` if given).
 pub async fn create(
     store: &Store,
@@ -83,7 +100,7 @@ pub async fn create(
     let mut tx = store.begin().await?;
     let version = store::next_version(&mut tx).await?;
     let created = create_in(&mut tx, caller, set, body, version).await?;
-    tx.commit().await?;
+    store.commit_change(tx, change(version, set)).await?;
     Ok(created)
 }
 
@@ -240,7 +257,7 @@ pub async fn update(
     let version = store::next_version(&mut tx).await?;
     let (record, changed) = update_in(&mut tx, caller, set, id, body, if_match, version).await?;
     if changed {
-        tx.commit().await?;
+        store.commit_change(tx, change(version, set)).await?;
     } else {
         tx.rollback().await?;
     }
@@ -306,7 +323,7 @@ pub async fn delete(
     let mut tx = store.begin().await?;
     let version = store::next_version(&mut tx).await?;
     delete_in(&mut tx, caller, set, id, if_match, version).await?;
-    tx.commit().await?;
+    store.commit_change(tx, change(version, set)).await?;
     Ok(())
 }
 

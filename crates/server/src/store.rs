@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crmsync_core::{EntitySet, Record};
 
+use crate::changes::{ChangeFeed, Committed};
 use crate::db::DbKind;
 
 pub type Tx = Transaction<'static, Any>;
@@ -17,7 +18,16 @@ pub type Tx = Transaction<'static, Any>;
 pub struct Store {
     pub pool: AnyPool,
     pub kind: DbKind,
+    /// The connection URL (the PostgreSQL listener opens its own).
+    pub url: String,
+    /// What committed lately, for the clients waiting on `/sync/wait`.
+    pub changes: ChangeFeed,
 }
+
+/// The PostgreSQL channel every `serve` process of one database listens on.
+pub const CHANGES_CHANNEL: &str = "crmsync_changes";
+/// The notification of a rule change (anything else is a `Committed`).
+pub const RULES_CHANGED: &str = "rules";
 
 /// One entry of "everything changed or deleted since version V".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -190,6 +200,40 @@ pub async fn next_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> 
     )
     .fetch_one(conn)
     .await
+}
+
+/// [`Store::changes_between`] on a connection the caller holds.
+pub async fn changes_between(
+    conn: &mut AnyConnection,
+    since: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Change>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
+    )
+    .bind(since)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Change {
+                id: uuid_col(row, "id")?,
+                set: set_col(row, "entity_set")?,
+                version: row.try_get("version")?,
+                deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// The last committed version of the change sequence.
+pub async fn committed_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
+        .fetch_one(conn)
+        .await
 }
 
 /// Takes the organization's write lock without using a version: for rare
@@ -530,7 +574,45 @@ pub async fn unique_key_taken(
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         let (kind, pool) = crate::db::connect(url).await?;
-        Ok(Store { pool, kind })
+        let committed = committed_version(&mut *pool.acquire().await?).await?;
+        Ok(Store {
+            pool,
+            kind,
+            url: crate::db::normalize_url(url)?.1,
+            changes: ChangeFeed::new(committed),
+        })
+    }
+
+    /// Commits a write that took `change.version` ([`next_version`]) and
+    /// tells the waiting clients (R-T7): on PostgreSQL through a
+    /// notification sent by the commit itself (every `serve` process of
+    /// the database hears it), and to this process's waiters at once.
+    pub async fn commit_change(&self, mut tx: Tx, change: Committed) -> Result<(), sqlx::Error> {
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(change.to_payload())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.changes.publish(change);
+        Ok(())
+    }
+
+    /// Tells every waiting client, after a committed rule change (filters,
+    /// settings, field rules, a reset, a new primary), that its next
+    /// prepare may find work (R-T7); on PostgreSQL every `serve` process.
+    pub async fn rules_changed(&self) -> Result<(), sqlx::Error> {
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(RULES_CHANGED)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.changes.rules_changed();
+        Ok(())
     }
 
     /// A write transaction. On SQLite it takes the write lock at BEGIN
@@ -699,24 +781,7 @@ impl Store {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<Change>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, entity_set, version, deleted_at FROM records WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
-        )
-        .bind(since)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Change {
-                    id: uuid_col(row, "id")?,
-                    set: set_col(row, "entity_set")?,
-                    version: row.try_get("version")?,
-                    deleted: row.try_get::<Option<String>, _>("deleted_at")?.is_some(),
-                })
-            })
-            .collect()
+        changes_between(&mut *self.pool.acquire().await?, since, upto, limit).await
     }
 
     /// The highest version handed out so far.

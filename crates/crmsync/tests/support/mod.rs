@@ -1,5 +1,6 @@
-//! Shared by the crash test and the agent benchmark: the real `crmsync`
-//! binary serving a fresh SQLite organization as its own process.
+//! Shared by the crash, migration and CRM-change tests and the agent
+//! benchmarks: the real `crmsync` binary serving a fresh organization (on
+//! SQLite, or on a fresh PostgreSQL database) as its own process.
 
 #![allow(dead_code)]
 
@@ -24,19 +25,73 @@ pub struct Server {
     pub base: String,
     pub token: String,
     http: reqwest::Client,
-    _process: Killed,
+    process: Killed,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CRMSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub async fn postgres_admin() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("cannot reach PostgreSQL at {admin} ({e}); run ./scripts/test, which starts one, or set CRMSYNC_TEST_PG_URL")
+    })
+}
+
+/// A new, empty PostgreSQL database: its name and URL.
+pub async fn postgres_db() -> (String, String) {
+    let name = format!("crmsync_test_{:016x}", rand::random::<u64>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut postgres_admin().await)
+        .await
+        .unwrap();
+    let admin = postgres_admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    (name.clone(), format!("{base}/{name}"))
+}
+
+/// CPU time (user + system) a process has used so far (/proc/PID/stat).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After "pid (comm) ": state is field 3, utime field 14, stime field 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
     /// `admin init` + `serve` on `dir/crm.db`; returns once /healthz answers.
     pub async fn start(dir: &Path) -> Server {
         let db = format!("sqlite://{}", dir.join("crm.db").display());
+        let token = Server::init(&db);
+        Server::serve(&db, token).await
+    }
+
+    /// `admin init` of a new organization in `db`; the admin's token.
+    pub fn init(db: &str) -> String {
         let init = Command::new(BIN)
             .args([
                 "admin",
                 "init",
                 "--db",
-                &db,
+                db,
                 "--email",
                 "me@example.com",
                 "--name",
@@ -49,25 +104,25 @@ impl Server {
             "{}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let token = String::from_utf8(init.stdout)
+        String::from_utf8(init.stdout)
             .unwrap()
             .lines()
             .rfind(|l| !l.trim().is_empty())
             .unwrap()
             .trim()
-            .to_string();
-        Server::serve(&db, token).await
+            .to_string()
     }
 
     /// `serve` on an organization's database `db` (a `sqlite://` or
     /// `postgres://` URL), with the admin's token; returns once /healthz
     /// answers.
     pub async fn serve(db: &str, token: String) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Server::serve_on(db, token, free_port()).await
+    }
+
+    /// [`Server::serve`] on a given port (a server started again where its
+    /// clients expect it).
+    pub async fn serve_on(db: &str, token: String, port: u16) -> Server {
         let process = Killed(
             Command::new(BIN)
                 .args([
@@ -95,8 +150,28 @@ impl Server {
             base,
             token,
             http,
-            _process: process,
+            process,
         }
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Stops the server as an operator does (SIGTERM) and waits until it
+    /// has exited; returns how long that took.
+    pub fn terminate(mut self) -> Duration {
+        let started = Instant::now();
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.process.0.wait().unwrap();
+        started.elapsed()
     }
 
     /// A REST call as the admin; it must succeed. Returns the JSON answer.

@@ -81,6 +81,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::post(sync::push)
                 .layer(DefaultBodyLimit::max(max_body_bytes.max(PUSH_BODY_MIN))),
         )
+        .route("/sync/wait", get(sync::wait))
         .route("/sync/conflicts", get(sync::conflicts))
         .route("/sync/explain", get(sync::explain))
         .route("/sync/emails/lookup", get(sync::email_lookup))

@@ -1086,6 +1086,60 @@ fn sync_paths(paths: &mut Paths) {
         HttpMethod::Get,
         error_responses(op, &["400", "401", "403", "404"]),
     );
+    let version = || -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .into()
+    };
+    let required = |p: utoipa::openapi::path::Parameter| {
+        let mut p = p;
+        p.required = Required::True;
+        p
+    };
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("wait_for_changes"))
+        .description(Some(
+            "R-T7 long poll: answers as soon as a change after `since` may concern the client's mailbox (changed: true; prepare next), or after `timeout` seconds (at most 60, the default) with changed: false; also changed: false at once when the server shuts down. A `since` older than what the server remembers answers changed: true at once; one ahead of the server's version is refused (422).",
+        ))
+        .parameter(required(query_param("client_id", uuid(), "the client")))
+        .parameter(required(query_param(
+            "since",
+            version(),
+            "the upto_version of the client's last prepare",
+        )))
+        .parameter(query_param(
+            "timeout",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .description(Some("longer values wait 60 s"))
+                .into(),
+            "seconds to wait at most (default and cap: 60)",
+        ))
+        .response(
+            "200",
+            response(
+                "whether a change may concern the client, and the newest version the server knows",
+                Some(
+                    obj(
+                        &[
+                            ("changed", ObjectBuilder::new().schema_type(Type::Boolean).into()),
+                            ("version", version()),
+                        ],
+                        &["changed", "version"],
+                    )
+                    .into(),
+                ),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/sync/wait",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some("email_lookup"))

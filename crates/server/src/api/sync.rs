@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{parse_id, parse_set, ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::sync::{clients, prepare, push, report};
+use crate::sync::{clients, prepare, push, report, wait};
 use crate::AppState;
 
 fn optional_id(q: &ApiQuery, key: &str) -> ApiResult<Option<uuid::Uuid>> {
@@ -93,6 +93,43 @@ pub async fn push(
     ApiJson(body): ApiJson,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(push::push(&s.store, caller, &body).await?))
+}
+
+/// R-T7: `?client_id=C&since=V[&timeout=S]`.
+pub async fn wait(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: ApiQuery,
+) -> ApiResult<Json<Value>> {
+    q.only(&["client_id", "since", "timeout"])?;
+    let client = parse_id(q.get("client_id").ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_parameter",
+            "client_id: required, the UUID the server gave",
+        )
+    })?)?;
+    if q.get("since").is_none() {
+        return Err(ApiError::bad_request(
+            "bad_since",
+            "since: required, the upto_version of the client's last prepare",
+        ));
+    }
+    let since = q.since()?;
+    let timeout = match q.get("timeout") {
+        None => wait::MAX_WAIT,
+        Some(t) => t
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "bad_parameter",
+                    "timeout: seconds to wait at most, a whole number (up to 60)",
+                )
+            })?,
+    };
+    Ok(Json(
+        wait::wait(&s.store, caller, client, since, timeout).await?,
+    ))
 }
 
 pub async fn conflicts(

@@ -221,6 +221,7 @@ pub async fn set_primary(store: &Store, caller: Caller, id: Uuid) -> ApiResult<V
         match moved {
             Ok(()) => {
                 tx.commit().await?;
+                store.rules_changed().await?;
                 let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
                 let mut conn = store.pool.acquire().await?;
                 let now = sync_store::get_client(&mut conn, id)
@@ -247,5 +248,6 @@ pub async fn reset(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> 
     let mut tx = store.begin().await?;
     sync_store::reset_client(&mut tx, client.id).await?;
     tx.commit().await?;
+    store.rules_changed().await?;
     Ok(json!({"id": client.id, "reset": true}))
 }

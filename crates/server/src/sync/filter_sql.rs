@@ -42,7 +42,7 @@
 use serde_json::{json, Value};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, Row};
+use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
 use crmsync_core::field::FieldKind;
@@ -109,6 +109,22 @@ pub async fn matching_ids(
     after: i64,
     limit: i64,
 ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    let mut conn = store.pool.acquire().await?;
+    matching_ids_in(&mut conn, store.kind, set, conds, ctx, after, limit).await
+}
+
+/// [`matching_ids`] on a connection the caller holds (prepare's
+/// transaction: taking a second pooled connection while holding one
+/// deadlocks when many clients prepare at once).
+pub async fn matching_ids_in(
+    conn: &mut AnyConnection,
+    kind: DbKind,
+    set: EntitySet,
+    conds: &[&Condition],
+    ctx: &EvalContext,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
     if conds.is_empty() || limit <= 0 {
         return Ok(vec![]);
     }
@@ -117,7 +133,7 @@ pub async fn matching_ids(
     let mut parts = Vec::with_capacity(conds.len());
     let mut values = Vec::new();
     for cond in conds {
-        let (sql, v) = compile(cond, set, ctx, store.kind, next);
+        let (sql, v) = compile(cond, set, ctx, kind, next);
         next += v.len();
         parts.push(sql);
         values.extend(v);
@@ -128,7 +144,7 @@ pub async fn matching_ids(
         parts.join(" OR ")
     );
     let q = sqlx::query(&sql).bind(set.as_str()).bind(after).bind(limit);
-    let rows = bind_all(q, values).fetch_all(&store.pool).await?;
+    let rows = bind_all(q, values).fetch_all(conn).await?;
     rows.iter().map(id_and_version).collect()
 }
 

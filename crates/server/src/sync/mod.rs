@@ -1,5 +1,6 @@
 //! The server side of the sync protocol (SPEC §3, §5, §6, §7, §9):
-//! clients, prepare/data/ack, push with merging, conflicts, explain.
+//! clients, prepare/data/ack, push with merging, conflicts, explain, and
+//! the long poll that tells running clients of CRM changes (R-T7).
 
 pub mod clients;
 pub mod context;
@@ -9,3 +10,4 @@ pub mod prepare;
 pub mod push;
 pub mod report;
 pub mod store;
+pub mod wait;

@@ -51,18 +51,11 @@ fn is_exception(r: &Record) -> bool {
     r.fields.contains_key("series_id")
 }
 
-async fn committed_version(conn: &mut sqlx::AnyConnection) -> ApiResult<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT value FROM sequence_counter WHERE name = 'version'")
-            .fetch_one(conn)
-            .await?,
-    )
-}
-
 /// Ids of live records of `set` that match the owner's filters, evaluated
 /// in SQL, page by page (a client's first sync, or after a reset).
 async fn filter_scan(
-    store: &Store,
+    conn: &mut sqlx::AnyConnection,
+    kind: crate::db::DbKind,
     owner: &MailboxOwner,
     set: EntitySet,
     now: OffsetDateTime,
@@ -72,9 +65,16 @@ async fn filter_scan(
     let ctx = owner.eval_context(now);
     let mut after = 0;
     loop {
-        let page =
-            super::filter_sql::matching_ids(store, set, &conditions, &ctx, after, CHUNK as i64)
-                .await?;
+        let page = super::filter_sql::matching_ids_in(
+            &mut *conn,
+            kind,
+            set,
+            &conditions,
+            &ctx,
+            after,
+            CHUNK as i64,
+        )
+        .await?;
         let Some((_, last)) = page.last() else {
             return Ok(());
         };
@@ -120,7 +120,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     let owner = MailboxOwner::load(store, client.mailbox_user_id).await?;
     let syncs_items = owner.acts_as_primary(&client);
     let mut tx = store.begin().await?;
-    let upto = committed_version(&mut tx).await?;
+    let upto = store::committed_version(&mut tx).await?;
     let mut candidates: BTreeSet<Uuid> = sync_store::pending_ids(&mut tx, client.id)
         .await?
         .into_iter()
@@ -136,13 +136,16 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
                 .filters_of(set)
                 .any(|f| f.condition.may_gain_matches_over_time());
         if syncs_items && client.holds(set) && owner.delivers(set) && (client.full_scan || gains) {
-            filter_scan(store, &owner, set, now, &mut candidates).await?;
+            filter_scan(&mut tx, store.kind, &owner, set, now, &mut candidates).await?;
         }
     }
     if !client.full_scan {
         let mut since = client.scanned_version;
         while since < upto {
-            let page = store.changes_between(since, upto, CHUNK as i64).await?;
+            // On the transaction's connection: a second pooled one, taken
+            // while holding this, deadlocks when many clients prepare at
+            // once (as they do when a change wakes them all, R-T7).
+            let page = store::changes_between(&mut tx, since, upto, CHUNK as i64).await?;
             let Some(last) = page.last() else { break };
             since = last.version;
             candidates.extend(page.iter().filter(|c| mailbox_set(c.set)).map(|c| c.id));

@@ -19,6 +19,7 @@ use super::clients::own_client;
 use super::context::MailboxOwner;
 use super::store::{self as sync_store, Client, ConflictRow};
 use crate::auth::Caller;
+use crate::changes::{Committed, Kinds};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::store::{self, Store};
@@ -685,6 +686,22 @@ async fn apply(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Out
     }
 }
 
+/// What a pushed operation may concern (R-T7): its set's kind of
+/// collection (every kind when the set is not one), for every client but
+/// the one that pushed it.
+fn pushed_change(version: i64, client: &Client, op: &Value) -> Committed {
+    let kinds = op
+        .get("set")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<EntitySet>().ok())
+        .map_or(Kinds::ALL, Kinds::of_set);
+    Committed {
+        version,
+        kinds,
+        origin: Some(client.id),
+    }
+}
+
 /// R-S5: applies a batch of operations, each on its own.
 pub async fn push(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
     let client_id = body
@@ -751,7 +768,13 @@ pub async fn push(store: &Store, caller: Caller, body: &Value) -> ApiResult<Valu
             }
         };
         sync_store::save_op_result(&mut tx, client.id, op_id, &result, &now_timestamp()).await?;
-        tx.commit().await?;
+        if result["status"] == "ok" {
+            store
+                .commit_change(tx, pushed_change(version, &client, op))
+                .await?;
+        } else {
+            tx.commit().await?;
+        }
         results.push(result);
     }
     Ok(json!({"results": results}))

@@ -22,6 +22,17 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl TestDb {
+    /// The same PostgreSQL database for a second server process (the
+    /// first one's guard keeps a SQLite folder alive).
+    pub fn again(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            _dir: None,
+        }
+    }
+}
+
 /// The PostgreSQL server the tests create databases on. `./scripts/test`
 /// starts a throwaway one and sets CRMSYNC_TEST_PG_URL.
 pub fn pg_admin_url() -> String {
