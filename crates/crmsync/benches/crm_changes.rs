@@ -1,7 +1,8 @@
 //! R-T7 benchmark (issue 16): how long a CRM edit takes to reach the
 //! mailbox of a running agent, and what waiting clients cost the server.
 //! The real `crmsync` binary: `serve` on SQLite and `agent` on a local
-//! mailbox (schedule 15 minutes), each its own process.
+//! mailbox, or on Radicale (`--radicale`: the arrival is seen in Radicale's
+//! storage folder), with a schedule of 15 minutes, each its own process.
 //!
 //! 1. E edits of one contact through the REST API, each timed until the
 //!    agent has written it into the contact's vCard (polled every 2 ms),
@@ -13,12 +14,16 @@
 //! 3. the agent alone again (the first phase repeated, so a drift of the
 //!    machine shows).
 //!
-//!   cargo bench -p crmsync --bench crm_changes -- [--edits E] [--waiters W] [--idle S] [--postgres]
+//!   cargo bench -p crmsync --bench crm_changes -- [--edits E] [--waiters W] [--idle S] [--postgres] [--radicale]
 //!
 //! `--postgres`: the server on a new database of CRMSYNC_TEST_PG_URL's
 //! server (default 127.0.0.1:5432) instead of SQLite.
 //!
 //! Defaults (a smoke run of a few seconds): E = 10, W = 200, S = 2.
+
+mod common;
+#[path = "../../dav/tests/common/mod.rs"]
+mod dav;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -173,8 +178,30 @@ async fn main() {
     } else {
         Server::start(dir.path()).await
     };
-    let root = dir.path().join("mailbox");
-    let config = server.agent_config(dir.path(), "bench", &root);
+    let radicale = std::env::args().any(|a| a == "--radicale");
+    let dav_server = match radicale {
+        true => Some(dav::Server::start(dav::Kind::Radicale).await),
+        false => None,
+    };
+    let (config, folder) = match &dav_server {
+        Some(d) => {
+            let urls = ["contacts", "calendar", "tasks"].map(|id| d.url_of(id));
+            let config = common::dav_config(
+                dir.path(),
+                &server,
+                "bench",
+                &urls,
+                dav::USER,
+                dav::PASSWORD,
+            );
+            (config, d.folder_of("contacts"))
+        }
+        None => {
+            let root = dir.path().join("mailbox");
+            let config = server.agent_config(dir.path(), "bench", &root);
+            (config, root.join("contacts"))
+        }
+    };
     let contact = server
         .call(
             reqwest::Method::POST,
@@ -193,7 +220,6 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let folder = root.join("contacts");
     let started = Instant::now();
     while file_with(&folder, &contact).is_none() {
         assert!(
@@ -204,8 +230,13 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "R-T7 benchmark: {} server, agent on a local mailbox (release build)",
-        if postgres { "PostgreSQL" } else { "SQLite" }
+        "R-T7 benchmark: {} server, agent on {} (release build)",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        if radicale {
+            "Radicale"
+        } else {
+            "a local mailbox"
+        }
     );
 
     let alone = timed_edits(&server, &folder, &contact, edits, "A").await;

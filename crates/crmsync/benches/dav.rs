@@ -37,10 +37,10 @@ mod dav;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{arg_list, median, sync_process};
+use common::{arg_list, dav_config, median, sync_process};
 use crmsync_dav::{DavConfig, DavMailbox, Url};
 use crmsync_mailbox::Mailbox;
 use dav::{Kind, PASSWORD, USER};
@@ -107,26 +107,6 @@ fn mailbox_for(urls: &[Url; 3]) -> DavMailbox {
     c.calendar = Some(urls[1].clone());
     c.tasks = Some(urls[2].clone());
     DavMailbox::new(&c).unwrap()
-}
-
-/// An agent configuration `dir/{name}.toml` of a new client `name` whose
-/// mailbox is `[mailbox.dav]` with the collections `urls`.
-fn dav_config(dir: &Path, crm: &support::Server, name: &str, urls: &[Url; 3]) -> PathBuf {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[crm]\nurl = \"{}\"\ntoken = \"{}\"\n[client]\nname = \"{name}\"\ncache = \"{}\"\n[mailbox.dav]\ncontacts = \"{}\"\ncalendar = \"{}\"\ntasks = \"{}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n[sync]\ninterval = \"15m\"\n",
-            crm.base,
-            crm.token,
-            dir.join(format!("{name}-cache.db")).display(),
-            urls[0],
-            urls[1],
-            urls[2]
-        ),
-    )
-    .unwrap();
-    config
 }
 
 /// A `crmsync sync` writing 3N new items: (wall, its CPU time).
@@ -319,7 +299,14 @@ async fn one_size(server: &dav::Server, n: usize, runs: usize, variants: &[usize
     // the collections of the no-change syncs, through a counting proxy.
     let (proxy, seen) = common::counting_proxy(server.port, http_request).await;
     let warm = fresh_collections(server, &format!("w{n}")).await;
-    let warm_config = dav_config(dir.path(), &crm, &format!("w{n}"), &via(&warm, proxy));
+    let warm_config = dav_config(
+        dir.path(),
+        &crm,
+        &format!("w{n}"),
+        &via(&warm, proxy),
+        USER,
+        PASSWORD,
+    );
     let (t, _) = run_crmsync(&warm_config, n);
     let first_sync_requests = seen.lock().unwrap().len();
     let items = read_back(&warm).await;
@@ -342,7 +329,7 @@ async fn one_size(server: &dav::Server, n: usize, runs: usize, variants: &[usize
             let urls = fresh_collections(server, &tag).await;
             let secs = match v {
                 0 => {
-                    let config = dav_config(dir.path(), &crm, &tag, &urls);
+                    let config = dav_config(dir.path(), &crm, &tag, &urls, USER, PASSWORD);
                     let (wall, cpu) = run_crmsync(&config, n);
                     f.cpu_per_item_us
                         .push(cpu.as_secs_f64() * 1e6 / total as f64);

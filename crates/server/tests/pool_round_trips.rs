@@ -84,8 +84,12 @@ async fn bench_rest_hot_pooled_query_is_not_pinged_first_on_postgres() {
         assert!(store.get(id).await.unwrap().is_none());
     }
     let trips = trips.load(Ordering::SeqCst) - before;
-    assert_eq!(
-        trips, 40,
-        "round trips of 20 queries on hot pooled connections (one each, plus sqlx's ping on release)"
+    // Two per query (the query, sqlx's ping on release); pinging before
+    // each query too makes 60. The pool hands its idle connections out in
+    // turn, so on a loaded machine one may have waited the second after
+    // which a ping is due (seen: 42): a few such pings are allowed.
+    assert!(
+        (40..46).contains(&trips),
+        "round trips of 20 queries on hot pooled connections: {trips} (40 = one each plus sqlx's ping on release; 60 = pinged before each)"
     );
 }

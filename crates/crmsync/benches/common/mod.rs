@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -211,4 +211,32 @@ pub async fn seed_crm(base: &str, token: &str, n: usize) -> (Duration, String) {
         }
     }
     (t.elapsed(), first_contact.unwrap_or_default())
+}
+
+/// An agent configuration `dir/{name}.toml` of a new client `name` whose
+/// mailbox is `[mailbox.dav]` with the collections `urls` (contacts,
+/// calendar, tasks), scheduled syncs every 15 minutes.
+pub fn dav_config(
+    dir: &Path,
+    crm: &crate::support::Server,
+    name: &str,
+    urls: &[crmsync_dav::Url; 3],
+    user: &str,
+    password: &str,
+) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[crm]\nurl = \"{}\"\ntoken = \"{}\"\n[client]\nname = \"{name}\"\ncache = \"{}\"\n[mailbox.dav]\ncontacts = \"{}\"\ncalendar = \"{}\"\ntasks = \"{}\"\nusername = \"{user}\"\npassword = \"{password}\"\n[sync]\ninterval = \"15m\"\n",
+            crm.base,
+            crm.token,
+            dir.join(format!("{name}-cache.db")).display(),
+            urls[0],
+            urls[1],
+            urls[2]
+        ),
+    )
+    .unwrap();
+    config
 }
