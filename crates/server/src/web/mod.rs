@@ -4,6 +4,8 @@
 //! and version checks exist once; this layer only turns forms into the
 //! API's JSON bodies and the answers into pages.
 
+mod admin_rules;
+mod admin_settings;
 pub mod csrf;
 mod explain;
 mod forms;
@@ -61,7 +63,40 @@ pub fn router() -> Router<AppState> {
         .route("/sync/clients/{id}/reset", post(work::reset))
         .route("/admin", get(work::admin))
         .route("/admin/users", post(work::add_user))
-        .route("/admin/users/{id}/password", post(work::set_password));
+        .route("/admin/users/{id}/password", post(work::set_password))
+        .route(
+            "/admin/users/{id}/access",
+            post(admin_settings::save_access),
+        )
+        .route(
+            "/admin/users/{id}/settings",
+            get(admin_settings::user_settings).post(admin_settings::save_user_settings),
+        )
+        .route(
+            "/admin/settings",
+            get(admin_settings::org_settings).post(admin_settings::save_org_settings),
+        )
+        .route(
+            "/admin/field-security",
+            get(admin_rules::field_security).post(admin_rules::add_field_security),
+        )
+        .route(
+            "/admin/field-security/{id}/delete",
+            post(admin_rules::delete_field_security),
+        )
+        .route(
+            "/admin/filters",
+            get(admin_rules::filters).post(admin_rules::build_filter),
+        )
+        .route(
+            "/admin/filters/{id}/delete",
+            post(admin_rules::delete_filter),
+        )
+        .route("/admin/sync-fields", get(admin_settings::sync_field_sets))
+        .route(
+            "/admin/sync-fields/{set}",
+            get(admin_settings::sync_fields).post(admin_settings::save_sync_fields),
+        );
     // Static paths per set, so that no other path (e.g. under /api) is
     // taken for a set's page.
     for set in WEB_SETS {

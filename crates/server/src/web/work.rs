@@ -68,8 +68,8 @@ pub struct UserRow {
     pub id: String,
     pub name: String,
     pub email: String,
-    pub role: String,
     pub state: String,
+    pub is_admin: bool,
     pub approved_email: &'static str,
     pub sync_to_mailbox: &'static str,
     pub go_offline: &'static str,
@@ -251,15 +251,10 @@ pub async fn reset(
     client_action(&state, &posted, &id, false).await
 }
 
-fn not_admin(user: &WebUser) -> Response {
-    super::error_page_for(
-        user,
-        crate::error::ApiError::forbidden("Only an admin may open this page."),
-    )
-}
+use super::admin_settings::not_admin;
 
 /// The Admin page, with the outcome of an action on it.
-async fn admin_page(
+pub(super) async fn admin_page(
     state: &AppState,
     user: &WebUser,
     status: StatusCode,
@@ -296,13 +291,8 @@ async fn admin_page(
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .into(),
-                role: label(
-                    u.fields
-                        .get("role")
-                        .and_then(Value::as_str)
-                        .unwrap_or("user"),
-                ),
                 state: label(&u.state),
+                is_admin: u.fields.get("role").and_then(Value::as_str) == Some("admin"),
                 approved_email: yes_no(u, "approved_email"),
                 sync_to_mailbox: yes_no(u, "sync_to_mailbox"),
                 go_offline: yes_no(u, "go_offline"),
