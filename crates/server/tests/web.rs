@@ -802,4 +802,19 @@ both_dbs! {
         assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.html);
         assert_eq!(count(&s.get(&s.admin, "/api/v1/sync-filters").await.expect(200)), count(&before));
     }
+
+    async fn r_w1_unknown_web_paths_answer_the_web_not_found_page(s: TestServer) {
+        let b = Browser::as_admin(&s).await;
+        for path in ["/contacts/x/y", "/nowhere", "/admin/nothing"] {
+            let p = b.get(path).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{path}");
+            assert!(p.headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/html"), "{path}");
+            assert!(p.html.contains("There is no such page"), "{path}: {}", p.html);
+            assert_security_headers(&p, path);
+        }
+        // Under /api/ it stays the API's JSON.
+        let api = s.http.get(format!("{}/api/nowhere", s.base)).send().await.unwrap();
+        assert_eq!(api.status(), 404);
+        assert!(api.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    }
 }

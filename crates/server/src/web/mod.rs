@@ -148,6 +148,16 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
+/// The page for a path that names no page (the router's fallback for
+/// paths outside `/api/`), with the same headers as every page.
+pub async fn not_found() -> Response {
+    let page = pages::Message::public(
+        "Not found",
+        "There is no such page. Check the address, or start from the navigation.",
+    );
+    security_headers((StatusCode::NOT_FOUND, page).into_response()).await
+}
+
 async fn home(_user: session::WebUser) -> Redirect {
     Redirect::to("/activities")
 }
