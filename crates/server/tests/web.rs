@@ -517,7 +517,8 @@ both_dbs! {
         let page = b.get("/sync").await;
         let held = delivered.iter().filter(|d| d.action != "remove").count();
         assert!(held >= 2);
-        assert!(page.html.contains(&format!("<th scope=\"row\">desktop</th><td>Primary</td><td>contacts, calendar, tasks, mail</td><td>{held}</td><td>0</td><td>0</td>")), "what the client holds: {}", page.html);
+        assert!(page.html.contains("<th scope=\"row\">desktop</th><td>Primary</td><td>contacts, calendar, tasks, mail</td>"), "{}", page.html);
+        assert!(page.html.contains(&format!("applied in the mailbox</td><td>{held}</td><td>0</td><td>0</td>")), "what the client holds: {}", page.html);
         assert!(page.html.contains("desktop") && page.html.contains("laptop") && page.html.contains(">Primary<"));
         let csrf = page.hidden("_csrf");
         assert_eq!(b.post_with(&format!("/sync/clients/{laptop}/primary"), &[], &[]).await.status, StatusCode::FORBIDDEN);
@@ -816,5 +817,41 @@ both_dbs! {
         let api = s.http.get(format!("{}/api/nowhere", s.base)).send().await.unwrap();
         assert_eq!(api.status(), 404);
         assert!(api.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    }
+
+    async fn r_w6_sync_page_shows_each_clients_last_synchronization_and_result(s: TestServer) {
+        let (uid, token) = s.add_user("kim@example.com").await;
+        let desk = s.register(&token, "desk").await;
+        let desk = desk["id"].as_str().unwrap().to_string();
+        s.register(&token, "phone").await;
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let row = |html: &str, name: &str| html.split(&format!("<th scope=\"row\">{name}</th>")).nth(1).unwrap().split("</tr>").next().unwrap().to_string();
+        let page = b.get("/sync").await;
+        assert!(row(&page.html, "desk").contains("<td>Never</td><td>Not synchronized yet</td>"), "{}", page.html);
+        for name in ["One", "Two", "Three"] {
+            s.post(&token, "/api/v1/contacts", json!({"last_name": name})).await.expect(201);
+        }
+        // Delivered but not yet confirmed.
+        let (batch, items) = s.prepare_and_fetch(&token, &desk).await;
+        let unconfirmed = row(&b.get("/sync").await.html, "desk");
+        assert!(unconfirmed.contains("not yet confirmed"), "{unconfirmed}");
+        let acks: Vec<Value> = items.iter().map(|d| json!({"id": d.id, "version": d.version})).collect();
+        s.post(&token, "/api/v1/sync/ack", json!({"client_id": desk, "batch": batch.unwrap(), "items": acks})).await.expect(200);
+        let clients = s.get(&token, "/api/v1/sync/clients").await.expect(200);
+        let api = clients.as_array().or(clients["items"].as_array()).unwrap().iter().find(|c| c["name"] == "desk").unwrap().clone();
+        let at = api["last_sync_at"].as_str().expect("the API has the time too").to_string();
+        assert_eq!(api["last_ack_items"], json!(items.len()));
+        let done = row(&b.get("/sync").await.html, "desk");
+        assert!(done.contains(&format!("<td>{at}</td><td>Confirmed: {} change(s) from the CRM applied in the mailbox</td>", items.len())), "{done}");
+        // A later sync with nothing new says so (an idle sync records its
+        // time at most once a minute: the last one is made older here).
+        let old = "2000-01-01T00:00:00.000000Z";
+        sqlx::query("UPDATE sync_clients SET last_sync_at = $1, last_batch_at = $1, last_ack_at = $1 WHERE id = $2")
+            .bind(old).bind(&desk).execute(&s.store.pool).await.unwrap();
+        assert!(s.sync_once(&token, &desk).await.is_empty());
+        let page = b.get("/sync").await;
+        assert!(!row(&page.html, "desk").contains(old), "the idle sync's time is recorded");
+        assert!(row(&page.html, "desk").contains("Nothing new from the CRM"), "{}", page.html);
+        assert!(row(&page.html, "phone").contains("Not synchronized yet"));
     }
 }

@@ -43,6 +43,9 @@ pub struct ClientRow {
     pub name: String,
     pub role: String,
     pub kinds: String,
+    /// When it last prepared a sync ("Never" before its first).
+    pub last_sync: String,
+    pub result: String,
     pub counts: crate::sync::store::EntryCounts,
 }
 
@@ -187,6 +190,8 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
                     .and_then(|id| counts.get(&id).copied())
                     .unwrap_or_default(),
                 name: text(c, "name"),
+                last_sync: c["last_sync_at"].as_str().unwrap_or("Never").to_string(),
+                result: sync_result(c),
                 role: label(&text(c, "role")),
                 kinds: match c.get("kinds").and_then(Value::as_array) {
                     Some(k) => k
@@ -213,6 +218,23 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
             .collect(),
     }
     .into_response()
+}
+
+/// The last synchronization's result, from what the server saw: a batch
+/// delivered and acknowledged, one still unconfirmed, or nothing to send.
+fn sync_result(c: &Value) -> String {
+    let items = c["last_ack_items"].as_i64().unwrap_or(0);
+    let (sync, ack) = (c["last_sync_at"].as_str(), c["last_ack_at"].as_str());
+    match (sync, ack) {
+        (None, _) => "Not synchronized yet".into(),
+        _ if c["awaiting_ack"] == true => {
+            "Changes were sent to the mailbox and not yet confirmed: still running, or it failed (see crmsync status)".into()
+        }
+        (Some(s), Some(a)) if a >= s => {
+            format!("Confirmed: {items} change(s) from the CRM applied in the mailbox")
+        }
+        _ => "Nothing new from the CRM".into(),
+    }
 }
 
 /// "Make primary" and "Reset": the API's own client functions (R-C1, R-S9).
