@@ -172,3 +172,32 @@ def test_r_w7_admin_configuration_pages_are_usable(watched, crm):
     watched.accessible()
     saved = [f for f in crm.api("GET", "/sync-filters")["items"] if f["name"] == name]
     assert saved[0]["condition"] == {"all": [{"field": "owner_id", "op": "eq", "value": "@me"}]}
+
+
+def test_r_w6_sync_page_lists_a_client_after_a_real_sync(watched, crm, tmp_path):
+    """A real `crmsync sync` against the test server, with a local mailbox
+    folder; the Sync page then names that client and its last sync."""
+    import subprocess
+
+    from conftest import BIN
+
+    page = watched.page
+    crm.api("POST", "/contacts", {"last_name": "Synced " + uuid.uuid4().hex[:6]}, token=crm.user_token)
+    name = "laptop-" + uuid.uuid4().hex[:6]
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[crm]\nurl = "{crm.base}"\ntoken = "{crm.user_token}"\n'
+        f'[client]\nname = "{name}"\ncache = "{tmp_path / "cache.db"}"\n'
+        f'[mailbox.local]\nroot = "{tmp_path / "mailbox"}"\n[sync]\ninterval = "15m"\n'
+    )
+    (tmp_path / "mailbox").mkdir()
+    out = subprocess.run([BIN, "sync", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    sign_in(watched, USER_EMAIL, USER_PASSWORD)
+    page.get_by_role("link", name="Sync", exact=True).first.click()
+    row = page.get_by_role("row", name=re.compile(re.escape(name)))
+    row.wait_for()
+    assert "Primary" in row.inner_text()
+    assert "applied in the mailbox" in row.inner_text()
+    assert page.get_by_role("button", name=f"Make {name} primary").count() == 1
+    watched.accessible()
