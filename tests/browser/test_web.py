@@ -201,3 +201,12 @@ def test_r_w6_sync_page_lists_a_client_after_a_real_sync(watched, crm, tmp_path)
     assert "applied in the mailbox" in row.inner_text()
     assert page.get_by_role("button", name=f"Make {name} primary").count() == 1
     watched.accessible()
+
+
+def test_r_w1_unknown_page_is_the_webs_own_not_found_page(watched):
+    page = watched.page
+    sign_in(watched)
+    response = page.goto("/contacts/x/y")
+    assert response.status == 404
+    assert page.get_by_text("There is no such page").is_visible()
+    watched.accessible()
