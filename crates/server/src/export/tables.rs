@@ -401,6 +401,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn r_o2_optional_columns_absent_from_older_exports_import_as_null() {
+        let mut line = Map::new();
+        assert!(matches!(
+            cell(&mut line, "last_ack_items", OptInt),
+            Ok(Cell::NullInt)
+        ));
+        assert!(matches!(
+            cell(&mut line, "last_sync_at", OptText),
+            Ok(Cell::Null)
+        ));
+        line.insert("last_ack_items".into(), Value::from(3));
+        assert!(matches!(
+            cell(&mut line, "last_ack_items", OptInt),
+            Ok(Cell::Int(3))
+        ));
+        line.insert("last_ack_items".into(), Value::from("three"));
+        assert!(cell(&mut line, "last_ack_items", OptInt).is_err());
+    }
+
+    #[test]
     fn the_catalog_is_consistent() {
         let mut names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
         let mut lines: Vec<&str> = TABLES.iter().map(|t| t.line).collect();
