@@ -265,8 +265,7 @@ async fn settings_form(
         Ok(d) => as_object(d),
         Err(e) => return super::error_page_for(user, e),
     };
-    let general = refusal.map_or_else(Vec::new, |m| place_refusal(&doc, m, &mut errors));
-    let mut general = general;
+    let mut general = refusal.map_or_else(Vec::new, |m| place_refusal(&doc, m, &mut errors));
     if status != StatusCode::OK && general.is_empty() && !errors.is_empty() {
         general.push("The settings were not saved; see the fields marked below.".into());
     }
@@ -501,5 +500,61 @@ pub async fn save_sync_fields(
             sync_fields_form(&state, user, set, e.status, &patch, Some(&e.message)).await
         }
         Err(e) => super::error_page_for(user, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Map<String, Value> {
+        as_object(json!(crmsync_core::settings::OrgSettings::default()))
+    }
+
+    #[test]
+    fn r_w7_refusals_are_placed_at_the_setting_they_name() {
+        let mut errors = Map::new();
+        let rest = place_refusal(
+            &doc(),
+            "sync_interval_min: '0m' must be more than 0",
+            &mut errors,
+        );
+        assert!(rest.is_empty());
+        assert_eq!(errors["sync_interval_min"], "'0m' must be more than 0");
+        let mut errors = Map::new();
+        place_refusal(
+            &doc(),
+            "tracking_token_prefix must be 1 to 16 letters or digits",
+            &mut errors,
+        );
+        assert_eq!(
+            errors["tracking_token_prefix"],
+            "must be 1 to 16 letters or digits"
+        );
+        let mut errors = Map::new();
+        assert_eq!(
+            place_refusal(&doc(), "the body must be a JSON object", &mut errors).len(),
+            1
+        );
+        assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn r_w7_settings_forms_post_values_typed_as_the_document() {
+        let form = FormData(vec![
+            ("tagging".into(), "false".into()),
+            ("mass_delete_max_items".into(), "12".into()),
+            ("exclusions".into(), " @a.example, ,noreply@* ".into()),
+            ("mass_delete_min_items".into(), "few".into()),
+        ]);
+        let (patch, errors) = settings_patch(&doc(), &form);
+        assert_eq!(patch["tagging"], json!(false));
+        assert_eq!(patch["mass_delete_max_items"], json!(12));
+        assert_eq!(patch["exclusions"], json!(["@a.example", "noreply@*"]));
+        assert!(errors.contains_key("mass_delete_min_items"));
+        assert!(
+            !patch.contains_key("sync_interval"),
+            "what was not posted is not changed"
+        );
     }
 }
