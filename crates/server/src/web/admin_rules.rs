@@ -491,3 +491,62 @@ pub async fn delete_filter(
         Err(e) => super::error_page_for(user, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(field: &str, op: &str, value: &str) -> ConditionRow {
+        ConditionRow {
+            field: field.into(),
+            op: op.into(),
+            value: value.into(),
+            error: None,
+        }
+    }
+
+    fn builder(rows: Vec<ConditionRow>) -> Builder {
+        Builder {
+            name: "F".into(),
+            entity_set: "tasks".into(),
+            combine: "any".into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn r_s6_builder_rows_become_the_condition_tree_typed_by_field() {
+        let b = builder(vec![
+            row("percent_complete", "ge", "50"),
+            row("state", "in", "open, completed"),
+            row("due", "is_null", "ignored"),
+            row("owner_id", "eq", "@me"),
+        ]);
+        assert_eq!(
+            b.body()["condition"],
+            json!({"any": [
+                {"field": "percent_complete", "op": "ge", "value": 50},
+                {"field": "state", "op": "in", "value": ["open", "completed"]},
+                {"field": "due", "op": "is_null"},
+                {"field": "owner_id", "op": "eq", "value": "@me"},
+            ]})
+        );
+        assert_eq!(b.body()["scope"], "system");
+    }
+
+    #[test]
+    fn r_w7_builder_refusals_land_on_their_row() {
+        let mut b = builder(vec![row("subject", "eq", "x"), row("nope", "eq", "x")]);
+        assert_eq!(
+            b.place("condition.any[1]: 'nope' is not a field of tasks"),
+            (None, None, None)
+        );
+        assert!(b.rows[1].error.as_deref().unwrap().contains("not a field"));
+        let mut b = builder(vec![row("subject", "eq", "x")]);
+        b.place("subject: value must be a string");
+        assert_eq!(b.rows[0].error.as_deref(), Some("value must be a string"));
+        let mut b = builder(vec![]);
+        assert!(b.place("name: a filter needs a name").0.is_some());
+        assert!(b.place("something else").2.is_some());
+    }
+}
