@@ -107,3 +107,106 @@ def test_r_w1_hostile_record_text_is_shown_not_run(watched, crm):
     page.get_by_text(hostile).first.wait_for()
     assert page.locator("img[src=x]").count() == 0
     watched.accessible()
+
+
+def test_r_w5_set_regarding_on_an_activity(watched, crm):
+    page = watched.page
+    name = "Globex " + uuid.uuid4().hex[:8]
+    account = crm.api("POST", "/accounts", {"name": name})
+    task = crm.api("POST", "/tasks", {"subject": "Call back " + uuid.uuid4().hex[:6]})
+    sign_in(watched)
+    page.goto(f"/tasks/{task['id']}")
+    page.get_by_role("link", name="Set regarding").click()
+    watched.accessible()
+    page.get_by_label("Set").select_option(label="Accounts")
+    page.get_by_label("Search").fill(name)
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("button", name=f"Choose {name}").click()
+    page.get_by_role("link", name=name).first.wait_for()
+    watched.accessible()
+    assert crm.api("GET", f"/tasks/{task['id']}")["regarding"]["id"] == account["id"]
+
+
+def test_r_w7_admin_changes_a_field_direction(watched, crm):
+    page = watched.page
+    sign_in(watched)
+    page.get_by_role("link", name="Admin", exact=True).first.click()
+    watched.accessible()
+    page.get_by_role("link", name="Sync-field directions").click()
+    watched.accessible()
+    page.get_by_role("link", name="Contacts", exact=True).last.click()
+    page.get_by_label("Job title", exact=True).select_option(label="CRM to mailbox only")
+    page.get_by_role("button", name="Save").click()
+    watched.accessible()
+    assert crm.api("GET", "/sync-fields/contacts")["fields"]["job_title"] == "to_mailbox"
+    assert page.get_by_label("Job title", exact=True).input_value() == "to_mailbox"
+
+
+def test_r_w7_admin_configuration_pages_are_usable(watched, crm):
+    page = watched.page
+    sign_in(watched)
+    page.goto("/admin")
+    page.get_by_role("link", name="Organization settings").click()
+    page.get_by_label("Tracking token prefix").fill("not valid!")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("1 to 16 letters or digits").wait_for()
+    watched.accessible()
+    page.goto("/admin")
+    page.get_by_role("link", name=f"Settings of {USER_EMAIL}").click()
+    watched.accessible()
+    page.goto("/admin")
+    page.get_by_role("link", name="Field security").click()
+    watched.accessible()
+    page.goto("/admin")
+    page.get_by_role("link", name="System sync filters").click()
+    page.get_by_role("button", name="Add condition").click()
+    page.get_by_label("Field of condition 2").wait_for()
+    watched.accessible()
+    name = "Only mine " + uuid.uuid4().hex[:6]
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Field of condition 1").fill("owner_id")
+    page.get_by_label("Value of condition 1").fill("@me")
+    page.get_by_role("button", name="Remove condition 2").click()
+    page.get_by_role("button", name="Save filter").click()
+    page.get_by_role("row", name=re.compile(re.escape(name))).wait_for()
+    watched.accessible()
+    saved = [f for f in crm.api("GET", "/sync-filters")["items"] if f["name"] == name]
+    assert saved[0]["condition"] == {"all": [{"field": "owner_id", "op": "eq", "value": "@me"}]}
+
+
+def test_r_w6_sync_page_lists_a_client_after_a_real_sync(watched, crm, tmp_path):
+    """A real `crmsync sync` against the test server, with a local mailbox
+    folder; the Sync page then names that client and its last sync."""
+    import subprocess
+
+    from conftest import BIN
+
+    page = watched.page
+    crm.api("POST", "/contacts", {"last_name": "Synced " + uuid.uuid4().hex[:6]}, token=crm.user_token)
+    name = "laptop-" + uuid.uuid4().hex[:6]
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[crm]\nurl = "{crm.base}"\ntoken = "{crm.user_token}"\n'
+        f'[client]\nname = "{name}"\ncache = "{tmp_path / "cache.db"}"\n'
+        f'[mailbox.local]\nroot = "{tmp_path / "mailbox"}"\n[sync]\ninterval = "15m"\n'
+    )
+    (tmp_path / "mailbox").mkdir()
+    out = subprocess.run([BIN, "sync", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    sign_in(watched, USER_EMAIL, USER_PASSWORD)
+    page.get_by_role("link", name="Sync", exact=True).first.click()
+    row = page.get_by_role("row", name=re.compile(re.escape(name)))
+    row.wait_for()
+    assert "Primary" in row.inner_text()
+    assert "applied in the mailbox" in row.inner_text()
+    assert page.get_by_role("button", name=f"Make {name} primary").count() == 1
+    watched.accessible()
+
+
+def test_r_w1_unknown_page_is_the_webs_own_not_found_page(watched):
+    page = watched.page
+    sign_in(watched)
+    response = page.goto("/contacts/x/y")
+    assert response.status == 404
+    assert page.get_by_text("There is no such page").is_visible()
+    watched.accessible()

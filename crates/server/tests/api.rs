@@ -127,7 +127,8 @@ both_dbs! {
         let appt = json!({"subject": "s", "start": "2026-12-01T10:00:00Z", "end": "2026-12-01T09:00:00Z"});
         assert!(s.post(&s.admin, "/api/v1/appointments", appt).await.body["error"]["message"].as_str().unwrap().contains("end"));
         assert_eq!(s.call(&s.admin, Method::PUT, &path, Some(json!({}))).await.error(405), "method_not_allowed");
-        assert_eq!(s.get(&s.admin, "/nowhere").await.error(404), "not_found");
+        assert_eq!(s.get(&s.admin, "/api/nowhere").await.error(404), "not_found");
+        assert_eq!(s.get(&s.admin, "/api/v1/contacts/x/y").await.error(404), "not_found");
         assert_eq!(s.version().await, before, "no refused request changed stored data");
         assert_eq!(s.get(&s.admin, &path).await.expect(200), c);
     }

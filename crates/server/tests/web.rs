@@ -517,7 +517,8 @@ both_dbs! {
         let page = b.get("/sync").await;
         let held = delivered.iter().filter(|d| d.action != "remove").count();
         assert!(held >= 2);
-        assert!(page.html.contains(&format!("<th scope=\"row\">desktop</th><td>Primary</td><td>contacts, calendar, tasks, mail</td><td>{held}</td><td>0</td><td>0</td>")), "what the client holds: {}", page.html);
+        assert!(page.html.contains("<th scope=\"row\">desktop</th><td>Primary</td><td>contacts, calendar, tasks, mail</td>"), "{}", page.html);
+        assert!(page.html.contains(&format!("applied in the mailbox</td><td>{held}</td><td>0</td><td>0</td>")), "what the client holds: {}", page.html);
         assert!(page.html.contains("desktop") && page.html.contains("laptop") && page.html.contains(">Primary<"));
         let csrf = page.hidden("_csrf");
         assert_eq!(b.post_with(&format!("/sync/clients/{laptop}/primary"), &[], &[]).await.status, StatusCode::FORBIDDEN);
@@ -630,5 +631,227 @@ both_dbs! {
         assert!(page.html.contains("Quote &#60;b&#62;now&#60;/b&#62;"));
         // The contact's timeline lists it.
         assert!(b.get(&format!("/contacts/{}", lee["id"].as_str().unwrap())).await.html.contains(&format!("/emails/{eid}")));
+    }
+
+    async fn r_w7_admin_organization_settings_form(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let form = admin.get("/admin/settings").await;
+        assert_eq!(form.status, 200, "{}", form.html);
+        assert!(form.html.contains("for=\"f-tracking_token_prefix\"") && form.html.contains("name=\"sync_interval\""), "{}", form.html);
+        let csrf = form.hidden("_csrf");
+        let saved = admin.post("/admin/settings", &[("_csrf", &csrf), ("tracking_token_prefix", "ACME"), ("smart_matching", "true"), ("exclusions", "@hr.example.com, noreply@*")]).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+        let api = s.get(&s.admin, "/api/v1/settings").await.expect(200);
+        assert_eq!(api["tracking_token_prefix"], "ACME");
+        assert_eq!(api["smart_matching"], true);
+        assert_eq!(api["exclusions"], json!(["@hr.example.com", "noreply@*"]));
+        // Refusals: core's message next to the field, nothing saved.
+        let bad = admin.post("/admin/settings", &[("_csrf", &csrf), ("tracking_token_prefix", "no spaces!")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad.html.contains("id=\"tracking_token_prefix-error\"") && bad.html.contains("1 to 16 letters or digits"), "{}", bad.html);
+        assert!(bad.html.contains("value=\"no spaces!\""), "the posted value is shown again");
+        let bad = admin.post("/admin/settings", &[("_csrf", &csrf), ("mass_delete_max_items", "lots")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad.html.contains("id=\"mass_delete_max_items-error\"") && bad.html.contains("whole number"), "{}", bad.html);
+        let bad = admin.post("/admin/settings", &[("_csrf", &csrf), ("sync_interval", "1m")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad.html.contains("id=\"sync_interval-error\""), "{}", bad.html);
+        // Neither a plain user nor a form without its token changes anything.
+        let (id, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(id))).await;
+        assert_eq!(pam.get("/admin/settings").await.status, StatusCode::FORBIDDEN);
+        let pcsrf = pam.csrf().await;
+        assert_eq!(pam.post("/admin/settings", &[("_csrf", &pcsrf), ("tracking_token_prefix", "PAM")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with("/admin/settings", &[("tracking_token_prefix", "CSRF")], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, "/api/v1/settings").await.expect(200), api, "nothing changed");
+    }
+
+    async fn r_w7_admin_user_privileges_and_settings(s: TestServer) {
+        let (id, _) = s.add_user("ray@example.com").await;
+        let admin = Browser::as_admin(&s).await;
+        let page = admin.get("/admin").await;
+        assert!(page.html.contains(&format!("action=\"/admin/users/{id}/access\"")), "{}", page.html);
+        let csrf = page.hidden("_csrf");
+        let saved = admin.post(&format!("/admin/users/{id}/access"), &[("_csrf", &csrf), ("sync_to_mailbox", "on"), ("approved_email", "on")]).await;
+        assert_eq!(saved.status, 200, "{}", saved.html);
+        assert!(saved.html.contains("Saved the role and privileges of ray@example.com"));
+        let ray = s.get(&s.admin, &format!("/api/v1/users/{id}")).await.expect(200);
+        assert_eq!((ray["sync_to_mailbox"].clone(), ray["approved_email"].clone(), ray["go_offline"].clone()), (json!(true), json!(true), json!(false)));
+        let saved = admin.post(&format!("/admin/users/{id}/access"), &[("_csrf", &csrf), ("admin", "on"), ("go_offline", "on")]).await;
+        assert_eq!(saved.status, 200, "{}", saved.html);
+        let ray = s.get(&s.admin, &format!("/api/v1/users/{id}")).await.expect(200);
+        assert_eq!((ray["role"].clone(), ray["sync_to_mailbox"].clone(), ray["go_offline"].clone()), (json!("admin"), json!(false), json!(true)));
+        // The user's settings document, as the API's PATCH takes it.
+        let path = format!("/admin/users/{id}/settings");
+        let form = admin.get(&path).await;
+        assert_eq!(form.status, 200, "{}", form.html);
+        assert!(form.html.contains("Settings of ray@example.com") && form.html.contains("name=\"auto_track\""), "{}", form.html);
+        let saved = admin.post(&path, &[("_csrf", &csrf), ("schedule_interval", "30m"), ("entity_types", "contacts, tasks"), ("auto_track", "none")]).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+        let api = s.get(&s.admin, &format!("/api/v1/users/{id}/settings")).await.expect(200);
+        assert_eq!((api["schedule_interval"].clone(), api["entity_types"].clone(), api["auto_track"].clone()), (json!("30m"), json!(["contacts", "tasks"]), json!("none")));
+        let bad = admin.post(&path, &[("_csrf", &csrf), ("schedule_interval", "1m")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad.html.contains("id=\"schedule_interval-error\"") && bad.html.contains("organization minimum"), "{}", bad.html);
+        // A plain user may do neither, and a form without its token does nothing.
+        let (pid, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(pid))).await;
+        let pcsrf = pam.csrf().await;
+        assert_eq!(pam.get(&path).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post(&path, &[("_csrf", &pcsrf), ("schedule_interval", "1h")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post(&format!("/admin/users/{pid}/access"), &[("_csrf", &pcsrf), ("admin", "on")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with(&format!("/admin/users/{id}/access"), &[], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with(&path, &[("schedule_interval", "1h")], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, &format!("/api/v1/users/{id}/settings")).await.expect(200), api);
+        assert_eq!(s.get(&s.admin, &format!("/api/v1/users/{id}")).await.expect(200)["role"], "admin");
+        assert_eq!(s.get(&s.admin, &format!("/api/v1/users/{pid}")).await.expect(200)["role"], "user");
+    }
+
+    async fn r_w7_admin_sync_field_directions(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let sets = admin.get("/admin/sync-fields").await;
+        assert!(sets.html.contains("href=\"/admin/sync-fields/contacts\""), "{}", sets.html);
+        let form = admin.get("/admin/sync-fields/contacts").await;
+        assert_eq!(form.status, 200, "{}", form.html);
+        assert!(form.html.contains("<select id=\"f-job_title\" name=\"job_title\""), "{}", form.html);
+        let csrf = form.hidden("_csrf");
+        let saved = admin.post("/admin/sync-fields/contacts", &[("_csrf", &csrf), ("job_title", "to_mailbox")]).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+        let api = s.get(&s.admin, "/api/v1/sync-fields/contacts").await.expect(200);
+        assert_eq!(api["fields"]["job_title"], "to_mailbox");
+        let bad = admin.post("/admin/sync-fields/contacts", &[("_csrf", &csrf), ("job_title", "sideways")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.html);
+        assert!(bad.html.contains("id=\"job_title-error\"") && bad.html.contains("must be one of"), "the API's message at the field: {}", bad.html);
+        assert_eq!(admin.get("/admin/sync-fields/accounts").await.status, StatusCode::NOT_FOUND);
+        let (pid, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(pid))).await;
+        let pcsrf = pam.csrf().await;
+        assert_eq!(pam.get("/admin/sync-fields/contacts").await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post("/admin/sync-fields/contacts", &[("_csrf", &pcsrf), ("job_title", "none")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with("/admin/sync-fields/contacts", &[("job_title", "none")], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, "/api/v1/sync-fields/contacts").await.expect(200), api, "nothing changed");
+    }
+
+    async fn r_w7_admin_field_security_rules(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let page = admin.get("/admin/field-security").await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        let csrf = page.hidden("_csrf");
+        let added = admin.post("/admin/field-security", &[("_csrf", &csrf), ("entity_set", "contacts"), ("field", "job_title"), ("user_id", ""), ("can_read", "false"), ("can_update", "false")]).await;
+        assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.html);
+        let rules = s.get(&s.admin, "/api/v1/field-security").await.expect(200);
+        let rule = &rules["items"][0];
+        assert_eq!((rule["field"].clone(), rule["can_read"].clone()), (json!("job_title"), json!(false)));
+        assert!(admin.get("/admin/field-security").await.html.contains("Everyone"));
+        let bad = admin.post("/admin/field-security", &[("_csrf", &csrf), ("entity_set", "contacts"), ("field", "no_such_field"), ("can_read", "true"), ("can_update", "false")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.html);
+        assert!(bad.html.contains("Nothing was saved") && bad.html.contains("no_such_field"), "{}", bad.html);
+        let dup = admin.post("/admin/field-security", &[("_csrf", &csrf), ("entity_set", "contacts"), ("field", "job_title"), ("can_read", "true"), ("can_update", "true")]).await;
+        assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.html);
+        assert_eq!(s.get(&s.admin, "/api/v1/field-security").await.expect(200), rules, "refusals saved nothing");
+        let (pid, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(pid))).await;
+        let pcsrf = pam.csrf().await;
+        let rule_id = rule["id"].as_str().unwrap();
+        assert_eq!(pam.get("/admin/field-security").await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post(&format!("/admin/field-security/{rule_id}/delete"), &[("_csrf", &pcsrf)]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with(&format!("/admin/field-security/{rule_id}/delete"), &[], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, "/api/v1/field-security").await.expect(200), rules);
+        let deleted = admin.post(&format!("/admin/field-security/{rule_id}/delete"), &[("_csrf", &csrf)]).await;
+        assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.html);
+        assert_eq!(s.get(&s.admin, "/api/v1/field-security").await.expect(200)["items"], json!([]));
+    }
+
+    async fn r_w7_admin_sync_filter_builder(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let before = s.get(&s.admin, "/api/v1/sync-filters").await.expect(200);
+        let page = admin.get("/admin/filters").await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        assert!(page.html.contains("name=\"field_0\"") && !page.html.contains("name=\"field_1\""));
+        let csrf = page.hidden("_csrf");
+        // Adding and removing rows keeps what was typed.
+        let two = admin.post("/admin/filters", &[("_csrf", &csrf), ("name", "Mine"), ("entity_set", "contacts"), ("combine", "any"), ("field_0", "owner_id"), ("op_0", "eq"), ("value_0", "@me"), ("_action", "add")]).await;
+        assert_eq!(two.status, 200, "{}", two.html);
+        assert!(two.html.contains("name=\"field_1\"") && two.html.contains("value=\"@me\"") && two.html.contains("value=\"Mine\""), "{}", two.html);
+        let one = admin.post("/admin/filters", &[("_csrf", &csrf), ("name", "Mine"), ("entity_set", "contacts"), ("combine", "any"), ("field_0", "last_name"), ("op_0", "eq"), ("value_0", "x"), ("field_1", "owner_id"), ("op_1", "eq"), ("value_1", "@me"), ("_action", "remove_0")]).await;
+        assert!(!one.html.contains("name=\"field_1\"") && one.html.contains("value=\"owner_id\""), "{}", one.html);
+        // Core refuses a bad condition; the message is at its row.
+        let bad = admin.post("/admin/filters", &[("_csrf", &csrf), ("name", "Bad"), ("entity_set", "contacts"), ("combine", "all"), ("field_0", "owner_id"), ("op_0", "eq"), ("value_0", "@me"), ("field_1", "no_such_field"), ("op_1", "eq"), ("value_1", "x"), ("_action", "save")]).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.html);
+        assert!(bad.html.contains("id=\"condition-error-1\"") && bad.html.contains("is not a field of contacts"), "{}", bad.html);
+        let bad = admin.post("/admin/filters", &[("_csrf", &csrf), ("name", ""), ("entity_set", "contacts"), ("combine", "all"), ("field_0", "owner_id"), ("op_0", "eq"), ("value_0", "@me"), ("_action", "save")]).await;
+        assert!(bad.html.contains("id=\"filter-name-error\""), "{}", bad.html);
+        let count = |v: &Value| v["items"].as_array().unwrap().len();
+        assert_eq!(count(&s.get(&s.admin, "/api/v1/sync-filters").await.expect(200)), count(&before), "refusals saved nothing");
+        let saved = admin.post("/admin/filters", &[("_csrf", &csrf), ("name", "Mine or open"), ("entity_set", "contacts"), ("combine", "any"), ("field_0", "owner_id"), ("op_0", "eq"), ("value_0", "@me"), ("field_1", "state"), ("op_1", "in"), ("value_1", "active, inactive"), ("_action", "save")]).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+        let filters = s.get(&s.admin, "/api/v1/sync-filters").await.expect(200);
+        let f = filters["items"].as_array().unwrap().iter().find(|f| f["name"] == "Mine or open").expect("saved");
+        assert_eq!(f["scope"], "system");
+        assert_eq!(f["condition"], json!({"any": [{"field": "owner_id", "op": "eq", "value": "@me"}, {"field": "state", "op": "in", "value": ["active", "inactive"]}]}));
+        assert!(admin.get("/admin/filters").await.html.contains("Mine or open"));
+        let fid = f["id"].as_str().unwrap();
+        let (pid, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(pid))).await;
+        let pcsrf = pam.csrf().await;
+        assert_eq!(pam.get("/admin/filters").await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post("/admin/filters", &[("_csrf", &pcsrf), ("name", "P"), ("entity_set", "contacts"), ("field_0", "owner_id"), ("op_0", "eq"), ("value_0", "@me")]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(pam.post(&format!("/admin/filters/{fid}/delete"), &[("_csrf", &pcsrf)]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(admin.post_with(&format!("/admin/filters/{fid}/delete"), &[], &[]).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(s.get(&s.admin, "/api/v1/sync-filters").await.expect(200), filters, "nothing changed");
+        let deleted = admin.post(&format!("/admin/filters/{fid}/delete"), &[("_csrf", &csrf)]).await;
+        assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.html);
+        assert_eq!(count(&s.get(&s.admin, "/api/v1/sync-filters").await.expect(200)), count(&before));
+    }
+
+    async fn r_w1_unknown_web_paths_answer_the_web_not_found_page(s: TestServer) {
+        let b = Browser::as_admin(&s).await;
+        for path in ["/contacts/x/y", "/nowhere", "/admin/nothing"] {
+            let p = b.get(path).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{path}");
+            assert!(p.headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/html"), "{path}");
+            assert!(p.html.contains("There is no such page"), "{path}: {}", p.html);
+            assert_security_headers(&p, path);
+        }
+        // Under /api/ it stays the API's JSON.
+        let api = s.http.get(format!("{}/api/nowhere", s.base)).send().await.unwrap();
+        assert_eq!(api.status(), 404);
+        assert!(api.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    }
+
+    async fn r_w6_sync_page_shows_each_clients_last_synchronization_and_result(s: TestServer) {
+        let (uid, token) = s.add_user("kim@example.com").await;
+        let desk = s.register(&token, "desk").await;
+        let desk = desk["id"].as_str().unwrap().to_string();
+        s.register(&token, "phone").await;
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let row = |html: &str, name: &str| html.split(&format!("<th scope=\"row\">{name}</th>")).nth(1).unwrap().split("</tr>").next().unwrap().to_string();
+        let page = b.get("/sync").await;
+        assert!(row(&page.html, "desk").contains("<td>Never</td><td>Not synchronized yet</td>"), "{}", page.html);
+        for name in ["One", "Two", "Three"] {
+            s.post(&token, "/api/v1/contacts", json!({"last_name": name})).await.expect(201);
+        }
+        // Delivered but not yet confirmed.
+        let (batch, items) = s.prepare_and_fetch(&token, &desk).await;
+        let unconfirmed = row(&b.get("/sync").await.html, "desk");
+        assert!(unconfirmed.contains("not yet confirmed"), "{unconfirmed}");
+        let acks: Vec<Value> = items.iter().map(|d| json!({"id": d.id, "version": d.version})).collect();
+        s.post(&token, "/api/v1/sync/ack", json!({"client_id": desk, "batch": batch.unwrap(), "items": acks})).await.expect(200);
+        let clients = s.get(&token, "/api/v1/sync/clients").await.expect(200);
+        let api = clients.as_array().or(clients["items"].as_array()).unwrap().iter().find(|c| c["name"] == "desk").unwrap().clone();
+        let at = api["last_sync_at"].as_str().expect("the API has the time too").to_string();
+        assert_eq!(api["last_ack_items"], json!(items.len()));
+        let done = row(&b.get("/sync").await.html, "desk");
+        assert!(done.contains(&format!("<td>{at}</td><td>Confirmed: {} change(s) from the CRM applied in the mailbox</td>", items.len())), "{done}");
+        // A later sync with nothing new says so (an idle sync records its
+        // time at most once a minute: the last one is made older here).
+        let old = "2000-01-01T00:00:00.000000Z";
+        sqlx::query("UPDATE sync_clients SET last_sync_at = $1, last_batch_at = $1, last_ack_at = $1 WHERE id = $2")
+            .bind(old).bind(&desk).execute(&s.store.pool).await.unwrap();
+        assert!(s.sync_once(&token, &desk).await.is_empty());
+        let page = b.get("/sync").await;
+        assert!(!row(&page.html, "desk").contains(old), "the idle sync's time is recorded");
+        assert!(row(&page.html, "desk").contains("Nothing new from the CRM"), "{}", page.html);
+        assert!(row(&page.html, "phone").contains("Not synchronized yet"));
     }
 }

@@ -114,8 +114,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such API path; see /api/v1/openapi.json")
+/// An unknown path: JSON under `/api/`, the web's own page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    if path == "/api" || path.starts_with("/api/") {
+        ApiError::not_found("no such API path; see /api/v1/openapi.json").into_response()
+    } else {
+        crate::web::not_found().await
+    }
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -18,6 +18,8 @@ pub enum Kind {
     Int,
     Text,
     OptText,
+    /// An integer or NULL (absent from older exports: NULL).
+    OptInt,
     /// Text holding a JSON document, written as that document.
     Json,
 }
@@ -111,6 +113,10 @@ pub const TABLES: &[Table] = &[
             ("time_checked_at", Text),
             ("current_batch", OptText),
             ("kinds", OptText),
+            ("last_sync_at", OptText),
+            ("last_batch_at", OptText),
+            ("last_ack_at", OptText),
+            ("last_ack_items", OptInt),
         ],
         key: &["id"],
         page: PAGE,
@@ -229,6 +235,7 @@ enum Cell {
     Int(i64),
     Text(String),
     Null,
+    NullInt,
 }
 
 fn bind<'q>(
@@ -239,6 +246,8 @@ fn bind<'q>(
         Cell::Int(n) => q.bind(n),
         Cell::Text(s) => q.bind(s),
         Cell::Null => q.bind(None::<String>),
+        // Typed: PostgreSQL refuses a text NULL for a BIGINT column.
+        Cell::NullInt => q.bind(None::<i64>),
     }
 }
 
@@ -249,6 +258,9 @@ fn read(row: &AnyRow, column: &str, kind: Kind) -> Result<Cell, sqlx::Error> {
         OptText => row
             .try_get::<Option<String>, _>(column)?
             .map_or(Cell::Null, Cell::Text),
+        OptInt => row
+            .try_get::<Option<i64>, _>(column)?
+            .map_or(Cell::NullInt, Cell::Int),
     })
 }
 
@@ -304,7 +316,7 @@ pub async fn export_table(
                         format!("{}.{column} holds text that is not JSON; the database was changed outside crmsync", t.name)
                     })?,
                     Cell::Text(s) => Value::String(s),
-                    Cell::Null => Value::Null,
+                    Cell::Null | Cell::NullInt => Value::Null,
                 };
                 line.insert((*column).into(), value);
             }
@@ -328,6 +340,9 @@ fn cell(line: &mut Map<String, Value>, column: &str, kind: Kind) -> anyhow::Resu
     Ok(match (kind, value) {
         (Int, Some(Value::Number(n))) if n.is_i64() => Cell::Int(n.as_i64().unwrap_or_default()),
         (Int, _) => bail!("'{column}' must be an integer"),
+        (OptInt, Some(Value::Number(n))) if n.is_i64() => Cell::Int(n.as_i64().unwrap_or_default()),
+        (OptInt, None | Some(Value::Null)) => Cell::NullInt,
+        (OptInt, _) => bail!("'{column}' must be an integer or null"),
         (Text | OptText, Some(Value::String(s))) => Cell::Text(s),
         (OptText, None | Some(Value::Null)) => Cell::Null,
         (Text | OptText, _) => bail!("'{column}' must be a string"),
@@ -384,6 +399,26 @@ pub async fn import_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r_o2_optional_columns_absent_from_older_exports_import_as_null() {
+        let mut line = Map::new();
+        assert!(matches!(
+            cell(&mut line, "last_ack_items", OptInt),
+            Ok(Cell::NullInt)
+        ));
+        assert!(matches!(
+            cell(&mut line, "last_sync_at", OptText),
+            Ok(Cell::Null)
+        ));
+        line.insert("last_ack_items".into(), Value::from(3));
+        assert!(matches!(
+            cell(&mut line, "last_ack_items", OptInt),
+            Ok(Cell::Int(3))
+        ));
+        line.insert("last_ack_items".into(), Value::from("three"));
+        assert!(cell(&mut line, "last_ack_items", OptInt).is_err());
+    }
 
     #[test]
     fn the_catalog_is_consistent() {

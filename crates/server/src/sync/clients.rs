@@ -44,6 +44,9 @@ pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
         "id": c.id, "name": c.name, "user_id": c.user_id, "mailbox_user_id": c.mailbox_user_id,
         "role": role, "acts_as_primary": owner.is_some_and(|o| o.acts_as_primary(c)),
         "kinds": c.kinds,
+        // R-W6: the last synchronization as the server saw it.
+        "last_sync_at": c.last_sync_at, "last_ack_at": c.last_ack_at,
+        "last_ack_items": c.last_ack_items, "awaiting_ack": awaiting_ack(c),
     });
     if let Some(o) = owner {
         out["schedule"] = schedule_json(o);
@@ -51,6 +54,17 @@ pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
         out["mass_delete_limits"] = json!(MassDeleteLimits::of(&o.org));
     }
     out
+}
+
+/// A prepare delivered a batch that no acknowledgement followed (still
+/// being applied, or the sync failed before it could confirm).
+fn awaiting_ack(c: &Client) -> bool {
+    match (&c.last_batch_at, &c.last_ack_at) {
+        // Fixed-width UTC timestamps: text order is time order.
+        (Some(batch), Some(ack)) => ack < batch,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// R-T1: the mailbox owner's scheduled sync, on or off, and its interval in
@@ -149,6 +163,10 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
         time_checked_at: now.clone(),
         current_batch: None,
         kinds,
+        last_sync_at: None,
+        last_batch_at: None,
+        last_ack_at: None,
+        last_ack_items: None,
     };
     // The first client of a user becomes primary; a race for it leaves one
     // primary (the partial unique index) and the other client secondary.

@@ -41,6 +41,19 @@ fn time_due(client: &Client, now: OffsetDateTime) -> bool {
         .map_or(true, |t| (now - t).whole_seconds() >= TIME_RECHECK_SECS)
 }
 
+/// R-W6: a no-change prepare records the time of the client's last
+/// synchronization at most once a minute, so that frequent idle syncs
+/// stay read-only.
+const SYNC_TIME_GRAIN_SECS: i64 = 60;
+
+fn sync_time_stale(client: &Client, now: OffsetDateTime) -> bool {
+    client
+        .last_sync_at
+        .as_deref()
+        .and_then(|t| parse_datetime(t).ok())
+        .is_none_or(|t| (now - t).whole_seconds() >= SYNC_TIME_GRAIN_SECS)
+}
+
 /// Does a record change concern mailboxes at all?
 fn mailbox_set(set: EntitySet) -> bool {
     set == EntitySet::Emails || MAILBOX_TYPES.contains(&set)
@@ -114,6 +127,10 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     }
     let recheck = time_due(&client, now);
     if !client.full_scan && client.scanned_version >= upto && pending == 0 && !recheck {
+        if sync_time_stale(&client, now) {
+            let mut conn = store.pool.acquire().await?;
+            sync_store::record_sync(&mut conn, client.id, &now_timestamp()).await?;
+        }
         return Ok(json!({"batch": null, "upto_version": upto, "counts": {}, "total": 0}));
     }
 
@@ -218,7 +235,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     } else {
         client.time_checked_at.clone()
     };
-    sync_store::advance_client(&mut tx, client.id, upto, &checked, batch).await?;
+    sync_store::advance_client(&mut tx, client.id, upto, &checked, batch, &now_timestamp()).await?;
     tx.commit().await?;
     Ok(json!({
         "batch": batch, "upto_version": upto, "counts": counts(&items), "total": items.len(),
@@ -445,6 +462,7 @@ pub async fn ack(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value
         }
         sync_store::set_pending(&mut tx, client.id, id, false).await?;
     }
+    sync_store::record_ack(&mut tx, client.id, &now_timestamp(), items.len() as i64).await?;
     tx.commit().await?;
     Ok(json!({"acknowledged": items.len()}))
 }

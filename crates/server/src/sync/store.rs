@@ -33,6 +33,13 @@ pub struct Client {
     pub current_batch: Option<Uuid>,
     /// The kinds of collection its mailbox holds (SPEC §13), sorted.
     pub kinds: Vec<MailboxKind>,
+    /// When it last prepared a sync (R-W6: its last synchronization).
+    pub last_sync_at: Option<String>,
+    /// When a prepare last delivered a batch.
+    pub last_batch_at: Option<String>,
+    /// When it last acknowledged deliveries, and how many.
+    pub last_ack_at: Option<String>,
+    pub last_ack_items: Option<i64>,
 }
 
 impl Client {
@@ -47,7 +54,7 @@ impl Client {
 }
 
 const CLIENT_COLUMNS: &str =
-    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch, kinds";
+    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch, kinds, last_sync_at, last_batch_at, last_ack_at, last_ack_items";
 
 /// Stored as a sorted comma-separated list; NULL when the mailbox holds
 /// every kind (what a client that never said is taken to hold).
@@ -87,6 +94,10 @@ fn client_from_row(row: &AnyRow) -> Result<Client, sqlx::Error> {
             .map(|b| Uuid::parse_str(&b).map_err(|_| corrupt("current_batch")))
             .transpose()?,
         kinds: kinds_from_column(row.try_get("kinds")?)?,
+        last_sync_at: row.try_get("last_sync_at")?,
+        last_batch_at: row.try_get("last_batch_at")?,
+        last_ack_at: row.try_get("last_ack_at")?,
+        last_ack_items: row.try_get("last_ack_items")?,
     })
 }
 
@@ -241,19 +252,50 @@ pub async fn set_primary(
     Ok(())
 }
 
-/// After a prepare: what has been considered, and the batch now current.
+/// After a prepare: what has been considered, the batch now current, and
+/// when (the client's last synchronization).
 pub async fn advance_client(
     conn: &mut AnyConnection,
     c: Uuid,
     scanned: i64,
     time_checked_at: &str,
     batch: Option<Uuid>,
+    now: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sync_clients SET scanned_version = $2, full_scan = 0, time_checked_at = $3, current_batch = $4 WHERE id = $1")
+    sqlx::query("UPDATE sync_clients SET scanned_version = $2, full_scan = 0, time_checked_at = $3, current_batch = $4, last_sync_at = $5, \
+         last_batch_at = COALESCE($6, last_batch_at) WHERE id = $1")
         .bind(c.to_string())
         .bind(scanned)
         .bind(time_checked_at.to_string())
         .bind(batch.map(|b| b.to_string()))
+        .bind(now.to_string())
+        .bind(batch.map(|_| now.to_string()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A no-change prepare: only the time of the last synchronization.
+pub async fn record_sync(conn: &mut AnyConnection, c: Uuid, at: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sync_clients SET last_sync_at = $2 WHERE id = $1")
+        .bind(c.to_string())
+        .bind(at.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// After an acknowledgement: when, and how many items it confirmed.
+pub async fn record_ack(
+    conn: &mut AnyConnection,
+    c: Uuid,
+    at: &str,
+    items: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sync_clients SET last_ack_at = $2, last_ack_items = $3 WHERE id = $1")
+        .bind(c.to_string())
+        .bind(at.to_string())
+        .bind(items)
         .execute(conn)
         .await?;
     Ok(())

@@ -332,7 +332,7 @@ pub fn inputs(
 
 /// One posted text as the JSON the API takes for that kind; text that
 /// does not parse is passed on as is (core refuses it with its message).
-fn field_value(kind: FieldKind, text: &str, current: Option<&Value>) -> Value {
+pub fn field_value(kind: FieldKind, text: &str, current: Option<&Value>) -> Value {
     let t = text.trim();
     match kind {
         FieldKind::LongText => json!(text.replace("\r\n", "\n")),

@@ -4,6 +4,8 @@
 //! and version checks exist once; this layer only turns forms into the
 //! API's JSON bodies and the answers into pages.
 
+mod admin_rules;
+mod admin_settings;
 pub mod csrf;
 mod explain;
 mod forms;
@@ -61,7 +63,40 @@ pub fn router() -> Router<AppState> {
         .route("/sync/clients/{id}/reset", post(work::reset))
         .route("/admin", get(work::admin))
         .route("/admin/users", post(work::add_user))
-        .route("/admin/users/{id}/password", post(work::set_password));
+        .route("/admin/users/{id}/password", post(work::set_password))
+        .route(
+            "/admin/users/{id}/access",
+            post(admin_settings::save_access),
+        )
+        .route(
+            "/admin/users/{id}/settings",
+            get(admin_settings::user_settings).post(admin_settings::save_user_settings),
+        )
+        .route(
+            "/admin/settings",
+            get(admin_settings::org_settings).post(admin_settings::save_org_settings),
+        )
+        .route(
+            "/admin/field-security",
+            get(admin_rules::field_security).post(admin_rules::add_field_security),
+        )
+        .route(
+            "/admin/field-security/{id}/delete",
+            post(admin_rules::delete_field_security),
+        )
+        .route(
+            "/admin/filters",
+            get(admin_rules::filters).post(admin_rules::build_filter),
+        )
+        .route(
+            "/admin/filters/{id}/delete",
+            post(admin_rules::delete_filter),
+        )
+        .route("/admin/sync-fields", get(admin_settings::sync_field_sets))
+        .route(
+            "/admin/sync-fields/{set}",
+            get(admin_settings::sync_fields).post(admin_settings::save_sync_fields),
+        );
     // Static paths per set, so that no other path (e.g. under /api) is
     // taken for a set's page.
     for set in WEB_SETS {
@@ -111,6 +146,16 @@ async fn security_headers(mut response: Response) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// The page for a path that names no page (the router's fallback for
+/// paths outside `/api/`), with the same headers as every page.
+pub async fn not_found() -> Response {
+    let page = pages::Message::public(
+        "Not found",
+        "There is no such page. Check the address, or start from the navigation.",
+    );
+    security_headers((StatusCode::NOT_FOUND, page).into_response()).await
 }
 
 async fn home(_user: session::WebUser) -> Redirect {

@@ -43,6 +43,9 @@ pub struct ClientRow {
     pub name: String,
     pub role: String,
     pub kinds: String,
+    /// When it last prepared a sync ("Never" before its first).
+    pub last_sync: String,
+    pub result: String,
     pub counts: crate::sync::store::EntryCounts,
 }
 
@@ -68,8 +71,8 @@ pub struct UserRow {
     pub id: String,
     pub name: String,
     pub email: String,
-    pub role: String,
     pub state: String,
+    pub is_admin: bool,
     pub approved_email: &'static str,
     pub sync_to_mailbox: &'static str,
     pub go_offline: &'static str,
@@ -187,6 +190,8 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
                     .and_then(|id| counts.get(&id).copied())
                     .unwrap_or_default(),
                 name: text(c, "name"),
+                last_sync: c["last_sync_at"].as_str().unwrap_or("Never").to_string(),
+                result: sync_result(c),
                 role: label(&text(c, "role")),
                 kinds: match c.get("kinds").and_then(Value::as_array) {
                     Some(k) => k
@@ -213,6 +218,23 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
             .collect(),
     }
     .into_response()
+}
+
+/// The last synchronization's result, from what the server saw: a batch
+/// delivered and acknowledged, one still unconfirmed, or nothing to send.
+fn sync_result(c: &Value) -> String {
+    let items = c["last_ack_items"].as_i64().unwrap_or(0);
+    let (sync, ack) = (c["last_sync_at"].as_str(), c["last_ack_at"].as_str());
+    match (sync, ack) {
+        (None, _) => "Not synchronized yet".into(),
+        _ if c["awaiting_ack"] == true => {
+            "Changes were sent to the mailbox and not yet confirmed: still running, or it failed (see crmsync status)".into()
+        }
+        (Some(s), Some(a)) if a >= s => {
+            format!("Confirmed: {items} change(s) from the CRM applied in the mailbox")
+        }
+        _ => "Nothing new from the CRM".into(),
+    }
 }
 
 /// "Make primary" and "Reset": the API's own client functions (R-C1, R-S9).
@@ -251,15 +273,10 @@ pub async fn reset(
     client_action(&state, &posted, &id, false).await
 }
 
-fn not_admin(user: &WebUser) -> Response {
-    super::error_page_for(
-        user,
-        crate::error::ApiError::forbidden("Only an admin may open this page."),
-    )
-}
+use super::admin_settings::not_admin;
 
 /// The Admin page, with the outcome of an action on it.
-async fn admin_page(
+pub(super) async fn admin_page(
     state: &AppState,
     user: &WebUser,
     status: StatusCode,
@@ -296,13 +313,8 @@ async fn admin_page(
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .into(),
-                role: label(
-                    u.fields
-                        .get("role")
-                        .and_then(Value::as_str)
-                        .unwrap_or("user"),
-                ),
                 state: label(&u.state),
+                is_admin: u.fields.get("role").and_then(Value::as_str) == Some("admin"),
                 approved_email: yes_no(u, "approved_email"),
                 sync_to_mailbox: yes_no(u, "sync_to_mailbox"),
                 go_offline: yes_no(u, "go_offline"),
