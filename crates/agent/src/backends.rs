@@ -21,7 +21,10 @@ pub struct OpenedMailbox {
     pub local_items_root: Option<PathBuf>,
 }
 
-pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
+/// `checked`: collection URLs an earlier run synced (from the cache), whose
+/// start-up check is skipped (one request per collection on a no-change
+/// sync, R-T3).
+pub async fn open_mailbox(cfg: &Config, checked: &[Url]) -> anyhow::Result<OpenedMailbox> {
     let local: Option<Arc<dyn Mailbox>> = match &cfg.local_root {
         // The backend's errors name the path and the fix.
         Some(root) => Some(Arc::new(LocalMailbox::open(&LocalConfig {
@@ -30,7 +33,7 @@ pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
         None => None,
     };
     let dav: Option<Arc<dyn Mailbox>> = match &cfg.dav {
-        Some(d) => Some(Arc::new(open_dav(d).await?)),
+        Some(d) => Some(Arc::new(open_dav(d, checked).await?)),
         None => None,
     };
     let imap: Option<Arc<dyn Mailbox>> = match &cfg.imap {
@@ -55,7 +58,7 @@ pub async fn open_mailbox(cfg: &Config) -> anyhow::Result<OpenedMailbox> {
     })
 }
 
-async fn open_dav(d: &DavSettings) -> anyhow::Result<DavMailbox> {
+async fn open_dav(d: &DavSettings, checked: &[Url]) -> anyhow::Result<DavMailbox> {
     let url = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Url>> {
         v.as_deref()
             .map(|u| {
@@ -69,6 +72,7 @@ async fn open_dav(d: &DavSettings) -> anyhow::Result<DavMailbox> {
     c.tasks = url("tasks", &d.tasks)?;
     c.server = url("server", &d.server)?;
     c.poll_interval = d.poll_interval;
+    c.checked = checked.to_vec();
     DavMailbox::connect(&c)
         .await
         .context("[mailbox.dav]: the DAV server could not be used")

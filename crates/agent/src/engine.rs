@@ -488,7 +488,19 @@ fn record_of(v: &Value) -> anyhow::Result<Record> {
 impl Agent {
     /// Opens the cache and the mailbox named by the configuration.
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
-        let opened = crate::backends::open_mailbox(&cfg).await?;
+        let cache = Cache::open(&cfg.cache).await?;
+        let mut checked = Vec::new();
+        for collection in collections() {
+            if let Some(url) = cache
+                .sync_state(collection)
+                .await?
+                .as_deref()
+                .and_then(crmsync_dav::stored_state_url)
+            {
+                checked.push(url);
+            }
+        }
+        let opened = crate::backends::open_mailbox(&cfg, &checked).await?;
         let mut listed = opened.mailbox.collections().await?;
         let item_collections: Vec<&'static str> = collections()
             .into_iter()
@@ -502,7 +514,6 @@ impl Agent {
         if !listed.is_empty() {
             kinds.push(MailboxKind::Mail);
         }
-        let cache = Cache::open(&cfg.cache).await?;
         let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
             cfg,

@@ -45,6 +45,7 @@ on_every_server!(
     malformed_or_uid_less_item_is_reported_and_others_go_on,
     interop_python_caldav_and_vdirsyncer_reach_the_crm_and_back,
     r_t3_sync_with_nothing_changed_sends_one_request_per_collection,
+    r_t3_one_shot_sync_on_an_existing_cache_sends_one_request_per_collection,
     r_e2_exceptions_made_on_the_server_reach_the_crm,
     r_f7_realworld_items_tracked_once_broken_ones_reported_each,
     s13_a_mailbox_without_tasks_gets_them_once_a_task_list_is_configured,
@@ -1718,6 +1719,71 @@ with caldav.DAVClient(url=url, username=user, password=password) as client:
 }
 
 // ---------------------------------------------------------------- R-T3
+
+/// A one-shot `crmsync sync` is a fresh process: a new agent (and a new
+/// DAV backend) on the cache of an earlier run. With nothing changed it
+/// sends one sync-collection REPORT per collection, no start-up check;
+/// should a collection go away, that REPORT's error names the URL and the
+/// setting to fix.
+async fn r_t3_one_shot_sync_on_an_existing_cache_sends_one_request_per_collection(kind: Kind) {
+    let server = Server::start(kind).await;
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    w.contact(&ann, "Alpha").await;
+    post(&w, &ann, "appointments", meeting("Kickoff")).await;
+    post(&w, &ann, "tasks", json!({"subject": "Send offer"})).await;
+    let proxy = Proxy::start(server.root(), None, || Box::pin(async {})).await;
+    let urls = ["contacts", "calendar", "tasks"].map(|c| proxy.url(server.url_of(c).path()));
+    let open = || {
+        w.dav_agent(
+            &ann,
+            "ann",
+            "cache",
+            [&urls[0], &urls[1], &urls[2]],
+            USER,
+            PASSWORD,
+        )
+    };
+    let first = open().await;
+    let r = sync(&first).await;
+    assert_eq!(r.written_to_mailbox, 3, "{r:?}");
+    drop(first);
+    let mut expected: Vec<String> = urls
+        .iter()
+        .map(|u| format!("REPORT {}", Url::parse(u).unwrap().path()))
+        .collect();
+    expected.sort();
+    for _ in 0..2 {
+        proxy.take_requests();
+        let agent = open().await;
+        let r = sync(&agent).await;
+        assert!(r.pushed.is_empty() && r.written_to_mailbox == 0, "{r:?}");
+        let mut sent = proxy.take_requests();
+        sent.sort();
+        assert_eq!(
+            sent, expected,
+            "a fresh process on a synced cache: one REPORT per collection"
+        );
+    }
+    // The address book is deleted on the server: the skipped check does
+    // not hide it; the sync says which URL fails and what to fix. (Cyrus
+    // provisions its default collections again at the next request.)
+    if kind == Kind::Cyrus {
+        return;
+    }
+    let (status, _) = server
+        .raw("DELETE", server.url_of("contacts"), &[], None)
+        .await
+        .unwrap();
+    assert!((200..300).contains(&status), "DELETE collection: {status}");
+    let agent = open().await;
+    let text = match agent.sync_once(SyncOptions::default()).await {
+        Err(e) => format!("{e:#}"),
+        Ok(r) => r.errors.join("\n"),
+    };
+    assert!(text.contains(urls[0].as_str()), "names the URL: {text}");
+    assert!(text.contains("[mailbox.dav]"), "names the setting: {text}");
+}
 
 async fn r_t3_sync_with_nothing_changed_sends_one_request_per_collection(kind: Kind) {
     let server = Server::start(kind).await;

@@ -48,6 +48,7 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
 pub use discovery::Discovered;
+pub use state::stored_state_url;
 pub use url::Url;
 
 use client::{status_error, Client};
@@ -78,6 +79,12 @@ pub struct DavConfig {
     /// Use RFC 6578 sync-collection when the server has it (default). When
     /// false, changes are always found by getctag + etag comparison.
     pub use_sync_collection: bool,
+    /// Collection URLs already checked by an earlier run (the caller holds a
+    /// sync state taken from them): [`DavMailbox::connect`] does not send
+    /// their resourcetype PROPFIND again, so a no-change sync costs one
+    /// request per collection. Should one stop being a collection, its next
+    /// sync's REPORT fails with an error naming the URL and the fix.
+    pub checked: Vec<Url>,
 }
 
 impl DavConfig {
@@ -94,6 +101,7 @@ impl DavConfig {
             poll_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
             use_sync_collection: true,
+            checked: Vec::new(),
         }
     }
 }
@@ -174,7 +182,7 @@ impl DavMailbox {
             }
         }
         let mailbox = DavMailbox::new(&config)?;
-        mailbox.check().await?;
+        mailbox.check_except(&config.checked).await?;
         Ok(mailbox)
     }
 
@@ -188,7 +196,14 @@ impl DavMailbox {
     /// One PROPFIND per collection: it exists, is the right kind and the
     /// credentials work. Errors name the URL and the fix.
     pub async fn check(&self) -> Result<()> {
+        self.check_except(&[]).await
+    }
+
+    async fn check_except(&self, checked: &[Url]) -> Result<()> {
         for coll in &self.inner.collections {
+            if checked.iter().any(|u| with_slash(u.clone()) == coll.url) {
+                continue;
+            }
             let answer = self
                 .inner
                 .client

@@ -74,6 +74,17 @@ impl DavState {
     }
 }
 
+/// The collection URL a stored state was taken from, if it is a DAV state
+/// that has been synced (holds a sync-token or ctag): that collection
+/// answered a listing before.
+pub fn stored_state_url(stored: &str) -> Option<url::Url> {
+    let state: DavState = serde_json::from_str(stored).ok()?;
+    if state.v != VERSION || (state.token.is_none() && state.ctag.is_none()) {
+        return None;
+    }
+    url::Url::parse(&state.url).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +105,18 @@ mod tests {
                 Err(Error::InvalidSyncState { .. })
             ));
         }
+        assert_eq!(
+            stored_state_url(saved.as_str()).map(String::from),
+            Some("http://h/c/".to_owned()),
+            "a synced state vouches for its URL"
+        );
+        let fresh = DavState::new("contacts", "http://h/c/").save();
+        assert_eq!(
+            stored_state_url(fresh.as_str()),
+            None,
+            "never listed: check it"
+        );
+        assert_eq!(stored_state_url("not a state"), None);
         assert!(DavState::load("contacts", "http://h/c/", &SyncState::new("not a state")).is_err());
         assert!(DavState::load("contacts", "http://h/c/", &SyncState::new("{\"v\":9}")).is_err());
     }

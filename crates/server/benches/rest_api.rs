@@ -105,9 +105,6 @@ async fn main() {
     }
     let typed_pool = floor::Pool::typed(&url).await;
     let any_pool = floor::Pool::Any(store.pool.clone());
-    // The auth query as `store.user_by_token` sends it, to run it on a
-    // connection held for the whole request.
-    const AUTH_SQL: &str = "SELECT r.id, r.entity_set, r.version, r.owner_id, r.state, r.created_at, r.modified_at, r.data FROM tokens t JOIN records r ON r.id = t.user_id WHERE t.hash = $1 AND r.deleted_at IS NULL";
     const PARTS: [&str; 9] = [
         "GET /api/v1/contacts/{id}",
         "floor: axum + typed sqlx, GET one row",
@@ -116,8 +113,8 @@ async fn main() {
         "store.get (the record query)",
         "floor query on a typed pool (sqlx default options)",
         "floor query on the project's Any pool",
-        "auth + record queries, a connection each (as GET)",
-        "auth + record queries on one held connection",
+        "auth + record queries, a connection each (GET before)",
+        "auth + record in one statement (the GET now)",
     ];
     let mut timed: Vec<Vec<std::time::Duration>> = vec![Vec::new(); PARTS.len()];
     for block in 0..a.samples.div_ceil(50) {
@@ -166,17 +163,8 @@ async fn main() {
                         store.get(id).await.unwrap().unwrap();
                     }
                     _ => {
-                        let mut conn = store.pool.acquire().await.unwrap();
-                        sqlx::query(AUTH_SQL)
-                            .bind(&hash)
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .unwrap()
-                            .unwrap();
-                        crmsync_server::store::get_record(&mut conn, id)
-                            .await
-                            .unwrap()
-                            .unwrap();
+                        let (_, r) = store.user_and_record(&hash, id).await.unwrap().unwrap();
+                        r.unwrap();
                     }
                 }
                 timed[part].push(t.elapsed());

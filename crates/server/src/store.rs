@@ -803,6 +803,52 @@ impl Store {
         row.as_ref().map(record_from_row).transpose()
     }
 
+    /// A GET by id in one statement: the token's user and the live record
+    /// `id` (`None` inside when there is none). `None` when no live user
+    /// holds the token. The token is checked against the database on every
+    /// call, as `user_by_token` does, so a revoked token or a deleted or
+    /// disabled user is refused at once, by every process sharing the
+    /// database; it only saves the second round trip (and, on SQLite, the
+    /// second hand-off to the connection's thread).
+    pub async fn user_and_record(
+        &self,
+        token_hash: &str,
+        id: Uuid,
+    ) -> Result<Option<(Record, Option<Record>)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT u.id AS user_id, u.entity_set AS user_entity_set, u.version AS user_version, \
+                    u.owner_id AS user_owner_id, u.state AS user_state, \
+                    u.created_at AS user_created_at, u.modified_at AS user_modified_at, \
+                    u.data AS user_data, \
+                    r.id, r.entity_set, r.version, r.owner_id, r.state, r.created_at, \
+                    r.modified_at, r.data \
+             FROM tokens t JOIN records u ON u.id = t.user_id AND u.deleted_at IS NULL \
+             LEFT JOIN records r ON r.id = $2 AND r.deleted_at IS NULL \
+             WHERE t.hash = $1",
+        )
+        .bind(token_hash.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let data: String = row.try_get("user_data")?;
+        let user = Record {
+            id: uuid_col(&row, "user_id")?,
+            set: set_col(&row, "user_entity_set")?,
+            version: row.try_get("user_version")?,
+            owner_id: uuid_col(&row, "user_owner_id")?,
+            state: row.try_get("user_state")?,
+            created_at: row.try_get("user_created_at")?,
+            modified_at: row.try_get("user_modified_at")?,
+            fields: serde_json::from_str(&data).map_err(|_| corrupt("user data"))?,
+        };
+        let record = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some(record_from_row(&row)?),
+            None => None,
+        };
+        Ok(Some((user, record)))
+    }
+
     pub async fn organization(&self) -> Result<Option<(Uuid, String)>, sqlx::Error> {
         let row = sqlx::query("SELECT id, name FROM organization")
             .fetch_optional(&self.pool)

@@ -90,6 +90,48 @@ both_dbs! {
         assert_eq!(health.status(), 200);
     }
 
+    // A GET by id checks the token in the same statement as the read
+    // (one round trip): every refusal still holds, in the same order, and
+    // a change to the user made through another server process on the
+    // same database is seen by the very next GET (nothing is cached).
+    async fn r_a_get_by_id_refuses_revoked_tokens_at_once_on_every_server(s: TestServer) {
+        let other = common::serve_store(
+            crmsync_server::Store::connect(&s.db.url).await.unwrap(),
+            s.admin.clone(),
+            s.db.again(),
+            crmsync_server::DEFAULT_MAX_BODY,
+        )
+        .await;
+        let (ann_id, ann) = s.add_user("ann@example.com").await;
+        let c = s.post(&s.admin, "/api/v1/contacts", json!({"last_name": "Kept"})).await.expect(201);
+        let path = format!("/api/v1/contacts/{}", c["id"].as_str().unwrap());
+        let gone = s.post(&s.admin, "/api/v1/contacts", json!({"last_name": "Gone"})).await.expect(201);
+        let gone_path = format!("/api/v1/contacts/{}", gone["id"].as_str().unwrap());
+        assert_eq!(s.delete(&s.admin, &gone_path).await.status, 204);
+        let unknown = format!("/api/v1/contacts/{}", uuid::Uuid::new_v4());
+        for server in [&s, &other] {
+            assert_eq!(server.get(&ann, &path).await.expect(200)["last_name"], "Kept");
+            assert_eq!(server.get(&ann, &gone_path).await.error(404), "not_found");
+            assert_eq!(server.get(&ann, &unknown).await.error(404), "not_found");
+            assert_eq!(server.get(&ann, "/api/v1/contacts/not-a-uuid").await.error(400), "invalid_id");
+            assert_eq!(server.get(&ann, &format!("/api/v1/tasks/{}", c["id"].as_str().unwrap())).await.error(404), "not_found", "the record is in another set");
+            for p in [&path, &unknown, &"/api/v1/contacts/not-a-uuid".to_string()] {
+                assert_eq!(server.get("crm_not_a_token", p).await.error(401), "unauthorized", "{p}");
+            }
+            let anon = server.http.get(format!("{}{path}", server.base)).send().await.unwrap();
+            assert_eq!(anon.status(), 401);
+        }
+        s.patch(&s.admin, &format!("/api/v1/users/{ann_id}"), json!({"state": "disabled"})).await.expect(200);
+        for p in [&path, &unknown] {
+            assert_eq!(other.get(&ann, p).await.error(403), "forbidden", "disabled, seen by the other server: {p}");
+        }
+        s.patch(&s.admin, &format!("/api/v1/users/{ann_id}"), json!({"state": "active"})).await.expect(200);
+        other.get(&ann, &path).await.expect(200);
+        assert_eq!(s.delete(&s.admin, &format!("/api/v1/users/{ann_id}")).await.status, 204);
+        assert_eq!(other.get(&ann, &path).await.error(401), "unauthorized", "the deleted user's token dies on the other server at once");
+        assert_eq!(s.get(&ann, &path).await.error(401), "unauthorized");
+    }
+
     async fn bad_input_gets_a_clear_4xx_and_changes_nothing(s: TestServer) {
         let c = s.post(&s.admin, "/api/v1/contacts", json!({"last_name": "Lee"})).await.expect(201);
         let path = format!("/api/v1/contacts/{}", c["id"].as_str().unwrap());

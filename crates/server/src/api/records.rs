@@ -14,7 +14,7 @@ use crmsync_core::time::{format_timestamp, parse_datetime};
 use crmsync_core::Record;
 
 use super::{if_match, parse_id, parse_set, ApiJson, ApiPath, ApiQuery};
-use crate::auth::Caller;
+use crate::auth::{unknown_token, BearerToken, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::store::ListQuery;
@@ -45,13 +45,29 @@ pub async fn create(
     Ok(with_etag(StatusCode::CREATED, &created.record, out))
 }
 
+/// One statement checks the token and reads the record (the same
+/// refusals, in the same order, as the `Caller` extractor and a read).
 pub async fn read(
     State(state): State<AppState>,
-    _caller: Caller,
+    token: BearerToken,
     ApiPath((set, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
-    let (set, id) = (parse_set(&set)?, parse_id(&id)?);
-    match state.store.get(id).await? {
+    let parsed = parse_set(&set).and_then(|set| Ok((set, parse_id(&id)?)));
+    let (set, id) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            // An unknown token is refused before a bad path is reported.
+            token.caller(&state).await?;
+            return Err(e);
+        }
+    };
+    let (user, record) = state
+        .store
+        .user_and_record(&token.hash(), id)
+        .await?
+        .ok_or_else(unknown_token)?;
+    Caller::of_user(&user)?;
+    match record {
         Some(r) if r.set == set => Ok(with_etag(StatusCode::OK, &r, r.to_json())),
         _ => Err(ApiError::not_found(format!(
             "no record in {set} has id {id}"
