@@ -121,7 +121,10 @@ async fn main() {
             "account page, 1,000 activities",
             format!("/accounts/{account}"),
         ),
-        ("Contacts search (one match)", "/contacts?q=Last777777".into()),
+        (
+            "Contacts search (one match)",
+            "/contacts?q=Last777777".into(),
+        ),
         (
             "Contacts sorted by last name",
             "/contacts?sort=last_name&dir=asc".into(),
