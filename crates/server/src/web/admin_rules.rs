@@ -226,23 +226,43 @@ fn config_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("There is no such {what}.")))
 }
 
+/// An admin's "Delete" of the rule `id` (a `what`) through `delete`, back
+/// to the page `back`.
+async fn delete_rule<F, Fut>(
+    posted: &Posted,
+    id: &str,
+    what: &str,
+    back: &str,
+    delete: F,
+) -> Response
+where
+    F: FnOnce(Uuid) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let user = &posted.user;
+    if !user.caller.is_admin {
+        return not_admin(user);
+    }
+    let id = match config_id(id, what) {
+        Ok(id) => id,
+        Err(e) => return super::error_page_for(user, e),
+    };
+    match delete(id).await {
+        Ok(()) => Redirect::to(back).into_response(),
+        Err(e) => super::error_page_for(user, e),
+    }
+}
+
 pub async fn delete_field_security(
     State(state): State<AppState>,
     Path(id): Path<String>,
     posted: Posted,
 ) -> Response {
-    let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
-    let id = match config_id(&id, "rule") {
-        Ok(id) => id,
-        Err(e) => return super::error_page_for(user, e),
-    };
-    match crate::config::delete_field_security(&state.store, user.caller, id).await {
-        Ok(()) => Redirect::to("/admin/field-security").into_response(),
-        Err(e) => super::error_page_for(user, e),
-    }
+    let caller = posted.user.caller;
+    delete_rule(&posted, &id, "rule", "/admin/field-security", |id| {
+        crate::config::delete_field_security(&state.store, caller, id)
+    })
+    .await
 }
 
 /// The operators a condition row offers, in words.
@@ -478,18 +498,11 @@ pub async fn delete_filter(
     Path(id): Path<String>,
     posted: Posted,
 ) -> Response {
-    let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
-    let id = match config_id(&id, "filter") {
-        Ok(id) => id,
-        Err(e) => return super::error_page_for(user, e),
-    };
-    match crate::config::delete_filter(&state.store, user.caller, id).await {
-        Ok(()) => Redirect::to("/admin/filters").into_response(),
-        Err(e) => super::error_page_for(user, e),
-    }
+    let caller = posted.user.caller;
+    delete_rule(&posted, &id, "filter", "/admin/filters", |id| {
+        crate::config::delete_filter(&state.store, caller, id)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -383,26 +383,40 @@ fn differences(set: EntitySet, form: &super::csrf::FormData, current: &Record) -
     out
 }
 
+/// The record a posted form changes (by the page's set and `id`) and the
+/// version the form showed; an error page when either is missing. `verb`
+/// says what the form does ("edits", "deletes"...).
+pub(super) async fn posted_record(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    id: &str,
+    posted: &Posted,
+    verb: &str,
+) -> Result<(EntitySet, Record, i64), Response> {
+    let set = super::set_of(uri);
+    let current = load(state, &posted.user, set, id).await?;
+    let Some(version) = posted
+        .form
+        .get("_version")
+        .and_then(|v| v.parse::<i64>().ok())
+    else {
+        return Err(super::error_page_for(&posted.user, ApiError::bad_request(
+            "bad_form",
+            format!("The form did not say which version of the record it {verb}; open the record again and try there."),
+        )));
+    };
+    Ok((set, current, version))
+}
+
 pub async fn save(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
     posted: Posted,
 ) -> Response {
-    let set = super::set_of(&uri);
-    let current = match load(&state, &posted.user, set, &id).await {
-        Ok(r) => r,
+    let (set, current, version) = match posted_record(&state, &uri, &id, &posted, "edits").await {
+        Ok(found) => found,
         Err(page) => return page,
-    };
-    let Some(version) = posted
-        .form
-        .get("_version")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
-        return super::error_page_for(&posted.user, ApiError::bad_request(
-            "bad_form",
-            "The form did not say which version of the record it edits; open the record again and edit it there.",
-        ));
     };
     let body = forms::body_from_form(set, &posted.form, Some(&current));
     match crate::records::update(
@@ -460,20 +474,9 @@ pub async fn delete(
     Path(id): Path<String>,
     posted: Posted,
 ) -> Response {
-    let set = super::set_of(&uri);
-    let current = match load(&state, &posted.user, set, &id).await {
-        Ok(r) => r,
+    let (set, current, version) = match posted_record(&state, &uri, &id, &posted, "deletes").await {
+        Ok(found) => found,
         Err(page) => return page,
-    };
-    let Some(version) = posted
-        .form
-        .get("_version")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
-        return super::error_page_for(&posted.user, ApiError::bad_request(
-            "bad_form",
-            "The form did not say which version of the record it deletes; open the record again and delete it there.",
-        ));
     };
     match crate::records::delete(&state.store, posted.user.caller, set, current.id, Some(version)).await {
         Ok(()) => Redirect::to(&format!("/{set}")).into_response(),

@@ -145,21 +145,11 @@ pub async fn save(
     Path(id): Path<String>,
     posted: Posted,
 ) -> Response {
-    let set = super::set_of(&uri);
-    let r = match super::record_pages::load(&state, &posted.user, set, &id).await {
-        Ok(r) => r,
-        Err(page) => return page,
-    };
-    let Some(version) = posted
-        .form
-        .get("_version")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
-        return super::error_page_for(&posted.user, ApiError::bad_request(
-            "bad_form",
-            "The form did not say which version of the record it changes; open the record again.",
-        ));
-    };
+    let (set, r, version) =
+        match super::record_pages::posted_record(&state, &uri, &id, &posted, "changes").await {
+            Ok(found) => found,
+            Err(page) => return page,
+        };
     let regarding = match posted.form.get("regarding").unwrap_or("").split_once('/') {
         Some((s, i)) => json!({"set": s, "id": i}),
         None => Value::Null,
