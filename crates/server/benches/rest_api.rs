@@ -44,29 +44,10 @@ async fn main() {
     let db = support::BenchDb::create(&a.db).await;
     let url = db.url.clone();
     let store = Store::connect(&url).await.unwrap();
-    let token = crmsync_server::records::init_organization(&store, "bench@example.com", "Bench")
-        .await
-        .unwrap();
-    let admin = store
-        .user_by_token(&crmsync_server::auth::hash_token(&token))
-        .await
-        .unwrap()
-        .unwrap();
+    let (token, admin) = support::admin_of_new_organization(&store).await;
     let ids = support::seed(&store, a.records, |_| admin.id).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let serving = store.clone();
-    tokio::spawn(async move {
-        crmsync_server::serve(
-            serving,
-            listener,
-            crmsync_server::DEFAULT_MAX_BODY,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
-    });
+    let base = support::serve(&store).await;
     // One keep-alive connection, as a sync client would use.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)

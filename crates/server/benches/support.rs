@@ -166,3 +166,35 @@ pub async fn seed(store: &Store, n: usize, owner: impl Fn(usize) -> uuid::Uuid) 
     );
     ids
 }
+
+/// The organization and its admin: (the admin's API token, the admin).
+pub async fn admin_of_new_organization(store: &Store) -> (String, crmsync_core::Record) {
+    let token = crmsync_server::records::init_organization(store, "bench@example.com", "Bench")
+        .await
+        .unwrap();
+    let admin = store
+        .user_by_token(&crmsync_server::auth::hash_token(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    (token, admin)
+}
+
+/// Serves `store` on a free loopback port until the benchmark ends; its
+/// base URL.
+pub async fn serve(store: &Store) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = store.clone();
+    tokio::spawn(async move {
+        crmsync_server::serve(
+            serving,
+            listener,
+            crmsync_server::DEFAULT_MAX_BODY,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    base
+}
