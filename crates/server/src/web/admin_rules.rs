@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crmsync_core::settings::MAILBOX_TYPES;
 use crmsync_core::EntitySet;
 
-use super::admin_settings::not_admin;
+use super::admin_settings::{AdminPosted, AdminUser};
 use super::csrf::{FormData, Posted};
 use super::forms::{display_name, field_value};
 use super::layout::{set_title, Layout};
@@ -171,10 +171,7 @@ async fn field_security_page(
     (status, page).into_response()
 }
 
-pub async fn field_security(State(state): State<AppState>, user: WebUser) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(&user);
-    }
+pub async fn field_security(State(state): State<AppState>, AdminUser(user): AdminUser) -> Response {
     let form = RuleForm {
         can_read: true,
         ..RuleForm::default()
@@ -184,11 +181,11 @@ pub async fn field_security(State(state): State<AppState>, user: WebUser) -> Res
 
 /// "Add rule": the API's rule creation (core parses, the store refuses a
 /// second rule for the same set, field and user).
-pub async fn add_field_security(State(state): State<AppState>, posted: Posted) -> Response {
+pub async fn add_field_security(
+    State(state): State<AppState>,
+    AdminPosted(posted): AdminPosted,
+) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let get = |k: &str| posted.form.get(k).unwrap_or("").trim().to_string();
     let mut form = RuleForm {
         entity_set: get("entity_set"),
@@ -240,9 +237,6 @@ where
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let id = match config_id(id, what) {
         Ok(id) => id,
         Err(e) => return super::error_page_for(user, e),
@@ -256,7 +250,7 @@ where
 pub async fn delete_field_security(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     let caller = posted.user.caller;
     delete_rule(&posted, &id, "rule", "/admin/field-security", |id| {
@@ -442,10 +436,7 @@ async fn filters_page(
     (status, page).into_response()
 }
 
-pub async fn filters(State(state): State<AppState>, user: WebUser) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(&user);
-    }
+pub async fn filters(State(state): State<AppState>, AdminUser(user): AdminUser) -> Response {
     filters_page(
         &state,
         &user,
@@ -457,11 +448,11 @@ pub async fn filters(State(state): State<AppState>, user: WebUser) -> Response {
 }
 
 /// The builder's buttons: add a row, remove one, or save the filter.
-pub async fn build_filter(State(state): State<AppState>, posted: Posted) -> Response {
+pub async fn build_filter(
+    State(state): State<AppState>,
+    AdminPosted(posted): AdminPosted,
+) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let mut builder = Builder::from_form(&posted.form);
     let action = posted.form.get("_action").unwrap_or("save");
     if action == "add" {
@@ -496,7 +487,7 @@ pub async fn build_filter(State(state): State<AppState>, posted: Posted) -> Resp
 pub async fn delete_filter(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     let caller = posted.user.caller;
     delete_rule(&posted, &id, "filter", "/admin/filters", |id| {

@@ -5,7 +5,8 @@
 //! a refusal is shown next to the field it names and nothing is saved.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{json, Map, Value};
@@ -45,11 +46,43 @@ pub struct SyncFieldSets {
 
 page!(ConfigForm, SyncFieldSets);
 
-pub fn not_admin(user: &WebUser) -> Response {
+fn not_admin(user: &WebUser) -> Response {
     super::error_page_for(
         user,
         ApiError::forbidden("Only an admin may open this page."),
     )
+}
+
+/// The signed-in user of an Admin page: a plain user gets the 403 page
+/// (R-W7) before the handler runs.
+pub struct AdminUser(pub WebUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let user = WebUser::from_request_parts(parts, state).await?;
+        match user.caller.is_admin {
+            true => Ok(AdminUser(user)),
+            false => Err(not_admin(&user)),
+        }
+    }
+}
+
+/// A form posted from an Admin page: checked as every form is (session,
+/// CSRF), then refused with the 403 page for a plain user.
+pub struct AdminPosted(pub Posted);
+
+impl FromRequest<AppState> for AdminPosted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let posted = Posted::from_request(req, state).await?;
+        match posted.user.caller.is_admin {
+            true => Ok(AdminPosted(posted)),
+            false => Err(not_admin(&posted.user)),
+        }
+    }
 }
 
 const YES_NO: [(&str, &str); 2] = [("true", "Yes"), ("false", "No")];
@@ -282,18 +315,12 @@ async fn settings_form(
 }
 
 async fn show_settings(state: &AppState, user: &WebUser, which: Settings) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let none = Map::new();
     settings_form(state, user, which, StatusCode::OK, none.clone(), none, None).await
 }
 
 async fn save_settings(state: &AppState, posted: &Posted, which: Settings) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let doc = match which.read(state, user).await {
         Ok(d) => as_object(d),
         Err(e) => return super::error_page_for(user, e),
@@ -316,11 +343,14 @@ async fn save_settings(state: &AppState, posted: &Posted, which: Settings) -> Re
     }
 }
 
-pub async fn org_settings(State(state): State<AppState>, user: WebUser) -> Response {
+pub async fn org_settings(State(state): State<AppState>, AdminUser(user): AdminUser) -> Response {
     show_settings(&state, &user, Settings::Org).await
 }
 
-pub async fn save_org_settings(State(state): State<AppState>, posted: Posted) -> Response {
+pub async fn save_org_settings(
+    State(state): State<AppState>,
+    AdminPosted(posted): AdminPosted,
+) -> Response {
     save_settings(&state, &posted, Settings::Org).await
 }
 
@@ -331,7 +361,7 @@ fn user_id(id: &str) -> Result<Uuid, ApiError> {
 pub async fn user_settings(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    user: WebUser,
+    AdminUser(user): AdminUser,
 ) -> Response {
     match user_id(&id) {
         Ok(id) => show_settings(&state, &user, Settings::User(id)).await,
@@ -342,7 +372,7 @@ pub async fn user_settings(
 pub async fn save_user_settings(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     match user_id(&id) {
         Ok(id) => save_settings(&state, &posted, Settings::User(id)).await,
@@ -355,12 +385,9 @@ pub async fn save_user_settings(
 pub async fn save_access(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let id = match user_id(&id) {
         Ok(id) => id,
         Err(e) => return super::error_page_for(user, e),
@@ -394,10 +421,10 @@ const DIRECTIONS: [(&str, &str); 4] = [
     ("none", "Not synchronized"),
 ];
 
-pub async fn sync_field_sets(State(_state): State<AppState>, user: WebUser) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(&user);
-    }
+pub async fn sync_field_sets(
+    State(_state): State<AppState>,
+    AdminUser(user): AdminUser,
+) -> Response {
     SyncFieldSets {
         layout: Layout::new("Sync-field directions", &user, "/admin"),
         sets: EntitySet::ALL
@@ -461,11 +488,8 @@ async fn sync_fields_form(
 pub async fn sync_fields(
     State(state): State<AppState>,
     Path(set): Path<String>,
-    user: WebUser,
+    AdminUser(user): AdminUser,
 ) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(&user);
-    }
     match mailbox_set(&set) {
         Ok(set) => sync_fields_form(&state, &user, set, StatusCode::OK, &Map::new(), None).await,
         Err(e) => super::error_page_for(&user, e),
@@ -476,12 +500,9 @@ pub async fn sync_fields(
 pub async fn save_sync_fields(
     State(state): State<AppState>,
     Path(set): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let set = match mailbox_set(&set) {
         Ok(s) => s,
         Err(e) => return super::error_page_for(user, e),

@@ -273,7 +273,7 @@ pub async fn reset(
     client_action(&state, &posted, &id, false).await
 }
 
-use super::admin_settings::not_admin;
+use super::admin_settings::{AdminPosted, AdminUser};
 
 /// The Admin page, with the outcome of an action on it.
 pub(super) async fn admin_page(
@@ -327,20 +327,14 @@ pub(super) async fn admin_page(
     (status, page).into_response()
 }
 
-pub async fn admin(State(state): State<AppState>, user: WebUser) -> Response {
-    if !user.caller.is_admin {
-        return not_admin(&user);
-    }
+pub async fn admin(State(state): State<AppState>, AdminUser(user): AdminUser) -> Response {
     admin_page(&state, &user, StatusCode::OK, None, None, None).await
 }
 
 /// "Add user": the API's user creation (admins only, core validation,
 /// unique email); the new user's API token is shown once.
-pub async fn add_user(State(state): State<AppState>, posted: Posted) -> Response {
+pub async fn add_user(State(state): State<AppState>, AdminPosted(posted): AdminPosted) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let text = |k: &str| posted.form.get(k).unwrap_or("").trim().to_string();
     let body = serde_json::json!({
         "email": text("email"),
@@ -371,12 +365,9 @@ pub async fn add_user(State(state): State<AppState>, posted: Posted) -> Response
 pub async fn set_password(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    posted: Posted,
+    AdminPosted(posted): AdminPosted,
 ) -> Response {
     let user = &posted.user;
-    if !user.caller.is_admin {
-        return not_admin(user);
-    }
     let target = match Uuid::parse_str(&id) {
         Ok(id) => state.store.get(id).await.ok().flatten(),
         Err(_) => None,
