@@ -188,19 +188,43 @@ pub async fn own_client(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Cl
     let mut conn = store.pool.acquire().await?;
     let client = sync_store::get_client(&mut conn, id)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "unknown_client",
-                format!("no sync client has id {id}; register it first"),
-            )
-        })?;
+        .ok_or_else(|| unknown_client(id))?;
+    may_act_on(caller, &client)?;
+    Ok(client)
+}
+
+/// [`own_client`] with the committed version and the number of
+/// unacknowledged deliveries, in one round trip: the "nothing changed"
+/// path of prepare and of the long poll.
+pub async fn own_client_status(
+    store: &Store,
+    caller: Caller,
+    id: Uuid,
+) -> ApiResult<(Client, i64, i64)> {
+    let mut conn = store.pool.acquire().await?;
+    let status = sync_store::client_status(&mut conn, id).await?;
+    drop(conn);
+    let (client, upto, pending) = status.ok_or_else(|| unknown_client(id))?;
+    may_act_on(caller, &client)?;
+    Ok((client, upto, pending))
+}
+
+fn unknown_client(id: Uuid) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "unknown_client",
+        format!("no sync client has id {id}; register it first"),
+    )
+}
+
+/// R-A for sync clients: a user acts on their own clients, an admin on any.
+fn may_act_on(caller: Caller, client: &Client) -> ApiResult<()> {
     if client.user_id != caller.user_id && !caller.is_admin {
         return Err(ApiError::forbidden(
             "this client and its subscription belong to another user",
         ));
     }
-    Ok(client)
+    Ok(())
 }
 
 pub async fn list(store: &Store, caller: Caller, user: Option<Uuid>) -> ApiResult<Vec<Value>> {

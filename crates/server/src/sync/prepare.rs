@@ -15,7 +15,7 @@ use crmsync_core::sync_rules::{plan_delivery, Delivery, DeliveryFacts, Held};
 use crmsync_core::time::{now_timestamp, parse_datetime};
 use crmsync_core::{EntitySet, Record};
 
-use super::clients::own_client;
+use super::clients::{own_client, own_client_status};
 use super::context::MailboxOwner;
 use super::store::{self as sync_store, BatchItem, Client};
 use crate::auth::Caller;
@@ -111,20 +111,7 @@ pub async fn prepare(store: &Store, caller: Caller, body: &Value) -> ApiResult<V
     let client_id = uuid_field(body, "client_id")?;
     let now = OffsetDateTime::now_utc();
     // Nothing changed: one query answers (plus the token check).
-    let mut conn = store.pool.acquire().await?;
-    let status = sync_store::client_status(&mut conn, client_id).await?;
-    drop(conn);
-    let Some((client, upto, pending)) = status else {
-        return Err(own_client(store, caller, client_id)
-            .await
-            .err()
-            .unwrap_or_else(|| ApiError::not_found("no such client")));
-    };
-    if client.user_id != caller.user_id && !caller.is_admin {
-        return Err(ApiError::forbidden(
-            "this client and its subscription belong to another user",
-        ));
-    }
+    let (client, upto, pending) = own_client_status(store, caller, client_id).await?;
     let recheck = time_due(&client, now);
     if !client.full_scan && client.scanned_version >= upto && pending == 0 && !recheck {
         if sync_time_stale(&client, now) {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::clients::own_client;
-use super::store as sync_store;
+use super::clients::own_client_status;
 use crate::auth::Caller;
 use crate::changes::{Kinds, Look};
 use crate::error::{ApiError, ApiResult};
@@ -31,20 +30,7 @@ pub async fn wait(
     timeout: Duration,
 ) -> ApiResult<Value> {
     let rules = store.changes.rules_seen();
-    let mut conn = store.pool.acquire().await?;
-    let status = sync_store::client_status(&mut conn, client_id).await?;
-    drop(conn);
-    let Some((client, committed, _)) = status else {
-        return Err(own_client(store, caller, client_id)
-            .await
-            .err()
-            .unwrap_or_else(|| ApiError::not_found("no such client")));
-    };
-    if client.user_id != caller.user_id && !caller.is_admin {
-        return Err(ApiError::forbidden(
-            "this client and its subscription belong to another user",
-        ));
-    }
+    let (client, committed, _) = own_client_status(store, caller, client_id).await?;
     if since > committed {
         return Err(ApiError::invalid(format!(
             "since: version {since} is ahead of the server's ({committed}); pass the upto_version of the client's last prepare"
