@@ -198,10 +198,9 @@ both_dbs! {
     }
 }
 
-/// Two server processes on one PostgreSQL database: a change written
-/// through one wakes the waiters of the other (LISTEN/NOTIFY).
-#[tokio::test]
-async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
+/// Two servers (A, and B on A's database), each with its own pool and
+/// its own listening connection, as two `serve` processes have.
+async fn two_servers_on_one_postgresql() -> (common::TestServer, common::TestServer) {
     let a = common::start(common::Backend::Postgres).await;
     let store_b = crmsync_server::Store::connect(&a.db.url).await.unwrap();
     let b = common::serve_store(
@@ -211,6 +210,14 @@ async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
         crmsync_server::DEFAULT_MAX_BODY,
     )
     .await;
+    (a, b)
+}
+
+/// Two server processes on one PostgreSQL database: a change written
+/// through one wakes the waiters of the other (LISTEN/NOTIFY).
+#[tokio::test]
+async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
+    let (a, b) = two_servers_on_one_postgresql().await;
     let (_, token) = a.add_user("apart@example.com").await;
     let (client, since) = synced_client(&a, &token, "laptop", json!(["contacts"])).await;
     // The listener of A is up: the change of B is heard, not missed.
@@ -263,15 +270,7 @@ async fn r_t7_two_servers_on_one_postgresql_wake_each_others_waiters() {
 /// meanwhile still wakes its waiter; later changes are heard again.
 #[tokio::test]
 async fn r_t7_a_dropped_listener_reconnects_and_wakes_waiters() {
-    let a = common::start(common::Backend::Postgres).await;
-    let store_b = crmsync_server::Store::connect(&a.db.url).await.unwrap();
-    let b = common::serve_store(
-        store_b,
-        a.admin.clone(),
-        a.db.again(),
-        crmsync_server::DEFAULT_MAX_BODY,
-    )
-    .await;
+    let (a, b) = two_servers_on_one_postgresql().await;
     let (_, token) = a.add_user("cut@example.com").await;
     let (client, since) = synced_client(&a, &token, "laptop", json!(["contacts"])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
