@@ -82,7 +82,7 @@ pub struct ListOrder {
 
 /// The SQL of a record's text field ('' when missing); `field` comes
 /// from the core field tables only.
-fn field_sql(kind: DbKind, field: &'static str) -> String {
+pub(crate) fn field_sql(kind: DbKind, field: &'static str) -> String {
     debug_assert!(field
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
@@ -574,6 +574,9 @@ pub async fn unique_key_taken(
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         let (kind, pool) = crate::db::connect(url).await?;
+        crate::list_indexes::ensure(&pool, kind)
+            .await
+            .map_err(|e| e.context("cannot create the indexes of search and sorted lists"))?;
         let committed = committed_version(&mut *pool.acquire().await?).await?;
         Ok(Store {
             pool,
@@ -635,12 +638,15 @@ impl Store {
 
     /// Live records of one set, newest change first.
     pub async fn list(&self, set: EntitySet, q: &ListQuery) -> Result<Vec<Record>, sqlx::Error> {
-        // The WHERE clause is assembled from fixed fragments and field
-        // names of the core tables; every value is bound.
+        // The WHERE clause is assembled from fixed fragments, the set's
+        // name and field names of the core tables; every value is bound.
+        // The set is written as a literal so that the partial indexes of
+        // `list_indexes` apply (R-W8).
         let mut sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND deleted_at IS NULL"
+            "SELECT {RECORD_COLUMNS} FROM records WHERE {}",
+            crate::list_indexes::live_in(set)
         );
-        let mut n = 1;
+        let mut n = 0;
         let mut next = || {
             n += 1;
             format!("${n}")
@@ -650,6 +656,17 @@ impl Store {
         }
         if q.modified_since.is_some() {
             sql += &format!(" AND modified_at >= {}", next());
+        }
+        let indexed_search = self.kind == DbKind::Sqlite
+            && q.text
+                .as_ref()
+                .is_some_and(|t| t.chars().count() >= crate::list_indexes::MIN_INDEXED_QUERY);
+        if indexed_search {
+            sql += &format!(
+                " AND rowid IN (SELECT rowid FROM {} WHERE {0} MATCH {})",
+                crate::list_indexes::SQLITE_SEARCH_TABLE,
+                next()
+            );
         }
         if q.text.is_some() {
             sql += &format!(" AND search_text LIKE {} ESCAPE '\\'", next());
@@ -673,10 +690,8 @@ impl Store {
                 match (order.field, &order.after) {
                     (Some(field), Some(_)) => {
                         let expr = field_sql(self.kind, field);
-                        let (a, b, c) = (next(), next(), next());
-                        sql += &format!(
-                            " AND ({expr} {cmp} {a} OR ({expr} = {b} AND version {cmp} {c}))"
-                        );
+                        let (a, b) = (next(), next());
+                        sql += &format!(" AND ({expr}, version) {cmp} ({a}, {b})");
                         sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
                     }
                     (Some(field), None) => {
@@ -692,7 +707,7 @@ impl Store {
                 }
             }
         }
-        let mut query = sqlx::query(&sql).bind(set.as_str());
+        let mut query = sqlx::query(&sql);
         if let Some(owner) = q.owner {
             query = query.bind(owner.to_string());
         }
@@ -700,6 +715,10 @@ impl Store {
             query = query.bind(since.clone());
         }
         if let Some(text) = &q.text {
+            if indexed_search {
+                // One FTS5 phrase: its trigrams in a row, i.e. the substring.
+                query = query.bind(format!("\"{}\"", text.replace('"', "\"\"")));
+            }
             let escaped = text
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
@@ -717,7 +736,7 @@ impl Store {
             }
             Some(order) => match (order.field, &order.after) {
                 (Some(_), Some((value, version))) => {
-                    query = query.bind(value.clone()).bind(value.clone()).bind(*version);
+                    query = query.bind(value.clone()).bind(*version);
                 }
                 (None, Some((_, version))) => query = query.bind(*version),
                 (_, None) => {}

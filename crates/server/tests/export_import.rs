@@ -42,6 +42,9 @@ async fn table_names(store: &Store) -> Vec<String> {
     names
         .into_iter()
         .filter(|n| n != "_sqlx_migrations")
+        // SQLite's full-text index of `search_text` (FTS5 keeps it in
+        // tables): an index rebuilt from the records, not data.
+        .filter(|n| !n.starts_with(crmsync_server::list_indexes::SQLITE_SEARCH_TABLE))
         .collect()
 }
 
