@@ -3,7 +3,8 @@
 //! of a signed-in GET of the Contacts list (default order: newest change),
 //! of one list page further on (the "next" keyset link), of the account's
 //! record page (fields and the first page of its timeline), and of a
-//! search and a sort by column over all N contacts. Over HTTP on loopback
+//! search and a sort by column over all N contacts (and the sorted list's
+//! next page). Over HTTP on loopback
 //! with one keep-alive connection: the figure includes the HTTP stack, so
 //! it is an upper bound of the server time. The pages are interleaved.
 //!
@@ -86,15 +87,22 @@ async fn main() {
             (t.elapsed(), html)
         }
     };
-    // The "next" link of the first list page: a page further on.
-    let (_, first) = get("/contacts".into()).await;
-    let next = first
-        .split("href=\"")
-        .filter_map(|s| s.split('"').next())
-        .find(|h| h.contains("after="))
-        .expect("a next-page link")
-        .replace("&amp;", "&")
-        .replace("&#38;", "&");
+    // The "next" link of a list page: a page further on.
+    let next_of = |path: &'static str| {
+        let get = &get;
+        async move {
+            let (_, first) = get(path.into()).await;
+            first
+                .split("href=\"")
+                .filter_map(|s| s.split('"').next())
+                .find(|h| h.contains("after="))
+                .expect("a next-page link")
+                .replace("&amp;", "&")
+                .replace("&#38;", "&")
+        }
+    };
+    let next = next_of("/contacts").await;
+    let sorted_next = next_of("/contacts?sort=last_name&dir=asc").await;
     let pages = [
         ("Contacts list", "/contacts".to_string()),
         ("Contacts list, next page", next),
@@ -110,6 +118,7 @@ async fn main() {
             "Contacts sorted by last name",
             "/contacts?sort=last_name&dir=asc".into(),
         ),
+        ("Contacts sorted by last name, next page", sorted_next),
     ];
     for (_, path) in &pages {
         get(path.clone()).await; // warm

@@ -108,7 +108,7 @@ fn sort_indexes(kind: DbKind) -> Vec<(String, String)> {
                 .map(move |field| (set, field))
         })
         .map(|(set, field)| {
-            let name = format!("{SORT_PREFIX}{set}_{field}");
+            let name = sort_index_name(set, field);
             let create = format!(
                 "CREATE INDEX IF NOT EXISTS {name} ON records (({}), version) WHERE {}",
                 field_sql(kind, field),
@@ -117,6 +117,33 @@ fn sort_indexes(kind: DbKind) -> Vec<(String, String)> {
             (name, create)
         })
         .collect()
+}
+
+fn sort_index_name(set: EntitySet, field: &str) -> String {
+    format!("{SORT_PREFIX}{set}_{field}")
+}
+
+/// How a list query names `records` on SQLite, so that it reads the index
+/// that answers it: SQLite's planner, without statistics, prefers the
+/// set's version index and then sorts or filters all of its rows.
+/// - A search reads the rows the full-text index found, by rowid.
+/// - A sort by a column over the whole set walks that column's index.
+///
+/// Other queries (a sort within one owner's records, say) are left to the
+/// planner; PostgreSQL's planner has statistics and needs no help.
+pub fn sqlite_table_clause(
+    set: EntitySet,
+    indexed_search: bool,
+    sort: Option<&str>,
+    owner_filter: bool,
+) -> String {
+    match sort {
+        _ if indexed_search => "records NOT INDEXED".into(),
+        Some(field) if !owner_filter && crate::web::sortable_fields(set).contains(&field) => {
+            format!("records INDEXED BY {}", sort_index_name(set, field))
+        }
+        _ => "records".into(),
+    }
 }
 
 /// The partial indexes' condition; a list query must contain it word for

@@ -642,8 +642,21 @@ impl Store {
         // name and field names of the core tables; every value is bound.
         // The set is written as a literal so that the partial indexes of
         // `list_indexes` apply (R-W8).
+        let indexed_search = self.kind == DbKind::Sqlite
+            && q.text
+                .as_ref()
+                .is_some_and(|t| t.chars().count() >= crate::list_indexes::MIN_INDEXED_QUERY);
+        let table = match self.kind {
+            DbKind::Sqlite => crate::list_indexes::sqlite_table_clause(
+                set,
+                indexed_search,
+                q.order.as_ref().and_then(|o| o.field),
+                q.owner.is_some(),
+            ),
+            DbKind::Postgres => "records".into(),
+        };
         let mut sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE {}",
+            "SELECT {RECORD_COLUMNS} FROM {table} WHERE {}",
             crate::list_indexes::live_in(set)
         );
         let mut n = 0;
@@ -657,10 +670,6 @@ impl Store {
         if q.modified_since.is_some() {
             sql += &format!(" AND modified_at >= {}", next());
         }
-        let indexed_search = self.kind == DbKind::Sqlite
-            && q.text
-                .as_ref()
-                .is_some_and(|t| t.chars().count() >= crate::list_indexes::MIN_INDEXED_QUERY);
         if indexed_search {
             sql += &format!(
                 " AND rowid IN (SELECT rowid FROM {} WHERE {0} MATCH {})",
@@ -690,8 +699,12 @@ impl Store {
                 match (order.field, &order.after) {
                     (Some(field), Some(_)) => {
                         let expr = field_sql(self.kind, field);
-                        let (a, b) = (next(), next());
-                        sql += &format!(" AND ({expr}, version) {cmp} ({a}, {b})");
+                        let (a, b, c) = (next(), next(), next());
+                        // The first term bounds the index range; the row
+                        // value picks the rows after the position in it.
+                        sql += &format!(
+                            " AND {expr} {cmp}= {a} AND ({expr}, version) {cmp} ({b}, {c})"
+                        );
                         sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
                     }
                     (Some(field), None) => {
@@ -736,7 +749,7 @@ impl Store {
             }
             Some(order) => match (order.field, &order.after) {
                 (Some(_), Some((value, version))) => {
-                    query = query.bind(value.clone()).bind(*version);
+                    query = query.bind(value.clone()).bind(value.clone()).bind(*version);
                 }
                 (None, Some((_, version))) => query = query.bind(*version),
                 (_, None) => {}
