@@ -642,10 +642,13 @@ impl Store {
         // name and field names of the core tables; every value is bound.
         // The set is written as a literal so that the partial indexes of
         // `list_indexes` apply (R-W8).
-        let indexed_search = self.kind == DbKind::Sqlite
-            && q.text
-                .as_ref()
-                .is_some_and(|t| t.chars().count() >= crate::list_indexes::MIN_INDEXED_QUERY);
+        let fts_query = q.text.as_ref().map(|t| crate::list_indexes::fts_phrase(t));
+        let indexed_search = match (&fts_query, self.kind) {
+            (Some(Some(phrase)), DbKind::Sqlite) => {
+                crate::list_indexes::worth_reading_by_fts(&self.pool, phrase).await?
+            }
+            _ => false,
+        };
         let table = match self.kind {
             DbKind::Sqlite => crate::list_indexes::sqlite_table_clause(
                 set,
@@ -728,9 +731,8 @@ impl Store {
             query = query.bind(since.clone());
         }
         if let Some(text) = &q.text {
-            if indexed_search {
-                // One FTS5 phrase: its trigrams in a row, i.e. the substring.
-                query = query.bind(format!("\"{}\"", text.replace('"', "\"\"")));
+            if let (true, Some(Some(phrase))) = (indexed_search, &fts_query) {
+                query = query.bind(phrase.clone());
             }
             let escaped = text
                 .replace('\\', "\\\\")
