@@ -114,10 +114,7 @@ async fn main() {
             "account page, 1,000 activities",
             format!("/accounts/{account}"),
         ),
-        (
-            "Contacts search (one match)",
-            one_match.clone(),
-        ),
+        ("Contacts search (one match)", one_match.clone()),
         (
             "Contacts search (Last1: 111,111 matches of 1,000,000)",
             "/contacts?q=Last1".into(),
@@ -137,8 +134,18 @@ async fn main() {
     }
     // The searches find what they should (the seed's search text is real).
     let (_, found) = get(one_match.clone()).await;
-    assert_eq!(found.matches("<tr").count(), 2, "a heading and one match: {found}");
-    assert!(get("/contacts?q=Last1".into()).await.1.contains("Next page"), "a full page and more");
+    assert_eq!(
+        found.matches("<tr").count(),
+        2,
+        "a heading and one match: {found}"
+    );
+    assert!(
+        get("/contacts?q=Last1".into())
+            .await
+            .1
+            .contains("Next page"),
+        "a full page and more"
+    );
     let mut times: Vec<Vec<Duration>> = pages.iter().map(|_| Vec::new()).collect();
     for _ in 0..a.samples {
         for (i, (_, path)) in pages.iter().enumerate() {

@@ -38,7 +38,8 @@ const FTS_ROWS_WORTH_READING: i64 = 5000;
 /// The text search as one FTS5 phrase (its trigrams in a row: the
 /// substring), or `None` when it is too short for the trigram index.
 pub fn fts_phrase(text: &str) -> Option<String> {
-    (text.chars().count() >= MIN_INDEXED_QUERY).then(|| format!("\"{}\"", text.replace('"', "\"\"")))
+    (text.chars().count() >= MIN_INDEXED_QUERY)
+        .then(|| format!("\"{}\"", text.replace('"', "\"\"")))
 }
 
 /// Whether SQLite should answer a search from its full-text index: when
@@ -179,8 +180,12 @@ pub fn live_in(set: EntitySet) -> String {
 
 async fn ensure_sort(conn: &mut AnyConnection, kind: DbKind) -> anyhow::Result<()> {
     let existing_sql = match kind {
-        DbKind::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'",
-        DbKind::Postgres => "SELECT CAST(indexname AS TEXT) AS name FROM pg_indexes WHERE tablename = 'records'",
+        DbKind::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'"
+        }
+        DbKind::Postgres => {
+            "SELECT CAST(indexname AS TEXT) AS name FROM pg_indexes WHERE tablename = 'records'"
+        }
     };
     let existing: Vec<String> = sqlx::query(existing_sql)
         .fetch_all(&mut *conn)
@@ -213,9 +218,15 @@ mod tests {
     fn sort_index_names_are_plain_identifiers() {
         for kind in [DbKind::Sqlite, DbKind::Postgres] {
             let wanted = sort_indexes(kind);
-            assert!(wanted.iter().any(|(n, _)| n == "records_sort_contacts_last_name"));
+            assert!(wanted
+                .iter()
+                .any(|(n, _)| n == "records_sort_contacts_last_name"));
             for (name, _) in wanted {
-                assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    "{name}"
+                );
                 // PostgreSQL truncates identifiers at 63 bytes.
                 assert!(name.len() <= 63, "{name}");
             }

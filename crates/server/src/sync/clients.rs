@@ -290,7 +290,12 @@ const MAX_PROBLEM_TEXT: usize = 2000;
 
 /// R-W6: the client reports the items of its mailbox it cannot read (the
 /// whole list, replacing the last one), for the Sync page.
-pub async fn set_problems(store: &Store, caller: Caller, id: Uuid, body: &Value) -> ApiResult<Value> {
+pub async fn set_problems(
+    store: &Store,
+    caller: Caller,
+    id: Uuid,
+    body: &Value,
+) -> ApiResult<Value> {
     let client = own_client(store, caller, id).await?;
     let items = body.get("items").and_then(Value::as_array).ok_or_else(|| {
         ApiError::invalid("items: required, a list of {\"item\", \"problem\"} (empty when everything can be read)")
