@@ -12,6 +12,7 @@ mod listen;
 pub mod metrics;
 pub mod passwords;
 pub mod records;
+pub mod secrets;
 pub mod store;
 pub mod sync;
 pub mod web;
