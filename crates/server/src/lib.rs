@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 mod listen;
+pub mod mailboxes;
 pub mod metrics;
 pub mod passwords;
 pub mod records;

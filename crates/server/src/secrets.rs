@@ -77,10 +77,16 @@ impl SecretKey {
     }
 
     /// A new random key, with its key file's text.
-    fn generate() -> (SecretKey, String) {
+    fn generate_with_text() -> (SecretKey, String) {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         (SecretKey::from_bytes(&bytes), STANDARD.encode(bytes))
+    }
+
+    /// A new random key that lives in memory only (tests, a throwaway
+    /// server): what it encrypts is lost with it.
+    pub fn generate() -> SecretKey {
+        SecretKey::generate_with_text().0
     }
 
     /// The key's id, as envelopes name it.
@@ -92,7 +98,7 @@ impl SecretKey {
     /// existing file is never replaced.
     pub fn create_file(path: &Path) -> Result<SecretKey, SecretError> {
         use std::io::Write;
-        let (key, text) = SecretKey::generate();
+        let (key, text) = SecretKey::generate_with_text();
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -226,7 +232,7 @@ mod tests {
 
     #[test]
     fn r_v2_a_secret_roundtrips_and_its_envelope_names_the_key() {
-        let (key, _) = SecretKey::generate();
+        let key = SecretKey::generate();
         let envelope = key.encrypt(b"pa55 word", "mailbox:1");
         assert!(
             envelope.starts_with(&format!("v1:{}:", key.id())),
@@ -241,7 +247,7 @@ mod tests {
 
     #[test]
     fn r_v2_a_changed_secret_is_refused() {
-        let (key, _) = SecretKey::generate();
+        let key = SecretKey::generate();
         let envelope = key.encrypt(b"pa55 word", "mailbox:1");
         let (head, data) = envelope.rsplit_once(':').unwrap();
         let mut bytes = STANDARD.decode(data).unwrap();
@@ -261,8 +267,8 @@ mod tests {
 
     #[test]
     fn r_v2_the_wrong_key_is_named() {
-        let (a, _) = SecretKey::generate();
-        let (b, _) = SecretKey::generate();
+        let a = SecretKey::generate();
+        let b = SecretKey::generate();
         let envelope = a.encrypt(b"pa55 word", "mailbox:1");
         let e = b.decrypt(&envelope, "mailbox:1").unwrap_err();
         assert_eq!(
