@@ -351,6 +351,33 @@ async fn rotate_key_moves_every_secret_to_the_new_key(backend: Backend) {
             "the old key no longer opens it"
         );
     }
+    // The server still runs with the old key: what needs a stored password
+    // is refused naming the key it needs; passwords given anew are taken.
+    let path = format!("/api/v1/mailboxes/{}", ids[0]);
+    let r = s.patch(&ann, &path, json!({"imap": {"port": 1143}})).await;
+    let message = r.body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(r.error(409), "secret_unreadable");
+    assert!(message.contains(new.id()), "{message}");
+    s.patch(&ann, &path, json!({"name": "renamed"}))
+        .await
+        .expect(200);
+    s.patch(
+        &ann,
+        &path,
+        json!({"imap": {"password": "again"}, "dav": {"password": "again"}}),
+    )
+    .await
+    .expect(200);
+    let reentered = Passwords::open(
+        old,
+        ids[0].parse().unwrap(),
+        &stored_secret(&s, &ids[0]).await,
+    );
+    assert_eq!(reentered.unwrap().imap.as_deref(), Some("again"));
+    mailboxes::rotate_key(&s.store, old, &new).await.unwrap();
     // Run again (e.g. after an interruption): nothing left to move.
     assert_eq!(mailboxes::rotate_key(&s.store, old, &new).await.unwrap(), 0);
     // With a key that opens nothing: refused, nothing changed.

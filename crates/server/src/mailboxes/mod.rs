@@ -482,7 +482,17 @@ pub async fn patch(store: &Store, caller: Caller, id: Uuid, body: &Value) -> Api
     let mut kinds = None;
     if sections_changed {
         let key = key_of(store)?;
-        let mut passwords = Passwords::open(key, m.id, &m.secret).map_err(unreadable)?;
+        // A secret this key cannot open (another key, changed outside
+        // crmsync) is not needed when every password in it is replaced.
+        let replaced = |section: &String| {
+            map.get(section.as_str())
+                .is_some_and(|v| v.is_null() || v.get("password").is_some())
+        };
+        let mut passwords = match Passwords::open(key, m.id, &m.secret) {
+            Ok(p) => p,
+            Err(_) if m.settings.password_set.iter().all(replaced) => Passwords::default(),
+            Err(e) => return Err(unreadable(e)),
+        };
         let mut settings = m.settings.clone();
         patch_section(
             "imap",
