@@ -155,9 +155,9 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
 /// usually is, in the refusal).
 pub fn client_name<'a>(name: &'a str, usually: &str) -> ApiResult<&'a str> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!(
-            "name: give it a name of 1 to 100 characters ({usually})"
+            "name: give it a name of 1 to 100 characters without control characters ({usually})"
         )));
     }
     Ok(name)
