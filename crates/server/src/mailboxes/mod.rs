@@ -160,18 +160,12 @@ fn object<'a>(body: &'a Value, known: &[&str]) -> ApiResult<&'a Map<String, Valu
     }
 }
 
-/// Reads one section from JSON; a refusal names the key at fault.
-fn read_section<T: DeserializeOwned>(label: &str, value: &Value) -> ApiResult<T> {
-    let Some(map) = value.as_object() else {
-        return Err(ApiError::invalid(format!(
-            "{label} must be an object with the keys of the agent configuration's [mailbox.{}] section",
-            label.trim_end_matches(':')
-        )));
-    };
-    serde_json::from_value(value.clone()).map_err(|whole| {
+/// Reads one section from its keys; a refusal names the key at fault.
+fn read_section<T: DeserializeOwned>(label: &str, keys: &Map<String, Value>) -> ApiResult<T> {
+    serde_json::from_value(Value::Object(keys.clone())).map_err(|whole| {
         // serde names the key of an unknown field, not of a mistyped one:
         // find it by reading the keys one at a time.
-        let at_fault = map.iter().find_map(|(k, v)| {
+        let at_fault = keys.iter().find_map(|(k, v)| {
             serde_json::from_value::<T>(json!({k: v}))
                 .err()
                 .map(|e| format!("{k}: {e}"))
@@ -399,13 +393,10 @@ fn patched_section<T: DeserializeOwned + Serialize>(
             label.trim_end_matches(':')
         )));
     };
-    let mut merged = match stored {
-        Some(s) => json!(s),
-        None => json!({}),
+    let mut fields = match stored.map(|s| json!(s)) {
+        Some(Value::Object(stored)) => stored,
+        _ => Map::new(),
     };
-    let fields = merged
-        .as_object_mut()
-        .expect("a section serializes as an object");
     let mut password = None;
     for (k, v) in changes {
         if k == "password" {
@@ -424,7 +415,7 @@ fn patched_section<T: DeserializeOwned + Serialize>(
             fields.insert(k.clone(), v.clone());
         }
     }
-    let mut section: T = read_section(label, &merged)?;
+    let mut section: T = read_section(label, &fields)?;
     // The password was taken out above; a password_file or
     // password_command is refused here.
     inline(label, take(&mut section))?;
