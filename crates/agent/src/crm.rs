@@ -221,6 +221,26 @@ impl CrmClient {
         Ok(answer)
     }
 
+    /// R-W6: the items this mailbox cannot read, `(where, what and the
+    /// fix)`, replacing what the server showed.
+    pub async fn set_problems(
+        &self,
+        client: &str,
+        problems: &[(String, String)],
+    ) -> Result<(), CrmError> {
+        let items: Vec<Value> = problems
+            .iter()
+            .map(|(item, problem)| json!({"item": item, "problem": problem}))
+            .collect();
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sync/clients/{client}/problems"),
+            Some(json!({"items": items})),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// R-S5: the per-operation results, in order (500 operations per call).
     pub async fn push(&self, client: &str, ops: &[&Value]) -> Result<Vec<Value>, CrmError> {
         let mut out = Vec::new();

@@ -630,18 +630,51 @@ impl Agent {
                 .filter(|k| !self.kinds.contains(k))
                 .map(|k| k.to_string())
                 .collect(),
-            reported: {
-                let mut r: Vec<String> = self
-                    .cache
-                    .item_problems()
-                    .await?
-                    .into_iter()
-                    .map(|(c, h, p)| format!("{c}/{h}: {p}"))
-                    .collect();
-                r.extend(self.mail_reported().await?);
-                r
-            },
+            reported: self
+                .problems()
+                .await?
+                .into_iter()
+                .map(|(place, what)| format!("{place}: {what}"))
+                .collect(),
         })
+    }
+
+    /// Items that cannot be read (malformed, unreadable), messages whose
+    /// tracking was refused, and messages marked and moved out of the
+    /// synchronized folders before being tracked (R-M8), as `(where, what
+    /// and the fix)`.
+    async fn problems(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out: Vec<(String, String)> = self
+            .cache
+            .item_problems()
+            .await?
+            .into_iter()
+            .map(|(c, h, p)| (format!("{c}/{h}"), p))
+            .collect();
+        out.extend(self.mail_reported().await?);
+        Ok(out)
+    }
+
+    /// R-W6: tells the server what this mailbox cannot read, for the user's
+    /// Sync page; only when the list changed since it was last told. A
+    /// failure is logged and retried at the next sync: it never fails one.
+    async fn report_problems(&self, client: &str) -> anyhow::Result<()> {
+        const SENT: &str = "problems_reported";
+        let mut problems = self.problems().await?;
+        problems.truncate(crmsync_core::MAX_REPORTED_PROBLEMS);
+        let text = serde_json::to_string(&problems)?;
+        let sent = self.cache.meta(SENT).await?;
+        if sent.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        match self.crm.set_problems(client, &problems).await {
+            Ok(()) => self.cache.set_meta(SENT, &text).await?,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not show the items that cannot be read on the Sync page; trying again at the next sync"
+            ),
+        }
+        Ok(())
     }
 
     /// The item's modification time in the mailbox (R-F5), when the
@@ -800,6 +833,7 @@ impl Agent {
         // Mail folders (crate::mail).
         let mut report = run.report;
         self.sync_mail(&client, role, options, &mut report).await?;
+        self.report_problems(&client).await?;
         report.elapsed_ms = ms();
         Ok(report)
     }

@@ -19,3 +19,7 @@ pub mod time;
 
 pub use entity::EntitySet;
 pub use record::{InvalidRecord, Record, RecordInput};
+
+/// R-W6: the most unreadable items a sync client reports to the server for
+/// the Sync page (a list for reading, not a log); the server refuses more.
+pub const MAX_REPORTED_PROBLEMS: usize = 1000;

@@ -150,3 +150,35 @@ async fn s12_a_sync_with_only_unreadable_items_completes_with_warnings() {
         "{report}"
     );
 }
+
+/// R-W6: what the agent cannot read reaches the user's Sync page (through
+/// the client's problems in the API), with the fix, and leaves it once the
+/// item is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_w6_unreadable_items_reach_the_server_with_their_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let root = dir.path().join("mailbox");
+    let config = server.agent_config(dir.path(), "me", &root);
+    let problems = || async {
+        let clients = server
+            .call(reqwest::Method::GET, "/api/v1/sync/clients", None)
+            .await;
+        let clients = clients.as_array().or(clients["items"].as_array()).cloned().unwrap();
+        assert_eq!(clients.len(), 1, "{clients:?}");
+        clients[0]["problems"].as_array().cloned().unwrap()
+    };
+    let out = sync(&config, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(problems().await, Vec::<serde_json::Value>::new());
+    let broken = root.join("contacts/broken.vcf");
+    std::fs::write(&broken, "BEGIN:VCARD\r\nVERSION:4.0\r\nN:;;;\r\nEND:VCAR").unwrap();
+    assert_eq!(sync(&config, false).status.code(), Some(0));
+    let shown = problems().await;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0]["item"], "contacts/broken.vcf");
+    assert!(shown[0]["problem"].as_str().unwrap().contains("fix or remove the item"), "{shown:?}");
+    std::fs::remove_file(&broken).unwrap();
+    assert_eq!(sync(&config, false).status.code(), Some(0));
+    assert_eq!(problems().await, Vec::<serde_json::Value>::new(), "gone once the item is");
+}

@@ -3,11 +3,14 @@
 //! of a signed-in GET of the Contacts list (default order: newest change),
 //! of one list page further on (the "next" keyset link), of the account's
 //! record page (fields and the first page of its timeline), and of a
-//! search and a sort by column over all N contacts. Over HTTP on loopback
+//! search and a sort by column over all N contacts (and the sorted list's
+//! next page). Over HTTP on loopback
 //! with one keep-alive connection: the figure includes the HTTP stack, so
 //! it is an upper bound of the server time. The pages are interleaved.
 //!
 //!   cargo bench -p crmsync-server --bench web_pages -- [--db sqlite|postgres] [--records N] [--samples N]
+//!
+//! The searches (`q`) are checked to find what they should before timing.
 //!
 //! Defaults: SQLite, 1,000,000 contacts, 200 samples of each page.
 
@@ -86,15 +89,24 @@ async fn main() {
             (t.elapsed(), html)
         }
     };
-    // The "next" link of the first list page: a page further on.
-    let (_, first) = get("/contacts".into()).await;
-    let next = first
-        .split("href=\"")
-        .filter_map(|s| s.split('"').next())
-        .find(|h| h.contains("after="))
-        .expect("a next-page link")
-        .replace("&amp;", "&")
-        .replace("&#38;", "&");
+    // The "next" link of a list page: a page further on.
+    let next_of = |path: &'static str| {
+        let get = &get;
+        async move {
+            let (_, first) = get(path.into()).await;
+            first
+                .split("href=\"")
+                .filter_map(|s| s.split('"').next())
+                .find(|h| h.contains("after="))
+                .expect("a next-page link")
+                .replace("&amp;", "&")
+                .replace("&#38;", "&")
+        }
+    };
+    let next = next_of("/contacts").await;
+    let sorted_next = next_of("/contacts?sort=last_name&dir=asc").await;
+    // Last777777 of 1,000,000: no other number starts with its digits.
+    let one_match = format!("/contacts?q=Last{}", a.records * 7 / 9);
     let pages = [
         ("Contacts list", "/contacts".to_string()),
         ("Contacts list, next page", next),
@@ -104,16 +116,29 @@ async fn main() {
         ),
         (
             "Contacts search (one match)",
-            "/contacts?q=Last777777".into(),
+            one_match.clone(),
+        ),
+        (
+            "Contacts search (Last1: 111,111 matches of 1,000,000)",
+            "/contacts?q=Last1".into(),
+        ),
+        (
+            "Contacts search (every contact)",
+            "/contacts?q=example".into(),
         ),
         (
             "Contacts sorted by last name",
             "/contacts?sort=last_name&dir=asc".into(),
         ),
+        ("Contacts sorted by last name, next page", sorted_next),
     ];
     for (_, path) in &pages {
         get(path.clone()).await; // warm
     }
+    // The searches find what they should (the seed's search text is real).
+    let (_, found) = get(one_match.clone()).await;
+    assert_eq!(found.matches("<tr").count(), 2, "a heading and one match: {found}");
+    assert!(get("/contacts?q=Last1".into()).await.1.contains("Next page"), "a full page and more");
     let mut times: Vec<Vec<Duration>> = pages.iter().map(|_| Vec::new()).collect();
     for _ in 0..a.samples {
         for (i, (_, path)) in pages.iter().enumerate() {

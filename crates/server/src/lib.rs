@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod export;
+pub mod list_indexes;
 mod listen;
 pub mod mailboxes;
 pub mod metrics;

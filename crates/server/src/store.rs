@@ -85,7 +85,7 @@ pub struct ListOrder {
 
 /// The SQL of a record's text field ('' when missing); `field` comes
 /// from the core field tables only.
-fn field_sql(kind: DbKind, field: &'static str) -> String {
+pub(crate) fn field_sql(kind: DbKind, field: &'static str) -> String {
     debug_assert!(field
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
@@ -577,6 +577,9 @@ pub async fn unique_key_taken(
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         let (kind, pool) = crate::db::connect(url).await?;
+        crate::list_indexes::ensure(&pool, kind)
+            .await
+            .map_err(|e| e.context("cannot create the indexes of search and sorted lists"))?;
         let committed = committed_version(&mut *pool.acquire().await?).await?;
         Ok(Store {
             pool,
@@ -645,12 +648,31 @@ impl Store {
 
     /// Live records of one set, newest change first.
     pub async fn list(&self, set: EntitySet, q: &ListQuery) -> Result<Vec<Record>, sqlx::Error> {
-        // The WHERE clause is assembled from fixed fragments and field
-        // names of the core tables; every value is bound.
+        // The WHERE clause is assembled from fixed fragments, the set's
+        // name and field names of the core tables; every value is bound.
+        // The set is written as a literal so that the partial indexes of
+        // `list_indexes` apply (R-W8).
+        let fts_query = q.text.as_ref().map(|t| crate::list_indexes::fts_phrase(t));
+        let indexed_search = match (&fts_query, self.kind) {
+            (Some(Some(phrase)), DbKind::Sqlite) => {
+                crate::list_indexes::worth_reading_by_fts(&self.pool, phrase).await?
+            }
+            _ => false,
+        };
+        let table = match self.kind {
+            DbKind::Sqlite => crate::list_indexes::sqlite_table_clause(
+                set,
+                indexed_search,
+                q.order.as_ref().and_then(|o| o.field),
+                q.owner.is_some(),
+            ),
+            DbKind::Postgres => "records".into(),
+        };
         let mut sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE entity_set = $1 AND deleted_at IS NULL"
+            "SELECT {RECORD_COLUMNS} FROM {table} WHERE {}",
+            crate::list_indexes::live_in(set)
         );
-        let mut n = 1;
+        let mut n = 0;
         let mut next = || {
             n += 1;
             format!("${n}")
@@ -660,6 +682,13 @@ impl Store {
         }
         if q.modified_since.is_some() {
             sql += &format!(" AND modified_at >= {}", next());
+        }
+        if indexed_search {
+            sql += &format!(
+                " AND rowid IN (SELECT rowid FROM {} WHERE {0} MATCH {})",
+                crate::list_indexes::SQLITE_SEARCH_TABLE,
+                next()
+            );
         }
         if q.text.is_some() {
             sql += &format!(" AND search_text LIKE {} ESCAPE '\\'", next());
@@ -684,8 +713,10 @@ impl Store {
                     (Some(field), Some(_)) => {
                         let expr = field_sql(self.kind, field);
                         let (a, b, c) = (next(), next(), next());
+                        // The first term bounds the index range; the row
+                        // value picks the rows after the position in it.
                         sql += &format!(
-                            " AND ({expr} {cmp} {a} OR ({expr} = {b} AND version {cmp} {c}))"
+                            " AND {expr} {cmp}= {a} AND ({expr}, version) {cmp} ({b}, {c})"
                         );
                         sql += &format!(" ORDER BY {expr} {dir}, version {dir} LIMIT {}", next());
                     }
@@ -702,7 +733,7 @@ impl Store {
                 }
             }
         }
-        let mut query = sqlx::query(&sql).bind(set.as_str());
+        let mut query = sqlx::query(&sql);
         if let Some(owner) = q.owner {
             query = query.bind(owner.to_string());
         }
@@ -710,6 +741,9 @@ impl Store {
             query = query.bind(since.clone());
         }
         if let Some(text) = &q.text {
+            if let (true, Some(Some(phrase))) = (indexed_search, &fts_query) {
+                query = query.bind(phrase.clone());
+            }
             let escaped = text
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")

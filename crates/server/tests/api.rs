@@ -282,6 +282,31 @@ both_dbs! {
         assert_eq!(past["items"].as_array().unwrap().len(), 7);
     }
 
+    // R-W8: `q` is answered from a full-text index (FTS5 trigrams on
+    // SQLite, pg_trgm on PostgreSQL) and must mean what the scan meant:
+    // a case-insensitive substring, following edits and deletes.
+    async fn r_w8_indexed_search_finds_substrings_and_follows_edits(s: TestServer) {
+        let count = |q: &str| {
+            let path = format!("/api/v1/contacts?q={q}");
+            let s = &s;
+            async move { s.get(&s.admin, &path).await.expect(200)["items"].as_array().unwrap().len() }
+        };
+        let jackson = s.post(&s.admin, "/api/v1/contacts", json!({"first_name": "Mary", "last_name": "Jackson"})).await.expect(201);
+        s.post(&s.admin, "/api/v1/contacts", json!({"last_name": "Jacks", "email": "j@quote.example"})).await.expect(201);
+        assert_eq!(count("ACKSO").await, 1, "substring, any case");
+        assert_eq!(count("jack").await, 2);
+        assert_eq!(count("ja").await, 2, "shorter than a trigram");
+        assert_eq!(count("mary%20jack").await, 1, "across fields, as the scan did");
+        assert_eq!(count("a%22b").await, 0, "a quote is literal");
+        assert_eq!(count("%22jackson%22").await, 0);
+        let id = jackson["id"].as_str().unwrap();
+        s.patch(&s.admin, &format!("/api/v1/contacts/{id}"), json!({"last_name": "Smithers"})).await.expect(200);
+        assert_eq!(count("jackson").await, 0, "the old text is gone from the index");
+        assert_eq!(count("smither").await, 1);
+        s.delete(&s.admin, &format!("/api/v1/contacts/{id}")).await.expect(204);
+        assert_eq!(count("smither").await, 0, "a deleted record is not found");
+    }
+
     async fn users_are_managed_by_admins_and_tokens_work(s: TestServer) {
         let (ann_id, ann) = s.add_user("ann@example.com").await;
         assert!(ann.len() >= 36, "at least 128 bits of token");

@@ -819,6 +819,32 @@ both_dbs! {
         assert!(api.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     }
 
+    async fn r_w6_sync_page_lists_the_items_a_client_cannot_read_with_the_fix(s: TestServer) {
+        let (uid, token) = s.add_user("kim@example.com").await;
+        let desk = s.register(&token, "desk").await;
+        let desk = desk["id"].as_str().unwrap().to_string();
+        let path = format!("/api/v1/sync/clients/{desk}/problems");
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        assert!(b.get("/sync").await.html.contains("Your clients can read every item"));
+        let hostile = "contacts/<script>x</script>.vcf";
+        s.call(&token, reqwest::Method::PUT, &path, Some(json!({"items": [{"item": hostile, "problem": "cannot be read (no END:VCARD); fix or remove the item"}]}))).await.expect(200);
+        let page = b.get("/sync").await.html;
+        assert!(page.contains("contacts/&#60;script&#62;x&#60;/script&#62;.vcf") || page.contains("contacts/&lt;script&gt;x&lt;/script&gt;.vcf"), "escaped: {page}");
+        assert!(!page.contains("<script>x"), "{page}");
+        assert!(page.contains("fix or remove the item"), "{page}");
+        // Refused: another user's client, a malformed list, too many items.
+        let (_, other) = s.add_user("lee@example.com").await;
+        let refused = s.call(&other, reqwest::Method::PUT, &path, Some(json!({"items": []}))).await;
+        assert!(matches!(refused.status.as_u16(), 403 | 404), "{}", refused.status);
+        assert_eq!(s.call(&token, reqwest::Method::PUT, &path, Some(json!({"items": [{"item": "x"}]}))).await.status.as_u16(), 422);
+        let many: Vec<Value> = (0..1001).map(|i| json!({"item": format!("i{i}"), "problem": "p"})).collect();
+        assert_eq!(s.call(&token, reqwest::Method::PUT, &path, Some(json!({"items": many}))).await.status.as_u16(), 422);
+        assert!(b.get("/sync").await.html.contains("fix or remove the item"), "refusals change nothing");
+        // An empty list clears them.
+        s.call(&token, reqwest::Method::PUT, &path, Some(json!({"items": []}))).await.expect(200);
+        assert!(b.get("/sync").await.html.contains("Your clients can read every item"));
+    }
+
     async fn r_w6_sync_page_shows_each_clients_last_synchronization_and_result(s: TestServer) {
         let (uid, token) = s.add_user("kim@example.com").await;
         let desk = s.register(&token, "desk").await;

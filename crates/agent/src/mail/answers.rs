@@ -244,7 +244,8 @@ impl Agent {
     }
 
     /// What `crmsync status` reports about messages.
-    pub(crate) async fn mail_reported(&self) -> anyhow::Result<Vec<String>> {
+    /// Messages that cannot be tracked, as `(where, what and the fix)`.
+    pub(crate) async fn mail_reported(&self) -> anyhow::Result<Vec<(String, String)>> {
         Ok(self
             .cache()
             .message_problems()
@@ -256,12 +257,13 @@ impl Agent {
                 } else {
                     m.problem.unwrap_or_default()
                 };
-                format!(
-                    "{}/{} ({}): {what}",
+                let place = format!(
+                    "{}/{} ({})",
                     m.folder,
                     m.href,
                     m.message_id.as_deref().unwrap_or("Message-ID not read")
-                )
+                );
+                (place, what)
             })
             .collect())
     }

@@ -79,6 +79,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::post(sync::set_primary),
         )
         .route("/sync/clients/{id}/reset", axum::routing::post(sync::reset))
+        .route(
+            "/sync/clients/{id}/problems",
+            axum::routing::put(sync::set_problems),
+        )
         .route("/sync/prepare", axum::routing::post(sync::prepare))
         .route("/sync/data", get(sync::data))
         .route("/sync/ack", axum::routing::post(sync::ack))

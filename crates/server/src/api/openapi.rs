@@ -973,6 +973,34 @@ fn sync_paths(paths: &mut Paths) {
             error_responses(op, &["400", "401", "403", "404", "409"]),
         );
     }
+    let problem = obj(
+        &[
+            ("item", string(None).min_length(Some(1)).into()),
+            ("problem", string(None).min_length(Some(1)).into()),
+        ],
+        &["item", "problem"],
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("set_client_problems"))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(obj(
+            &[(
+                "items",
+                ArrayBuilder::new()
+                    .items(RefOr::T(problem))
+                    .max_items(Some(crmsync_core::MAX_REPORTED_PROBLEMS))
+                    .into(),
+            )],
+            &["items"],
+        ))))
+        .response("200", ok("how many problems the client now shows (R-W6)"));
+    add(
+        paths,
+        "/api/v1/sync/clients/{id}/problems",
+        HttpMethod::Put,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some("prepare"))

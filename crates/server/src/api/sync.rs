@@ -62,6 +62,17 @@ pub async fn reset(
     ))
 }
 
+pub async fn set_problems(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        clients::set_problems(&s.store, caller, parse_id(&id)?, &body).await?,
+    ))
+}
+
 pub async fn prepare(
     State(s): State<AppState>,
     caller: Caller,

@@ -117,6 +117,7 @@ pub const TABLES: &[Table] = &[
             ("last_batch_at", OptText),
             ("last_ack_at", OptText),
             ("last_ack_items", OptInt),
+            ("problems", OptText),
         ],
         key: &["id"],
         page: PAGE,

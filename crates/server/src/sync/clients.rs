@@ -8,10 +8,10 @@ use uuid::Uuid;
 use crmsync_core::kind::MailboxKind;
 use crmsync_core::mass_delete::MassDeleteLimits;
 use crmsync_core::time::now_timestamp;
-use crmsync_core::EntitySet;
+use crmsync_core::{EntitySet, MAX_REPORTED_PROBLEMS as MAX_PROBLEMS};
 
 use super::context::MailboxOwner;
-use super::store::{self as sync_store, Client};
+use super::store::{self as sync_store, Client, ClientProblem};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, Store};
@@ -47,6 +47,7 @@ pub fn client_json(c: &Client, owner: Option<&MailboxOwner>) -> Value {
         // R-W6: the last synchronization as the server saw it.
         "last_sync_at": c.last_sync_at, "last_ack_at": c.last_ack_at,
         "last_ack_items": c.last_ack_items, "awaiting_ack": awaiting_ack(c),
+        "problems": c.problems,
     });
     if let Some(o) = owner {
         out["schedule"] = schedule_json(o);
@@ -189,6 +190,7 @@ async fn insert_new(
         last_batch_at: None,
         last_ack_at: None,
         last_ack_items: None,
+        problems: Vec::new(),
     };
     client.is_primary =
         !client.is_delegated() && !sync_store::has_primary(conn, mailbox_user).await?;
@@ -340,6 +342,41 @@ pub async fn set_primary(store: &Store, caller: Caller, id: Uuid) -> ApiResult<V
         "busy",
         "the primary role is being moved by another request; try again",
     ))
+}
+
+/// Longest text of a problem's place or description.
+const MAX_PROBLEM_TEXT: usize = 2000;
+
+/// R-W6: the client reports the items of its mailbox it cannot read (the
+/// whole list, replacing the last one), for the Sync page.
+pub async fn set_problems(store: &Store, caller: Caller, id: Uuid, body: &Value) -> ApiResult<Value> {
+    let client = own_client(store, caller, id).await?;
+    let items = body.get("items").and_then(Value::as_array).ok_or_else(|| {
+        ApiError::invalid("items: required, a list of {\"item\", \"problem\"} (empty when everything can be read)")
+    })?;
+    if items.len() > MAX_PROBLEMS {
+        return Err(ApiError::invalid(format!(
+            "items: at most {MAX_PROBLEMS}; send the first {MAX_PROBLEMS}"
+        )));
+    }
+    let mut problems = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let text = |key: &str| {
+            item.get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty() && t.chars().count() <= MAX_PROBLEM_TEXT)
+                .map(str::to_string)
+        };
+        let (Some(item), Some(problem)) = (text("item"), text("problem")) else {
+            return Err(ApiError::invalid(format!(
+                "items[{i}]: needs 'item' and 'problem', texts of 1 to {MAX_PROBLEM_TEXT} characters"
+            )));
+        };
+        problems.push(ClientProblem { item, problem });
+    }
+    let mut conn = store.pool.acquire().await?;
+    sync_store::set_problems(&mut conn, client.id, &problems).await?;
+    Ok(json!({"id": client.id, "problems": problems.len()}))
 }
 
 /// R-S9: forgets the items deleted in the mailbox and evaluates the filters

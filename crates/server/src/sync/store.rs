@@ -40,6 +40,17 @@ pub struct Client {
     /// When it last acknowledged deliveries, and how many.
     pub last_ack_at: Option<String>,
     pub last_ack_items: Option<i64>,
+    /// R-W6: what the client last reported it cannot read, with the fix.
+    pub problems: Vec<ClientProblem>,
+}
+
+/// One item of a client's mailbox that cannot be read (R-W6).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientProblem {
+    /// Where it is: the collection or folder and the item's name in it.
+    pub item: String,
+    /// What is wrong, and the fix.
+    pub problem: String,
 }
 
 impl Client {
@@ -54,7 +65,7 @@ impl Client {
 }
 
 const CLIENT_COLUMNS: &str =
-    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch, kinds, last_sync_at, last_batch_at, last_ack_at, last_ack_items";
+    "id, user_id, mailbox_user_id, name, is_primary, scanned_version, full_scan, time_checked_at, current_batch, kinds, last_sync_at, last_batch_at, last_ack_at, last_ack_items, problems";
 
 /// Stored as a sorted comma-separated list; NULL when the mailbox holds
 /// every kind (what a client that never said is taken to hold).
@@ -98,6 +109,10 @@ fn client_from_row(row: &AnyRow) -> Result<Client, sqlx::Error> {
         last_batch_at: row.try_get("last_batch_at")?,
         last_ack_at: row.try_get("last_ack_at")?,
         last_ack_items: row.try_get("last_ack_items")?,
+        problems: match row.try_get::<Option<String>, _>("problems")? {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("problems"))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -293,6 +308,21 @@ pub async fn record_sync(conn: &mut AnyConnection, c: Uuid, at: &str) -> Result<
     sqlx::query("UPDATE sync_clients SET last_sync_at = $2 WHERE id = $1")
         .bind(c.to_string())
         .bind(at.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// R-W6: replaces what the client reported it cannot read.
+pub async fn set_problems(
+    conn: &mut AnyConnection,
+    c: Uuid,
+    problems: &[ClientProblem],
+) -> Result<(), sqlx::Error> {
+    let text = serde_json::to_string(problems).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query("UPDATE sync_clients SET problems = $2 WHERE id = $1")
+        .bind(c.to_string())
+        .bind(text)
         .execute(conn)
         .await?;
     Ok(())

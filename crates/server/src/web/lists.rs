@@ -49,6 +49,12 @@ pub fn columns(set: EntitySet) -> Vec<&'static str> {
         .collect()
 }
 
+/// The columns a list can be sorted by: the name, then [`columns`]. Each
+/// has an index (`crate::list_indexes`).
+pub fn sortable_fields(set: EntitySet) -> Vec<&'static str> {
+    name_field(set).into_iter().chain(columns(set)).collect()
+}
+
 pub struct Column {
     pub label: String,
     pub href: String,
@@ -155,8 +161,8 @@ pub async fn list(
 ) -> Response {
     let set = super::set_of(&uri);
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
-    let sortable: Vec<&'static str> = name_field(set).into_iter().chain(columns(set)).collect();
-    let sort = sortable.iter().copied().find(|f| *f == get("sort"));
+    let sort = sortable_fields(set)
+        .into_iter().find(|f| *f == get("sort"));
     let descending = match sort {
         Some(_) => get("dir") == "desc",
         None => true,

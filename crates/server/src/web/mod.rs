@@ -27,6 +27,8 @@ use axum::Router;
 
 use crmsync_core::EntitySet;
 
+pub use lists::sortable_fields;
+
 use crate::error::ApiError;
 use crate::AppState;
 

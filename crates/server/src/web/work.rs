@@ -47,6 +47,8 @@ pub struct ClientRow {
     pub last_sync: String,
     pub result: String,
     pub counts: crate::sync::store::EntryCounts,
+    /// Items of its mailbox it cannot read, with the fix, as it last reported.
+    pub problems: Vec<crate::sync::store::ClientProblem>,
 }
 
 pub struct ConflictView {
@@ -64,6 +66,8 @@ pub struct SyncPage {
     layout: Layout,
     csrf: String,
     clients: Vec<ClientRow>,
+    /// Some client reported items it cannot read.
+    unreadable: bool,
     conflicts: Vec<ConflictView>,
 }
 
@@ -178,7 +182,11 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
         Err(e) => return super::server_error(e.into()),
     };
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let unreadable = clients
+        .iter()
+        .any(|c| c["problems"].as_array().is_some_and(|p| !p.is_empty()));
     SyncPage {
+        unreadable,
         layout: Layout::new("Sync", &user, "/sync"),
         csrf: user.csrf.clone(),
         clients: clients
@@ -190,6 +198,7 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
                     .and_then(|id| counts.get(&id).copied())
                     .unwrap_or_default(),
                 name: text(c, "name"),
+                problems: serde_json::from_value(c["problems"].clone()).unwrap_or_default(),
                 last_sync: c["last_sync_at"].as_str().unwrap_or("Never").to_string(),
                 result: sync_result(c),
                 role: label(&text(c, "role")),
