@@ -22,6 +22,9 @@ pub struct Store {
     pub url: String,
     /// What committed lately, for the clients waiting on `/sync/wait`.
     pub changes: ChangeFeed,
+    /// R-V2: the key of the secrets at rest, which the database does not
+    /// hold; without one, no secret is stored.
+    pub secret_key: Option<std::sync::Arc<crate::secrets::SecretKey>>,
 }
 
 /// The PostgreSQL channel every `serve` process of one database listens on.
@@ -583,7 +586,14 @@ impl Store {
             kind,
             url: crate::db::normalize_url(url)?.1,
             changes: ChangeFeed::new(committed),
+            secret_key: None,
         })
+    }
+
+    /// This store with the key of the secrets at rest (R-V2).
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> Store {
+        self.secret_key = Some(std::sync::Arc::new(key));
+        self
     }
 
     /// Commits a write that took `change.version` ([`next_version`]) and
