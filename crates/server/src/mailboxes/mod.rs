@@ -7,6 +7,7 @@
 //! as given, without their passwords; the passwords are stored encrypted
 //! (`crate::secrets`) and never shown: answers say `"password_set"`.
 
+pub mod lease;
 pub mod store;
 
 use std::collections::BTreeSet;
