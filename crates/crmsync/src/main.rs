@@ -716,7 +716,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_body,
             key,
         } => {
-            let mut store = Store::connect(&db.db).await?;
+            let mut store = Store::connect(&db.db)
+                .await?
+                .with_connection_test(std::sync::Arc::new(crmsync_hosted::MailboxTester));
             match key.find(&db.db)? {
                 Some(key) => store = store.with_secret_key(key),
                 None => eprintln!(

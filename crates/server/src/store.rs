@@ -25,6 +25,9 @@ pub struct Store {
     /// R-V2: the key of the secrets at rest, which the database does not
     /// hold; without one, no secret is stored.
     pub secret_key: Option<std::sync::Arc<crate::secrets::SecretKey>>,
+    /// R-V1: connects to a mailbox's servers (crmsync-hosted); without it
+    /// the connection test answers that this process cannot.
+    pub connection_test: Option<std::sync::Arc<dyn crate::mailboxes::ConnectionTest>>,
 }
 
 /// The PostgreSQL channel every `serve` process of one database listens on.
@@ -587,10 +590,19 @@ impl Store {
             url: crate::db::normalize_url(url)?.1,
             changes: ChangeFeed::new(committed),
             secret_key: None,
+            connection_test: None,
         })
     }
 
     /// This store with the key of the secrets at rest (R-V2).
+    pub fn with_connection_test(
+        mut self,
+        test: std::sync::Arc<dyn crate::mailboxes::ConnectionTest>,
+    ) -> Store {
+        self.connection_test = Some(test);
+        self
+    }
+
     pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> Store {
         self.secret_key = Some(std::sync::Arc::new(key));
         self

@@ -64,3 +64,25 @@ pub async fn delete(
     mailboxes::delete(&s.store, caller, parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// R-V1: connects and says what works, with the fix.
+pub async fn test(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        mailboxes::test(&s.store, caller, parse_id(&id)?).await?,
+    ))
+}
+
+/// R-V1: "Resync", a synchronization now.
+pub async fn resync(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        mailboxes::resync(&s.store, caller, parse_id(&id)?).await?,
+    ))
+}

@@ -70,6 +70,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .patch(mailboxes::patch)
                 .delete(mailboxes::delete),
         )
+        .route("/mailboxes/{id}/test", axum::routing::post(mailboxes::test))
+        .route(
+            "/mailboxes/{id}/sync",
+            axum::routing::post(mailboxes::resync),
+        )
         .route(
             "/sync/clients",
             get(sync::list_clients).post(sync::register),

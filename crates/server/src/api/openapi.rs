@@ -1458,6 +1458,32 @@ fn mailbox_paths(paths: &mut Paths) {
         HttpMethod::Delete,
         error_responses(op, &["400", "401", "403", "404"]),
     );
+    for (suffix, id, what, errors) in [
+        (
+            "test",
+            "test_mailbox",
+            "connects to the mailbox's servers: {\"ok\", \"checks\": [{\"what\", \"status\": \"ok\"|\"warning\"|\"failed\", \"detail\"}]}",
+            &["400", "401", "403", "404", "409", "503"][..],
+        ),
+        (
+            "sync",
+            "resync_mailbox",
+            "queued: the mailbox is synchronized as soon as a worker is free",
+            &["400", "401", "403", "404"][..],
+        ),
+    ] {
+        let op = OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(id))
+            .parameter(path_param("id", uuid()))
+            .response("200", response(what, Some(any_object().into())));
+        add(
+            paths,
+            &format!("/api/v1/mailboxes/{{id}}/{suffix}"),
+            HttpMethod::Post,
+            error_responses(op, errors),
+        );
+    }
 }
 
 /// A mailbox as answered: its sections without passwords.

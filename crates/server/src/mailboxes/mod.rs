@@ -7,6 +7,7 @@
 //! as given, without their passwords; the passwords are stored encrypted
 //! (`crate::secrets`) and never shown: answers say `"password_set"`.
 
+mod connection;
 pub mod lease;
 pub mod store;
 
@@ -28,6 +29,8 @@ use crate::secrets::{SecretError, SecretKey};
 use crate::store::Store;
 use crate::sync::clients;
 use store::Mailbox;
+
+pub use connection::{connection, resync, test, Check, CheckStatus, Connection, ConnectionTest};
 
 /// R-V5: a mailbox's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +290,7 @@ async fn owner_of(store: &Store, caller: Caller, user_id: Option<&Value>) -> Api
 }
 
 /// A mailbox the caller may see and change: their own, or any for an admin.
-async fn own(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Mailbox> {
+pub(crate) async fn own(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Mailbox> {
     let mut conn = store.pool.acquire().await?;
     let m = store::get(&mut conn, id)
         .await?

@@ -167,3 +167,13 @@ pub async fn set_secret(
         .await?;
     Ok(())
 }
+
+/// R-V1's "Resync": the mailbox is due at `at` (Unix seconds).
+pub async fn set_next_run(conn: &mut AnyConnection, id: Uuid, at: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE mailboxes SET next_run_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
