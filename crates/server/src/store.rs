@@ -996,6 +996,14 @@ pub async fn insert_token(
     Ok(())
 }
 
+pub async fn delete_token(conn: &mut AnyConnection, hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM tokens WHERE hash = $1")
+        .bind(hash.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn delete_tokens(conn: &mut AnyConnection, user: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM tokens WHERE user_id = $1")
         .bind(user.to_string())

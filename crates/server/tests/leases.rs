@@ -8,7 +8,20 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use common::TestServer;
-use crmsync_server::mailboxes::lease::{self, Lease, LeaseError, LEASE_FOR};
+use crmsync_server::mailboxes::lease::{self, CycleEnd, Lease, LeaseError, LEASE_FOR};
+use crmsync_server::mailboxes::MailboxState;
+
+/// A successful cycle's end, next run at `next`.
+fn done(next: i64) -> CycleEnd {
+    CycleEnd {
+        state: MailboxState::Active,
+        next_run_at: next,
+        succeeded_at: Some("2026-12-03T00:00:00Z".into()),
+        error: None,
+        counts: Some("{}".into()),
+        failures: 0,
+    }
+}
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -67,10 +80,10 @@ both_dbs! {
         assert!(matches!(lease::hold(&mut conn, s.store.kind, &first).await, Err(LeaseError::Lost(_))));
         assert!(lease::hold(&mut conn, s.store.kind, &second).await.is_ok());
         assert!(matches!(lease::renew(&s.store, &first, expired).await, Err(LeaseError::Lost(_))));
-        assert!(matches!(lease::release(&s.store, &first, expired + 900).await, Err(LeaseError::Lost(_))));
+        assert!(matches!(lease::finish(&s.store, &first, &done(expired + 900)).await, Err(LeaseError::Lost(_))));
         // "b" renews and ends its cycle: the mailbox is due again at its next run.
         lease::renew(&s.store, &second, expired + 30).await.unwrap();
-        lease::release(&s.store, &second, expired + 900).await.unwrap();
+        lease::finish(&s.store, &second, &done(expired + 900)).await.unwrap();
         assert!(lease::claim(&s.store, "c", expired + 899).await.unwrap().is_none(), "not due yet");
         let third: Lease = lease::claim(&s.store, "c", expired + 900).await.unwrap().unwrap();
         assert!(third.token > second.token);

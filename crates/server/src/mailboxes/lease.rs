@@ -13,6 +13,7 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
+use super::MailboxState;
 use crate::db::DbKind;
 use crate::store::Store;
 
@@ -96,16 +97,40 @@ pub async fn renew(store: &Store, lease: &Lease, now: i64) -> Result<(), LeaseEr
     }
 }
 
-/// Ends the cycle: frees the lease and sets the mailbox's next run, if the
-/// lease is still this holder's (else `Lost`, and nothing changes).
-pub async fn release(store: &Store, lease: &Lease, next_run_at: i64) -> Result<(), LeaseError> {
+/// How a cycle ended (R-V5): the mailbox's health and next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleEnd {
+    pub state: MailboxState,
+    /// Unix seconds.
+    pub next_run_at: i64,
+    /// Set when the cycle succeeded (else the last success is kept).
+    pub succeeded_at: Option<String>,
+    /// What failed, with the fix; `None` after a success.
+    pub error: Option<String>,
+    /// The cycle's counts (JSON), when it got that far.
+    pub counts: Option<String>,
+    /// Transient failures in a row.
+    pub failures: i64,
+}
+
+/// Ends the cycle: records its outcome, sets the next run and frees the
+/// lease, if the lease is still this holder's (else `Lost`, and nothing
+/// changes).
+pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), LeaseError> {
     let done = sqlx::query(
-        "UPDATE mailboxes SET lease_holder = NULL, lease_expires_at = NULL, next_run_at = $3 \
+        "UPDATE mailboxes SET lease_holder = NULL, lease_expires_at = NULL, next_run_at = $3, \
+           state = $4, last_success_at = COALESCE($5, last_success_at), last_error = $6, \
+           last_counts = COALESCE($7, last_counts), failures = $8 \
          WHERE id = $1 AND lease_token = $2",
     )
     .bind(lease.mailbox.to_string())
     .bind(lease.token)
-    .bind(next_run_at)
+    .bind(end.next_run_at)
+    .bind(end.state.as_str())
+    .bind(end.succeeded_at.clone())
+    .bind(end.error.clone())
+    .bind(end.counts.clone())
+    .bind(end.failures)
     .execute(&store.pool)
     .await?;
     match done.rows_affected() {

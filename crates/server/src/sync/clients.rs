@@ -72,11 +72,17 @@ fn awaiting_ack(c: &Client) -> bool {
 /// seconds, never shorter than the organization's minimum (which may have
 /// been raised after the user chose theirs).
 fn schedule_json(o: &MailboxOwner) -> Value {
+    let (enabled, interval_secs) = schedule(o);
+    json!({"enabled": enabled, "interval_secs": interval_secs})
+}
+
+/// R-T1: whether the owner's scheduled sync is on, and its interval in seconds.
+pub fn schedule(o: &MailboxOwner) -> (bool, u64) {
     use crmsync_core::settings::parse_interval;
     let fallback = parse_interval(&o.org.sync_interval).unwrap_or(15 * 60);
     let chosen = parse_interval(&o.settings.schedule_interval).unwrap_or(fallback);
     let min = parse_interval(&o.org.sync_interval_min).unwrap_or(0);
-    json!({"enabled": o.settings.schedule_enabled, "interval_secs": chosen.max(min)})
+    (o.settings.schedule_enabled, chosen.max(min))
 }
 
 /// Finds a user by id or email.
