@@ -486,9 +486,15 @@ fn record_of(v: &Value) -> anyhow::Result<Record> {
 }
 
 impl Agent {
-    /// Opens the cache and the mailbox named by the configuration.
+    /// Opens the cache file and the mailbox named by the configuration.
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
         let cache = Cache::open(&cfg.cache).await?;
+        Agent::with_cache(cfg, cache).await
+    }
+
+    /// The engine on `cache` (a file's or a server database's, R-V4) and
+    /// the mailbox named by the configuration (its `cache` path unused).
+    pub async fn with_cache(cfg: Config, cache: Cache) -> anyhow::Result<Agent> {
         let mut checked = Vec::new();
         for collection in collections() {
             if let Some(url) = cache
@@ -501,6 +507,20 @@ impl Agent {
             }
         }
         let opened = crate::backends::open_mailbox(&cfg, &checked).await?;
+        let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
+        Agent::from_parts(cfg, cache, opened, crm).await
+    }
+
+    /// The engine on an opened cache, mailbox and CRM client: what a server
+    /// worker drives for a connected mailbox (R-V4). `cfg` gives the sync
+    /// settings (mail folders, interval, client name); its `cache`,
+    /// `[crm]` and `[mailbox]` parts are not read.
+    pub async fn from_parts(
+        cfg: Config,
+        cache: Cache,
+        opened: crate::backends::OpenedMailbox,
+        crm: CrmClient,
+    ) -> anyhow::Result<Agent> {
         let mut listed = opened.mailbox.collections().await?;
         let item_collections: Vec<&'static str> = collections()
             .into_iter()
@@ -514,7 +534,6 @@ impl Agent {
         if !listed.is_empty() {
             kinds.push(MailboxKind::Mail);
         }
-        let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
             cfg,
             cache,
