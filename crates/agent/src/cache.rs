@@ -247,6 +247,19 @@ pub struct LeaseLost {
     pub token: i64,
 }
 
+impl LeaseLost {
+    /// R-V4: an item's error that is a lost lease ends the whole cycle
+    /// (every later write would be refused too); any other stays the
+    /// item's, reported while the others go on.
+    pub(crate) fn stops(e: anyhow::Error) -> anyhow::Result<anyhow::Error> {
+        if e.is::<LeaseLost>() {
+            Err(e)
+        } else {
+            Ok(e)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Cache {
     pool: AnyPool,
@@ -382,6 +395,17 @@ impl Cache {
             }
         }
         Ok(tx)
+    }
+
+    /// R-V4: fails with [`LeaseLost`] unless the lease is still held (no
+    /// check without a fence). Called before a mailbox write that no
+    /// fenced cache write precedes, so that a worker that lost its lease
+    /// does not write into the mailbox either.
+    pub async fn hold_lease(&self) -> anyhow::Result<()> {
+        if self.fence.is_some() {
+            self.begin().await?.commit().await?;
+        }
+        Ok(())
     }
 
     /// One write: in a fenced transaction when there is a fence, else

@@ -33,7 +33,7 @@ use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
 use crmsync_mailbox::{Collection, CollectionKind, Etag, Mailbox, SyncState};
 
-use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
+use crate::cache::{Cache, CachedItem, JournalEntry, LeaseLost, WriteIntent};
 use crate::config::Config;
 use crate::crm::CrmClient;
 
@@ -828,7 +828,7 @@ impl Agent {
                 .await?;
         }
         tracing::debug!(ms = ms(), "deliveries applied");
-        self.plan_untouched(role, &mut run).await;
+        self.plan_untouched(role, &mut run).await?;
         // (d) acknowledge what was applied.
         if let (Some(batch), false) = (batch, run.acks.is_empty()) {
             let r = self.crm.ack(&client, batch, &run.acks).await?;
@@ -1158,6 +1158,7 @@ impl Agent {
                 )
                 .await;
             if let Err(e) = r {
+                let e = LeaseLost::stops(e)?;
                 run.report.errors.push(format!("{set}/{id}: {e:#}"));
                 if let Some(k) = &key {
                     run.incomplete.insert(k.0.clone());
@@ -1218,7 +1219,7 @@ impl Agent {
 
     /// Mailbox → CRM for the items no delivery touched: their push
     /// operations join the run's (sent after the acknowledgement).
-    async fn plan_untouched(&self, role: Role, run: &mut ItemPass) {
+    async fn plan_untouched(&self, role: Role, run: &mut ItemPass) -> anyhow::Result<()> {
         for ((collection, _), mut t) in std::mem::take(&mut run.touched) {
             for action in plan_item(t.link, CrmSide::Unchanged, t.side, role) {
                 if let Err(e) = self
@@ -1232,6 +1233,7 @@ impl Agent {
                     )
                     .await
                 {
+                    let e = LeaseLost::stops(e)?;
                     run.incomplete.insert(collection.clone());
                     run.report.errors.push(format!("{e:#}"));
                     break;
@@ -1241,6 +1243,7 @@ impl Agent {
                 run.incomplete.insert(collection.clone());
             }
         }
+        Ok(())
     }
 
     /// The new state of every complete collection. Settling re-scans a
@@ -1522,6 +1525,7 @@ impl Agent {
         let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
         opts.existing = Some(&bytes);
         let out = render_item(&item, &opts)?;
+        self.cache.hold_lease().await?;
         let r = self
             .mailbox
             .update(collection, &c.href, &Etag::new(etag), &out)
@@ -1584,6 +1588,7 @@ impl Agent {
             }
             Action::DeleteFromMailbox => {
                 let c = t.cached.clone().context("delete of an unknown item")?;
+                self.cache.hold_lease().await?;
                 match self
                     .mailbox
                     .delete(collection, &c.href, &Etag::new(c.etag.clone()))
@@ -1708,6 +1713,7 @@ impl Agent {
                 Ok(true) => {}
                 Ok(false) => retry.push(entry.collection.clone()),
                 Err(e) => {
+                    let e = LeaseLost::stops(e)?;
                     retry.push(entry.collection.clone());
                     report.errors.push(format!(
                         "{}/{}: {kind}: {e:#}",

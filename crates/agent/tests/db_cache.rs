@@ -351,7 +351,8 @@ async fn r_v4_a_write_under_a_stale_lease_fails_with_lease_lost_and_writes_nothi
 async fn r_v4_an_engine_whose_lease_was_taken_writes_nothing() {
     let w = world().await;
     let (_, ann) = w.user("ann@example.com").await;
-    w.contact(&ann, "Alpha").await;
+    let alpha = w.contact(&ann, "Alpha").await;
+    let delta = w.contact(&ann, "Delta").await;
     let (_, pool) = fresh_database().await;
     sqlx::query(
         "CREATE TABLE connected_mailboxes (id TEXT PRIMARY KEY, lease_token BIGINT NOT NULL)",
@@ -359,43 +360,100 @@ async fn r_v4_an_engine_whose_lease_was_taken_writes_nothing() {
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 8)")
+    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 7)")
         .execute(&pool)
         .await
         .unwrap();
-    let fence = Fence {
-        key: "mb-ann".into(),
-        token: 7,
+    let engine = |token| {
+        let cache = Cache::in_database(
+            pool.clone(),
+            "mb-ann",
+            Some(Fence {
+                key: "mb-ann".into(),
+                token,
+            }),
+        )
+        .unwrap();
+        Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
     };
-    let cache = Cache::in_database(pool.clone(), "mb-ann", Some(fence)).unwrap();
-    let agent = Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
-        .await
-        .unwrap();
-    match agent.sync_once(SyncOptions::default()).await {
-        Err(e) => assert!(e.downcast_ref::<LeaseLost>().is_some(), "{e:#}"),
-        Ok(r) => assert!(!r.errors.is_empty(), "{r:?}"),
-    }
-    assert_eq!(all_rows(&pool, "mb-ann").await, 0);
-    assert!(
-        vcards(&w.contacts_dir("ann")).is_empty(),
-        "nothing written into the mailbox"
-    );
+    let lost = |r: anyhow::Result<crmsync_agent::SyncReport>| {
+        let e = r.unwrap_err();
+        assert!(e.downcast_ref::<LeaseLost>().is_some(), "{e:#}");
+    };
 
-    // Under the current token the same engine code syncs.
-    let cache = Cache::in_database(
-        pool.clone(),
-        "mb-ann",
-        Some(Fence {
-            key: "mb-ann".into(),
-            token: 8,
-        }),
-    )
-    .unwrap();
-    let agent = Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
+    let claim = |token: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE connected_mailboxes SET lease_token = $1 WHERE id = 'mb-ann'")
+                .bind(token)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+
+    // A stale token from the start: nothing at all.
+    claim(8).await;
+    lost(
+        engine(7)
+            .await
+            .unwrap()
+            .sync_once(SyncOptions::default())
+            .await,
+    );
+    assert_eq!(all_rows(&pool, "mb-ann").await, 0);
+    assert!(vcards(&w.contacts_dir("ann")).is_empty());
+
+    // The holder syncs; then another worker claims the mailbox.
+    let holder = engine(8).await.unwrap();
+    assert_eq!(sync(&holder).await.written_to_mailbox, 2);
+    let written = all_rows(&pool, "mb-ann").await;
+
+    // A CRM deletion (a contact is unlinked in the mailbox, R-S8): the
+    // item stays linked.
+    let (status, _) = w
+        .call(
+            &ann,
+            Method::DELETE,
+            &format!("/api/v1/contacts/{delta}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    claim(9).await;
+    lost(holder.sync_once(SyncOptions::default()).await);
+    assert!(find(&vcards(&w.contacts_dir("ann")), &delta).is_some());
+    assert_eq!(all_rows(&pool, "mb-ann").await, written);
+
+    // Deliveries and a mailbox edit: nothing written on either side.
+    let holder = engine(9).await.unwrap();
+    claim(10).await;
+    w.contact(&ann, "Beta").await;
+    w.contact(&ann, "Gamma").await;
+    let cards = vcards(&w.contacts_dir("ann"));
+    edit(&find(&cards, &alpha).unwrap().0, "job_title", "Buyer");
+    lost(holder.sync_once(SyncOptions::default()).await);
+    assert_eq!(all_rows(&pool, "mb-ann").await, written, "no cache row");
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(cards.len(), 2, "no delivery written into the mailbox");
+    assert!(find(&cards, &delta).is_some());
+    let crm_alpha = w
+        .my_contacts(&ann)
         .await
+        .into_iter()
+        .find(|c| c["id"] == alpha.as_str())
         .unwrap();
-    assert_eq!(sync(&agent).await.written_to_mailbox, 1);
-    assert_eq!(vcards(&w.contacts_dir("ann")).len(), 1);
+    assert_ne!(crm_alpha["job_title"], "Buyer", "nothing pushed");
+
+    // The new holder, the same engine code, takes it from there.
+    let next = engine(10).await.unwrap();
+    let r = sync(&next).await;
+    assert_eq!(r.written_to_mailbox, 2, "{r:?}");
+    assert_eq!(r.unlinked_in_mailbox, 1, "{r:?}");
+    assert_eq!(r.pushed.values().sum::<usize>(), 1, "{r:?}");
+    let cards = vcards(&w.contacts_dir("ann"));
+    assert_eq!(cards.len(), 4);
+    assert!(find(&cards, &delta).is_none(), "Delta unlinked");
 }
 
 /// The cache file as the agent wrote it before caches could live in a
