@@ -522,3 +522,81 @@ async fn r_t4_a_cache_file_from_before_opens_with_its_rows() {
     assert_eq!(sync(&agent).await.written_to_mailbox, 1);
     assert_eq!(agent.cache().link_counts().await.unwrap(), [0, 0, 2]);
 }
+
+#[tokio::test]
+async fn r_v4_a_lease_taken_mid_cycle_stops_the_cycle_and_its_writes() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let delta = w.contact(&ann, "Delta").await;
+    let (url, pool) = fresh_database().await;
+    sqlx::query(
+        "CREATE TABLE connected_mailboxes (id TEXT PRIMARY KEY, lease_token BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let fence = Fence {
+        key: "mb-ann".into(),
+        token: 1,
+    };
+    let cache = Cache::in_database(pool.clone(), "mb-ann", Some(fence)).unwrap();
+    let holder = Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
+        .await
+        .unwrap();
+    assert_eq!(sync(&holder).await.written_to_mailbox, 1);
+    for i in 0..60 {
+        w.contact(&ann, &format!("New{i:02}")).await;
+    }
+    let (status, _) = w
+        .call(
+            &ann,
+            Method::DELETE,
+            &format!("/api/v1/contacts/{delta}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
+    // Another worker claims the mailbox when the 50th delivery is next
+    // (the engine reports its progress every 50).
+    holder.on_progress(Box::new(move |p| {
+        if p.done == 50 && p.total > 50 {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                        sqlx::query("UPDATE connected_mailboxes SET lease_token = 2")
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    })
+            })
+            .join()
+            .unwrap();
+        }
+    }));
+    let e = holder.sync_once(SyncOptions::default()).await.unwrap_err();
+    assert!(e.downcast_ref::<LeaseLost>().is_some(), "{e:#}");
+    // The 49 deliveries before the claim are applied (Delta's unlinking
+    // among them or not, as the CRM ordered them), none after.
+    let cards = vcards(&w.contacts_dir("ann"));
+    let new = cards
+        .iter()
+        .filter(|(_, i)| {
+            i.fields["last_name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("New"))
+        })
+        .count();
+    let unlinked = usize::from(find(&cards, &delta).is_none());
+    assert_eq!(new + unlinked, 49, "the deliveries before the claim only");
+    assert_eq!(cards.len() as i64, rows(&pool, "items", "mb-ann").await);
+}
