@@ -12,7 +12,7 @@
 //! mailbox key first in their primary key, so any `serve` process continues
 //! any mailbox. The SQL is written once for both: `$1` is always the
 //! mailbox key (unused in a file, which holds one mailbox), and markers in
-//! braces name the tables and the scope (see [`render`]). On PostgreSQL an
+//! braces name the tables and the scope (see `render`). On PostgreSQL an
 //! optional [`Fence`] makes every write conditional on the worker still
 //! holding the mailbox's lease; a write under a stale lease fails with
 //! [`LeaseLost`] and writes nothing.
@@ -35,7 +35,7 @@ pub const LEASE_TOKEN_COLUMN: &str = "lease_token";
 /// and the file's table name (none of the server's tables starts so).
 const SHARED_PREFIX: &str = "mailbox_cache_";
 
-/// Written once for the file and the server's database (see [`render`]).
+/// Written once for the file and the server's database (see `render`).
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {meta} ({key_col}key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY ({key}key))",
     "CREATE TABLE IF NOT EXISTS {collections} ({key_col}id TEXT NOT NULL, state TEXT, PRIMARY KEY ({key}id))",
@@ -364,7 +364,7 @@ impl Cache {
         Ok(())
     }
 
-    /// `template` as this cache's SQL (see [`render`]).
+    /// `template` as this cache's SQL (see `render`).
     fn sql(&self, template: &str) -> String {
         render(template, self.shared)
     }

@@ -513,8 +513,10 @@ impl Agent {
 
     /// The engine on an opened cache, mailbox and CRM client: what a server
     /// worker drives for a connected mailbox (R-V4). `cfg` gives the sync
-    /// settings (mail folders, interval, client name); its `cache`,
-    /// `[crm]` and `[mailbox]` parts are not read.
+    /// settings (mail folders, interval, client name); its `[mailbox]`
+    /// part is not read, its `[crm]` part only by the commands
+    /// (`crmsync track`, ...), and its `cache` path only places the spool
+    /// folder of large messages (`mail/`), which stays on this machine.
     pub async fn from_parts(
         cfg: Config,
         cache: Cache,

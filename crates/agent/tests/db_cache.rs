@@ -11,7 +11,10 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Connection};
 use tokio::sync::oneshot;
 
-use crmsync_agent::cache::{Cache, CachedItem, CachedMessage, Fence, JournalEntry, LeaseLost};
+use crmsync_agent::cache::{
+    Cache, CachedItem, CachedMessage, Fence, JournalEntry, LeaseLost, LEASE_KEY_COLUMN,
+    LEASE_TABLE, LEASE_TOKEN_COLUMN,
+};
 use crmsync_agent::{Agent, Config, SyncOptions};
 use crmsync_core::mapping::{parse_item, render_item, RenderOptions};
 
@@ -73,6 +76,35 @@ async fn all_rows(pool: &AnyPool, key: &str) -> i64 {
         n += rows(pool, table, key).await;
     }
     n
+}
+
+/// The lease table the server's workers keep, by the names the cache's
+/// fence uses, with mailbox `mb-ann` at `token`.
+async fn lease_table(pool: &AnyPool, token: i64) {
+    sqlx::query(&format!(
+        "CREATE TABLE {LEASE_TABLE} ({LEASE_KEY_COLUMN} TEXT PRIMARY KEY, {LEASE_TOKEN_COLUMN} BIGINT NOT NULL)"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {LEASE_TABLE} ({LEASE_KEY_COLUMN}, {LEASE_TOKEN_COLUMN}) VALUES ('mb-ann', $1)"
+    ))
+    .bind(token)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Another worker claims `mb-ann`: its lease token becomes `token`.
+async fn claim(pool: &AnyPool, token: i64) {
+    sqlx::query(&format!(
+        "UPDATE {LEASE_TABLE} SET {LEASE_TOKEN_COLUMN} = $1 WHERE {LEASE_KEY_COLUMN} = 'mb-ann'"
+    ))
+    .bind(token)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn item(collection: &str, href: &str, etag: &str) -> CachedItem {
@@ -247,18 +279,7 @@ async fn r_v4_two_mailbox_keys_in_one_database_do_not_see_each_others_rows() {
 #[tokio::test]
 async fn r_v4_a_write_under_a_stale_lease_fails_with_lease_lost_and_writes_nothing() {
     let (_, pool) = fresh_database().await;
-    // The lease table the server's workers keep (its names are
-    // crmsync_agent::cache::LEASE_*).
-    sqlx::query(
-        "CREATE TABLE connected_mailboxes (id TEXT PRIMARY KEY, lease_token BIGINT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 1)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    lease_table(&pool, 1).await;
     let fenced = |token| {
         Cache::in_database(
             pool.clone(),
@@ -280,10 +301,7 @@ async fn r_v4_a_write_under_a_stale_lease_fails_with_lease_lost_and_writes_nothi
     assert_eq!(written, 2);
 
     // Another worker claims the mailbox: the token moves on.
-    sqlx::query("UPDATE connected_mailboxes SET lease_token = 2 WHERE id = 'mb-ann'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    claim(&pool, 2).await;
     let lost_at = |token: i64, e: anyhow::Error| {
         let lost = e
             .downcast_ref::<LeaseLost>()
@@ -339,7 +357,7 @@ async fn r_v4_a_write_under_a_stale_lease_fails_with_lease_lost_and_writes_nothi
     assert_eq!(all_rows(&pool, "mb-ann").await, written + 1);
 
     // A mailbox removed meanwhile: its lease is gone too.
-    sqlx::query("DELETE FROM connected_mailboxes WHERE id = 'mb-ann'")
+    sqlx::query(&format!("DELETE FROM {LEASE_TABLE}"))
         .execute(&pool)
         .await
         .unwrap();
@@ -354,16 +372,7 @@ async fn r_v4_an_engine_whose_lease_was_taken_writes_nothing() {
     let alpha = w.contact(&ann, "Alpha").await;
     let delta = w.contact(&ann, "Delta").await;
     let (_, pool) = fresh_database().await;
-    sqlx::query(
-        "CREATE TABLE connected_mailboxes (id TEXT PRIMARY KEY, lease_token BIGINT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 7)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    lease_table(&pool, 7).await;
     let engine = |token| {
         let cache = Cache::in_database(
             pool.clone(),
@@ -381,19 +390,8 @@ async fn r_v4_an_engine_whose_lease_was_taken_writes_nothing() {
         assert!(e.downcast_ref::<LeaseLost>().is_some(), "{e:#}");
     };
 
-    let claim = |token: i64| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query("UPDATE connected_mailboxes SET lease_token = $1 WHERE id = 'mb-ann'")
-                .bind(token)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    };
-
     // A stale token from the start: nothing at all.
-    claim(8).await;
+    claim(&pool, 8).await;
     lost(
         engine(7)
             .await
@@ -420,14 +418,14 @@ async fn r_v4_an_engine_whose_lease_was_taken_writes_nothing() {
         )
         .await;
     assert_eq!(status, 204);
-    claim(9).await;
+    claim(&pool, 9).await;
     lost(holder.sync_once(SyncOptions::default()).await);
     assert!(find(&vcards(&w.contacts_dir("ann")), &delta).is_some());
     assert_eq!(all_rows(&pool, "mb-ann").await, written);
 
     // Deliveries and a mailbox edit: nothing written on either side.
     let holder = engine(9).await.unwrap();
-    claim(10).await;
+    claim(&pool, 10).await;
     w.contact(&ann, "Beta").await;
     w.contact(&ann, "Gamma").await;
     let cards = vcards(&w.contacts_dir("ann"));
@@ -529,16 +527,7 @@ async fn r_v4_a_lease_taken_mid_cycle_stops_the_cycle_and_its_writes() {
     let (_, ann) = w.user("ann@example.com").await;
     let delta = w.contact(&ann, "Delta").await;
     let (url, pool) = fresh_database().await;
-    sqlx::query(
-        "CREATE TABLE connected_mailboxes (id TEXT PRIMARY KEY, lease_token BIGINT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO connected_mailboxes (id, lease_token) VALUES ('mb-ann', 1)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    lease_table(&pool, 1).await;
     let fence = Fence {
         key: "mb-ann".into(),
         token: 1,
@@ -573,10 +562,12 @@ async fn r_v4_a_lease_taken_mid_cycle_stops_the_cycle_and_its_writes() {
                     .unwrap()
                     .block_on(async {
                         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-                        sqlx::query("UPDATE connected_mailboxes SET lease_token = 2")
-                            .execute(&mut conn)
-                            .await
-                            .unwrap();
+                        sqlx::query(&format!(
+                            "UPDATE {LEASE_TABLE} SET {LEASE_TOKEN_COLUMN} = 2"
+                        ))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
                     })
             })
             .join()
