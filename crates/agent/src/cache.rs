@@ -1,78 +1,167 @@
-//! The agent's SQLite cache (SPEC R-T4, R-M3, docs/sync-protocol.md "What a
-//! client must persist"): the client id, per collection the mailbox sync
+//! The engine's cache (SPEC R-T4, R-M3, R-V4, docs/sync-protocol.md "What
+//! a client must persist"): the client id, per collection the mailbox sync
 //! state, per item its href, etag, CRM id, set, link state, CRM version and
-//! baseline fields, and a journal of push operations written before they are
-//! sent (their `op_id`s are stable across retries, so a crash never
+//! baseline fields, and a journal of push operations written before they
+//! are sent (their `op_id`s are stable across retries, so a crash never
 //! duplicates).
+//!
+//! One implementation, two places. The agent keeps its cache in a SQLite
+//! file (tables `meta`, `items`, `journal`, ... as they always were); a
+//! server keeps the caches of its connected mailboxes in its PostgreSQL
+//! database (R-V4), in tables `mailbox_cache_*` whose rows all carry the
+//! mailbox key first in their primary key, so any `serve` process continues
+//! any mailbox. The SQL is written once for both: `$1` is always the
+//! mailbox key (unused in a file, which holds one mailbox), and markers in
+//! braces name the tables and the scope (see `render`). On PostgreSQL an
+//! optional [`Fence`] makes every write conditional on the worker still
+//! holding the mailbox's lease; a write under a stale lease fails with
+//! [`LeaseLost`] and writes nothing.
 
+use std::borrow::Cow;
 use std::path::Path;
-use std::str::FromStr;
 
 use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::any::{install_default_drivers, AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+/// The table holding the lease of each connected mailbox (R-V4), its key
+/// column and its lease token column: the names a [`Fence`] checks.
+pub const LEASE_TABLE: &str = "mailboxes";
+pub const LEASE_KEY_COLUMN: &str = "id";
+pub const LEASE_TOKEN_COLUMN: &str = "lease_token";
+
+/// What the tables of a server's database are called: `mailbox_cache_`
+/// and the file's table name (none of the server's tables starts so).
+const SHARED_PREFIX: &str = "mailbox_cache_";
+
+/// Written once for the file and the server's database (see `render`).
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS collections (id TEXT PRIMARY KEY, state TEXT)",
-    "CREATE TABLE IF NOT EXISTS items (
-        collection TEXT NOT NULL,
+    "CREATE TABLE IF NOT EXISTS {meta} ({key_col}key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY ({key}key))",
+    "CREATE TABLE IF NOT EXISTS {collections} ({key_col}id TEXT NOT NULL, state TEXT, PRIMARY KEY ({key}id))",
+    "CREATE TABLE IF NOT EXISTS {items} (
+        {key_col}collection TEXT NOT NULL,
         href TEXT NOT NULL,
         etag TEXT NOT NULL,
         uid TEXT NOT NULL,
         set_name TEXT NOT NULL,
         crm_id TEXT,
-        link INTEGER NOT NULL,
-        version INTEGER NOT NULL DEFAULT 0,
+        link {int} NOT NULL,
+        version {int} NOT NULL DEFAULT 0,
         baseline TEXT NOT NULL DEFAULT '{}',
-        PRIMARY KEY (collection, href))",
-    "CREATE INDEX IF NOT EXISTS items_crm_id ON items (crm_id)",
+        PRIMARY KEY ({key}collection, href))",
+    "CREATE INDEX IF NOT EXISTS {items}_crm_id ON {items} ({key}crm_id)",
     // Every sync asks each collection for its items waiting to be tracked
     // (R-M3 state 1), in href order: without this index (href included, or
     // SQLite keeps the primary key for the order) that read every row of
     // the collection, 14 ms of a 30k-item no-change sync.
-    "CREATE INDEX IF NOT EXISTS items_link ON items (collection, link, href)",
-    "CREATE TABLE IF NOT EXISTS journal (
-        op_id TEXT PRIMARY KEY,
+    "CREATE INDEX IF NOT EXISTS {items}_link ON {items} ({key}collection, link, href)",
+    "CREATE TABLE IF NOT EXISTS {journal} (
+        {key_col}op_id TEXT NOT NULL,
         collection TEXT NOT NULL,
         href TEXT NOT NULL,
         etag TEXT NOT NULL,
         op TEXT NOT NULL,
-        created_at TEXT NOT NULL)",
+        created_at TEXT NOT NULL,
+        PRIMARY KEY ({key}op_id))",
     // Contacts/events/to-dos that cannot be read, until they change or go
     // (shown by `crmsync status`).
-    "CREATE TABLE IF NOT EXISTS item_problems (
-        collection TEXT NOT NULL,
+    "CREATE TABLE IF NOT EXISTS {item_problems} (
+        {key_col}collection TEXT NOT NULL,
         href TEXT NOT NULL,
         problem TEXT NOT NULL,
-        PRIMARY KEY (collection, href))",
+        PRIMARY KEY ({key}collection, href))",
     // A CRM record about to be written into the mailbox (R-T4): if the agent
     // dies between the mailbox write and the item's row, the next scan takes
     // its baseline from here instead of guessing.
-    "CREATE TABLE IF NOT EXISTS write_intents (
-        crm_id TEXT PRIMARY KEY,
+    "CREATE TABLE IF NOT EXISTS {write_intents} (
+        {key_col}crm_id TEXT NOT NULL,
         collection TEXT NOT NULL,
-        version INTEGER NOT NULL,
+        version {int} NOT NULL,
         baseline TEXT NOT NULL,
-        old_etag TEXT)",
+        old_etag TEXT,
+        PRIMARY KEY ({key}crm_id))",
     // Messages of the synchronized mail folders (R-M3; `mail` module).
-    "CREATE TABLE IF NOT EXISTS messages (
-        folder TEXT NOT NULL,
+    "CREATE TABLE IF NOT EXISTS {messages} (
+        {key_col}folder TEXT NOT NULL,
         href TEXT NOT NULL,
         etag TEXT NOT NULL,
         message_id TEXT,
-        link INTEGER NOT NULL,
+        link {int} NOT NULL,
         crm_id TEXT,
         regarding TEXT,
         problem TEXT,
         rule TEXT,
-        gone INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (folder, href))",
-    "CREATE INDEX IF NOT EXISTS messages_crm_id ON messages (crm_id)",
-    "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
+        gone {int} NOT NULL DEFAULT 0,
+        PRIMARY KEY ({key}folder, href))",
+    "CREATE INDEX IF NOT EXISTS {messages}_crm_id ON {messages} ({key}crm_id)",
+    "CREATE INDEX IF NOT EXISTS {messages}_message_id ON {messages} ({key}message_id)",
 ];
+
+const TABLES: &[&str] = &[
+    "meta",
+    "collections",
+    "items",
+    "journal",
+    "item_problems",
+    "write_intents",
+    "messages",
+];
+
+/// Turns SQL written once into the file's or the server database's SQL.
+/// Markers: a table name in braces (`{items}`); `{scope}` before a
+/// condition and `{where}` alone (the rows of this mailbox); `{key}` and
+/// `{val}` leading a column and a value list (the mailbox key);
+/// `{key_col}` leading a table's columns; `{int}` an integer column;
+/// `{now}` the time of the write.
+/// Anything else in braces (`'{}'`) is kept.
+fn render(template: &str, shared: bool) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let marker = after
+            .find('}')
+            .and_then(|end| Some((marker(&after[..end], shared)?, end)));
+        match marker {
+            Some((text, end)) => {
+                out.push_str(&text);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn marker(name: &str, shared: bool) -> Option<Cow<'static, str>> {
+    if let Some(table) = TABLES.iter().find(|t| **t == name) {
+        return Some(if shared {
+            Cow::Owned(format!("{SHARED_PREFIX}{table}"))
+        } else {
+            Cow::Borrowed(table)
+        });
+    }
+    let (file, server) = match name {
+        "scope" => ("", "mailbox_id = $1 AND "),
+        "where" => ("", "WHERE mailbox_id = $1"),
+        "key" => ("", "mailbox_id, "),
+        "val" => ("", "$1, "),
+        "key_col" => ("", "mailbox_id TEXT NOT NULL, "),
+        "int" => ("INTEGER", "BIGINT"),
+        "now" => (
+            "datetime('now')",
+            "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+        ),
+        _ => return None,
+    };
+    Some(Cow::Borrowed(if shared { server } else { file }))
+}
 
 /// One mailbox item as the cache knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,14 +228,58 @@ pub struct CachedMessage {
     pub gone: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct Cache {
-    pool: SqlitePool,
+/// R-V4: the lease a server worker holds on a mailbox. Every write of a
+/// cache with a fence first checks, in its transaction, that the row
+/// `key` of [`LEASE_TABLE`] still has `token` (and locks it against a new
+/// claim until the write commits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub token: i64,
 }
 
+/// A write refused because the worker's lease on the mailbox was taken
+/// over or removed (R-V4); nothing of that write was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("mailbox {key}: lease token {token} is no longer current (another worker took the mailbox, or it was removed); this cycle stops without writing")]
+pub struct LeaseLost {
+    pub key: String,
+    pub token: i64,
+}
+
+impl LeaseLost {
+    /// R-V4: an item's error that is a lost lease ends the whole cycle
+    /// (every later write would be refused too); any other stays the
+    /// item's, reported while the others go on.
+    pub(crate) fn stops(e: anyhow::Error) -> anyhow::Result<anyhow::Error> {
+        if e.is::<LeaseLost>() {
+            Err(e)
+        } else {
+            Ok(e)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pool: AnyPool,
+    /// The mailbox key in a server's database; empty in a file.
+    mailbox: String,
+    shared: bool,
+    fence: Option<Fence>,
+}
+
+type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
+
 impl Cache {
-    /// Opens (creating if needed) the cache file.
+    /// Opens (creating if needed) the agent's cache file.
     pub async fn open(path: &Path) -> anyhow::Result<Cache> {
+        let fail = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "[client] cache = {}: cannot open the cache ({e}); choose a writable place",
+                path.display()
+            )
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!(
@@ -155,66 +288,182 @@ impl Cache {
                 )
             })?;
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL: a commit survives the agent being killed (R-T4);
-            // only a power cut can lose the last commits, never corrupt the
-            // file, and the next scan relinks by X-CRM-ID (R-M2). FULL would
-            // cost an fsync per item on a first sync.
-            .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new()
+        // An absolute path, so that the URL's path is the file's.
+        let absolute = std::path::absolute(path).map_err(|e| fail(&e))?;
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL + NORMAL: a commit survives the agent being
+                    // killed (R-T4); only a power cut can lose the last
+                    // commits, never corrupt the file, and the next scan
+                    // relinks by X-CRM-ID (R-M2). FULL would cost an fsync
+                    // per item on a first sync.
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&format!("sqlite://{}?mode=rwc", url_path(&absolute)))
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "[client] cache = {}: cannot open the cache ({e}); choose a writable place",
-                    path.display()
-                )
-            })?;
+            .map_err(|e| fail(&e))?;
+        let cache = Cache {
+            pool,
+            mailbox: String::new(),
+            shared: false,
+            fence: None,
+        };
         for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await?;
+            sqlx::query(&cache.sql(stmt)).execute(&cache.pool).await?;
         }
-        Ok(Cache { pool })
+        Ok(cache)
+    }
+
+    /// Creates the tables of the mailbox caches in a server's PostgreSQL
+    /// database (R-V4), if they are not there yet: once per process before
+    /// [`Cache::in_database`]. Processes starting together wait for one
+    /// another.
+    pub async fn prepare_database(pool: &AnyPool) -> anyhow::Result<()> {
+        Cache::require_postgres(pool)?;
+        let mut tx = pool.begin().await?;
+        // Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's
+        // catalog; one process at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('crmsync mailbox cache schema'))")
+            .execute(&mut *tx)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(&render(stmt, true)).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The cache of the mailbox `mailbox` in a server's PostgreSQL database
+    /// (prepared by [`Cache::prepare_database`]); with `fence`, every write
+    /// is made only while that lease is held (R-V4).
+    pub fn in_database(
+        pool: AnyPool,
+        mailbox: &str,
+        fence: Option<Fence>,
+    ) -> anyhow::Result<Cache> {
+        Cache::require_postgres(&pool)?;
+        Ok(Cache {
+            pool,
+            mailbox: mailbox.to_string(),
+            shared: true,
+            fence,
+        })
+    }
+
+    fn require_postgres(pool: &AnyPool) -> anyhow::Result<()> {
+        let scheme = pool.connect_options().database_url.scheme().to_string();
+        if scheme != "postgres" && scheme != "postgresql" {
+            anyhow::bail!("mailbox caches in a database need PostgreSQL, not {scheme}: use --db postgres://USER@HOST:PORT/DB");
+        }
+        Ok(())
+    }
+
+    /// `template` as this cache's SQL (see `render`).
+    fn sql(&self, template: &str) -> String {
+        render(template, self.shared)
+    }
+
+    /// A query of this mailbox: `$1` is the mailbox key.
+    fn query<'q>(&self, sql: &'q str) -> AnyQuery<'q> {
+        sqlx::query(sql).bind(self.mailbox.clone())
+    }
+
+    /// A transaction for writes: with a fence, it first checks (and locks)
+    /// the lease, failing with [`LeaseLost`] when it moved (R-V4).
+    async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = &self.fence {
+            let held = sqlx::query(&format!(
+                "SELECT 1 FROM {LEASE_TABLE} WHERE {LEASE_KEY_COLUMN} = $1 AND {LEASE_TOKEN_COLUMN} = $2 FOR SHARE"
+            ))
+            .bind(fence.key.clone())
+            .bind(fence.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(LeaseLost {
+                    key: fence.key.clone(),
+                    token: fence.token,
+                }
+                .into());
+            }
+        }
+        Ok(tx)
+    }
+
+    /// R-V4: fails with [`LeaseLost`] unless the lease is still held (no
+    /// check without a fence). Called before a mailbox write that no
+    /// fenced cache write precedes, so that a worker that lost its lease
+    /// does not write into the mailbox either.
+    pub async fn hold_lease(&self) -> anyhow::Result<()> {
+        if self.fence.is_some() {
+            self.begin().await?.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// One write: in a fenced transaction when there is a fence, else
+    /// straight on the pool (the file).
+    async fn write(&self, query: AnyQuery<'_>) -> anyhow::Result<()> {
+        if self.fence.is_some() {
+            let mut tx = self.begin().await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await?;
+        } else {
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     pub async fn meta(&self, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
+        let sql = self.sql("SELECT value FROM {meta} WHERE {scope}key = $2");
+        Ok(self
+            .query(&sql)
+            .bind(key.to_string())
             .fetch_optional(&self.pool)
             .await?
             .map(|r| r.get::<String, _>(0)))
     }
 
     pub async fn set_meta(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let sql = self.sql("INSERT INTO {meta} ({key}key, value) VALUES ({val}$2, $3) ON CONFLICT ({key}key) DO UPDATE SET value = excluded.value");
+        self.write(
+            self.query(&sql)
+                .bind(key.to_string())
+                .bind(value.to_string()),
+        )
+        .await
     }
 
     pub async fn sync_state(&self, collection: &str) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query("SELECT state FROM collections WHERE id = ?")
-            .bind(collection)
+        let sql = self.sql("SELECT state FROM {collections} WHERE {scope}id = $2");
+        Ok(self
+            .query(&sql)
+            .bind(collection.to_string())
             .fetch_optional(&self.pool)
             .await?
             .and_then(|r| r.get::<Option<String>, _>(0)))
     }
 
     pub async fn set_sync_state(&self, collection: &str, state: &str) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO collections (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state")
-            .bind(collection)
-            .bind(state)
-            .execute(&self.pool)
-            .await?;
+        let sql = self.sql("INSERT INTO {collections} ({key}id, state) VALUES ({val}$2, $3) ON CONFLICT ({key}id) DO UPDATE SET state = excluded.state");
+        self.write(
+            self.query(&sql)
+                .bind(collection.to_string())
+                .bind(state.to_string()),
+        )
+        .await?;
         crate::fault::step("mailbox sync state written");
         Ok(())
     }
 
-    fn row(r: &sqlx::sqlite::SqliteRow) -> CachedItem {
+    fn row(r: &AnyRow) -> CachedItem {
         let baseline: String = r.get("baseline");
         CachedItem {
             collection: r.get("collection"),
@@ -229,15 +478,28 @@ impl Cache {
         }
     }
 
+    /// The item rows `template` selects, `binds` after the mailbox key.
+    async fn item_rows(&self, template: &str, binds: &[&str]) -> anyhow::Result<Vec<CachedItem>> {
+        let sql = self.sql(template);
+        let mut q = self.query(&sql);
+        for b in binds {
+            q = q.bind(b.to_string());
+        }
+        Ok(q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(Cache::row)
+            .collect())
+    }
+
     pub async fn item(&self, collection: &str, href: &str) -> anyhow::Result<Option<CachedItem>> {
-        Ok(
-            sqlx::query("SELECT * FROM items WHERE collection = ? AND href = ?")
-                .bind(collection)
-                .bind(href)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| Cache::row(&r)),
-        )
+        Ok(self
+            .item_rows(
+                "SELECT * FROM {items} WHERE {scope}collection = $2 AND href = $3",
+                &[collection, href],
+            )
+            .await?
+            .pop())
     }
 
     /// The items of `collection` in link state `link` (R-M3).
@@ -246,28 +508,12 @@ impl Cache {
         collection: &str,
         link: u8,
     ) -> anyhow::Result<Vec<CachedItem>> {
-        Ok(
-            sqlx::query("SELECT * FROM items WHERE collection = ? AND link = ? ORDER BY href")
-                .bind(collection)
-                .bind(link as i64)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(Cache::row)
-                .collect(),
-        )
-    }
-
-    pub async fn item_by_crm_id(&self, crm_id: &str) -> anyhow::Result<Option<CachedItem>> {
-        Ok(sqlx::query("SELECT * FROM items WHERE crm_id = ?")
-            .bind(crm_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| Cache::row(&r)))
-    }
-
-    pub async fn items(&self) -> anyhow::Result<Vec<CachedItem>> {
-        Ok(sqlx::query("SELECT * FROM items ORDER BY collection, href")
+        let sql = self
+            .sql("SELECT * FROM {items} WHERE {scope}collection = $2 AND link = $3 ORDER BY href");
+        Ok(self
+            .query(&sql)
+            .bind(collection.to_string())
+            .bind(link as i64)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -275,46 +521,67 @@ impl Cache {
             .collect())
     }
 
+    pub async fn item_by_crm_id(&self, crm_id: &str) -> anyhow::Result<Option<CachedItem>> {
+        let sql = self.sql("SELECT * FROM {items} WHERE {scope}crm_id = $2");
+        Ok(self
+            .query(&sql)
+            .bind(crm_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Cache::row(&r)))
+    }
+
+    pub async fn items(&self) -> anyhow::Result<Vec<CachedItem>> {
+        self.item_rows(
+            "SELECT * FROM {items} {where} ORDER BY collection, href",
+            &[],
+        )
+        .await
+    }
+
     pub async fn put_item(&self, item: &CachedItem) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO items (collection, href, etag, uid, set_name, crm_id, link, version, baseline)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (collection, href) DO UPDATE SET etag = excluded.etag, uid = excluded.uid,
+        let sql = self.sql(
+            "INSERT INTO {items} ({key}collection, href, etag, uid, set_name, crm_id, link, version, baseline)
+             VALUES ({val}$2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT ({key}collection, href) DO UPDATE SET etag = excluded.etag, uid = excluded.uid,
                set_name = excluded.set_name, crm_id = excluded.crm_id, link = excluded.link,
                version = excluded.version, baseline = excluded.baseline",
+        );
+        self.write(
+            self.query(&sql)
+                .bind(item.collection.clone())
+                .bind(item.href.clone())
+                .bind(item.etag.clone())
+                .bind(item.uid.clone())
+                .bind(item.set.clone())
+                .bind(item.crm_id.clone())
+                .bind(item.link as i64)
+                .bind(item.version)
+                .bind(Value::Object(item.baseline.clone()).to_string()),
         )
-        .bind(&item.collection)
-        .bind(&item.href)
-        .bind(&item.etag)
-        .bind(&item.uid)
-        .bind(&item.set)
-        .bind(&item.crm_id)
-        .bind(item.link as i64)
-        .bind(item.version)
-        .bind(Value::Object(item.baseline.clone()).to_string())
-        .execute(&self.pool)
         .await?;
         crate::fault::step("cache row written");
         Ok(())
     }
 
     pub async fn remove_item(&self, collection: &str, href: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM items WHERE collection = ? AND href = ?")
-            .bind(collection)
-            .bind(href)
-            .execute(&self.pool)
-            .await?;
+        let sql = self.sql("DELETE FROM {items} WHERE {scope}collection = $2 AND href = $3");
+        self.write(
+            self.query(&sql)
+                .bind(collection.to_string())
+                .bind(href.to_string()),
+        )
+        .await?;
         crate::fault::step("cache row removed");
         Ok(())
     }
 
-    /// Counts per link state (R-M3): `[not tracked, to be tracked, tracked]`.
-    pub async fn link_counts(&self) -> anyhow::Result<[i64; 3]> {
+    /// Counts per link state of `rows` (`link`, `COUNT(*)` rows):
+    /// `[not tracked, to be tracked, tracked]`.
+    async fn per_link(&self, template: &str) -> anyhow::Result<[i64; 3]> {
+        let sql = self.sql(template);
         let mut out = [0; 3];
-        for r in sqlx::query("SELECT link, COUNT(*) FROM items GROUP BY link")
-            .fetch_all(&self.pool)
-            .await?
-        {
+        for r in self.query(&sql).fetch_all(&self.pool).await? {
             let link: i64 = r.get(0);
             if let Some(slot) = out.get_mut(link as usize) {
                 *slot = r.get(1);
@@ -323,14 +590,23 @@ impl Cache {
         Ok(out)
     }
 
+    /// Counts per link state (R-M3): `[not tracked, to be tracked, tracked]`.
+    pub async fn link_counts(&self) -> anyhow::Result<[i64; 3]> {
+        self.per_link("SELECT link, COUNT(*) FROM {items} {where} GROUP BY link")
+            .await
+    }
+
     /// Items linked to a CRM record in one collection (R-T5's denominator
     /// on the CRM side).
     pub async fn tracked_count(&self, collection: &str) -> anyhow::Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE collection = ? AND link = 2")
-                .bind(collection)
-                .fetch_one(&self.pool)
-                .await?;
+        let sql =
+            self.sql("SELECT COUNT(*) FROM {items} WHERE {scope}collection = $2 AND link = 2");
+        let n: i64 = self
+            .query(&sql)
+            .bind(collection.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
         Ok(n as u64)
     }
 
@@ -362,23 +638,26 @@ impl Cache {
         if added.is_empty() && rows.is_empty() && done.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let add = self.sql("INSERT INTO {journal} ({key}op_id, collection, href, etag, op, created_at) VALUES ({val}$2, $3, $4, $5, $6, {now})");
+        let put = self.sql(PUT_MESSAGE);
+        let remove = self.sql("DELETE FROM {journal} WHERE {scope}op_id = $2");
+        let mut tx = self.begin().await?;
         for entry in added {
-            sqlx::query("INSERT INTO journal (op_id, collection, href, etag, op, created_at) VALUES (?, ?, ?, ?, ?, datetime('now'))")
-                .bind(&entry.op_id)
-                .bind(&entry.collection)
-                .bind(&entry.href)
-                .bind(&entry.etag)
+            self.query(&add)
+                .bind(entry.op_id.clone())
+                .bind(entry.collection.clone())
+                .bind(entry.href.clone())
+                .bind(entry.etag.clone())
                 .bind(entry.op.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
         for m in rows {
-            Cache::put_message_query(m).execute(&mut *tx).await?;
+            self.put_message_query(&put, m).execute(&mut *tx).await?;
         }
         for op_id in done {
-            sqlx::query("DELETE FROM journal WHERE op_id = ?")
-                .bind(op_id)
+            self.query(&remove)
+                .bind(op_id.clone())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -389,30 +668,34 @@ impl Cache {
 
     /// Operations sent (or about to be) whose answer was not applied yet.
     pub async fn journal_pending(&self) -> anyhow::Result<Vec<JournalEntry>> {
-        Ok(sqlx::query(
-            "SELECT op_id, collection, href, etag, op FROM journal ORDER BY created_at, op_id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| JournalEntry {
-            op_id: r.get(0),
-            collection: r.get(1),
-            href: r.get(2),
-            etag: r.get(3),
-            op: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Value::Null),
-        })
-        .collect())
+        let sql = self.sql(
+            "SELECT op_id, collection, href, etag, op FROM {journal} {where} ORDER BY created_at, op_id",
+        );
+        Ok(self
+            .query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| JournalEntry {
+                op_id: r.get(0),
+                collection: r.get(1),
+                href: r.get(2),
+                etag: r.get(3),
+                op: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Value::Null),
+            })
+            .collect())
     }
 
     /// The items whose UID is `uid` (normally one).
     pub async fn items_by_uid(&self, uid: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT collection, href FROM items WHERE uid = ? ORDER BY collection, href",
-        )
-        .bind(uid)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = self.sql(
+            "SELECT collection, href FROM {items} WHERE {scope}uid = $2 ORDER BY collection, href",
+        );
+        let rows = self
+            .query(&sql)
+            .bind(uid.to_string())
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get("collection"), r.get("href")))
@@ -426,33 +709,36 @@ impl Cache {
         href: &str,
         problem: &str,
     ) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO item_problems (collection, href, problem) VALUES (?, ?, ?)",
+        let sql = self.sql(
+            "INSERT INTO {item_problems} ({key}collection, href, problem) VALUES ({val}$2, $3, $4)
+             ON CONFLICT ({key}collection, href) DO UPDATE SET problem = excluded.problem",
+        );
+        self.write(
+            self.query(&sql)
+                .bind(collection.to_string())
+                .bind(href.to_string())
+                .bind(problem.to_string()),
         )
-        .bind(collection)
-        .bind(href)
-        .bind(problem)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn clear_item_problem(&self, collection: &str, href: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM item_problems WHERE collection = ? AND href = ?")
-            .bind(collection)
-            .bind(href)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let sql =
+            self.sql("DELETE FROM {item_problems} WHERE {scope}collection = $2 AND href = $3");
+        self.write(
+            self.query(&sql)
+                .bind(collection.to_string())
+                .bind(href.to_string()),
+        )
+        .await
     }
 
     /// `(collection, href, problem)` of every item that cannot be read.
     pub async fn item_problems(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT collection, href, problem FROM item_problems ORDER BY collection, href",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = self.sql(
+            "SELECT collection, href, problem FROM {item_problems} {where} ORDER BY collection, href",
+        );
+        let rows = self.query(&sql).fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(|r| (r.get("collection"), r.get("href"), r.get("problem")))
@@ -461,16 +747,20 @@ impl Cache {
 
     /// Records a mailbox write before it is made.
     pub async fn write_intent_put(&self, w: &WriteIntent) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO write_intents (crm_id, collection, version, baseline, old_etag)
-             VALUES (?, ?, ?, ?, ?)",
+        let sql = self.sql(
+            "INSERT INTO {write_intents} ({key}crm_id, collection, version, baseline, old_etag)
+             VALUES ({val}$2, $3, $4, $5, $6)
+             ON CONFLICT ({key}crm_id) DO UPDATE SET collection = excluded.collection,
+               version = excluded.version, baseline = excluded.baseline, old_etag = excluded.old_etag",
+        );
+        self.write(
+            self.query(&sql)
+                .bind(w.crm_id.clone())
+                .bind(w.collection.clone())
+                .bind(w.version)
+                .bind(Value::Object(w.baseline.clone()).to_string())
+                .bind(w.old_etag.clone()),
         )
-        .bind(&w.crm_id)
-        .bind(&w.collection)
-        .bind(w.version)
-        .bind(Value::Object(w.baseline.clone()).to_string())
-        .bind(&w.old_etag)
-        .execute(&self.pool)
         .await?;
         crate::fault::step("write intent recorded");
         Ok(())
@@ -478,8 +768,10 @@ impl Cache {
 
     /// The write intended for `crm_id`, if one was left unfinished.
     pub async fn write_intent(&self, crm_id: &str) -> anyhow::Result<Option<WriteIntent>> {
-        let row = sqlx::query("SELECT * FROM write_intents WHERE crm_id = ?")
-            .bind(crm_id)
+        let sql = self.sql("SELECT * FROM {write_intents} WHERE {scope}crm_id = $2");
+        let row = self
+            .query(&sql)
+            .bind(crm_id.to_string())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| {
@@ -496,9 +788,8 @@ impl Cache {
 
     /// The write for `crm_id` is done (or failed without writing).
     pub async fn write_intent_done(&self, crm_id: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM write_intents WHERE crm_id = ?")
-            .bind(crm_id)
-            .execute(&self.pool)
+        let sql = self.sql("DELETE FROM {write_intents} WHERE {scope}crm_id = $2");
+        self.write(self.query(&sql).bind(crm_id.to_string()))
             .await?;
         crate::fault::step("write intent done");
         Ok(())
@@ -507,9 +798,8 @@ impl Cache {
     /// Forgets the intents of `collection` once a complete scan has looked
     /// at every item it could concern.
     pub async fn write_intents_clear(&self, collection: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM write_intents WHERE collection = ?")
-            .bind(collection)
-            .execute(&self.pool)
+        let sql = self.sql("DELETE FROM {write_intents} WHERE {scope}collection = $2");
+        self.write(self.query(&sql).bind(collection.to_string()))
             .await?;
         crate::fault::step("write intents cleared");
         Ok(())
@@ -531,7 +821,7 @@ impl Cache {
         self.journal_write(&[], rows, op_ids).await
     }
 
-    fn message_row(r: &sqlx::sqlite::SqliteRow) -> CachedMessage {
+    fn message_row(r: &AnyRow) -> CachedMessage {
         CachedMessage {
             folder: r.get("folder"),
             href: r.get("href"),
@@ -546,78 +836,83 @@ impl Cache {
         }
     }
 
-    pub async fn message(&self, folder: &str, href: &str) -> anyhow::Result<Option<CachedMessage>> {
-        Ok(
-            sqlx::query("SELECT * FROM messages WHERE folder = ? AND href = ?")
-                .bind(folder)
-                .bind(href)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| Cache::message_row(&r)),
-        )
-    }
-
-    fn put_message_query(
-        m: &CachedMessage,
-    ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
-        sqlx::query(
-            "INSERT INTO messages (folder, href, etag, message_id, link, crm_id, regarding, problem, rule, gone)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (folder, href) DO UPDATE SET etag = excluded.etag,
-               message_id = excluded.message_id, link = excluded.link, crm_id = excluded.crm_id,
-               regarding = excluded.regarding, problem = excluded.problem, rule = excluded.rule,
-               gone = excluded.gone",
-        )
-        .bind(&m.folder)
-        .bind(&m.href)
-        .bind(&m.etag)
-        .bind(&m.message_id)
-        .bind(m.link as i64)
-        .bind(&m.crm_id)
-        .bind(&m.regarding)
-        .bind(&m.problem)
-        .bind(&m.rule)
-        .bind(m.gone as i64)
-    }
-
-    pub async fn put_message(&self, m: &CachedMessage) -> anyhow::Result<()> {
-        Cache::put_message_query(m).execute(&self.pool).await?;
-        crate::fault::step("message row written");
-        Ok(())
-    }
-
-    /// Every message row of `folder`.
-    pub async fn messages_in(&self, folder: &str) -> anyhow::Result<Vec<CachedMessage>> {
-        Ok(sqlx::query("SELECT * FROM messages WHERE folder = ?")
-            .bind(folder)
-            .fetch_all(&self.pool)
+    /// The message rows `template` selects, `binds` after the mailbox key.
+    async fn message_rows(
+        &self,
+        template: &str,
+        binds: &[&str],
+    ) -> anyhow::Result<Vec<CachedMessage>> {
+        let sql = self.sql(template);
+        let mut q = self.query(&sql);
+        for b in binds {
+            q = q.bind(b.to_string());
+        }
+        Ok(q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(Cache::message_row)
             .collect())
     }
 
+    pub async fn message(&self, folder: &str, href: &str) -> anyhow::Result<Option<CachedMessage>> {
+        Ok(self
+            .message_rows(
+                "SELECT * FROM {messages} WHERE {scope}folder = $2 AND href = $3",
+                &[folder, href],
+            )
+            .await?
+            .pop())
+    }
+
+    fn put_message_query<'q>(&self, sql: &'q str, m: &CachedMessage) -> AnyQuery<'q> {
+        self.query(sql)
+            .bind(m.folder.clone())
+            .bind(m.href.clone())
+            .bind(m.etag.clone())
+            .bind(m.message_id.clone())
+            .bind(m.link as i64)
+            .bind(m.crm_id.clone())
+            .bind(m.regarding.clone())
+            .bind(m.problem.clone())
+            .bind(m.rule.clone())
+            .bind(m.gone as i64)
+    }
+
+    pub async fn put_message(&self, m: &CachedMessage) -> anyhow::Result<()> {
+        let sql = self.sql(PUT_MESSAGE);
+        self.write(self.put_message_query(&sql, m)).await?;
+        crate::fault::step("message row written");
+        Ok(())
+    }
+
+    /// Every message row of `folder`.
+    pub async fn messages_in(&self, folder: &str) -> anyhow::Result<Vec<CachedMessage>> {
+        self.message_rows(
+            "SELECT * FROM {messages} WHERE {scope}folder = $2",
+            &[folder],
+        )
+        .await
+    }
+
     pub async fn remove_message(&self, folder: &str, href: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM messages WHERE folder = ? AND href = ?")
-            .bind(folder)
-            .bind(href)
-            .execute(&self.pool)
-            .await?;
+        let sql = self.sql("DELETE FROM {messages} WHERE {scope}folder = $2 AND href = $3");
+        self.write(
+            self.query(&sql)
+                .bind(folder.to_string())
+                .bind(href.to_string()),
+        )
+        .await?;
         crate::fault::step("message row removed");
         Ok(())
     }
 
     /// The messages linked to (or found by) the CRM email `crm_id`.
     pub async fn messages_by_crm_id(&self, crm_id: &str) -> anyhow::Result<Vec<CachedMessage>> {
-        Ok(sqlx::query(
-            "SELECT * FROM messages WHERE crm_id = ? AND gone = 0 ORDER BY folder, href",
+        self.message_rows(
+            "SELECT * FROM {messages} WHERE {scope}crm_id = $2 AND gone = 0 ORDER BY folder, href",
+            &[crm_id],
         )
-        .bind(crm_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(Cache::message_row)
-        .collect())
+        .await
     }
 
     /// The messages with this Message-ID (gone ones included).
@@ -625,65 +920,94 @@ impl Cache {
         &self,
         message_id: &str,
     ) -> anyhow::Result<Vec<CachedMessage>> {
-        Ok(
-            sqlx::query("SELECT * FROM messages WHERE message_id = ? ORDER BY gone, folder, href")
-                .bind(message_id)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(Cache::message_row)
-                .collect(),
+        self.message_rows(
+            "SELECT * FROM {messages} WHERE {scope}message_id = $2 ORDER BY gone, folder, href",
+            &[message_id],
         )
+        .await
     }
 
     /// Messages per link state (R-M3), those gone (R-M8) left out:
     /// `[not tracked, to be tracked, tracked]`.
     pub async fn message_link_counts(&self) -> anyhow::Result<[i64; 3]> {
-        let mut out = [0; 3];
-        for r in sqlx::query("SELECT link, COUNT(*) FROM messages WHERE gone = 0 GROUP BY link")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let link: i64 = r.get(0);
-            if let Some(slot) = out.get_mut(link as usize) {
-                *slot = r.get(1);
-            }
-        }
-        Ok(out)
+        self.per_link("SELECT link, COUNT(*) FROM {messages} WHERE {scope}gone = 0 GROUP BY link")
+            .await
     }
 
     /// Messages to report: refused or failed tracking, or marked and moved
     /// out of the synchronized folders before they were tracked (R-M8).
     pub async fn message_problems(&self) -> anyhow::Result<Vec<CachedMessage>> {
-        Ok(sqlx::query(
-            "SELECT * FROM messages WHERE gone = 1 OR problem IS NOT NULL ORDER BY folder, href",
+        self.message_rows(
+            "SELECT * FROM {messages} WHERE {scope}(gone = 1 OR problem IS NOT NULL) ORDER BY folder, href",
+            &[],
         )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(Cache::message_row)
-        .collect())
+        .await
     }
 
     /// Messages of `folder` in link state `link`, those gone left out.
     pub async fn message_count(&self, folder: &str, link: u8) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages WHERE folder = ? AND link = ? AND gone = 0",
-        )
-        .bind(folder)
-        .bind(link as i64)
-        .fetch_one(&self.pool)
-        .await?)
+        let sql = self.sql(
+            "SELECT COUNT(*) FROM {messages} WHERE {scope}folder = $2 AND link = $3 AND gone = 0",
+        );
+        Ok(self
+            .query(&sql)
+            .bind(folder.to_string())
+            .bind(link as i64)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0))
     }
 
     /// Messages of `folder` whose row was reset (empty etag) so that the
     /// next scan plans them again (`crmsync track mid:…`).
     pub async fn messages_to_replan(&self, folder: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT href FROM messages WHERE folder = ? AND etag = '' AND gone = 0 ORDER BY href",
-        )
-        .bind(folder)
-        .fetch_all(&self.pool)
-        .await?)
+        let sql = self.sql(
+            "SELECT href FROM {messages} WHERE {scope}folder = $2 AND etag = '' AND gone = 0 ORDER BY href",
+        );
+        Ok(self
+            .query(&sql)
+            .bind(folder.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+}
+
+/// A file path as a `sqlite://` URL's path: the characters a URL gives a
+/// meaning to escaped (sqlx decodes them), spaces left to the URL parser.
+fn url_path(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23")
+}
+
+const PUT_MESSAGE: &str =
+    "INSERT INTO {messages} ({key}folder, href, etag, message_id, link, crm_id, regarding, problem, rule, gone)
+     VALUES ({val}$2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT ({key}folder, href) DO UPDATE SET etag = excluded.etag,
+       message_id = excluded.message_id, link = excluded.link, crm_id = excluded.crm_id,
+       regarding = excluded.regarding, problem = excluded.problem, rule = excluded.rule,
+       gone = excluded.gone";
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn one_text_two_databases() {
+        let t = "SELECT * FROM {items} WHERE {scope}crm_id = $2 AND baseline <> '{}'";
+        assert_eq!(
+            render(t, false),
+            "SELECT * FROM items WHERE crm_id = $2 AND baseline <> '{}'"
+        );
+        assert_eq!(
+            render(t, true),
+            "SELECT * FROM mailbox_cache_items WHERE mailbox_id = $1 AND crm_id = $2 AND baseline <> '{}'"
+        );
+        assert_eq!(render("{items} {where}", false), "items ");
     }
 }

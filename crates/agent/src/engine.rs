@@ -33,7 +33,7 @@ use crmsync_core::record::Record;
 use crmsync_core::sync_rules::{is_todo, Removal};
 use crmsync_mailbox::{Collection, CollectionKind, Etag, Mailbox, SyncState};
 
-use crate::cache::{Cache, CachedItem, JournalEntry, WriteIntent};
+use crate::cache::{Cache, CachedItem, JournalEntry, LeaseLost, WriteIntent};
 use crate::config::Config;
 use crate::crm::CrmClient;
 
@@ -486,9 +486,15 @@ fn record_of(v: &Value) -> anyhow::Result<Record> {
 }
 
 impl Agent {
-    /// Opens the cache and the mailbox named by the configuration.
+    /// Opens the cache file and the mailbox named by the configuration.
     pub async fn open(cfg: Config) -> anyhow::Result<Agent> {
         let cache = Cache::open(&cfg.cache).await?;
+        Agent::with_cache(cfg, cache).await
+    }
+
+    /// The engine on `cache` (a file's or a server database's, R-V4) and
+    /// the mailbox named by the configuration (its `cache` path unused).
+    pub async fn with_cache(cfg: Config, cache: Cache) -> anyhow::Result<Agent> {
         let mut checked = Vec::new();
         for collection in collections() {
             if let Some(url) = cache
@@ -501,6 +507,22 @@ impl Agent {
             }
         }
         let opened = crate::backends::open_mailbox(&cfg, &checked).await?;
+        let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
+        Agent::from_parts(cfg, cache, opened, crm).await
+    }
+
+    /// The engine on an opened cache, mailbox and CRM client: what a server
+    /// worker drives for a connected mailbox (R-V4). `cfg` gives the sync
+    /// settings (mail folders, interval, client name); its `[mailbox]`
+    /// part is not read, its `[crm]` part only by the commands
+    /// (`crmsync track`, ...), and its `cache` path only places the spool
+    /// folder of large messages (`mail/`), which stays on this machine.
+    pub async fn from_parts(
+        cfg: Config,
+        cache: Cache,
+        opened: crate::backends::OpenedMailbox,
+        crm: CrmClient,
+    ) -> anyhow::Result<Agent> {
         let mut listed = opened.mailbox.collections().await?;
         let item_collections: Vec<&'static str> = collections()
             .into_iter()
@@ -514,7 +536,6 @@ impl Agent {
         if !listed.is_empty() {
             kinds.push(MailboxKind::Mail);
         }
-        let crm = CrmClient::new(&cfg.crm_url, &cfg.token);
         Ok(Agent {
             cfg,
             cache,
@@ -809,7 +830,7 @@ impl Agent {
                 .await?;
         }
         tracing::debug!(ms = ms(), "deliveries applied");
-        self.plan_untouched(role, &mut run).await;
+        self.plan_untouched(role, &mut run).await?;
         // (d) acknowledge what was applied.
         if let (Some(batch), false) = (batch, run.acks.is_empty()) {
             let r = self.crm.ack(&client, batch, &run.acks).await?;
@@ -1139,6 +1160,7 @@ impl Agent {
                 )
                 .await;
             if let Err(e) = r {
+                let e = LeaseLost::stops(e)?;
                 run.report.errors.push(format!("{set}/{id}: {e:#}"));
                 if let Some(k) = &key {
                     run.incomplete.insert(k.0.clone());
@@ -1199,7 +1221,7 @@ impl Agent {
 
     /// Mailbox → CRM for the items no delivery touched: their push
     /// operations join the run's (sent after the acknowledgement).
-    async fn plan_untouched(&self, role: Role, run: &mut ItemPass) {
+    async fn plan_untouched(&self, role: Role, run: &mut ItemPass) -> anyhow::Result<()> {
         for ((collection, _), mut t) in std::mem::take(&mut run.touched) {
             for action in plan_item(t.link, CrmSide::Unchanged, t.side, role) {
                 if let Err(e) = self
@@ -1213,6 +1235,7 @@ impl Agent {
                     )
                     .await
                 {
+                    let e = LeaseLost::stops(e)?;
                     run.incomplete.insert(collection.clone());
                     run.report.errors.push(format!("{e:#}"));
                     break;
@@ -1222,6 +1245,7 @@ impl Agent {
                 run.incomplete.insert(collection.clone());
             }
         }
+        Ok(())
     }
 
     /// The new state of every complete collection. Settling re-scans a
@@ -1503,6 +1527,7 @@ impl Agent {
         let mut opts = RenderOptions::new(OffsetDateTime::now_utc());
         opts.existing = Some(&bytes);
         let out = render_item(&item, &opts)?;
+        self.cache.hold_lease().await?;
         let r = self
             .mailbox
             .update(collection, &c.href, &Etag::new(etag), &out)
@@ -1565,6 +1590,7 @@ impl Agent {
             }
             Action::DeleteFromMailbox => {
                 let c = t.cached.clone().context("delete of an unknown item")?;
+                self.cache.hold_lease().await?;
                 match self
                     .mailbox
                     .delete(collection, &c.href, &Etag::new(c.etag.clone()))
@@ -1689,6 +1715,7 @@ impl Agent {
                 Ok(true) => {}
                 Ok(false) => retry.push(entry.collection.clone()),
                 Err(e) => {
+                    let e = LeaseLost::stops(e)?;
                     retry.push(entry.collection.clone());
                     report.errors.push(format!(
                         "{}/{}: {kind}: {e:#}",

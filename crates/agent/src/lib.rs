@@ -1,6 +1,7 @@
 //! The crmsync sync agent (SPEC §3, §8, §9, §10, §13): its configuration,
-//! its SQLite cache, the CRM sync API client, and the engine that runs one
-//! synchronization between a mailbox and the CRM server.
+//! its cache (a SQLite file, or a server's PostgreSQL database, R-V4), the
+//! CRM sync API client, and the engine that runs one synchronization
+//! between a mailbox and the CRM server.
 
 pub mod backends;
 pub mod cache;

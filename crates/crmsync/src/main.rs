@@ -67,6 +67,10 @@ enum Command {
         max_body: usize,
         #[command(flatten)]
         key: KeyFile,
+        /// Workers synchronizing the mailboxes connected to the server
+        /// (default 4 on PostgreSQL, 1 on SQLite; 0: none).
+        #[arg(long)]
+        sync_workers: Option<usize>,
     },
     /// Organization administration.
     Admin {
@@ -400,6 +404,37 @@ fn log_sync(result: &anyhow::Result<crmsync_agent::SyncReport>) {
     }
 }
 
+/// R-V4: the sync workers of `serve`, reaching the CRM through its own
+/// listener; none without a secret key (no mailbox can be connected then).
+async fn start_workers(
+    store: &Store,
+    db: &str,
+    address: std::net::SocketAddr,
+    count: Option<usize>,
+) -> anyhow::Result<Option<crmsync_hosted::Workers>> {
+    let count = count.unwrap_or(match store.kind {
+        crmsync_server::db::DbKind::Postgres => 4,
+        crmsync_server::db::DbKind::Sqlite => 1,
+    });
+    if count == 0 || store.secret_key.is_none() {
+        return Ok(None);
+    }
+    let host = if address.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+    } else {
+        address
+    };
+    let settings = crmsync_hosted::WorkerSettings {
+        count,
+        crm_url: format!("http://{host}"),
+        cache_dir: crmsync_server::db::beside_sqlite(db, "mailbox-caches"),
+        holder: format!("pid {}", std::process::id()),
+    };
+    Ok(Some(
+        crmsync_hosted::start_workers(store.clone(), settings).await?,
+    ))
+}
+
 /// `crmsync up`: the first run creates the organization, a user, the token
 /// file, the agent configuration and the mailbox folder; every run starts
 /// the server and the agent together.
@@ -715,6 +750,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             max_body,
             key,
+            sync_workers,
         } => {
             let mut store = Store::connect(&db.db)
                 .await?
@@ -733,6 +769,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "crmsync server listening on http://{}",
                 listener.local_addr()?
             );
+            let _workers =
+                start_workers(&store, &db.db, listener.local_addr()?, sync_workers).await?;
             crmsync_server::serve(store, listener, max_body, shutdown_signal()).await
         }
         Command::Agent { config } => {

@@ -4,5 +4,7 @@
 //! and the agent's engine to them.
 
 mod test;
+mod worker;
 
 pub use test::MailboxTester;
+pub use worker::{start as start_workers, WorkerSettings, Workers};

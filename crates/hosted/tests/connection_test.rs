@@ -2,11 +2,12 @@
 //! IMAP (Dovecot) and DAV (Radicale) servers and says what works, with
 //! the fix; "Resync" makes the mailbox due now.
 
+// Both test-server modules start Cyrus from the same file.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../../dav/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod dav_servers;
 #[path = "../../imap/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod imap_servers;
 
 use std::sync::Arc;

@@ -214,16 +214,7 @@ fn parse(envelope: &str) -> Result<(&str, &str, &str), SecretError> {
 /// The key file beside a SQLite database (`crm.db` → `secret.key` in the
 /// same folder); none for PostgreSQL, whose server is elsewhere.
 pub fn key_file_beside(db_url: &str) -> Option<PathBuf> {
-    let (kind, url) = crate::db::normalize_url(db_url).ok()?;
-    if kind != crate::db::DbKind::Sqlite {
-        return None;
-    }
-    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
-    let dir = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Some(dir.join(KEY_FILE_NAME))
+    crate::db::beside_sqlite(db_url, KEY_FILE_NAME)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crmsync_mailbox::{ItemRef, Keyword, MessageFlags};
 
 use super::plan::{self, MailOp, Regarding};
-use crate::cache::{CachedMessage, JournalEntry};
+use crate::cache::{CachedMessage, JournalEntry, LeaseLost};
 use crate::engine::{Agent, SyncReport};
 
 /// What the answers of one pushed batch share: the message rows to write
@@ -79,6 +79,7 @@ impl Agent {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
+        self.cache().hold_lease().await?;
         let r = self
             .mailbox()
             .store_keywords(&row.folder, &row.href, &cur.etag, &add, &remove)
@@ -225,6 +226,7 @@ impl Agent {
                     other => anyhow::bail!("{other:?} is not an operation of a delivery"),
                 };
                 if let Err(e) = done {
+                    let e = LeaseLost::stops(e)?;
                     report.errors.push(format!(
                         "{}/{}: {e:#}; retried next sync",
                         row.folder, row.href

@@ -693,6 +693,7 @@ impl Agent {
                     let (tracked, regarding, set_regarding) = op.keyword_write();
                     let flags = p.r.flags.clone().unwrap_or_default();
                     let (add, remove) = keyword_change(&flags, tracked, regarding, set_regarding);
+                    self.cache().hold_lease().await?;
                     match self
                         .mailbox()
                         .store_keywords(&folder.id, &p.r.href, &etag, &add, &remove)

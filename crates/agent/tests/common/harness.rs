@@ -108,6 +108,12 @@ impl World {
 
     /// An agent of `token` on the mailbox `name` with cache `cache`.
     async fn agent(&self, token: &str, name: &str, cache: &str) -> Agent {
+        Agent::open(self.config(token, name, cache)).await.unwrap()
+    }
+
+    /// The configuration of an agent of `token` on the mailbox `name` with
+    /// cache file `cache`.
+    fn config(&self, token: &str, name: &str, cache: &str) -> Config {
         let root = self.dir.path().join(name);
         std::fs::create_dir_all(&root).unwrap();
         let cfg_path = self.dir.path().join(format!("{name}-{cache}.toml"));
@@ -117,7 +123,7 @@ impl World {
             root.display()
         );
         std::fs::write(&cfg_path, text).unwrap();
-        Agent::open(Config::load(&cfg_path).unwrap()).await.unwrap()
+        Config::load(&cfg_path).unwrap()
     }
 
     /// PATCHes a contact in the CRM; the change must be accepted.
