@@ -123,6 +123,11 @@ impl Server {
     /// [`Server::serve`] on a given port (a server started again where its
     /// clients expect it).
     pub async fn serve_on(db: &str, token: String, port: u16) -> Server {
+        Server::serve_with(db, token, port, &[]).await
+    }
+
+    /// [`Server::serve_on`] with more arguments of `serve`.
+    pub async fn serve_with(db: &str, token: String, port: u16, extra: &[&str]) -> Server {
         let process = Killed(
             Command::new(BIN)
                 .args([
@@ -132,6 +137,7 @@ impl Server {
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                 ])
+                .args(extra)
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),

@@ -405,6 +405,27 @@ service imap-login {{
         }
     }
 
+    /// Another mail user, `name` with `password` (Dovecot reads the
+    /// passwd-file again when it changes).
+    pub fn add_user(&self, name: &str, password: &str) {
+        let users = self.dir.path().join("users");
+        let first = fs::read_to_string(&users).unwrap();
+        let rest = first
+            .lines()
+            .next()
+            .unwrap()
+            .splitn(3, ':')
+            .nth(2)
+            .unwrap()
+            .to_string();
+        let mut file = fs::OpenOptions::new().append(true).open(&users).unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            format!("{name}:{{PLAIN}}{password}:{rest}\n").as_bytes(),
+        )
+        .unwrap();
+    }
+
     pub fn logs(&self) -> String {
         let root = self.dir.path();
         format!(
@@ -432,7 +453,18 @@ service imap-login {{
 
     /// As [`Dovecot::seed_maildir`], message `i` being `make(i)`.
     pub fn seed_maildir_with(&self, folder: &str, count: usize, make: impl Fn(usize) -> Vec<u8>) {
-        let base = self.dir.path().join("mail").join(USER);
+        self.seed_maildir_of(USER, folder, count, make)
+    }
+
+    /// [`Dovecot::seed_maildir_with`] for another user (see [`Dovecot::add_user`]).
+    pub fn seed_maildir_of(
+        &self,
+        user: &str,
+        folder: &str,
+        count: usize,
+        make: impl Fn(usize) -> Vec<u8>,
+    ) {
+        let base = self.dir.path().join("mail").join(user);
         let dir = base.join(format!(".{folder}"));
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(dir.join(sub)).unwrap();

@@ -61,6 +61,17 @@ pub async fn claim(store: &Store, holder: &str, now: i64) -> Result<Option<Lease
            ORDER BY next_run_at LIMIT 1{skip_locked}) \
          RETURNING id, lease_token"
     );
+    // Idle workers ask often: look first without taking SQLite's write lock.
+    let due = sqlx::query(&format!(
+        "SELECT 1 FROM mailboxes WHERE {CLAIMABLE} AND next_run_at <= $1 \
+         AND (lease_expires_at IS NULL OR lease_expires_at < $1) LIMIT 1"
+    ))
+    .bind(now)
+    .fetch_optional(&store.pool)
+    .await?;
+    if due.is_none() {
+        return Ok(None);
+    }
     let mut tx = store.begin().await?;
     let row = sqlx::query(&sql)
         .bind(holder)
