@@ -142,6 +142,13 @@ async fn run(shared: &Shared, claimed: &Lease) {
         },
         lost = renewing => Err(Failure::LeaseLost(lost.to_string())),
     };
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(Failure::Credentials(_)) => "needs_reconnect",
+        Err(Failure::Transient(_)) => "failing",
+        Err(Failure::LeaseLost(_)) => "lease_lost",
+    };
+    metrics::counter!("crmsync_mailbox_cycles_total", "outcome" => label).increment(1);
     if let Err(Failure::LeaseLost(why)) = &outcome {
         tracing::warn!(mailbox = %claimed.mailbox, why, "the cycle stopped: this worker no longer holds the mailbox");
         return;

@@ -310,6 +310,23 @@ async fn r_v5_a_refused_password_waits_for_new_credentials_while_others_sync(pos
         refused["last_error"].as_str().unwrap().contains("password"),
         "{refused}"
     );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("crmsync_mailboxes{state=\"needs_reconnect\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("crmsync_mailbox_cycles_total{outcome=\"needs_reconnect\"}"),
+        "{metrics}"
+    );
     eventually("the other mailbox synchronized", || async {
         s.mailbox(&ann, &right).await["last_success_at"]
             .is_string()

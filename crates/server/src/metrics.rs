@@ -7,7 +7,33 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use axum::extract::State;
+use sqlx::Row;
+
 use crate::auth::Caller;
+use crate::mailboxes::MailboxState;
+use crate::AppState;
+
+/// Every state, so that a state no mailbox is in shows 0.
+async fn mailbox_states(state: &AppState) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM mailboxes GROUP BY state")
+        .fetch_all(&state.store.pool)
+        .await?;
+    Ok(MailboxState::ALL
+        .iter()
+        .map(|s| {
+            let n = rows
+                .iter()
+                .find(|r| {
+                    r.try_get::<String, _>("state")
+                        .is_ok_and(|v| v == s.as_str())
+                })
+                .and_then(|r| r.try_get::<i64, _>("n").ok())
+                .unwrap_or(0);
+            (s.as_str(), n)
+        })
+        .collect())
+}
 
 /// The process-wide recorder (the `metrics` facade has one global sink).
 fn handle() -> &'static PrometheusHandle {
@@ -48,7 +74,17 @@ pub async fn track(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics` in the Prometheus text format (any authenticated user).
-pub async fn render(_caller: Caller) -> impl IntoResponse {
+/// R-V5: with the connected mailboxes per state, read from the database so
+/// that every `serve` process reports the same.
+pub async fn render(State(state): State<AppState>, _caller: Caller) -> impl IntoResponse {
+    match mailbox_states(&state).await {
+        Ok(counts) => {
+            for (name, n) in counts {
+                metrics::gauge!("crmsync_mailboxes", "state" => name).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count the mailboxes per state for /metrics"),
+    }
     let text = handle().render();
     (
         [(

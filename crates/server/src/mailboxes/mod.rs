@@ -46,6 +46,13 @@ pub enum MailboxState {
 }
 
 impl MailboxState {
+    pub const ALL: [MailboxState; 4] = [
+        MailboxState::Active,
+        MailboxState::Failing,
+        MailboxState::NeedsReconnect,
+        MailboxState::Disabled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MailboxState::Active => "active",
@@ -59,13 +66,10 @@ impl MailboxState {
 impl std::str::FromStr for MailboxState {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "active" => MailboxState::Active,
-            "failing" => MailboxState::Failing,
-            "needs_reconnect" => MailboxState::NeedsReconnect,
-            "disabled" => MailboxState::Disabled,
-            _ => return Err(()),
-        })
+        MailboxState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or(())
     }
 }
 
