@@ -591,3 +591,14 @@ async fn r_v4_a_lease_taken_mid_cycle_stops_the_cycle_and_its_writes() {
     assert_eq!(new + unlinked, 49, "the deliveries before the claim only");
     assert_eq!(cards.len() as i64, rows(&pool, "items", "mb-ann").await);
 }
+
+#[tokio::test]
+async fn r_v4_mailbox_caches_in_a_database_need_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("crm.db").display());
+    let sqlite = connect(&url).await;
+    let e = Cache::in_database(sqlite.clone(), "mb-ann", None).unwrap_err();
+    assert!(e.to_string().contains("need PostgreSQL"), "{e}");
+    let e = Cache::prepare_database(&sqlite).await.unwrap_err();
+    assert!(e.to_string().contains("need PostgreSQL"), "{e}");
+}
