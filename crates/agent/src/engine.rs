@@ -1688,9 +1688,10 @@ impl Agent {
     pub(crate) async fn send(
         &self,
         client: &str,
-        entries: Vec<JournalEntry>,
+        mut entries: Vec<JournalEntry>,
         report: &mut SyncReport,
     ) -> anyhow::Result<Vec<String>> {
+        self.restore_spooled(&mut entries).await?;
         let bodies: Vec<&Value> = entries.iter().map(|e| &e.op).collect();
         let results = self.crm.push(client, &bodies).await?;
         let mut retry = Vec::new();
@@ -1740,6 +1741,32 @@ impl Agent {
             }
         }
         Ok(retry)
+    }
+
+    /// R-V4: a large message journaled by another process, whose spool
+    /// file is on that machine, is sent from the copy the server's
+    /// database keeps (written into this machine's spool, removed once
+    /// answered like any spool file).
+    async fn restore_spooled(&self, entries: &mut [JournalEntry]) -> anyhow::Result<()> {
+        for entry in entries {
+            let Some(file) = entry.op["raw_file"].as_str() else {
+                continue;
+            };
+            if std::path::Path::new(file).exists() {
+                continue;
+            }
+            let Some(raw) = self.cache.spooled(&entry.op_id).await? else {
+                continue;
+            };
+            let dir = self.spool_dir();
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the spool folder {}", dir.display()))?;
+            let path = dir.join(format!("{}.eml", Uuid::new_v4()));
+            std::fs::write(&path, raw)
+                .with_context(|| format!("cannot write the spool file {}", path.display()))?;
+            entry.op["raw_file"] = json!(path.to_string_lossy());
+        }
+        Ok(())
     }
 
     /// Applies one push answer for an item (emails go to
