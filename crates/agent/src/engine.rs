@@ -493,7 +493,8 @@ impl Agent {
     }
 
     /// The engine on `cache` (a file's or a server database's, R-V4) and
-    /// the mailbox named by the configuration (its `cache` path unused).
+    /// the mailbox named by the configuration (see [`Agent::from_parts`]
+    /// for what its `cache` path is then used for).
     pub async fn with_cache(cfg: Config, cache: Cache) -> anyhow::Result<Agent> {
         let mut checked = Vec::new();
         for collection in collections() {
@@ -515,8 +516,9 @@ impl Agent {
     /// worker drives for a connected mailbox (R-V4). `cfg` gives the sync
     /// settings (mail folders, interval, client name); its `[mailbox]`
     /// part is not read, its `[crm]` part only by the commands
-    /// (`crmsync track`, ...), and its `cache` path only places the spool
-    /// folder of large messages (`mail/`), which stays on this machine.
+    /// (`crmsync track`, ...), and its `cache` path only places this
+    /// machine's spool folder of large messages (`mail/`; a server's
+    /// database also keeps each journaled one, for the other processes).
     pub async fn from_parts(
         cfg: Config,
         cache: Cache,
