@@ -11,7 +11,7 @@ use crmsync_dav::{DavConfig, DavMailbox, Url};
 use crmsync_imap::{ImapConfig, ImapMailbox, Security};
 use crmsync_mailbox::{LocalConfig, LocalMailbox, Mailbox, RoutedMailbox};
 
-use crate::config::{Config, DavSettings, ImapSettings};
+use crate::config::{Config, DavSettings, ImapSettings, MailFolders};
 
 /// The opened mailbox, and the local folder its contacts, calendar and
 /// tasks live in when they are local files (their modification times are
@@ -59,6 +59,16 @@ pub async fn open_mailbox(cfg: &Config, checked: &[Url]) -> anyhow::Result<Opene
 }
 
 async fn open_dav(d: &DavSettings, checked: &[Url]) -> anyhow::Result<DavMailbox> {
+    let mut c = dav_config(d)?;
+    c.checked = checked.to_vec();
+    DavMailbox::connect(&c)
+        .await
+        .context("[mailbox.dav]: the DAV server could not be used")
+}
+
+/// The DAV backend's configuration from `[mailbox.dav]` (or a server-side
+/// mailbox's `dav` section).
+pub fn dav_config(d: &DavSettings) -> anyhow::Result<DavConfig> {
     let url = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Url>> {
         v.as_deref()
             .map(|u| {
@@ -72,33 +82,35 @@ async fn open_dav(d: &DavSettings, checked: &[Url]) -> anyhow::Result<DavMailbox
     c.tasks = url("tasks", &d.tasks)?;
     c.server = url("server", &d.server)?;
     c.poll_interval = d.poll_interval;
-    c.checked = checked.to_vec();
-    DavMailbox::connect(&c)
-        .await
-        .context("[mailbox.dav]: the DAV server could not be used")
+    Ok(c)
 }
 
 async fn open_imap(i: &ImapSettings, cfg: &Config) -> anyhow::Result<ImapMailbox> {
+    ImapMailbox::connect(imap_config(i, &cfg.mail))
+        .await
+        .context("[mailbox.imap]: the IMAP server could not be used")
+}
+
+/// The IMAP backend's configuration from `[mailbox.imap]` and its folders
+/// (or a server-side mailbox's `imap` section).
+pub fn imap_config(i: &ImapSettings, mail: &MailFolders) -> ImapConfig {
     let security = match i.security.as_str() {
         "none" => Security::None,
         "starttls" => Security::StartTls,
         _ => Security::Tls,
     };
-    let tracked: Vec<String> = cfg
-        .mail
+    let tracked: Vec<String> = mail
         .tracked_folders
         .iter()
         .map(|f| f.name.clone())
         .collect();
     let mut c = ImapConfig::new(&i.host, i.port, security, &i.username, &i.password).with_folders(
-        &cfg.mail.inbox,
-        &cfg.mail.sent,
-        &cfg.mail.drafts,
+        &mail.inbox,
+        &mail.sent,
+        &mail.drafts,
         &tracked,
     );
     c.rescan_interval = i.rescan_interval;
     c.poll_interval = i.poll_interval;
-    ImapMailbox::connect(c)
-        .await
-        .context("[mailbox.imap]: the IMAP server could not be used")
+    c
 }

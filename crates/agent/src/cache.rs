@@ -27,7 +27,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 /// The table holding the lease of each connected mailbox (R-V4), its key
 /// column and its lease token column: the names a [`Fence`] checks.
-pub const LEASE_TABLE: &str = "connected_mailboxes";
+pub const LEASE_TABLE: &str = "mailboxes";
 pub const LEASE_KEY_COLUMN: &str = "id";
 pub const LEASE_TOKEN_COLUMN: &str = "lease_token";
 

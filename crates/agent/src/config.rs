@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crmsync_mailbox::settings::{
+    parse_interval, DavSettings, ImapSettings, MailFolders, TrackedFolder,
+};
+use crmsync_mailbox::settings::{DavSection, ImapSection, Secret};
+
 /// Environment variable holding the CRM token when the file names none.
 pub const TOKEN_ENV: &str = "CRMSYNC_TOKEN";
 
@@ -28,94 +33,6 @@ pub struct Config {
     pub dav: Option<DavSettings>,
     /// `[mailbox.imap]`: mail folders on an IMAP server.
     pub imap: Option<ImapSettings>,
-}
-
-/// `[mailbox.dav]` (SPEC §13). `server` (a server root to discover the
-/// collections from) is this agent's addition; it fills in the ones not named.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DavSettings {
-    pub contacts: Option<String>,
-    pub calendar: Option<String>,
-    pub tasks: Option<String>,
-    pub server: Option<String>,
-    pub username: String,
-    pub password: String,
-    /// How often the sync tokens are polled for change notifications (R-T2).
-    pub poll_interval: Duration,
-}
-
-/// `[mailbox.imap]` (SPEC §13); the folder roles are in [`MailFolders`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct ImapSettings {
-    pub host: String,
-    pub port: u16,
-    /// `none`, `starttls` or `tls`.
-    pub security: String,
-    pub username: String,
-    pub password: String,
-    /// Without CONDSTORE: how often every flag is listed again although the
-    /// one-round-trip check saw nothing change (an addition to §13).
-    pub rescan_interval: Duration,
-    /// How often the folders IDLE does not cover are looked at, and IDLE is
-    /// renewed with a look at INBOX (R-T2; an addition to §13).
-    pub poll_interval: Duration,
-}
-
-impl std::fmt::Debug for DavSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DavSettings")
-            .field("contacts", &self.contacts)
-            .field("calendar", &self.calendar)
-            .field("tasks", &self.tasks)
-            .field("server", &self.server)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for ImapSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImapSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("security", &self.security)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The mail folders the agent synchronizes (R-M8: only these) and their
-/// roles. Folder names as the mail client shows them (`INBOX`, `Sent`); the
-/// backend's collection id is `mail/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MailFolders {
-    pub inbox: String,
-    pub sent: String,
-    pub drafts: String,
-    /// R-M4: messages placed in these folders are tracked.
-    pub tracked_folders: Vec<TrackedFolder>,
-}
-
-/// A folder-level tracking folder (R-M4), with an optional fixed regarding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrackedFolder {
-    pub name: String,
-    /// `(entity set, id)` every message tracked from this folder is regarding.
-    pub regarding: Option<(String, uuid::Uuid)>,
-}
-
-impl Default for MailFolders {
-    fn default() -> Self {
-        MailFolders {
-            inbox: "INBOX".into(),
-            sent: "Sent".into(),
-            drafts: "Drafts".into(),
-            tracked_folders: vec![TrackedFolder {
-                name: "CRM".into(),
-                regarding: None,
-            }],
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,49 +75,8 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawMailbox {
     local: Option<RawLocal>,
-    dav: Option<RawDav>,
-    imap: Option<RawImap>,
-}
-
-/// A password given inline, in a file, or by a command's output.
-struct RawSecret {
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    password_command: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDav {
-    contacts: Option<String>,
-    calendar: Option<String>,
-    tasks: Option<String>,
-    server: Option<String>,
-    poll_interval: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    password_command: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawImap {
-    host: Option<String>,
-    port: Option<u16>,
-    security: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    password_command: Option<String>,
-    inbox: Option<String>,
-    sent: Option<String>,
-    drafts: Option<String>,
-    tracked_folders: Option<Vec<String>>,
-    /// Folder → `SET/ID` every message tracked from it is regarding (R-M4).
-    folder_regarding: Option<std::collections::BTreeMap<String, String>>,
-    rescan_interval: Option<String>,
-    poll_interval: Option<String>,
+    dav: Option<DavSection>,
+    imap: Option<ImapSection>,
 }
 
 #[derive(Deserialize)]
@@ -314,142 +190,19 @@ impl Config {
         let mailbox = raw.mailbox.ok_or_else(|| {
             invalid("[mailbox] is missing; add [mailbox.local] with root = \"…\" (the folder holding contacts/, calendar/, tasks/, mail/)".into())
         })?;
-        let secret = |section: &str, s: RawSecret| -> Result<String, ConfigError> {
-            read_secret(section, s, &resolve).map_err(invalid)
-        };
-        let dav = match mailbox.dav {
-            None => None,
-            Some(d) => {
-                for (key, url) in [
-                    ("contacts", &d.contacts),
-                    ("calendar", &d.calendar),
-                    ("tasks", &d.tasks),
-                    ("server", &d.server),
-                ] {
-                    if let Some(u) = url {
-                        if !(u.starts_with("http://") || u.starts_with("https://")) {
-                            return Err(invalid(format!("[mailbox.dav] {key} = {u:?} is not an http:// or https:// address; write the collection's URL, like \"https://dav.example.com/ann/contacts/\"")));
-                        }
-                    }
-                }
-                if d.contacts.is_none()
-                    && d.calendar.is_none()
-                    && d.tasks.is_none()
-                    && d.server.is_none()
-                {
-                    return Err(invalid("[mailbox.dav] names no collection; set contacts, calendar and tasks to collection URLs (or server to the server's root URL)".into()));
-                }
-                let poll_interval = match d.poll_interval {
-                    None => Duration::from_secs(2),
-                    Some(text) => parse_interval(&text).ok_or_else(|| {
-                        invalid(format!("[mailbox.dav] poll_interval = {text:?} is not a duration; write it like \"2s\" or \"1m\""))
-                    })?,
-                };
-                Some(DavSettings {
-                    poll_interval,
-                    contacts: d.contacts,
-                    calendar: d.calendar,
-                    tasks: d.tasks,
-                    server: d.server,
-                    username: d.username.unwrap_or_default(),
-                    password: secret(
-                        "[mailbox.dav]",
-                        RawSecret {
-                            password: d.password,
-                            password_file: d.password_file,
-                            password_command: d.password_command,
-                        },
-                    )?,
-                })
-            }
-        };
-        let mut mail = MailFolders::default();
-        let imap = match mailbox.imap {
-            None => None,
+        let secret = |section: &str, s: Secret| read_secret(section, s, &resolve);
+        let dav = mailbox
+            .dav
+            .map(|d| d.check("[mailbox.dav]", |s| secret("[mailbox.dav]", s)))
+            .transpose()
+            .map_err(invalid)?;
+        let (imap, mail) = match mailbox.imap {
+            None => (None, MailFolders::default()),
             Some(i) => {
-                let host = i.host.filter(|h| !h.trim().is_empty()).ok_or_else(|| {
-                    invalid(
-                        "[mailbox.imap] host is missing; set host = \"imap.example.com\"".into(),
-                    )
-                })?;
-                let security = i.security.unwrap_or_else(|| "tls".into());
-                let default_port = match security.as_str() {
-                    "none" | "starttls" => 143,
-                    "tls" => 993,
-                    other => {
-                        return Err(invalid(format!(
-                            "[mailbox.imap] security = {other:?} is not one of none, starttls, tls"
-                        )))
-                    }
-                };
-                let username = i.username.filter(|u| !u.is_empty()).ok_or_else(|| {
-                    invalid(
-                        "[mailbox.imap] username is missing; set username = \"…\" (the IMAP login)"
-                            .into(),
-                    )
-                })?;
-                if let Some(v) = i.inbox {
-                    mail.inbox = v;
-                }
-                if let Some(v) = i.sent {
-                    mail.sent = v;
-                }
-                if let Some(v) = i.drafts {
-                    mail.drafts = v;
-                }
-                if let Some(list) = i.tracked_folders {
-                    mail.tracked_folders = list
-                        .into_iter()
-                        .map(|name| TrackedFolder {
-                            name,
-                            regarding: None,
-                        })
-                        .collect();
-                }
-                for (folder, target) in i.folder_regarding.unwrap_or_default() {
-                    let parsed = target.split_once('/').and_then(|(set, id)| {
-                        Some((set.to_string(), uuid::Uuid::parse_str(id).ok()?))
-                    });
-                    let Some(regarding) = parsed else {
-                        return Err(invalid(format!("[mailbox.imap] folder_regarding {folder:?} = {target:?} is not SET/ID; write it like \"opportunities/1b4e28ba-2fa1-11d2-883f-0016d3cca427\"")));
-                    };
-                    match mail.tracked_folders.iter_mut().find(|f| f.name == folder) {
-                        Some(f) => f.regarding = Some(regarding),
-                        None => return Err(invalid(format!("[mailbox.imap] folder_regarding names {folder:?}, which is not in tracked_folders; add it there"))),
-                    }
-                }
-                let rescan_interval = match i.rescan_interval {
-                    None => Duration::from_secs(300),
-                    // "0s": every sync lists every flag.
-                    Some(text) if text.trim().trim_end_matches(['s', 'm', 'h', 'd']) == "0" => {
-                        Duration::ZERO
-                    }
-                    Some(text) => parse_interval(&text).ok_or_else(|| {
-                        invalid(format!("[mailbox.imap] rescan_interval = {text:?} is not a duration; write it like \"5m\" or \"0s\" (list every flag at every sync)"))
-                    })?,
-                };
-                let poll_interval = match i.poll_interval {
-                    None => crmsync_imap::DEFAULT_POLL_INTERVAL,
-                    Some(text) => parse_interval(&text).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        invalid(format!("[mailbox.imap] poll_interval = {text:?} is not a duration; write it like \"2s\" or \"1m\""))
-                    })?,
-                };
-                Some(ImapSettings {
-                    rescan_interval,
-                    poll_interval,
-                    host,
-                    port: i.port.unwrap_or(default_port),
-                    security,
-                    username,
-                    password: secret(
-                        "[mailbox.imap]",
-                        RawSecret {
-                            password: i.password,
-                            password_file: i.password_file,
-                            password_command: i.password_command,
-                        },
-                    )?,
-                })
+                let (imap, mail) = i
+                    .check("[mailbox.imap]", |s| secret("[mailbox.imap]", s))
+                    .map_err(invalid)?;
+                (Some(imap), mail)
             }
         };
         let local_root = match mailbox.local {
@@ -511,7 +264,7 @@ impl Config {
 /// (its first line) or `password_command` (its output), exactly one of them.
 fn read_secret(
     section: &str,
-    s: RawSecret,
+    s: Secret,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
 ) -> Result<String, String> {
     match (s.password, s.password_file, s.password_command) {
@@ -556,7 +309,6 @@ fn default_cache_dir() -> PathBuf {
     PathBuf::from("crmsync-data")
 }
 
-/// `90s`, `15m`, `1h`, `2d` (the syntax of the CRM's settings, R-T1).
 /// The largest message the CRM stores (the server's `MAX_RAW`).
 pub const MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
 
@@ -573,12 +325,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     digits.parse::<u64>().ok()?.checked_mul(scale)
-}
-
-pub fn parse_interval(text: &str) -> Option<Duration> {
-    crmsync_core::settings::parse_interval(text.trim())
-        .ok()
-        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

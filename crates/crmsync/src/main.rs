@@ -29,6 +29,30 @@ struct Db {
     db: String,
 }
 
+#[derive(Args)]
+struct KeyFile {
+    /// The key that encrypts mailbox passwords at rest (`crmsync admin
+    /// gen-key FILE` makes one). Default: secret.key beside a SQLite database.
+    #[arg(long, env = crmsync_server::secrets::KEY_FILE_ENV)]
+    secret_key_file: Option<PathBuf>,
+}
+
+impl KeyFile {
+    /// The key file named, else the one beside a SQLite database if it
+    /// exists; `None`: the server stores no secrets (R-V2).
+    fn find(&self, db: &str) -> anyhow::Result<Option<crmsync_server::secrets::SecretKey>> {
+        use crmsync_server::secrets::{key_file_beside, SecretKey};
+        let path = match &self.secret_key_file {
+            Some(p) => p.clone(),
+            None => match key_file_beside(db).filter(|p| p.exists()) {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(SecretKey::load(&path)?))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the CRM server (REST API).
@@ -41,6 +65,12 @@ enum Command {
         /// Largest accepted request body, in bytes.
         #[arg(long, default_value_t = crmsync_server::DEFAULT_MAX_BODY)]
         max_body: usize,
+        #[command(flatten)]
+        key: KeyFile,
+        /// Workers synchronizing the mailboxes connected to the server
+        /// (default 4 on PostgreSQL, 1 on SQLite; 0: none).
+        #[arg(long)]
+        sync_workers: Option<usize>,
     },
     /// Organization administration.
     Admin {
@@ -374,6 +404,37 @@ fn log_sync(result: &anyhow::Result<crmsync_agent::SyncReport>) {
     }
 }
 
+/// R-V4: the sync workers of `serve`, reaching the CRM through its own
+/// listener; none without a secret key (no mailbox can be connected then).
+async fn start_workers(
+    store: &Store,
+    db: &str,
+    address: std::net::SocketAddr,
+    count: Option<usize>,
+) -> anyhow::Result<Option<crmsync_hosted::Workers>> {
+    let count = count.unwrap_or(match store.kind {
+        crmsync_server::db::DbKind::Postgres => 4,
+        crmsync_server::db::DbKind::Sqlite => 1,
+    });
+    if count == 0 || store.secret_key.is_none() {
+        return Ok(None);
+    }
+    let host = if address.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+    } else {
+        address
+    };
+    let settings = crmsync_hosted::WorkerSettings {
+        count,
+        crm_url: format!("http://{host}"),
+        cache_dir: crmsync_server::db::beside_sqlite(db, "mailbox-caches"),
+        holder: format!("pid {}", std::process::id()),
+    };
+    Ok(Some(
+        crmsync_hosted::start_workers(store.clone(), settings).await?,
+    ))
+}
+
 /// `crmsync up`: the first run creates the organization, a user, the token
 /// file, the agent configuration and the mailbox folder; every run starts
 /// the server and the agent together.
@@ -445,6 +506,28 @@ async fn up_signin_link(store: &Store, token_file: &std::path::Path) -> anyhow::
             )
         })?;
     Ok(crmsync_server::web::session::create_link(store, user.id).await?)
+}
+
+/// R-V2: `admin init` makes the secret key beside a SQLite database, where
+/// `serve` finds it (a key already there is kept). A PostgreSQL server is
+/// elsewhere: its key is made with `gen-key`.
+fn key_beside_database(db: &str) -> anyhow::Result<()> {
+    match crmsync_server::secrets::key_file_beside(db) {
+        Some(path) if path.exists() => Ok(()),
+        Some(path) => {
+            let key = crmsync_server::secrets::SecretKey::create_file(&path)?;
+            eprintln!(
+                "wrote secret key {} to {}: it encrypts connected mailboxes' passwords; back it up with the database, apart from it",
+                key.id(),
+                path.display()
+            );
+            Ok(())
+        }
+        None => {
+            eprintln!("to connect mailboxes to this server, make a secret key with `crmsync admin gen-key FILE` and start `crmsync serve` with --secret-key-file FILE");
+            Ok(())
+        }
+    }
 }
 
 /// Writes a secret readable by its owner only.
@@ -581,6 +664,19 @@ enum AdminCommand {
         db: Db,
         file: PathBuf,
     },
+    /// Write a new secret key to FILE (readable by you only; never overwrites).
+    GenKey { file: PathBuf },
+    /// Re-encrypt every stored secret under a new key, in one transaction;
+    /// then start `serve` with the new key.
+    RotateKey {
+        #[command(flatten)]
+        db: Db,
+        #[command(flatten)]
+        key: KeyFile,
+        /// The new key (`crmsync admin gen-key FILE` makes one).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -653,8 +749,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db,
             listen,
             max_body,
+            key,
+            sync_workers,
         } => {
-            let store = Store::connect(&db.db).await?;
+            let mut store = Store::connect(&db.db)
+                .await?
+                .with_connection_test(std::sync::Arc::new(crmsync_hosted::MailboxTester));
+            match key.find(&db.db)? {
+                Some(key) => store = store.with_secret_key(key),
+                None => eprintln!(
+                    "crmsync serve: no secret key, so mailboxes cannot be connected to this server; make one with `crmsync admin gen-key FILE` and pass --secret-key-file FILE"
+                ),
+            }
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("--listen {listen}: cannot listen there (in use, or not an address of this machine)"))?;
@@ -663,6 +769,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "crmsync server listening on http://{}",
                 listener.local_addr()?
             );
+            let _workers =
+                start_workers(&store, &db.db, listener.local_addr()?, sync_workers).await?;
             crmsync_server::serve(store, listener, max_body, shutdown_signal()).await
         }
         Command::Agent { config } => {
@@ -733,6 +841,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let token =
                     crmsync_server::records::init_organization(&store, &email, &name).await?;
                 println!("{token}");
+                key_beside_database(&db.db)
+            }
+            AdminCommand::GenKey { file } => {
+                let key = crmsync_server::secrets::SecretKey::create_file(&file)?;
+                eprintln!(
+                    "wrote secret key {} to {}; start `crmsync serve` with --secret-key-file {} and keep a copy somewhere safe: without it, stored mailbox passwords cannot be read",
+                    key.id(),
+                    file.display(),
+                    file.display()
+                );
+                Ok(())
+            }
+            AdminCommand::RotateKey {
+                db,
+                key,
+                new_key_file,
+            } => {
+                let old = key.find(&db.db)?.ok_or_else(|| {
+                    BadUsage("no key in use was found: name it with --secret-key-file FILE".into())
+                })?;
+                let new = crmsync_server::secrets::SecretKey::load(&new_key_file)?;
+                let store = Store::connect(&db.db).await?;
+                let n = crmsync_server::mailboxes::rotate_key(&store, &old, &new).await?;
+                eprintln!(
+                    "re-encrypted {n} secret(s) from key {} to key {}; start `crmsync serve` with --secret-key-file {} (the old key opens nothing now)",
+                    old.id(),
+                    new.id(),
+                    new_key_file.display()
+                );
                 Ok(())
             }
             AdminCommand::User {

@@ -492,3 +492,125 @@ fn r_w2_up_prints_a_sign_in_link_that_works_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `crmsync serve` on a free loopback port, answering; killed on drop.
+struct Serve {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_crmsync"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", &addr])
+            .env_remove("CRMSYNC_DB")
+            .env_remove("CRMSYNC_SECRET_KEY_FILE")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the server", || std::net::TcpStream::connect(&addr).is_ok());
+        Serve { child, addr }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn r_v2_init_makes_a_key_serve_finds_it_and_rotate_key_moves_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("data/crm.db").display());
+    let init = crmsync(&["admin", "init", "--db", &db, "--email", "a@example.com"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let token = stdout(&init).trim().to_string();
+    let key_file = dir.path().join("data/secret.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is readable by its owner only");
+    }
+    let body =
+        r#"{"name": "work", "imap": {"host": "127.0.0.1", "username": "a", "password": "first"}}"#;
+    let id = {
+        let s = Serve::start(&["--db", &db], &[]);
+        let (status, created) = http(&s.addr, "POST", "/api/v1/mailboxes", &token, Some(body));
+        assert_eq!(
+            status, 201,
+            "serve found the key beside the database: {created}"
+        );
+        let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+        created["id"].as_str().unwrap().to_string()
+    };
+
+    let new_key = dir.path().join("new.key");
+    let new_key = new_key.to_str().unwrap();
+    let made = crmsync(&["admin", "gen-key", new_key]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let again = crmsync(&["admin", "gen-key", new_key]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let rotated = crmsync(&[
+        "admin",
+        "rotate-key",
+        "--db",
+        &db,
+        "--new-key-file",
+        new_key,
+    ]);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    assert!(
+        stderr(&rotated).contains("re-encrypted 1 secret"),
+        "{}",
+        stderr(&rotated)
+    );
+
+    let change = r#"{"imap": {"port": 1143}}"#;
+    let path = format!("/api/v1/mailboxes/{id}");
+    {
+        let s = Serve::start(&["--db", &db], &[]);
+        let (status, answer) = http(&s.addr, "PATCH", &path, &token, Some(change));
+        assert_eq!(status, 409, "the old key opens nothing now: {answer}");
+        assert!(answer.contains("secret_unreadable"), "{answer}");
+    }
+    {
+        let s = Serve::start(&["--db", &db, "--secret-key-file", new_key], &[]);
+        let (status, answer) = http(&s.addr, "PATCH", &path, &token, Some(change));
+        assert_eq!(status, 200, "{answer}");
+    }
+    {
+        let s = Serve::start(&["--db", &db], &[("CRMSYNC_SECRET_KEY_FILE", new_key)]);
+        let (status, answer) = http(&s.addr, "PATCH", &path, &token, Some(change));
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Without any key, the server stores no secret and says how to get one.
+    std::fs::remove_file(&key_file).unwrap();
+    let s = Serve::start(&["--db", &db], &[]);
+    let (status, answer) = http(
+        &s.addr,
+        "POST",
+        "/api/v1/mailboxes",
+        &token,
+        Some(&body.replace("work", "home")),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("gen-key"), "{answer}");
+    let (status, _) = http(&s.addr, "GET", "/api/v1/mailboxes", &token, None);
+    assert_eq!(status, 200);
+}

@@ -164,7 +164,11 @@ async fn r_w6_unreadable_items_reach_the_server_with_their_fix() {
         let clients = server
             .call(reqwest::Method::GET, "/api/v1/sync/clients", None)
             .await;
-        let clients = clients.as_array().or(clients["items"].as_array()).cloned().unwrap();
+        let clients = clients
+            .as_array()
+            .or(clients["items"].as_array())
+            .cloned()
+            .unwrap();
         assert_eq!(clients.len(), 1, "{clients:?}");
         clients[0]["problems"].as_array().cloned().unwrap()
     };
@@ -177,8 +181,18 @@ async fn r_w6_unreadable_items_reach_the_server_with_their_fix() {
     let shown = problems().await;
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert_eq!(shown[0]["item"], "contacts/broken.vcf");
-    assert!(shown[0]["problem"].as_str().unwrap().contains("fix or remove the item"), "{shown:?}");
+    assert!(
+        shown[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("fix or remove the item"),
+        "{shown:?}"
+    );
     std::fs::remove_file(&broken).unwrap();
     assert_eq!(sync(&config, false).status.code(), Some(0));
-    assert_eq!(problems().await, Vec::<serde_json::Value>::new(), "gone once the item is");
+    assert_eq!(
+        problems().await,
+        Vec::<serde_json::Value>::new(),
+        "gone once the item is"
+    );
 }

@@ -234,6 +234,12 @@ pub fn status_error(url: &Url, what: &str, answer: &Answer) -> Error {
             answer.snippet()
         ),
     };
+    if code == 401 {
+        return Error::AuthenticationFailed {
+            url: url.to_string(),
+            reason,
+        };
+    }
     Error::Remote {
         url: url.to_string(),
         status: Some(code),

@@ -397,16 +397,7 @@ async fn http_401_and_404_name_the_url_and_the_fix() {
     config.password = "wrong".into();
     let err = DavMailbox::connect(&config).await.unwrap_err();
     let text = err.to_string();
-    assert!(
-        matches!(
-            err,
-            Error::Remote {
-                status: Some(401),
-                ..
-            }
-        ),
-        "{text}"
-    );
+    assert!(err.is_authentication_failure(), "{text}");
     assert!(text.contains(server.url_of("contacts").as_str()), "{text}");
     assert!(text.contains("password"), "{text}");
     let mb = DavMailbox::new(&config).unwrap();

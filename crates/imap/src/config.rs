@@ -18,12 +18,10 @@ pub enum Security {
     Tls,
 }
 
-/// How often the watch looks at every folder by default. R-T2 wants a
-/// change tracked within seconds; IDLE covers one folder, and some servers
-/// (Cyrus without `idled`, a Dovecot whose file notifications do not work)
-/// announce nothing while idling, so every folder is looked at this often:
-/// one round trip (STATUS of each folder, NOOP for the idled one).
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the watch looks at every folder by default (why: at
+/// [`crmsync_mailbox::settings::IMAP_POLL_INTERVAL`], shared with the
+/// settings of `[mailbox.imap]`).
+pub use crmsync_mailbox::settings::IMAP_POLL_INTERVAL as DEFAULT_POLL_INTERVAL;
 
 /// The IMAP backend's configuration.
 #[derive(Clone, PartialEq, Eq)]

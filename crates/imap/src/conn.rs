@@ -62,8 +62,10 @@ pub(crate) enum ConnError {
     Closed(String),
     /// The server sent something that is not IMAP, or not what we asked.
     Protocol(String),
-    /// A tagged NO/BAD where the caller cannot go on (login, ENABLE...).
+    /// A tagged NO/BAD where the caller cannot go on (ENABLE...).
     Refused(String),
+    /// The server refused the user name or password.
+    LoginFailed(String),
     Tls(String),
 }
 
@@ -75,6 +77,7 @@ impl fmt::Display for ConnError {
             ConnError::Closed(why) => write!(f, "the server closed the connection ({why})"),
             ConnError::Protocol(why) => write!(f, "unexpected answer from the server: {why}"),
             ConnError::Refused(why) => write!(f, "refused by the server: {why}"),
+            ConnError::LoginFailed(why) => write!(f, "refused by the server: {why}"),
             ConnError::Tls(why) => write!(f, "TLS: {why}"),
         }
     }
@@ -380,7 +383,7 @@ impl Conn {
 
     async fn after_login(&mut self, done: Done) -> Result<(), ConnError> {
         if !done.is_ok() {
-            return Err(ConnError::Refused(format!(
+            return Err(ConnError::LoginFailed(format!(
                 "login failed ({}); check username and password in [mailbox.imap]",
                 done.text
             )));

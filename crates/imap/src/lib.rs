@@ -215,10 +215,16 @@ fn remote(config: &ImapConfig, folder: &str, e: ConnError) -> Error {
     } else {
         format!("{}/{folder}", config.url())
     };
-    Error::Remote {
-        url,
-        status: None,
-        reason: format!("{e}; the next call reconnects"),
+    match e {
+        ConnError::LoginFailed(_) => Error::AuthenticationFailed {
+            url,
+            reason: e.to_string(),
+        },
+        _ => Error::Remote {
+            url,
+            status: None,
+            reason: format!("{e}; the next call reconnects"),
+        },
     }
 }
 

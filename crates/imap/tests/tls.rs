@@ -42,4 +42,7 @@ async fn wrong_password_names_the_setting_to_fix() {
     config.password = "wrong".into();
     let err = ImapMailbox::new(config).collections().await.unwrap_err();
     assert!(err.to_string().contains("[mailbox.imap]"), "{err}");
+    // R-V5: told apart from a passing failure (a server-side mailbox then
+    // waits for new credentials instead of retrying).
+    assert!(err.is_authentication_failure(), "{err:?}");
 }

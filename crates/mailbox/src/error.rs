@@ -89,6 +89,12 @@ pub enum Error {
         reason: String,
     },
 
+    /// The mail or DAV server refused the credentials. Trying again with
+    /// the same ones cannot help (a server-side mailbox waits for new ones,
+    /// R-V5); `reason` says which settings to check.
+    #[error("{url}: {reason}")]
+    AuthenticationFailed { url: String, reason: String },
+
     #[error("mailbox backend task failed: {0}")]
     Task(String),
 }
@@ -99,6 +105,11 @@ impl Error {
             path: path.into(),
             error: source,
         }
+    }
+
+    /// True when the server refused the user name or password.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(self, Error::AuthenticationFailed { .. })
     }
 
     /// True if the write was refused because another client changed the item.

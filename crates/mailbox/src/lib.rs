@@ -8,6 +8,10 @@
 //!   crates, which implement the same trait and pass the same conformance
 //!   suite, `tests/conformance/`).
 //!
+//! [`settings`] holds how a mailbox on a server is reached (SPEC §13's
+//! `[mailbox.dav]` and `[mailbox.imap]`), checked the same way for the
+//! agent's configuration and the server's connected mailboxes.
+//!
 //! Items are opaque bytes (`.vcf`, `.ics`, RFC 5322) plus metadata (href,
 //! etag, message flags); parsing them is another crate's job.
 //!
@@ -20,6 +24,7 @@ mod error;
 pub mod local;
 mod mailbox;
 mod routed;
+pub mod settings;
 mod types;
 
 pub use error::{Error, Result};

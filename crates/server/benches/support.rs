@@ -118,18 +118,19 @@ pub async fn seed(store: &Store, n: usize, owner: impl Fn(usize) -> uuid::Uuid) 
                 "INSERT INTO records (id, entity_set, version, owner_id, state, created_at, modified_at, search_text, data) VALUES ",
             );
             for k in 0..batch_end - batch_start {
-                let b = k * 5;
+                let b = k * 6;
                 if k > 0 {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${}, 'contacts', ${}, ${}, 'active', ${}, ${}, '', ${})",
+                    "(${}, 'contacts', ${}, ${}, 'active', ${}, ${}, ${}, ${})",
                     b + 1,
                     b + 2,
                     b + 3,
                     b + 4,
                     b + 4,
-                    b + 5
+                    b + 5,
+                    b + 6
                 ));
             }
             let mut q = sqlx::query(&sql);
@@ -138,11 +139,17 @@ pub async fn seed(store: &Store, n: usize, owner: impl Fn(usize) -> uuid::Uuid) 
                 ids.push(id);
                 version += 1;
                 let data = json!({"first_name": format!("First{i}"), "last_name": format!("Last{i}"), "email": format!("p{i}@example.com"), "city": "Berlin"});
+                // What a write through the API stores, so that searches find it.
+                let search = crmsync_core::record::search_text(
+                    crmsync_core::EntitySet::Contacts,
+                    data.as_object().unwrap(),
+                );
                 q = q
                     .bind(id.to_string())
                     .bind(version)
                     .bind(owner(i).to_string())
                     .bind(now.clone())
+                    .bind(search)
                     .bind(data.to_string());
             }
             q.execute(&mut *tx).await.unwrap();

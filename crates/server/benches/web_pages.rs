@@ -10,6 +10,8 @@
 //!
 //!   cargo bench -p crmsync-server --bench web_pages -- [--db sqlite|postgres] [--records N] [--samples N]
 //!
+//! The searches (`q`) are checked to find what they should before timing.
+//!
 //! Defaults: SQLite, 1,000,000 contacts, 200 samples of each page.
 
 use std::time::{Duration, Instant};
@@ -103,6 +105,8 @@ async fn main() {
     };
     let next = next_of("/contacts").await;
     let sorted_next = next_of("/contacts?sort=last_name&dir=asc").await;
+    // Last777777 of 1,000,000: no other number starts with its digits.
+    let one_match = format!("/contacts?q=Last{}", a.records * 7 / 9);
     let pages = [
         ("Contacts list", "/contacts".to_string()),
         ("Contacts list, next page", next),
@@ -110,9 +114,14 @@ async fn main() {
             "account page, 1,000 activities",
             format!("/accounts/{account}"),
         ),
+        ("Contacts search (one match)", one_match.clone()),
         (
-            "Contacts search (one match)",
-            "/contacts?q=Last777777".into(),
+            "Contacts search (Last1: 111,111 matches of 1,000,000)",
+            "/contacts?q=Last1".into(),
+        ),
+        (
+            "Contacts search (every contact)",
+            "/contacts?q=example".into(),
         ),
         (
             "Contacts sorted by last name",
@@ -123,6 +132,20 @@ async fn main() {
     for (_, path) in &pages {
         get(path.clone()).await; // warm
     }
+    // The searches find what they should (the seed's search text is real).
+    let (_, found) = get(one_match.clone()).await;
+    assert_eq!(
+        found.matches("<tr").count(),
+        2,
+        "a heading and one match: {found}"
+    );
+    assert!(
+        get("/contacts?q=Last1".into())
+            .await
+            .1
+            .contains("Next page"),
+        "a full page and more"
+    );
     let mut times: Vec<Vec<Duration>> = pages.iter().map(|_| Vec::new()).collect();
     for _ in 0..a.samples {
         for (i, (_, path)) in pages.iter().enumerate() {

@@ -50,6 +50,21 @@ pub fn normalize_url(url: &str) -> anyhow::Result<(DbKind, String)> {
     Ok((DbKind::Sqlite, format!("sqlite://{path}?mode=rwc")))
 }
 
+/// `name` in the folder of a SQLite database; none for PostgreSQL, whose
+/// server is elsewhere.
+pub fn beside_sqlite(db_url: &str, name: &str) -> Option<std::path::PathBuf> {
+    let (kind, url) = normalize_url(db_url).ok()?;
+    if kind != DbKind::Sqlite {
+        return None;
+    }
+    let path = url.strip_prefix("sqlite://")?.split('?').next()?;
+    let dir = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(dir.join(name))
+}
+
 /// Opens the pool and brings the schema up to date.
 pub async fn connect(url: &str) -> anyhow::Result<(DbKind, AnyPool)> {
     install_default_drivers();

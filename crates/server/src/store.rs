@@ -22,6 +22,12 @@ pub struct Store {
     pub url: String,
     /// What committed lately, for the clients waiting on `/sync/wait`.
     pub changes: ChangeFeed,
+    /// R-V2: the key of the secrets at rest, which the database does not
+    /// hold; without one, no secret is stored.
+    pub secret_key: Option<std::sync::Arc<crate::secrets::SecretKey>>,
+    /// R-V1: connects to a mailbox's servers (crmsync-hosted); without it
+    /// the connection test answers that this process cannot.
+    pub connection_test: Option<std::sync::Arc<dyn crate::mailboxes::ConnectionTest>>,
 }
 
 /// The PostgreSQL channel every `serve` process of one database listens on.
@@ -583,7 +589,23 @@ impl Store {
             kind,
             url: crate::db::normalize_url(url)?.1,
             changes: ChangeFeed::new(committed),
+            secret_key: None,
+            connection_test: None,
         })
+    }
+
+    /// This store with the key of the secrets at rest (R-V2).
+    pub fn with_connection_test(
+        mut self,
+        test: std::sync::Arc<dyn crate::mailboxes::ConnectionTest>,
+    ) -> Store {
+        self.connection_test = Some(test);
+        self
+    }
+
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> Store {
+        self.secret_key = Some(std::sync::Arc::new(key));
+        self
     }
 
     /// Commits a write that took `change.version` ([`next_version`]) and
@@ -642,10 +664,13 @@ impl Store {
         // name and field names of the core tables; every value is bound.
         // The set is written as a literal so that the partial indexes of
         // `list_indexes` apply (R-W8).
-        let indexed_search = self.kind == DbKind::Sqlite
-            && q.text
-                .as_ref()
-                .is_some_and(|t| t.chars().count() >= crate::list_indexes::MIN_INDEXED_QUERY);
+        let fts_query = q.text.as_ref().map(|t| crate::list_indexes::fts_phrase(t));
+        let indexed_search = match (&fts_query, self.kind) {
+            (Some(Some(phrase)), DbKind::Sqlite) => {
+                crate::list_indexes::worth_reading_by_fts(&self.pool, phrase).await?
+            }
+            _ => false,
+        };
         let table = match self.kind {
             DbKind::Sqlite => crate::list_indexes::sqlite_table_clause(
                 set,
@@ -728,9 +753,8 @@ impl Store {
             query = query.bind(since.clone());
         }
         if let Some(text) = &q.text {
-            if indexed_search {
-                // One FTS5 phrase: its trigrams in a row, i.e. the substring.
-                query = query.bind(format!("\"{}\"", text.replace('"', "\"\"")));
+            if let (true, Some(Some(phrase))) = (indexed_search, &fts_query) {
+                query = query.bind(phrase.clone());
             }
             let escaped = text
                 .replace('\\', "\\\\")
@@ -967,6 +991,14 @@ pub async fn insert_token(
         .bind(hash.to_string())
         .bind(user.to_string())
         .bind(at.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_token(conn: &mut AnyConnection, hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM tokens WHERE hash = $1")
+        .bind(hash.to_string())
         .execute(conn)
         .await?;
     Ok(())

@@ -103,6 +103,7 @@ fn message(mid: &str) -> Vec<u8> {
 }
 
 const ANN_PASSWORD: &str = "ann's web password";
+const MAILBOX_PASSWORD: &str = "ann's IMAP password";
 
 /// Tables an export leaves out on purpose (docs/export.md): after a move,
 /// browsers sign in again.
@@ -223,6 +224,15 @@ async fn populate(s: &TestServer) -> Organization {
         .expect(201);
     let (batch, _) = s.prepare_and_fetch(&ann, &client).await;
     assert!(batch.is_some());
+    // An item the client cannot read (R-W6), shown on the Sync page.
+    s.call(
+        &ann,
+        reqwest::Method::PUT,
+        &format!("/api/v1/sync/clients/{client}/problems"),
+        Some(json!({"items": [{"item": "contacts/x.vcf", "problem": "cannot be read; fix or remove the item"}]})),
+    )
+    .await
+    .expect(200);
     // The web sign-in: a password (moved), and a session, a sign-in link
     // and a failed sign-in (left behind on purpose).
     crmsync_server::passwords::set_password(&s.store, "ann@example.com", ANN_PASSWORD)
@@ -236,6 +246,21 @@ async fn populate(s: &TestServer) -> Organization {
         .await
         .unwrap();
     crmsync_server::passwords::record_failure(&s.store, "ann@example.com")
+        .await
+        .unwrap();
+    // A mailbox connected to the server (SPEC §15), with every column set
+    // as a worker leaves it.
+    let mailbox = s
+        .post(
+            &ann,
+            "/api/v1/mailboxes",
+            json!({"name": "work", "imap": {"host": "127.0.0.1", "username": "ann", "password": MAILBOX_PASSWORD}}),
+        )
+        .await
+        .expect(201);
+    sqlx::query("UPDATE mailboxes SET lease_token = 7, lease_holder = 'host-a:1', lease_expires_at = 1800000000, last_success_at = '2026-11-25T09:00:00Z', last_error = 'none', last_counts = '{\"mail\": 2}' WHERE id = $1")
+        .bind(id(&mailbox))
+        .execute(&s.store.pool)
         .await
         .unwrap();
     let contact = s
@@ -399,6 +424,20 @@ async fn r_o2_every_table_moves_sqlite_to_postgres_and_back() {
         original,
         "and exports the same lines"
     );
+    // R-V2: a connected mailbox's password travels encrypted only, and the
+    // new server opens it with the same key file.
+    assert!(!original.contains(MAILBOX_PASSWORD));
+    let (mailbox, secret): (String, String) = sqlx::query_as("SELECT id, secret FROM mailboxes")
+        .fetch_one(&pg_store.pool)
+        .await
+        .unwrap();
+    let passwords = crmsync_server::mailboxes::Passwords::open(
+        s.store.secret_key.as_deref().unwrap(),
+        mailbox.parse().unwrap(),
+        &secret,
+    )
+    .unwrap();
+    assert_eq!(passwords.imap.as_deref(), Some(MAILBOX_PASSWORD));
     let on_pg = common::serve_store(
         pg_store.clone(),
         s.admin.clone(),

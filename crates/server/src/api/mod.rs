@@ -2,6 +2,7 @@
 //! and the handlers (one module per resource group).
 
 mod admin;
+mod mailboxes;
 pub mod openapi;
 pub(crate) mod records;
 mod sync;
@@ -62,6 +63,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .delete(admin::delete_field_security),
         )
         .route("/openapi.json", get(openapi::serve_openapi))
+        .route("/mailboxes", get(mailboxes::list).post(mailboxes::create))
+        .route(
+            "/mailboxes/{id}",
+            get(mailboxes::read)
+                .patch(mailboxes::patch)
+                .delete(mailboxes::delete),
+        )
+        .route("/mailboxes/{id}/test", axum::routing::post(mailboxes::test))
+        .route(
+            "/mailboxes/{id}/sync",
+            axum::routing::post(mailboxes::resync),
+        )
         .route(
             "/sync/clients",
             get(sync::list_clients).post(sync::register),

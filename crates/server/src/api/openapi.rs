@@ -1263,6 +1263,278 @@ fn sync_paths(paths: &mut Paths) {
     }
 }
 
+/// The `imap` or `dav` section of a connected mailbox (SPEC §13's keys;
+/// the password inline only, never answered). `nullable`: in a PATCH, null
+/// removes the section (and a key set to null is removed).
+fn mailbox_section(keys: &[(&str, Schema)], nullable: bool) -> Schema {
+    let mut o = ObjectBuilder::new().additional_properties(Some(closed()));
+    if nullable {
+        o = o.schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]));
+    }
+    for (k, v) in keys {
+        o = o.property(*k, v.clone());
+    }
+    o.property(
+        "password",
+        string(None)
+            .write_only(Some(true))
+            .description(Some("stored encrypted; answers say password_set instead")),
+    )
+    .into()
+}
+
+/// The keys of `[mailbox.imap]` and `[mailbox.dav]` the API takes (all
+/// but the password, which every section has).
+fn imap_keys() -> Vec<(&'static str, Schema)> {
+    let text = || -> Schema { string(None).into() };
+    vec![
+        ("host", text()),
+        (
+            "port",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(65535))
+                .into(),
+        ),
+        (
+            "security",
+            string(None)
+                .enum_values(Some(["none", "starttls", "tls"]))
+                .into(),
+        ),
+        ("username", text()),
+        ("inbox", text()),
+        ("sent", text()),
+        ("drafts", text()),
+        (
+            "tracked_folders",
+            ArrayBuilder::new().items(string(None)).into(),
+        ),
+        (
+            "folder_regarding",
+            ObjectBuilder::new()
+                .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+                    string(None).into(),
+                ))))
+                .description(Some(
+                    "tracked folder -> SET/ID every message tracked from it is regarding",
+                ))
+                .into(),
+        ),
+        ("rescan_interval", text()),
+        ("poll_interval", text()),
+    ]
+}
+
+fn dav_keys() -> Vec<(&'static str, Schema)> {
+    let url = || -> Schema { string(Some("uri")).into() };
+    vec![
+        ("contacts", url()),
+        ("calendar", url()),
+        ("tasks", url()),
+        ("server", url()),
+        ("username", string(None).into()),
+        ("poll_interval", string(None).into()),
+    ]
+}
+
+/// SPEC §15, R-V1: `/api/v1/mailboxes`.
+fn mailbox_paths(paths: &mut Paths) {
+    let tag = "mailboxes";
+    let name = || -> Schema {
+        string(None)
+            .min_length(Some(1))
+            .max_length(Some(100))
+            .into()
+    };
+    let mailbox: RefOr<Schema> = reference("Mailbox").into();
+    let body_of = |nullable: bool, with_user: bool| -> Schema {
+        let mut o = ObjectBuilder::new()
+            .additional_properties(Some(closed()))
+            .property("name", name())
+            .property("imap", mailbox_section(&imap_keys(), nullable))
+            .property("dav", mailbox_section(&dav_keys(), nullable));
+        if with_user {
+            o = o
+                .property("user_id", uuid())
+                .required("name")
+                .description(Some(
+                    "give imap, dav, or both; user_id: another user's (admins)",
+                ));
+        }
+        o.into()
+    };
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("create_mailbox"))
+        .request_body(Some(body(body_of(false, true))))
+        .response(
+            "201",
+            response(
+                "the mailbox, due for its first synchronization",
+                Some(mailbox.clone()),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/mailboxes",
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "409", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("list_mailboxes"))
+        .parameter(query_param(
+            "user_id",
+            uuid(),
+            "another user's mailboxes (admins)",
+        ))
+        .response(
+            "200",
+            response(
+                "the user's mailboxes",
+                Some(
+                    ObjectBuilder::new()
+                        .property("items", ArrayBuilder::new().items(mailbox.clone()))
+                        .required("items")
+                        .into(),
+                ),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/mailboxes",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403"]),
+    );
+    let item = "/api/v1/mailboxes/{id}";
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("get_mailbox"))
+        .parameter(path_param("id", uuid()))
+        .response("200", response("the mailbox", Some(mailbox.clone())));
+    add(
+        paths,
+        item,
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("patch_mailbox"))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(body_of(true, false))))
+        .response(
+            "200",
+            response(
+                "the mailbox; new credentials make it active and due at once",
+                Some(mailbox),
+            ),
+        );
+    add(
+        paths,
+        item,
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "409", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("delete_mailbox"))
+        .parameter(path_param("id", uuid()))
+        .response(
+            "204",
+            response(
+                "no longer synchronized; nothing in the CRM or the mailbox is deleted",
+                None,
+            ),
+        );
+    add(
+        paths,
+        item,
+        HttpMethod::Delete,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+    for (suffix, id, what, errors) in [
+        (
+            "test",
+            "test_mailbox",
+            "connects to the mailbox's servers: {\"ok\", \"checks\": [{\"what\", \"status\": \"ok\"|\"warning\"|\"failed\", \"detail\"}]}",
+            &["400", "401", "403", "404", "409", "503"][..],
+        ),
+        (
+            "sync",
+            "resync_mailbox",
+            "queued: the mailbox is synchronized as soon as a worker is free",
+            &["400", "401", "403", "404"][..],
+        ),
+    ] {
+        let op = OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(id))
+            .parameter(path_param("id", uuid()))
+            .response("200", response(what, Some(any_object().into())));
+        add(
+            paths,
+            &format!("/api/v1/mailboxes/{{id}}/{suffix}"),
+            HttpMethod::Post,
+            error_responses(op, errors),
+        );
+    }
+}
+
+/// A mailbox as answered: its sections without passwords.
+fn mailbox_schema() -> Schema {
+    let answered = |keys: Vec<(&str, Schema)>| -> Schema {
+        let mut o = ObjectBuilder::new();
+        for (k, v) in keys {
+            o = o.property(k, v);
+        }
+        o.property(
+            "password_set",
+            ObjectBuilder::new().schema_type(Type::Boolean),
+        )
+        .into()
+    };
+    let text_or_null = || {
+        ObjectBuilder::new().schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Null,
+        ]))
+    };
+    ObjectBuilder::new()
+        .property("id", uuid())
+        .property("user_id", uuid())
+        .property("name", string(None))
+        .property("client_id", uuid())
+        .property(
+            "state",
+            string(None).enum_values(Some(["active", "failing", "needs_reconnect", "disabled"])),
+        )
+        .property("next_run_at", text_or_null())
+        .property("last_success_at", text_or_null())
+        .property("last_error", text_or_null())
+        .property(
+            "last_counts",
+            ObjectBuilder::new().schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+                Type::Object,
+                Type::Null,
+            ])),
+        )
+        .property("failures", ObjectBuilder::new().schema_type(Type::Integer))
+        .property("created_at", string(None))
+        .property("modified_at", string(None))
+        .property("imap", answered(imap_keys()))
+        .property("dav", answered(dav_keys()))
+        .required("id")
+        .required("name")
+        .required("state")
+        .into()
+}
+
 pub fn document() -> OpenApi {
     let mut components = ComponentsBuilder::new()
         .security_scheme(
@@ -1280,6 +1552,7 @@ pub fn document() -> OpenApi {
                     .required("message"),
             ),
         );
+    components = components.schema("Mailbox", mailbox_schema());
     for set in EntitySet::ALL {
         for shape in [Shape::Record, Shape::Create, Shape::Update] {
             components = components.schema(type_name(set, shape), record_schema(set, shape));
@@ -1289,6 +1562,7 @@ pub fn document() -> OpenApi {
     record_paths(&mut paths);
     admin_paths(&mut paths);
     sync_paths(&mut paths);
+    mailbox_paths(&mut paths);
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("crmsync CRM server").version(env!("CARGO_PKG_VERSION")).description(Some("SPEC §4: records, admin resources and health. Errors are {\"error\": {\"code\", \"message\"}}.")))
         .paths(paths)
@@ -1319,9 +1593,65 @@ mod tests {
             }
         }
         assert!(doc["paths"]["/api/v1/sync-filters"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/mailboxes/{id}"]["patch"].is_object());
         assert_eq!(
             doc["components"]["schemas"]["ContactsCreate"]["required"],
             json!(["last_name"])
         );
+    }
+
+    /// The sections described are the sections read: every key of
+    /// `[mailbox.imap]` and `[mailbox.dav]` but the agent's password_file
+    /// and password_command (R-V1).
+    #[test]
+    fn r_v1_mailbox_sections_describe_the_keys_the_server_reads() {
+        use crmsync_mailbox::settings::{DavSection, ImapSection};
+        fn keys_of(full: Value) -> Vec<String> {
+            let mut keys: Vec<String> = full
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| !k.starts_with("password_"))
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        }
+        fn described(keys: Vec<(&str, Schema)>) -> Vec<String> {
+            let mut names: Vec<String> = keys.iter().map(|(k, _)| k.to_string()).collect();
+            names.push("password".into());
+            names.sort();
+            names
+        }
+        let some = || Some("x".to_string());
+        let imap = ImapSection {
+            host: some(),
+            port: Some(1),
+            security: some(),
+            username: some(),
+            password: some(),
+            password_file: Some("f".into()),
+            password_command: some(),
+            inbox: some(),
+            sent: some(),
+            drafts: some(),
+            tracked_folders: Some(vec![]),
+            folder_regarding: Some(Default::default()),
+            rescan_interval: some(),
+            poll_interval: some(),
+        };
+        assert_eq!(keys_of(json!(imap)), described(imap_keys()));
+        let dav = DavSection {
+            contacts: some(),
+            calendar: some(),
+            tasks: some(),
+            server: some(),
+            poll_interval: some(),
+            username: some(),
+            password: some(),
+            password_file: Some("f".into()),
+            password_command: some(),
+        };
+        assert_eq!(keys_of(json!(dav)), described(dav_keys()));
     }
 }

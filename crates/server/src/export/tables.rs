@@ -208,6 +208,35 @@ pub const TABLES: &[Table] = &[
         page: PAGE,
         seeded: false,
     },
+    // Mailboxes connected to the server (SPEC §15): their passwords only
+    // as the encrypted envelope (R-V2), which the new server opens with the
+    // same key file.
+    Table {
+        name: "mailboxes",
+        line: "mailbox",
+        columns: &[
+            ("id", Text),
+            ("user_id", Text),
+            ("name", Text),
+            ("settings", Json),
+            ("secret", Text),
+            ("client_id", Text),
+            ("created_at", Text),
+            ("modified_at", Text),
+            ("state", Text),
+            ("next_run_at", Int),
+            ("lease_token", Int),
+            ("lease_holder", OptText),
+            ("lease_expires_at", OptInt),
+            ("last_success_at", OptText),
+            ("last_error", OptText),
+            ("last_counts", OptText),
+            ("failures", Int),
+        ],
+        key: &["id"],
+        page: PAGE,
+        seeded: false,
+    },
     // The raw message (base64, up to 25 MB decoded) is written as stored,
     // one row per query.
     Table {

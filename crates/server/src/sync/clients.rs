@@ -72,11 +72,17 @@ fn awaiting_ack(c: &Client) -> bool {
 /// seconds, never shorter than the organization's minimum (which may have
 /// been raised after the user chose theirs).
 fn schedule_json(o: &MailboxOwner) -> Value {
+    let (enabled, interval_secs) = schedule(o);
+    json!({"enabled": enabled, "interval_secs": interval_secs})
+}
+
+/// R-T1: whether the owner's scheduled sync is on, and its interval in seconds.
+pub fn schedule(o: &MailboxOwner) -> (bool, u64) {
     use crmsync_core::settings::parse_interval;
     let fallback = parse_interval(&o.org.sync_interval).unwrap_or(15 * 60);
     let chosen = parse_interval(&o.settings.schedule_interval).unwrap_or(fallback);
     let min = parse_interval(&o.org.sync_interval_min).unwrap_or(0);
-    json!({"enabled": o.settings.schedule_enabled, "interval_secs": chosen.max(min)})
+    (o.settings.schedule_enabled, chosen.max(min))
 }
 
 /// Finds a user by id or email.
@@ -109,12 +115,7 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
             MailboxKind::parse_list(names).map_err(|e| ApiError::invalid(format!("kinds: {e}")))?
         }
     };
-    let name = reg.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::invalid(
-            "name: give the client a name of 1 to 100 characters (usually the machine's)",
-        ));
-    }
+    let name = client_name(&reg.name, "usually the machine's")?;
     let me = MailboxOwner::load(store, caller.user_id).await?;
     let mailbox_user = match &reg.on_behalf_of {
         None => caller.user_id,
@@ -152,10 +153,37 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
         };
         return Ok((false, client_json(&existing, Some(&owner))));
     }
+    let client = insert_new(&mut conn, caller.user_id, mailbox_user, name, kinds).await?;
+    let owner = MailboxOwner::load(store, mailbox_user).await?;
+    Ok((true, client_json(&client, Some(&owner))))
+}
+
+/// A client's name, trimmed: 1 to 100 characters (`usually` says what it
+/// usually is, in the refusal).
+pub fn client_name<'a>(name: &'a str, usually: &str) -> ApiResult<&'a str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "name: give it a name of 1 to 100 characters without control characters ({usually})"
+        )));
+    }
+    Ok(name)
+}
+
+/// Inserts a new client under R-C1: the first client of a mailbox user
+/// becomes primary; a race for it leaves one primary (the partial unique
+/// index) and the other client secondary.
+async fn insert_new(
+    conn: &mut sqlx::AnyConnection,
+    user: Uuid,
+    mailbox_user: Uuid,
+    name: &str,
+    kinds: Vec<MailboxKind>,
+) -> Result<Client, sqlx::Error> {
     let now = now_timestamp();
     let mut client = Client {
         id: Uuid::new_v4(),
-        user_id: caller.user_id,
+        user_id: user,
         mailbox_user_id: mailbox_user,
         name: name.to_string(),
         is_primary: false,
@@ -170,19 +198,56 @@ pub async fn register(store: &Store, caller: Caller, body: &Value) -> ApiResult<
         last_ack_items: None,
         problems: Vec::new(),
     };
-    // The first client of a user becomes primary; a race for it leaves one
-    // primary (the partial unique index) and the other client secondary.
     client.is_primary =
-        !client.is_delegated() && !sync_store::has_primary(&mut conn, mailbox_user).await?;
-    match sync_store::insert_client(&mut conn, &client, &now).await {
+        !client.is_delegated() && !sync_store::has_primary(conn, mailbox_user).await?;
+    match sync_store::insert_client(conn, &client, &now).await {
         Err(e) if is_unique_violation(&e) && client.is_primary => {
             client.is_primary = false;
-            sync_store::insert_client(&mut conn, &client, &now).await?;
+            sync_store::insert_client(conn, &client, &now).await?;
         }
         other => other?,
     }
-    let owner = MailboxOwner::load(store, mailbox_user).await?;
-    Ok((true, client_json(&client, Some(&owner))))
+    Ok(client)
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::conflict(
+        "name_taken",
+        format!("the user already has a sync client named '{name}' (an agent, or a mailbox connected earlier); choose another name"),
+    )
+}
+
+/// R-V3: registers the client of a mailbox connected to the server: a new
+/// client of `user` on their own mailbox, under R-C1..R-C6 like an agent's
+/// (secondary when the user already has a primary). A name the user's
+/// clients already hold is refused, never shared: two synchronizers on one
+/// subscription would each take the other's deliveries.
+pub async fn register_new(
+    store: &Store,
+    user: Uuid,
+    name: &str,
+    kinds: Vec<MailboxKind>,
+) -> ApiResult<Client> {
+    let mut conn = store.pool.acquire().await?;
+    if sync_store::find_client(&mut conn, user, user, name)
+        .await?
+        .is_some()
+    {
+        return Err(name_taken(name));
+    }
+    match insert_new(&mut conn, user, user, name, kinds).await {
+        Err(e) if is_unique_violation(&e) => Err(name_taken(name)),
+        other => Ok(other?),
+    }
+}
+
+/// Renames a client of a mailbox connected to the server (it is named
+/// after the mailbox), refusing a name the user's clients already hold.
+pub async fn rename(conn: &mut sqlx::AnyConnection, client: Uuid, name: &str) -> ApiResult<()> {
+    match sync_store::rename_client(conn, client, name).await {
+        Err(e) if is_unique_violation(&e) => Err(name_taken(name)),
+        other => Ok(other?),
+    }
 }
 
 /// A client the caller may act on: their own, or any for an admin.
@@ -290,7 +355,12 @@ const MAX_PROBLEM_TEXT: usize = 2000;
 
 /// R-W6: the client reports the items of its mailbox it cannot read (the
 /// whole list, replacing the last one), for the Sync page.
-pub async fn set_problems(store: &Store, caller: Caller, id: Uuid, body: &Value) -> ApiResult<Value> {
+pub async fn set_problems(
+    store: &Store,
+    caller: Caller,
+    id: Uuid,
+    body: &Value,
+) -> ApiResult<Value> {
     let client = own_client(store, caller, id).await?;
     let items = body.get("items").and_then(Value::as_array).ok_or_else(|| {
         ApiError::invalid("items: required, a list of {\"item\", \"problem\"} (empty when everything can be read)")

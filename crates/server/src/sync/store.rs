@@ -215,6 +215,19 @@ pub async fn insert_client(
     Ok(())
 }
 
+pub async fn rename_client(
+    conn: &mut AnyConnection,
+    c: Uuid,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sync_clients SET name = $1 WHERE id = $2")
+        .bind(name.to_string())
+        .bind(c.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// SPEC §13: the client's mailbox now holds `kinds`. What it held of a kind
 /// it no longer has is forgotten (R-S9 exclusions stay), and the next
 /// prepare evaluates the filters again, so a kind added later gets its

@@ -161,8 +161,7 @@ pub async fn list(
 ) -> Response {
     let set = super::set_of(&uri);
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
-    let sort = sortable_fields(set)
-        .into_iter().find(|f| *f == get("sort"));
+    let sort = sortable_fields(set).into_iter().find(|f| *f == get("sort"));
     let descending = match sort {
         Some(_) => get("dir") == "desc",
         None => true,

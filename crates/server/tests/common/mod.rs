@@ -93,11 +93,25 @@ pub async fn start(backend: Backend) -> TestServer {
 
 pub async fn start_with_limit(backend: Backend, max_body: usize) -> TestServer {
     let db = fresh_db(backend).await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_secret_key(crmsync_server::secrets::SecretKey::generate());
     let admin = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
         .await
         .unwrap();
     serve_store(store, admin, db, max_body).await
+}
+
+/// A server on a fresh database that has no secret key (R-V2: it stores
+/// no secrets).
+pub async fn start_without_key(backend: Backend) -> TestServer {
+    let db = fresh_db(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let admin = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
+        .await
+        .unwrap();
+    serve_store(store, admin, db, crmsync_server::DEFAULT_MAX_BODY).await
 }
 
 pub async fn serve_store(store: Store, admin: String, db: TestDb, max_body: usize) -> TestServer {

@@ -1,0 +1,368 @@
+//! R-V4/R-V5: the sync workers of `crmsync serve --sync-workers N`. Each
+//! worker claims the due mailbox with the earliest next run (a lease,
+//! `crmsync_server::mailboxes::lease`), runs one cycle of the agent's
+//! engine on it, records the outcome and the next run, and frees it.
+//!
+//! A cycle is the agent's `sync_once` with the engine's state in the
+//! server's database (PostgreSQL: the `mailbox_cache_*` tables, every
+//! write fenced by the lease token) or, on a SQLite server (one process),
+//! in a cache file per mailbox beside the database. The engine talks to
+//! the CRM through this server's own API, as the mailbox's user, with a
+//! token minted for the cycle and deleted after it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crmsync_agent::cache::{Cache, Fence, LeaseLost};
+use crmsync_agent::config::{Config, MAX_MESSAGE_SIZE};
+use crmsync_agent::engine::{Agent, SyncOptions, SyncReport};
+use crmsync_server::db::DbKind;
+use crmsync_server::mailboxes::lease::{self, CycleEnd, Lease, RENEW_EVERY};
+use crmsync_server::mailboxes::{self, Connection, MailboxState};
+use crmsync_server::sync::clients::schedule;
+use crmsync_server::sync::context::MailboxOwner;
+use crmsync_server::Store;
+
+/// How long one cycle may take; its progress is saved as it goes (every
+/// item is committed), so the next cycle goes on from there.
+const CYCLE_BUDGET: Duration = Duration::from_secs(300);
+/// How often an idle worker looks for a due mailbox.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// R-V5: backoff after transient failures: 1 minute, doubling, at most 1 hour.
+const BACKOFF_FIRST_SECS: i64 = 60;
+const BACKOFF_MAX_SECS: i64 = 3600;
+/// R-V5: at most this many cycles at once against one mail server.
+const PER_HOST: usize = 8;
+/// The next run of a mailbox whose owner turned the scheduled sync off:
+/// a daily look (a "Resync" runs it at once).
+const UNSCHEDULED_SECS: i64 = 86_400;
+
+/// Where the workers run and what they reach.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub count: usize,
+    /// This server's API, as the engine calls it (`http://127.0.0.1:8480`).
+    pub crm_url: String,
+    /// On SQLite: the folder of the per-mailbox cache files.
+    pub cache_dir: Option<PathBuf>,
+    /// Names this process in `lease_holder` (host and process id).
+    pub holder: String,
+}
+
+/// The running workers; dropping it stops them (a cycle cut off loses
+/// nothing: its lease expires and its progress was committed).
+pub struct Workers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Shared {
+    store: Store,
+    settings: WorkerSettings,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Starts `settings.count` workers.
+pub async fn start(store: Store, settings: WorkerSettings) -> anyhow::Result<Workers> {
+    match (&settings.cache_dir, store.kind) {
+        (_, DbKind::Postgres) => Cache::prepare_database(&store.pool).await?,
+        (Some(dir), DbKind::Sqlite) => std::fs::create_dir_all(dir)?,
+        (None, DbKind::Sqlite) => {
+            anyhow::bail!("sync workers on SQLite need a folder for their caches")
+        }
+    }
+    let shared = Arc::new(Shared {
+        store,
+        settings,
+        hosts: Mutex::new(HashMap::new()),
+    });
+    let tasks = (0..shared.settings.count)
+        .map(|n| {
+            let shared = shared.clone();
+            tokio::spawn(async move { work(&shared, n).await })
+        })
+        .collect();
+    Ok(Workers { tasks })
+}
+
+async fn work(shared: &Shared, n: usize) {
+    let holder = format!("{} worker {n}", shared.settings.holder);
+    loop {
+        match lease::claim(&shared.store, &holder, unix_now()).await {
+            Ok(Some(claimed)) => run(shared, &claimed).await,
+            Ok(None) => tokio::time::sleep(IDLE_POLL).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for due mailboxes; trying again");
+                tokio::time::sleep(IDLE_POLL * 5).await;
+            }
+        }
+    }
+}
+
+/// What ended a cycle early.
+enum Failure {
+    /// The mail or DAV server refused the credentials (R-V5).
+    Credentials(String),
+    /// Another worker holds the mailbox now (or it was deleted): nothing
+    /// more may be written, the outcome included.
+    LeaseLost(String),
+    Transient(String),
+}
+
+/// One cycle under the lease, renewed while it runs; then its outcome.
+async fn run(shared: &Shared, claimed: &Lease) {
+    let renewing = async {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            if let Err(e) = lease::renew(&shared.store, claimed, unix_now()).await {
+                return e;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        done = tokio::time::timeout(CYCLE_BUDGET, cycle(shared, claimed)) => match done {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Transient(format!(
+                "the cycle took longer than {} s; it goes on from where it stopped at the next run",
+                CYCLE_BUDGET.as_secs()
+            ))),
+        },
+        lost = renewing => Err(Failure::LeaseLost(lost.to_string())),
+    };
+    if let Err(Failure::LeaseLost(why)) = &outcome {
+        tracing::warn!(mailbox = %claimed.mailbox, why, "the cycle stopped: this worker no longer holds the mailbox");
+        return;
+    }
+    let end = cycle_end(shared, claimed, outcome).await;
+    match end {
+        Ok(end) => {
+            if let Err(e) = lease::finish(&shared.store, claimed, &end).await {
+                tracing::warn!(mailbox = %claimed.mailbox, error = %e, "cannot record the cycle's end");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(mailbox = %claimed.mailbox, error = %e, "cannot record the cycle's end")
+        }
+    }
+}
+
+/// The mailbox's state and next run after a cycle (R-V5).
+async fn cycle_end(
+    shared: &Shared,
+    claimed: &Lease,
+    outcome: Result<(SyncReport, i64), Failure>,
+) -> anyhow::Result<CycleEnd> {
+    let now = unix_now();
+    let mut conn = shared.store.pool.acquire().await?;
+    let failures = mailboxes::store::get(&mut conn, claimed.mailbox)
+        .await?
+        .map_or(0, |m| m.failures)
+        + 1;
+    let failed = |state, next_run_at, error| CycleEnd {
+        state,
+        next_run_at,
+        succeeded_at: None,
+        error: Some(error),
+        counts: None,
+        failures,
+    };
+    Ok(match outcome {
+        Ok((report, interval)) => CycleEnd {
+            state: MailboxState::Active,
+            next_run_at: now + interval,
+            succeeded_at: Some(crmsync_core::time::now_timestamp()),
+            error: None,
+            counts: Some(counts(&report).to_string()),
+            failures: 0,
+        },
+        // Not tried again until the credentials change (a PATCH makes it
+        // active and due); the next run only orders it among the others.
+        Err(Failure::Credentials(e)) => {
+            failed(MailboxState::NeedsReconnect, now + BACKOFF_MAX_SECS, e)
+        }
+        Err(Failure::Transient(e)) | Err(Failure::LeaseLost(e)) => {
+            failed(MailboxState::Failing, now + backoff(failures), e)
+        }
+    })
+}
+
+/// R-V5: 1 minute after the first failure, doubling, at most an hour, with
+/// up to a fifth of jitter so that mailboxes failing together spread out.
+fn backoff(failures: i64) -> i64 {
+    let base = (BACKOFF_FIRST_SECS << (failures - 1).clamp(0, 6)).min(BACKOFF_MAX_SECS);
+    base + rand::Rng::gen_range(&mut rand::thread_rng(), 0..=base / 5)
+}
+
+/// The last cycle's counts, for the API, the Sync page and `/metrics`.
+fn counts(r: &SyncReport) -> serde_json::Value {
+    json!({
+        "written_to_mailbox": r.written_to_mailbox,
+        "deleted_from_mailbox": r.deleted_from_mailbox,
+        "acknowledged": r.acknowledged,
+        "pushed": r.pushed.values().sum::<usize>(),
+        "skipped": r.skipped.len(),
+        "errors": r.errors.len(),
+        "elapsed_ms": r.elapsed_ms.round(),
+    })
+}
+
+/// One synchronization of the mailbox: `(what it did, the owner's interval
+/// in seconds)`.
+async fn cycle(shared: &Shared, claimed: &Lease) -> Result<(SyncReport, i64), Failure> {
+    let store = &shared.store;
+    let mailbox = {
+        let mut conn = store.pool.acquire().await.map_err(transient)?;
+        mailboxes::store::get(&mut conn, claimed.mailbox)
+            .await
+            .map_err(transient)?
+            .ok_or_else(|| Failure::LeaseLost("the mailbox was deleted".into()))?
+    };
+    let owner = MailboxOwner::load(store, mailbox.user_id)
+        .await
+        .map_err(|e| Failure::Transient(e.message))?;
+    let (scheduled, interval) = schedule(&owner);
+    let interval = if scheduled {
+        interval as i64
+    } else {
+        UNSCHEDULED_SECS
+    };
+    let connection =
+        mailboxes::connection(store, mailbox).map_err(|e| Failure::Transient(e.message))?;
+    let _permit = host_permit(shared, &connection).await;
+    let token = CycleToken::mint(store, connection.mailbox.user_id)
+        .await
+        .map_err(transient)?;
+    let synced = sync_once(shared, claimed, &connection, &token.token, interval).await;
+    token.revoke(store).await;
+    Ok((synced.map_err(classify)?, interval))
+}
+
+async fn sync_once(
+    shared: &Shared,
+    claimed: &Lease,
+    connection: &Connection,
+    token: &str,
+    interval: i64,
+) -> anyhow::Result<SyncReport> {
+    let m = &connection.mailbox;
+    let id = m.id.to_string();
+    let cache_file = shared
+        .settings
+        .cache_dir
+        .clone()
+        .unwrap_or_default()
+        .join(format!("{id}.db"));
+    let cache = match shared.store.kind {
+        DbKind::Postgres => Cache::in_database(
+            shared.store.pool.clone(),
+            &id,
+            Some(Fence {
+                key: id.clone(),
+                token: claimed.token,
+            }),
+        )?,
+        DbKind::Sqlite => Cache::open(&cache_file).await?,
+    };
+    let config = Config {
+        crm_url: shared.settings.crm_url.clone(),
+        token: token.to_string(),
+        client_name: m.name.clone(),
+        cache: cache_file,
+        on_behalf_of: None,
+        local_root: None,
+        interval: Duration::from_secs(interval as u64),
+        max_message_size: MAX_MESSAGE_SIZE,
+        mail: connection
+            .imap
+            .as_ref()
+            .map(|(_, folders)| folders.clone())
+            .unwrap_or_default(),
+        dav: connection.dav.clone(),
+        imap: connection.imap.as_ref().map(|(imap, _)| imap.clone()),
+    };
+    let agent = Agent::with_cache(config, cache).await?;
+    agent.sync_once(SyncOptions::default()).await
+}
+
+/// R-V5: waits for a free connection slot on the mailbox's mail server.
+async fn host_permit(shared: &Shared, c: &Connection) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let host = c.imap.as_ref().map(|(i, _)| i.host.clone())?;
+    let slots = shared
+        .hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(host)
+        .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
+        .clone();
+    slots.acquire_owned().await.ok()
+}
+
+fn transient(e: impl std::fmt::Display) -> Failure {
+    Failure::Transient(e.to_string())
+}
+
+/// A refused password stops the mailbox until new credentials come; a
+/// lost lease ends the cycle; anything else is retried with backoff.
+fn classify(e: anyhow::Error) -> Failure {
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<crmsync_mailbox::Error>()
+            .is_some_and(|m| m.is_authentication_failure())
+    });
+    if refused {
+        Failure::Credentials(format!("{e:#}"))
+    } else if e.is::<LeaseLost>() {
+        Failure::LeaseLost(format!("{e:#}"))
+    } else {
+        Failure::Transient(format!("{e:#}"))
+    }
+}
+
+/// An API token of the mailbox's user for one cycle: the engine reaches
+/// the CRM through this server's API like an agent. Only its hash is
+/// stored, and it is deleted when the cycle ends.
+struct CycleToken {
+    token: String,
+}
+
+impl CycleToken {
+    async fn mint(store: &Store, user: uuid::Uuid) -> Result<CycleToken, sqlx::Error> {
+        let token = crmsync_server::auth::new_token();
+        let mut conn = store.pool.acquire().await?;
+        crmsync_server::store::insert_token(
+            &mut conn,
+            &crmsync_server::auth::hash_token(&token),
+            user,
+            &crmsync_core::time::now_timestamp(),
+        )
+        .await?;
+        Ok(CycleToken { token })
+    }
+
+    async fn revoke(self, store: &Store) {
+        let hash = crmsync_server::auth::hash_token(&self.token);
+        let deleted = match store.pool.acquire().await {
+            Ok(mut conn) => crmsync_server::store::delete_token(&mut conn, &hash).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "cannot delete a sync worker's token");
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,0 +1,372 @@
+//! SPEC §15 end to end: `crmsync serve`'s sync workers synchronize the
+//! mailboxes connected to it (R-V4) with the agent's engine, on a real
+//! Dovecot and Radicale, over SQLite and PostgreSQL; their health follows
+//! R-V5 (a refused password waits for new credentials while the other
+//! mailboxes go on).
+
+// Both test-server modules start Cyrus from the same file.
+#![allow(clippy::duplicate_mod)]
+
+#[path = "../../dav/tests/common/mod.rs"]
+mod dav_servers;
+#[path = "../../imap/tests/support/mod.rs"]
+mod imap_servers;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crmsync_mailbox::Mailbox;
+use crmsync_server::Store;
+
+struct Server {
+    base: String,
+    admin: String,
+    store: Store,
+    _workers: crmsync_hosted::Workers,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with a secret key and two sync workers on a fresh SQLite file
+/// or PostgreSQL database, as `crmsync serve` runs them.
+async fn serve(postgres: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let url = if postgres {
+        let admin_url = std::env::var("CRMSYNC_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("crmsync_test_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::postgres::PgPool::connect(&admin_url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    } else {
+        format!("sqlite://{}", dir.path().join("crm.db").display())
+    };
+    let store = Store::connect(&url)
+        .await
+        .unwrap()
+        .with_secret_key(crmsync_server::secrets::SecretKey::generate())
+        .with_connection_test(Arc::new(crmsync_hosted::MailboxTester));
+    let admin = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = store.clone();
+    tokio::spawn(async move {
+        crmsync_server::serve(
+            serving,
+            listener,
+            crmsync_server::DEFAULT_MAX_BODY,
+            std::future::pending(),
+        )
+        .await
+        .unwrap()
+    });
+    let workers = crmsync_hosted::start_workers(
+        store.clone(),
+        crmsync_hosted::WorkerSettings {
+            count: 2,
+            crm_url: base.clone(),
+            cache_dir: Some(dir.path().join("mailbox-caches")),
+            holder: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    Server {
+        base,
+        admin,
+        store,
+        _workers: workers,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// A new user; returns their token.
+    async fn user(&self, email: &str) -> String {
+        let (status, user) = self
+            .call(
+                &self.admin,
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(json!({"email": email, "name": email})),
+            )
+            .await;
+        assert_eq!(status, 201, "{user}");
+        user["token"].as_str().unwrap().to_string()
+    }
+
+    async fn mailbox(&self, token: &str, id: &str) -> Value {
+        self.call(
+            token,
+            reqwest::Method::GET,
+            &format!("/api/v1/mailboxes/{id}"),
+            None,
+        )
+        .await
+        .1
+    }
+}
+
+/// Polls `check` until it answers `Some`, for at most 60 s.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not within 60 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn message(id: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "Message-ID: <{id}>\r\nFrom: lee@example.org\r\nTo: ann@example.com\r\nSubject: {subject}\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nHello\r\n"
+    )
+    .into_bytes()
+}
+
+fn imap_section(dovecot: &imap_servers::Dovecot, password: &str) -> Value {
+    json!({"host": "127.0.0.1", "port": dovecot.port, "security": "none",
+           "username": imap_servers::USER, "password": password})
+}
+
+async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) {
+    let s = serve(postgres).await;
+    let ann = s.user("ann@example.com").await;
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": "Lee", "last_name": "Jones", "email": "lee@example.org"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
+    let mut mail = dovecot.client().await;
+    mail.append_flags(
+        "INBOX",
+        "$CRMTracked",
+        &message("offer@example.org", "Offer"),
+    )
+    .await;
+    let radicale = dav_servers::Server::start(dav_servers::Kind::Radicale).await;
+    let body = json!({"name": "work", "imap": imap_section(&dovecot, imap_servers::PASSWORD),
+        "dav": {"contacts": radicale.url_of("contacts").to_string(),
+                "username": dav_servers::USER, "password": dav_servers::PASSWORD}});
+    let (status, created) = s
+        .call(&ann, reqwest::Method::POST, "/api/v1/mailboxes", Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // The tracked message becomes one CRM email; the user's contact reaches
+    // the connected address book; the mailbox says it synchronized.
+    let email = eventually("the tracked message in the CRM", || async {
+        let (_, emails) = s
+            .call(&ann, reqwest::Method::GET, "/api/v1/emails", None)
+            .await;
+        emails["items"].as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e["message_id"] == "offer@example.org")
+                .cloned()
+        })
+    })
+    .await;
+    assert_eq!(email["subject"], "Offer");
+    let book = dav_servers::Server::config(&radicale);
+    let dav = crmsync_dav::DavMailbox::new(&book).unwrap();
+    eventually("the contact in the address book", || async {
+        let listed = dav.changes_since("contacts", None).await.ok()?;
+        (listed.changed.len() == 1).then_some(())
+    })
+    .await;
+    let synced = eventually("a recorded success", || async {
+        let m = s.mailbox(&ann, &id).await;
+        m["last_success_at"].is_string().then_some(m)
+    })
+    .await;
+    assert_eq!(synced["state"], "active", "{synced}");
+    assert!(synced["last_error"].is_null(), "{synced}");
+    assert!(
+        synced["last_counts"].is_object() || synced["last_counts"].is_string(),
+        "{synced}"
+    );
+
+    // "Resync" runs it again; the email stays one.
+    let before = synced["last_success_at"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            &format!("/api/v1/mailboxes/{id}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("a second success after Resync", || async {
+        let m = s.mailbox(&ann, &id).await;
+        (m["last_success_at"].as_str() != Some(before.as_str())).then_some(())
+    })
+    .await;
+    let (_, emails) = s
+        .call(&ann, reqwest::Method::GET, "/api/v1/emails", None)
+        .await;
+    let copies = emails["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message_id"] == "offer@example.org")
+        .count();
+    assert_eq!(copies, 1, "tracked once, however many cycles");
+
+    // The engine's state lives in the database on PostgreSQL (any process
+    // continues the mailbox), in a file beside the database on SQLite.
+    let cache_file = s
+        ._dir
+        .path()
+        .join("mailbox-caches")
+        .join(format!("{id}.db"));
+    if postgres {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM mailbox_cache_items WHERE mailbox_id = $1")
+                .bind(&id)
+                .fetch_one(&s.store.pool)
+                .await
+                .unwrap();
+        assert!(rows >= 1, "the contact's baseline is in the database");
+        assert!(!cache_file.exists());
+    } else {
+        assert!(cache_file.exists());
+    }
+}
+
+async fn r_v5_a_refused_password_waits_for_new_credentials_while_others_sync(postgres: bool) {
+    let s = serve(postgres).await;
+    let ann = s.user("ann@example.com").await;
+    let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
+    let create = |name: &str, password: &str| json!({"name": name, "imap": imap_section(&dovecot, password)});
+    let (_, wrong) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            "/api/v1/mailboxes",
+            Some(create("wrong", "not the password")),
+        )
+        .await;
+    let (_, right) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            "/api/v1/mailboxes",
+            Some(create("right", imap_servers::PASSWORD)),
+        )
+        .await;
+    let (wrong, right) = (
+        wrong["id"].as_str().unwrap().to_string(),
+        right["id"].as_str().unwrap().to_string(),
+    );
+    let refused = eventually("needs_reconnect", || async {
+        let m = s.mailbox(&ann, &wrong).await;
+        (m["state"] == "needs_reconnect").then_some(m)
+    })
+    .await;
+    assert!(
+        refused["last_error"].as_str().unwrap().contains("password"),
+        "{refused}"
+    );
+    eventually("the other mailbox synchronized", || async {
+        s.mailbox(&ann, &right).await["last_success_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    // New credentials: active again, and synchronized.
+    let (status, patched) = s
+        .call(
+            &ann,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/mailboxes/{wrong}"),
+            Some(json!({"imap": {"password": imap_servers::PASSWORD}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let fixed = eventually("active after new credentials", || async {
+        let m = s.mailbox(&ann, &wrong).await;
+        (m["state"] == "active" && m["last_success_at"].is_string()).then_some(m)
+    })
+    .await;
+    assert!(fixed["last_error"].is_null(), "{fixed}");
+    // Deleting stops synchronizing and deletes nothing in the mailbox.
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/mailboxes/{right}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        s.call(
+            &ann,
+            reqwest::Method::GET,
+            &format!("/api/v1/mailboxes/{right}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+macro_rules! both_dbs {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(false).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(true).await }
+        }
+    )*};
+}
+
+both_dbs!(
+    r_v4_a_connected_mailbox_is_synchronized_by_the_server,
+    r_v5_a_refused_password_waits_for_new_credentials_while_others_sync
+);

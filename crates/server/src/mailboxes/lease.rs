@@ -1,0 +1,162 @@
+//! R-V4: the work queue of server-side synchronization is the `mailboxes`
+//! table itself. A worker claims the due mailbox with the earliest next run
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so claimers never wait on each
+//! other; SQLite's single writer serializes claims). A claim is a lease:
+//! 90 s, renewed every 30 s while the worker works, with a token that
+//! increases at every claim. Every write of a cycle first checks that the
+//! token is still the row's ([`hold`]), so a worker that lost its lease
+//! (paused, cut off, too slow) writes nothing; a dead holder's lease
+//! expires and the next claim takes the mailbox.
+
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use super::MailboxState;
+use crate::db::DbKind;
+use crate::store::Store;
+
+/// How long a claim holds without renewal.
+pub const LEASE_FOR: Duration = Duration::from_secs(90);
+/// How often a working holder renews its lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(30);
+
+/// A worker's claim on one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub mailbox: Uuid,
+    /// The fencing token: the row's `lease_token` when this claim took it.
+    pub token: i64,
+}
+
+/// The lease was taken by another claim (or the mailbox deleted): the
+/// holder must stop and write nothing more.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("this worker no longer holds mailbox {0}'s lease; another worker has it")]
+    Lost(Uuid),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The states whose mailboxes are synchronized on schedule (R-V5):
+/// `needs_reconnect` waits for new credentials, `disabled` for its user.
+const CLAIMABLE: &str = "state IN ('active', 'failing')";
+
+/// Claims the due mailbox (next run at or before `now`, Unix seconds) with
+/// the earliest next run whose lease is free or expired, for `holder`. The
+/// outer condition repeats the free-lease test: PostgreSQL checks it again
+/// on the row as committed by a concurrent claim.
+pub async fn claim(store: &Store, holder: &str, now: i64) -> Result<Option<Lease>, sqlx::Error> {
+    let skip_locked = match store.kind {
+        DbKind::Postgres => " FOR UPDATE SKIP LOCKED",
+        DbKind::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE mailboxes SET lease_token = lease_token + 1, lease_holder = $1, lease_expires_at = $2 \
+         WHERE (lease_expires_at IS NULL OR lease_expires_at < $3) \
+           AND id = (SELECT id FROM mailboxes WHERE {CLAIMABLE} AND next_run_at <= $3 \
+           AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+           ORDER BY next_run_at LIMIT 1{skip_locked}) \
+         RETURNING id, lease_token"
+    );
+    let mut tx = store.begin().await?;
+    let row = sqlx::query(&sql)
+        .bind(holder)
+        .bind(now + LEASE_FOR.as_secs() as i64)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    row.map(|r| {
+        let id: String = r.try_get("id")?;
+        Ok(Lease {
+            mailbox: Uuid::parse_str(&id)
+                .map_err(|_| sqlx::Error::Decode("stored mailbox id is not a UUID".into()))?,
+            token: r.try_get("lease_token")?,
+        })
+    })
+    .transpose()
+}
+
+/// Extends the lease to `now` + [`LEASE_FOR`]; `Lost` when another claim
+/// took it meanwhile.
+pub async fn renew(store: &Store, lease: &Lease, now: i64) -> Result<(), LeaseError> {
+    let done = sqlx::query(
+        "UPDATE mailboxes SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(lease.mailbox.to_string())
+    .bind(lease.token)
+    .bind(now + LEASE_FOR.as_secs() as i64)
+    .execute(&store.pool)
+    .await?;
+    match done.rows_affected() {
+        1 => Ok(()),
+        _ => Err(LeaseError::Lost(lease.mailbox)),
+    }
+}
+
+/// How a cycle ended (R-V5): the mailbox's health and next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleEnd {
+    pub state: MailboxState,
+    /// Unix seconds.
+    pub next_run_at: i64,
+    /// Set when the cycle succeeded (else the last success is kept).
+    pub succeeded_at: Option<String>,
+    /// What failed, with the fix; `None` after a success.
+    pub error: Option<String>,
+    /// The cycle's counts (JSON), when it got that far.
+    pub counts: Option<String>,
+    /// Transient failures in a row.
+    pub failures: i64,
+}
+
+/// Ends the cycle: records its outcome, sets the next run and frees the
+/// lease, if the lease is still this holder's (else `Lost`, and nothing
+/// changes).
+pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), LeaseError> {
+    let done = sqlx::query(
+        "UPDATE mailboxes SET lease_holder = NULL, lease_expires_at = NULL, next_run_at = $3, \
+           state = $4, last_success_at = COALESCE($5, last_success_at), last_error = $6, \
+           last_counts = COALESCE($7, last_counts), failures = $8 \
+         WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(lease.mailbox.to_string())
+    .bind(lease.token)
+    .bind(end.next_run_at)
+    .bind(end.state.as_str())
+    .bind(end.succeeded_at.clone())
+    .bind(end.error.clone())
+    .bind(end.counts.clone())
+    .bind(end.failures)
+    .execute(&store.pool)
+    .await?;
+    match done.rows_affected() {
+        1 => Ok(()),
+        _ => Err(LeaseError::Lost(lease.mailbox)),
+    }
+}
+
+/// The fence: run first in every write transaction of a cycle. On
+/// PostgreSQL the row is locked for share until the transaction ends, so a
+/// claim (which updates the row) cannot slip in between the check and the
+/// commit; on SQLite the write transaction already excludes it.
+pub async fn hold(conn: &mut AnyConnection, kind: DbKind, lease: &Lease) -> Result<(), LeaseError> {
+    let lock = match kind {
+        DbKind::Postgres => " FOR SHARE",
+        DbKind::Sqlite => "",
+    };
+    let held = sqlx::query(&format!(
+        "SELECT 1 FROM mailboxes WHERE id = $1 AND lease_token = $2{lock}"
+    ))
+    .bind(lease.mailbox.to_string())
+    .bind(lease.token)
+    .fetch_optional(conn)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(LeaseError::Lost(lease.mailbox)),
+    }
+}
