@@ -98,7 +98,17 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS {messages}_message_id ON {messages} ({key}message_id)",
 ];
 
+/// In a server's database only: the messages of journaled operations that
+/// wait in a spool file (`raw_file`, over 1 MiB, `mail/`), so that another
+/// process can send them (R-V4). An agent's file has its spool beside it.
+const SHARED_SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS {spool} (
+        mailbox_id TEXT NOT NULL,
+        op_id TEXT NOT NULL,
+        raw BYTEA NOT NULL,
+        PRIMARY KEY (mailbox_id, op_id))"];
+
 const TABLES: &[&str] = &[
+    "spool",
     "meta",
     "collections",
     "items",
@@ -332,7 +342,7 @@ impl Cache {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('crmsync mailbox cache schema'))")
             .execute(&mut *tx)
             .await?;
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(SHARED_SCHEMA) {
             sqlx::query(&render(stmt, true)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -628,7 +638,8 @@ impl Cache {
     }
 
     /// One transaction: `added` journal entries, message `rows` written,
-    /// the entries `done` removed.
+    /// the entries `done` removed. In a server's database the spool file
+    /// of an added entry is kept with it (see [`Cache::spooled`]).
     async fn journal_write(
         &self,
         added: &[JournalEntry],
@@ -641,6 +652,8 @@ impl Cache {
         let add = self.sql("INSERT INTO {journal} ({key}op_id, collection, href, etag, op, created_at) VALUES ({val}$2, $3, $4, $5, $6, {now})");
         let put = self.sql(PUT_MESSAGE);
         let remove = self.sql("DELETE FROM {journal} WHERE {scope}op_id = $2");
+        let spool = self.sql("INSERT INTO {spool} (mailbox_id, op_id, raw) VALUES ($1, $2, $3) ON CONFLICT (mailbox_id, op_id) DO UPDATE SET raw = excluded.raw");
+        let unspool = self.sql("DELETE FROM {spool} WHERE mailbox_id = $1 AND op_id = $2");
         let mut tx = self.begin().await?;
         for entry in added {
             self.query(&add)
@@ -651,6 +664,17 @@ impl Cache {
                 .bind(entry.op.to_string())
                 .execute(&mut *tx)
                 .await?;
+            if let (true, Some(file)) = (self.shared, entry.op["raw_file"].as_str()) {
+                // A file that is gone is sent as no `raw` (crm.rs), as on
+                // the machine that spooled it.
+                if let Ok(raw) = tokio::fs::read(file).await {
+                    self.query(&spool)
+                        .bind(entry.op_id.clone())
+                        .bind(raw)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         for m in rows {
             self.put_message_query(&put, m).execute(&mut *tx).await?;
@@ -660,6 +684,12 @@ impl Cache {
                 .bind(op_id.clone())
                 .execute(&mut *tx)
                 .await?;
+            if self.shared {
+                self.query(&unspool)
+                    .bind(op_id.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         crate::fault::step("journal written");
@@ -684,6 +714,22 @@ impl Cache {
                 op: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Value::Null),
             })
             .collect())
+    }
+
+    /// The message of the journaled operation `op_id` whose spool file is
+    /// not on this machine: kept in a server's database (R-V4); `None` in
+    /// an agent's file, whose spool is beside it.
+    pub async fn spooled(&self, op_id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let sql = self.sql("SELECT raw FROM {spool} WHERE mailbox_id = $1 AND op_id = $2");
+        Ok(self
+            .query(&sql)
+            .bind(op_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get::<Vec<u8>, _>(0)))
     }
 
     /// The items whose UID is `uid` (normally one).

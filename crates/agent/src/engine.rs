@@ -493,7 +493,8 @@ impl Agent {
     }
 
     /// The engine on `cache` (a file's or a server database's, R-V4) and
-    /// the mailbox named by the configuration (its `cache` path unused).
+    /// the mailbox named by the configuration (see [`Agent::from_parts`]
+    /// for what its `cache` path is then used for).
     pub async fn with_cache(cfg: Config, cache: Cache) -> anyhow::Result<Agent> {
         let mut checked = Vec::new();
         for collection in collections() {
@@ -515,8 +516,9 @@ impl Agent {
     /// worker drives for a connected mailbox (R-V4). `cfg` gives the sync
     /// settings (mail folders, interval, client name); its `[mailbox]`
     /// part is not read, its `[crm]` part only by the commands
-    /// (`crmsync track`, ...), and its `cache` path only places the spool
-    /// folder of large messages (`mail/`), which stays on this machine.
+    /// (`crmsync track`, ...), and its `cache` path only places this
+    /// machine's spool folder of large messages (`mail/`; a server's
+    /// database also keeps each journaled one, for the other processes).
     pub async fn from_parts(
         cfg: Config,
         cache: Cache,
@@ -1688,9 +1690,10 @@ impl Agent {
     pub(crate) async fn send(
         &self,
         client: &str,
-        entries: Vec<JournalEntry>,
+        mut entries: Vec<JournalEntry>,
         report: &mut SyncReport,
     ) -> anyhow::Result<Vec<String>> {
+        self.restore_spooled(&mut entries).await?;
         let bodies: Vec<&Value> = entries.iter().map(|e| &e.op).collect();
         let results = self.crm.push(client, &bodies).await?;
         let mut retry = Vec::new();
@@ -1740,6 +1743,32 @@ impl Agent {
             }
         }
         Ok(retry)
+    }
+
+    /// R-V4: a large message journaled by another process, whose spool
+    /// file is on that machine, is sent from the copy the server's
+    /// database keeps (written into this machine's spool, removed once
+    /// answered like any spool file).
+    async fn restore_spooled(&self, entries: &mut [JournalEntry]) -> anyhow::Result<()> {
+        for entry in entries {
+            let Some(file) = entry.op["raw_file"].as_str() else {
+                continue;
+            };
+            if std::path::Path::new(file).exists() {
+                continue;
+            }
+            let Some(raw) = self.cache.spooled(&entry.op_id).await? else {
+                continue;
+            };
+            let dir = self.spool_dir();
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the spool folder {}", dir.display()))?;
+            let path = dir.join(format!("{}.eml", Uuid::new_v4()));
+            std::fs::write(&path, raw)
+                .with_context(|| format!("cannot write the spool file {}", path.display()))?;
+            entry.op["raw_file"] = json!(path.to_string_lossy());
+        }
+        Ok(())
     }
 
     /// Applies one push answer for an item (emails go to

@@ -591,3 +591,72 @@ async fn r_v4_a_lease_taken_mid_cycle_stops_the_cycle_and_its_writes() {
     assert_eq!(new + unlinked, 49, "the deliveries before the claim only");
     assert_eq!(cards.len() as i64, rows(&pool, "items", "mb-ann").await);
 }
+
+#[tokio::test]
+async fn r_v4_mailbox_caches_in_a_database_need_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("crm.db").display());
+    let sqlite = connect(&url).await;
+    let e = Cache::in_database(sqlite.clone(), "mb-ann", None).unwrap_err();
+    assert!(e.to_string().contains("need PostgreSQL"), "{e}");
+    let e = Cache::prepare_database(&sqlite).await.unwrap_err();
+    assert!(e.to_string().contains("need PostgreSQL"), "{e}");
+}
+
+#[tokio::test]
+async fn r_v4_a_spooled_message_journaled_by_another_process_is_sent_once() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    let (_, pool) = fresh_database().await;
+    let open = || {
+        let cache = Cache::in_database(pool.clone(), "mb-ann", None).unwrap();
+        Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
+    };
+    let first = open().await.unwrap();
+    sync(&first).await;
+    let raw = rfc5322(
+        Some("big@example.org"),
+        "lee@example.org",
+        &["ann@example.com"],
+        "Large",
+        "",
+    );
+    let href = w.deliver("ann", "INBOX", &raw, "S");
+    w.keywords("ann", "INBOX", &href, &["$CRMTracked"], &[])
+        .await;
+    // The first process spooled the message on its machine and journaled
+    // the track, then died before sending it; its machine is gone.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("spooled.eml");
+    std::fs::write(&file, &raw).unwrap();
+    let op_id = uuid::Uuid::new_v4().to_string();
+    let entry = JournalEntry {
+        op_id: op_id.clone(),
+        collection: "mail/INBOX".into(),
+        href: href.clone(),
+        etag: String::new(),
+        op: json!({"op_id": op_id, "kind": "track", "set": "emails", "draft": false,
+            "fields": {}, "raw_file": file.to_string_lossy(),
+            "item_uid": "big@example.org", "message_id": "big@example.org"}),
+    };
+    first.cache().journal_add(&entry).await.unwrap();
+    drop(first);
+    drop(elsewhere);
+    assert_eq!(rows(&pool, "spool", "mb-ann").await, 1);
+
+    let second = open().await.unwrap();
+    let r = sync(&second).await;
+    assert_eq!(r.pushed.get("track"), Some(&1), "{r:?}");
+    let emails = w.email_by_mid("big@example.org").await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0]["subject"], "Large", "sent with its message");
+    assert_eq!(rows(&pool, "spool", "mb-ann").await, 0, "answered: dropped");
+    assert_eq!(rows(&pool, "journal", "mb-ann").await, 0);
+    let spool = w.dir.path().join("cache.spool");
+    assert!(
+        !spool.exists() || std::fs::read_dir(&spool).unwrap().next().is_none(),
+        "the restored spool file is removed once answered"
+    );
+    assert!(sync(&second).await.pushed.is_empty());
+    assert_eq!(w.email_by_mid("big@example.org").await.len(), 1);
+}

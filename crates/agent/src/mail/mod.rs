@@ -609,7 +609,7 @@ impl Agent {
     }
 
     /// Where large messages wait to be pushed: next to the cache.
-    fn spool_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn spool_dir(&self) -> std::path::PathBuf {
         self.config().cache.with_extension("spool")
     }
 
