@@ -210,3 +210,29 @@ def test_r_w1_unknown_page_is_the_webs_own_not_found_page(watched):
     assert response.status == 404
     assert page.get_by_text("There is no such page").is_visible()
     watched.accessible()
+
+
+def test_r_w6_connect_a_mailbox_on_the_server_then_test_it(watched):
+    """Sync → "Connect a mailbox": the server keeps it and lists it; "Test"
+    says what does not work (nothing listens on port 1) with the reason."""
+    page = watched.page
+    sign_in(watched, USER_EMAIL, USER_PASSWORD)
+    page.get_by_role("link", name="Sync", exact=True).first.click()
+    name = "work-" + uuid.uuid4().hex[:6]
+    page.get_by_text("Connect a mailbox").click()
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("IMAP server").fill("127.0.0.1")
+    page.get_by_label("Port").fill("1")
+    page.get_by_label("Security").select_option("none")
+    page.get_by_label("IMAP user name").fill("me")
+    page.get_by_label("IMAP password", exact=True).fill("not shown anywhere")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    page.get_by_role("status").filter(has_text=f"Connected {name}").wait_for()
+    assert "not shown anywhere" not in page.content()
+    watched.accessible()
+    page.get_by_role("button", name=f"Test {name}").click()
+    result = page.get_by_role("table", name=f"Test of {name}")
+    result.wait_for()
+    row = result.get_by_role("row", name=re.compile("IMAP sign-in"))
+    assert "Does not work" in row.inner_text()
+    watched.accessible()

@@ -845,6 +845,47 @@ both_dbs! {
         assert!(b.get("/sync").await.html.contains("Your clients can read every item"));
     }
 
+    async fn r_w6_sync_page_connects_and_reconnects_a_mailbox_on_the_server(s: TestServer) {
+        let (uid, token) = s.add_user("kim@example.com").await;
+        let b = Browser::as_user(&s, Uuid::parse_str(&uid).unwrap()).await;
+        let page = b.get("/sync").await;
+        assert!(page.html.contains("No mailbox is connected to the server"), "{}", page.html);
+        let csrf = b.csrf().await;
+        let refused = b.post("/sync/mailboxes", &[("_csrf", &csrf), ("name", "work")]).await;
+        assert_eq!(refused.status, 422);
+        assert!(refused.html.contains("Fill in a mail server"), "{}", refused.html);
+        let secret = "Imap-Pa55-word";
+        let connected = b.post("/sync/mailboxes", &[("_csrf", &csrf), ("name", "work"), ("imap_host", "127.0.0.1"),
+            ("imap_port", "143"), ("imap_security", "none"), ("imap_username", "kim"), ("imap_password", secret)]).await;
+        assert_eq!(connected.status, 200, "{}", connected.html);
+        assert!(connected.html.contains("Connected work"), "{}", connected.html);
+        assert!(connected.html.contains("Synchronized on schedule"), "{}", connected.html);
+        assert!(!connected.html.contains(secret), "no password on the page");
+        // The API sees the same mailbox.
+        let listed = s.get(&token, "/api/v1/mailboxes").await.expect(200);
+        let id = listed["items"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(listed["items"][0]["imap"]["port"], 143);
+        // A refused password, then Reconnect: active again.
+        sqlx::query("UPDATE mailboxes SET state = 'needs_reconnect' WHERE id = $1").bind(&id).execute(&s.store.pool).await.unwrap();
+        assert!(b.get("/sync").await.html.contains("The password was refused: use Reconnect"));
+        let empty = b.post(&format!("/sync/mailboxes/{id}/reconnect"), &[("_csrf", &csrf), ("imap_password", "")]).await;
+        assert_eq!(empty.status, 422);
+        let fixed = b.post(&format!("/sync/mailboxes/{id}/reconnect"), &[("_csrf", &csrf), ("imap_password", "new-Pa55")]).await;
+        assert_eq!(fixed.status, 200, "{}", fixed.html);
+        assert!(fixed.html.contains("Synchronized on schedule"), "{}", fixed.html);
+        assert_eq!(s.get(&token, &format!("/api/v1/mailboxes/{id}")).await.expect(200)["state"], "active");
+        let queued = b.post(&format!("/sync/mailboxes/{id}/sync"), &[("_csrf", &csrf)]).await;
+        assert!(queued.html.contains("Queued"), "{}", queued.html);
+        // Without a CSRF token nothing changes; another user's mailbox is refused.
+        let forged = b.post(&format!("/sync/mailboxes/{id}/reconnect"), &[("imap_password", "x")]).await;
+        assert_eq!(forged.status, 403);
+        let (lee, _) = s.add_user("lee@example.com").await;
+        let other = Browser::as_user(&s, Uuid::parse_str(&lee).unwrap()).await;
+        let other_csrf = other.csrf().await;
+        let theirs = other.post(&format!("/sync/mailboxes/{id}/reconnect"), &[("_csrf", &other_csrf), ("imap_password", "x")]).await;
+        assert_eq!(theirs.status, 403, "{}", theirs.html);
+    }
+
     async fn r_w6_sync_page_shows_each_clients_last_synchronization_and_result(s: TestServer) {
         let (uid, token) = s.add_user("kim@example.com").await;
         let desk = s.register(&token, "desk").await;

@@ -4,7 +4,7 @@
 //! crate: `crmsync-hosted` implements [`ConnectionTest`] and the binary
 //! hands it to the store.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -25,7 +25,7 @@ pub struct Connection {
 }
 
 /// One finding of a connection test.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// What was tried, in words ("IMAP sign-in", "address book").
     pub what: String,
@@ -34,7 +34,7 @@ pub struct Check {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {
     Ok,

@@ -11,6 +11,7 @@ mod explain;
 mod forms;
 pub mod layout;
 mod lists;
+mod mailboxes;
 pub mod pages;
 mod record_pages;
 mod regarding;
@@ -51,6 +52,10 @@ pub fn router() -> Router<AppState> {
         .route("/sync", get(work::sync))
         .route("/sync/clients/{id}/primary", post(work::make_primary))
         .route("/sync/clients/{id}/reset", post(work::reset))
+        .route("/sync/mailboxes", post(mailboxes::connect))
+        .route("/sync/mailboxes/{id}/sync", post(mailboxes::resync))
+        .route("/sync/mailboxes/{id}/test", post(mailboxes::test))
+        .route("/sync/mailboxes/{id}/reconnect", post(mailboxes::reconnect))
         .route("/admin", get(work::admin))
         .route("/admin/users", post(work::add_user))
         .route("/admin/users/{id}/password", post(work::set_password))

@@ -66,6 +66,9 @@ pub struct SyncPage {
     layout: Layout,
     csrf: String,
     clients: Vec<ClientRow>,
+    /// R-W6, R-V5: the mailboxes the server synchronizes.
+    mailboxes: Vec<super::mailboxes::MailboxRow>,
+    outcome: SyncOutcome,
     /// Some client reported items it cannot read.
     unreadable: bool,
     conflicts: Vec<ConflictView>,
@@ -162,6 +165,28 @@ fn shown(v: &Value) -> String {
 }
 
 pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
+    sync_page(&state, &user, StatusCode::OK, SyncOutcome::default()).await
+}
+
+/// What an action on the Sync page says above its mailboxes.
+#[derive(Default)]
+pub struct SyncOutcome {
+    pub notice: Option<String>,
+    pub error: Option<String>,
+    pub test: Option<super::mailboxes::TestView>,
+}
+
+/// The Sync page (R-W6), with the outcome of an action on it.
+pub(super) async fn sync_page(
+    state: &AppState,
+    user: &WebUser,
+    status: StatusCode,
+    outcome: SyncOutcome,
+) -> Response {
+    let mailboxes = match super::mailboxes::rows(state, user).await {
+        Ok(m) => m,
+        Err(e) => return super::error_page_for(user, e),
+    };
     let clients = match crate::sync::clients::list(&state.store, user.caller, None).await {
         Ok(c) => c,
         Err(e) => return super::error_page_for(&user, e),
@@ -169,7 +194,7 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
     let conflicts =
         match crate::sync::report::conflicts(&state.store, user.caller, None, None).await {
             Ok(c) => c,
-            Err(e) => return super::error_page_for(&user, e),
+            Err(e) => return super::error_page_for(user, e),
         };
     let counts = match state.store.pool.acquire().await {
         Ok(mut conn) => {
@@ -185,9 +210,11 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
     let unreadable = clients
         .iter()
         .any(|c| c["problems"].as_array().is_some_and(|p| !p.is_empty()));
-    SyncPage {
+    let page = SyncPage {
         unreadable,
-        layout: Layout::new("Sync", &user, "/sync"),
+        mailboxes,
+        outcome,
+        layout: Layout::new("Sync", user, "/sync"),
         csrf: user.csrf.clone(),
         clients: clients
             .iter()
@@ -225,8 +252,8 @@ pub async fn sync(State(state): State<AppState>, user: WebUser) -> Response {
                 kept: text(c, "kept"),
             })
             .collect(),
-    }
-    .into_response()
+    };
+    (status, page).into_response()
 }
 
 /// The last synchronization's result, from what the server saw: a batch
