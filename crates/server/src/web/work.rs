@@ -189,7 +189,7 @@ pub(super) async fn sync_page(
     };
     let clients = match crate::sync::clients::list(&state.store, user.caller, None).await {
         Ok(c) => c,
-        Err(e) => return super::error_page_for(&user, e),
+        Err(e) => return super::error_page_for(user, e),
     };
     let conflicts =
         match crate::sync::report::conflicts(&state.store, user.caller, None, None).await {
