@@ -427,7 +427,8 @@ async fn start_workers(
     let settings = crmsync_hosted::WorkerSettings {
         count,
         crm_url: format!("http://{host}"),
-        cache_dir: crmsync_server::db::beside_sqlite(db, "mailbox-caches"),
+        cache_dir: crmsync_server::db::beside_sqlite(db, "mailbox-caches")
+            .unwrap_or_else(|| std::env::temp_dir().join("crmsync-mailbox-spool")),
         holder: format!("pid {}", std::process::id()),
     };
     Ok(Some(

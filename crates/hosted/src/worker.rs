@@ -49,8 +49,10 @@ pub struct WorkerSettings {
     pub count: usize,
     /// This server's API, as the engine calls it (`http://127.0.0.1:8480`).
     pub crm_url: String,
-    /// On SQLite: the folder of the per-mailbox cache files.
-    pub cache_dir: Option<PathBuf>,
+    /// The folder of the per-mailbox cache files (SQLite) and of the large
+    /// messages spooled while they are sent (both databases; on PostgreSQL
+    /// the journal keeps a copy, so any process can send them).
+    pub cache_dir: PathBuf,
     /// Names this process in `lease_holder` (host and process id).
     pub holder: String,
 }
@@ -77,12 +79,9 @@ struct Shared {
 
 /// Starts `settings.count` workers.
 pub async fn start(store: Store, settings: WorkerSettings) -> anyhow::Result<Workers> {
-    match (&settings.cache_dir, store.kind) {
-        (_, DbKind::Postgres) => Cache::prepare_database(&store.pool).await?,
-        (Some(dir), DbKind::Sqlite) => std::fs::create_dir_all(dir)?,
-        (None, DbKind::Sqlite) => {
-            anyhow::bail!("sync workers on SQLite need a folder for their caches")
-        }
+    std::fs::create_dir_all(&settings.cache_dir)?;
+    if store.kind == DbKind::Postgres {
+        Cache::prepare_database(&store.pool).await?;
     }
     let shared = Arc::new(Shared {
         store,
@@ -266,12 +265,7 @@ async fn sync_once(
 ) -> anyhow::Result<SyncReport> {
     let m = &connection.mailbox;
     let id = m.id.to_string();
-    let cache_file = shared
-        .settings
-        .cache_dir
-        .clone()
-        .unwrap_or_default()
-        .join(format!("{id}.db"));
+    let cache_file = shared.settings.cache_dir.join(format!("{id}.db"));
     let cache = match shared.store.kind {
         DbKind::Postgres => Cache::in_database(
             shared.store.pool.clone(),

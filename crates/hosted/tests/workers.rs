@@ -73,7 +73,7 @@ async fn serve(postgres: bool) -> Server {
         crmsync_hosted::WorkerSettings {
             count: 2,
             crm_url: base.clone(),
-            cache_dir: Some(dir.path().join("mailbox-caches")),
+            cache_dir: dir.path().join("mailbox-caches"),
             holder: "test".into(),
         },
     )
