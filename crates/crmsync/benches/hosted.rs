@@ -239,10 +239,10 @@ async fn main() {
             .unwrap();
     }
     let mut elapsed_ms = Vec::new();
-    for u in 0..n {
+    for (u, before) in before.iter().enumerate() {
         loop {
             let now = mailbox(u).await;
-            if now["last_success_at"].as_str() != Some(before[u].as_str()) {
+            if now["last_success_at"].as_str() != Some(before.as_str()) {
                 let counts: Value = now["last_counts"]
                     .as_str()
                     .and_then(|c| serde_json::from_str(c).ok())
