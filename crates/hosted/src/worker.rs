@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crmsync_agent::cache::{Cache, Fence, LeaseLost};
 use crmsync_agent::config::{Config, MAX_MESSAGE_SIZE};
 use crmsync_agent::engine::{Agent, SyncOptions, SyncReport};
+use crmsync_server::changes::{Kinds, Look};
 use crmsync_server::db::DbKind;
 use crmsync_server::mailboxes::lease::{self, CycleEnd, Lease, RENEW_EVERY};
 use crmsync_server::mailboxes::{self, Connection, MailboxState};
@@ -88,13 +89,50 @@ pub async fn start(store: Store, settings: WorkerSettings) -> anyhow::Result<Wor
         settings,
         hosts: Mutex::new(HashMap::new()),
     });
-    let tasks = (0..shared.settings.count)
+    let mut tasks: Vec<JoinHandle<()>> = (0..shared.settings.count)
         .map(|n| {
             let shared = shared.clone();
             tokio::spawn(async move { work(&shared, n).await })
         })
         .collect();
+    let waker = shared.clone();
+    tasks.push(tokio::spawn(
+        async move { wake_on_crm_changes(&waker).await },
+    ));
     Ok(Workers { tasks })
+}
+
+/// R-T7 for connected mailboxes: a CRM change (committed by any process
+/// of the database, heard through the change feed) makes the mailboxes
+/// of the changed records' owners due now, as a running agent is woken.
+async fn wake_on_crm_changes(shared: &Shared) {
+    let feed = &shared.store.changes;
+    let mut seen = feed.version();
+    loop {
+        let look = feed
+            .wait(
+                seen,
+                feed.rules_seen(),
+                Kinds::ALL,
+                uuid::Uuid::nil(),
+                Duration::from_secs(60),
+            )
+            .await;
+        if look == Look::Closing {
+            return;
+        }
+        // A burst of edits wakes each mailbox once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let upto = feed.version();
+        if upto > seen {
+            match lease::wake_owners_of_changes(&shared.store, seen, upto, unix_now()).await {
+                Ok(_) => seen = upto,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make the mailboxes of changed records due")
+                }
+            }
+        }
+    }
 }
 
 async fn work(shared: &Shared, n: usize) {

@@ -255,6 +255,30 @@ async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) 
         .count();
     assert_eq!(copies, 1, "tracked once, however many cycles");
 
+    // R-T7: a CRM change reaches the connected address book without
+    // waiting for the next scheduled cycle (15 minutes away).
+    let next = s.mailbox(&ann, &id).await["next_run_at"].clone();
+    assert!(next.is_string(), "{next}");
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"last_name": "Newer"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let woken = Instant::now();
+    eventually("the new contact in the address book", || async {
+        let listed = dav.changes_since("contacts", None).await.ok()?;
+        (listed.changed.len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        woken.elapsed() < Duration::from_secs(30),
+        "woken by the change, not the schedule"
+    );
+
     // The engine's state lives in the database on PostgreSQL (any process
     // continues the mailbox), in a file beside the database on SQLite.
     let cache_file = s

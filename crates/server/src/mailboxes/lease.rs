@@ -171,3 +171,24 @@ pub async fn hold(conn: &mut AnyConnection, kind: DbKind, lease: &Lease) -> Resu
         None => Err(LeaseError::Lost(lease.mailbox)),
     }
 }
+
+/// R-T7 for connected mailboxes: the active mailboxes of the owners of
+/// the records changed after version `after` (up to `upto`) are due at
+/// `now`. Proportional to the changes (a range of the version index).
+pub async fn wake_owners_of_changes(
+    store: &Store,
+    after: i64,
+    upto: i64,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE mailboxes SET next_run_at = $1 WHERE state = 'active' AND next_run_at > $1 \
+         AND user_id IN (SELECT owner_id FROM records WHERE version > $2 AND version <= $3)",
+    )
+    .bind(now)
+    .bind(after)
+    .bind(upto)
+    .execute(&store.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
