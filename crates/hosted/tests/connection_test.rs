@@ -5,63 +5,14 @@
 // Both test-server modules start Cyrus from the same file.
 #![allow(clippy::duplicate_mod)]
 
+mod common;
+
 #[path = "../../dav/tests/common/mod.rs"]
 mod dav_servers;
 #[path = "../../imap/tests/support/mod.rs"]
 mod imap_servers;
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
-
-use crmsync_server::Store;
-
-/// A server on a fresh SQLite database with a secret key and the
-/// connection test, as `crmsync serve` runs it: (base URL, admin token, store).
-async fn serve(dir: &std::path::Path) -> (String, String, Store) {
-    let store = Store::connect(&format!("sqlite://{}", dir.join("crm.db").display()))
-        .await
-        .unwrap()
-        .with_secret_key(crmsync_server::secrets::SecretKey::generate())
-        .with_connection_test(Arc::new(crmsync_hosted::MailboxTester));
-    let token = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let serving = store.clone();
-    tokio::spawn(async move {
-        crmsync_server::serve(
-            serving,
-            listener,
-            crmsync_server::DEFAULT_MAX_BODY,
-            std::future::pending(),
-        )
-        .await
-        .unwrap()
-    });
-    (base, token, store)
-}
-
-async fn call(
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
-}
 
 /// The status and detail of one check of a test's answer.
 fn check<'a>(answer: &'a Value, what: &str) -> (&'a str, &'a str) {
@@ -79,8 +30,8 @@ fn check<'a>(answer: &'a Value, what: &str) -> (&'a str, &'a str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_v1_test_says_what_works_and_what_to_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, admin, _store) = serve(dir.path()).await;
+    let s = common::serve(false, false).await;
+    let admin = s.admin.clone();
     let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
     let radicale = dav_servers::Server::start(dav_servers::Kind::Radicale).await;
     let body = json!({"name": "work",
@@ -90,18 +41,18 @@ async fn r_v1_test_says_what_works_and_what_to_fix() {
         "dav": {"contacts": radicale.url_of("contacts").to_string(),
                 "calendar": radicale.url_of("calendar").to_string(),
                 "username": dav_servers::USER, "password": dav_servers::PASSWORD}});
-    let (status, created) = call(
-        &base,
-        &admin,
-        reqwest::Method::POST,
-        "/api/v1/mailboxes",
-        Some(body),
-    )
-    .await;
+    let (status, created) = s
+        .call(
+            &admin,
+            reqwest::Method::POST,
+            "/api/v1/mailboxes",
+            Some(body),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     let test = format!("/api/v1/mailboxes/{id}/test");
-    let (status, answer) = call(&base, &admin, reqwest::Method::POST, &test, None).await;
+    let (status, answer) = s.call(&admin, reqwest::Method::POST, &test, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(check(&answer, "IMAP sign-in").0, "ok");
@@ -117,9 +68,7 @@ async fn r_v1_test_says_what_works_and_what_to_fix() {
     let (status, detail) = check(&answer, "IMAP folders");
     assert_eq!(status, "warning", "{detail}");
     assert!(detail.contains("Deals"), "{detail}");
-    let again = call(&base, &admin, reqwest::Method::POST, &test, None)
-        .await
-        .1;
+    let again = s.call(&admin, reqwest::Method::POST, &test, None).await.1;
     assert!(
         check(&again, "IMAP folders").1.contains("Deals"),
         "still missing: nothing was created"
@@ -130,16 +79,16 @@ async fn r_v1_test_says_what_works_and_what_to_fix() {
     );
 
     // A wrong password: a refused sign-in, said with the fix; the DAV side still works.
-    let (status, _) = call(
-        &base,
-        &admin,
-        reqwest::Method::PATCH,
-        &format!("/api/v1/mailboxes/{id}"),
-        Some(json!({"imap": {"password": "wrong"}})),
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            &admin,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/mailboxes/{id}"),
+            Some(json!({"imap": {"password": "wrong"}})),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (_, answer) = call(&base, &admin, reqwest::Method::POST, &test, None).await;
+    let (_, answer) = s.call(&admin, reqwest::Method::POST, &test, None).await;
     assert_eq!(answer["ok"], false, "{answer}");
     let (status, detail) = check(&answer, "IMAP sign-in");
     assert_eq!(status, "failed");
@@ -147,41 +96,41 @@ async fn r_v1_test_says_what_works_and_what_to_fix() {
     assert_eq!(check(&answer, "address book").0, "ok");
 
     // Another user may not test it.
-    let (status, user) = call(
-        &base,
-        &admin,
-        reqwest::Method::POST,
-        "/api/v1/users",
-        Some(json!({"email": "lee@example.com", "name": "Lee"})),
-    )
-    .await;
+    let (status, user) = s
+        .call(
+            &admin,
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"email": "lee@example.com", "name": "Lee"})),
+        )
+        .await;
     assert_eq!(status, 201, "{user}");
-    let (status, _) = call(
-        &base,
-        user["token"].as_str().unwrap(),
-        reqwest::Method::POST,
-        &test,
-        None,
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            user["token"].as_str().unwrap(),
+            reqwest::Method::POST,
+            &test,
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_v1_resync_makes_the_mailbox_due_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, admin, store) = serve(dir.path()).await;
-    let (status, created) = call(
-        &base,
-        &admin,
-        reqwest::Method::POST,
-        "/api/v1/mailboxes",
-        Some(
-            json!({"name": "work", "imap": {"host": "127.0.0.1", "port": 143, "username": "u",
+    let s = common::serve(false, false).await;
+    let (admin, store) = (s.admin.clone(), s.store.clone());
+    let (status, created) = s
+        .call(
+            &admin,
+            reqwest::Method::POST,
+            "/api/v1/mailboxes",
+            Some(
+                json!({"name": "work", "imap": {"host": "127.0.0.1", "port": 143, "username": "u",
                                              "password": "p", "security": "none"}}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     let in_an_hour = unix_now() + 3600;
@@ -191,14 +140,14 @@ async fn r_v1_resync_makes_the_mailbox_due_now() {
         .execute(&store.pool)
         .await
         .unwrap();
-    let (status, answer) = call(
-        &base,
-        &admin,
-        reqwest::Method::POST,
-        &format!("/api/v1/mailboxes/{id}/sync"),
-        None,
-    )
-    .await;
+    let (status, answer) = s
+        .call(
+            &admin,
+            reqwest::Method::POST,
+            &format!("/api/v1/mailboxes/{id}/sync"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{answer}");
     let next: i64 = sqlx::query_scalar("SELECT next_run_at FROM mailboxes WHERE id = $1")
         .bind(&id)

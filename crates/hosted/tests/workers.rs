@@ -7,133 +7,20 @@
 // Both test-server modules start Cyrus from the same file.
 #![allow(clippy::duplicate_mod)]
 
+mod common;
+
 #[path = "../../dav/tests/common/mod.rs"]
 mod dav_servers;
 #[path = "../../imap/tests/support/mod.rs"]
 mod imap_servers;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::serve;
 use crmsync_mailbox::Mailbox;
-use crmsync_server::Store;
-
-struct Server {
-    base: String,
-    admin: String,
-    store: Store,
-    _workers: crmsync_hosted::Workers,
-    _dir: tempfile::TempDir,
-}
-
-/// A server with a secret key and two sync workers on a fresh SQLite file
-/// or PostgreSQL database, as `crmsync serve` runs them.
-async fn serve(postgres: bool) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let url = if postgres {
-        let admin_url = std::env::var("CRMSYNC_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("crmsync_test_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::postgres::PgPool::connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        format!("{base}/{name}")
-    } else {
-        format!("sqlite://{}", dir.path().join("crm.db").display())
-    };
-    let store = Store::connect(&url)
-        .await
-        .unwrap()
-        .with_secret_key(crmsync_server::secrets::SecretKey::generate())
-        .with_connection_test(Arc::new(crmsync_hosted::MailboxTester));
-    let admin = crmsync_server::records::init_organization(&store, "admin@example.com", "Admin")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let serving = store.clone();
-    tokio::spawn(async move {
-        crmsync_server::serve(
-            serving,
-            listener,
-            crmsync_server::DEFAULT_MAX_BODY,
-            std::future::pending(),
-        )
-        .await
-        .unwrap()
-    });
-    let workers = crmsync_hosted::start_workers(
-        store.clone(),
-        crmsync_hosted::WorkerSettings {
-            count: 2,
-            crm_url: base.clone(),
-            cache_dir: dir.path().join("mailbox-caches"),
-            holder: "test".into(),
-        },
-    )
-    .await
-    .unwrap();
-    Server {
-        base,
-        admin,
-        store,
-        _workers: workers,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn call(
-        &self,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
-    }
-
-    /// A new user; returns their token.
-    async fn user(&self, email: &str) -> String {
-        let (status, user) = self
-            .call(
-                &self.admin,
-                reqwest::Method::POST,
-                "/api/v1/users",
-                Some(json!({"email": email, "name": email})),
-            )
-            .await;
-        assert_eq!(status, 201, "{user}");
-        user["token"].as_str().unwrap().to_string()
-    }
-
-    async fn mailbox(&self, token: &str, id: &str) -> Value {
-        self.call(
-            token,
-            reqwest::Method::GET,
-            &format!("/api/v1/mailboxes/{id}"),
-            None,
-        )
-        .await
-        .1
-    }
-}
 
 /// Polls `check` until it answers `Some`, for at most 60 s.
 async fn eventually<T, F: Future<Output = Option<T>>>(
@@ -166,7 +53,7 @@ fn imap_section(dovecot: &imap_servers::Dovecot, password: &str) -> Value {
 }
 
 async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) {
-    let s = serve(postgres).await;
+    let s = serve(postgres, true).await;
     let ann = s.user("ann@example.com").await;
     let (status, _) = s
         .call(
@@ -281,11 +168,7 @@ async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) 
 
     // The engine's state lives in the database on PostgreSQL (any process
     // continues the mailbox), in a file beside the database on SQLite.
-    let cache_file = s
-        ._dir
-        .path()
-        .join("mailbox-caches")
-        .join(format!("{id}.db"));
+    let cache_file = s.dir.path().join("mailbox-caches").join(format!("{id}.db"));
     if postgres {
         let rows: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM mailbox_cache_items WHERE mailbox_id = $1")
@@ -301,7 +184,7 @@ async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) 
 }
 
 async fn r_v5_a_refused_password_waits_for_new_credentials_while_others_sync(postgres: bool) {
-    let s = serve(postgres).await;
+    let s = serve(postgres, true).await;
     let ann = s.user("ann@example.com").await;
     let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
     let create = |name: &str, password: &str| json!({"name": name, "imap": imap_section(&dovecot, password)});
