@@ -170,13 +170,7 @@ async fn run(shared: &Shared, claimed: &Lease) {
         }
     };
     let outcome = tokio::select! {
-        done = tokio::time::timeout(CYCLE_BUDGET, cycle(shared, claimed)) => match done {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Transient(format!(
-                "the cycle took longer than {} s; it goes on from where it stopped at the next run",
-                CYCLE_BUDGET.as_secs()
-            ))),
-        },
+        done = cycle(shared, claimed) => done,
         lost = renewing => Err(Failure::LeaseLost(lost.to_string())),
     };
     let label = match &outcome {
@@ -289,9 +283,20 @@ async fn cycle(shared: &Shared, claimed: &Lease) -> Result<(SyncReport, i64), Fa
     let token = CycleToken::mint(store, connection.mailbox.user_id)
         .await
         .map_err(transient)?;
-    let synced = sync_once(shared, claimed, &connection, &token.token, interval).await;
+    // The budget bounds the engine only, so the token is revoked either way.
+    let synced = tokio::time::timeout(
+        CYCLE_BUDGET,
+        sync_once(shared, claimed, &connection, &token.token, interval),
+    )
+    .await;
     token.revoke(store).await;
-    Ok((synced.map_err(classify)?, interval))
+    match synced {
+        Ok(done) => Ok((done.map_err(classify)?, interval)),
+        Err(_) => Err(Failure::Transient(format!(
+            "the cycle took longer than {} s; it goes on from where it stopped at the next run",
+            CYCLE_BUDGET.as_secs()
+        ))),
+    }
 }
 
 async fn sync_once(

@@ -884,6 +884,13 @@ both_dbs! {
         let other_csrf = other.csrf().await;
         let theirs = other.post(&format!("/sync/mailboxes/{id}/reconnect"), &[("_csrf", &other_csrf), ("imap_password", "x")]).await;
         assert_eq!(theirs.status, 403, "{}", theirs.html);
+        let refused = other.post(&format!("/sync/mailboxes/{id}/disconnect"), &[("_csrf", &other_csrf)]).await;
+        assert_eq!(refused.status, 403);
+        // Disconnect: gone from the page and the API.
+        let gone = b.post(&format!("/sync/mailboxes/{id}/disconnect"), &[("_csrf", &csrf)]).await;
+        assert!(gone.html.contains("Disconnected"), "{}", gone.html);
+        assert!(gone.html.contains("No mailbox is connected to the server"), "{}", gone.html);
+        assert_eq!(s.get(&token, &format!("/api/v1/mailboxes/{id}")).await.status, 404);
     }
 
     async fn r_w6_sync_page_shows_each_clients_last_synchronization_and_result(s: TestServer) {

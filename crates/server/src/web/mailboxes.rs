@@ -1,6 +1,6 @@
 //! The Sync page's mailboxes on the server (R-W6, SPEC §15): the user's
 //! connected mailboxes with their health (R-V5), "Connect a mailbox",
-//! "Test", "Resync" and "Reconnect". Every action is the API's function
+//! "Test", "Resync", "Reconnect" and "Disconnect". Every action is the API's function
 //! (`crate::mailboxes`); this module turns forms into its JSON bodies.
 
 use axum::extract::{Path, State};
@@ -191,6 +191,22 @@ pub async fn reconnect(
                 .await
                 .map(|_| "Saved: the server synchronizes it again now.".to_string())
         }
+    };
+    after(&state, &posted, done).await
+}
+
+/// "Disconnect": no longer synchronized; nothing in the CRM or the
+/// mailbox is deleted (R-V1).
+pub async fn disconnect(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> Response {
+    let done = match mailbox_id(&id) {
+        Ok(id) => mailboxes::delete(&state.store, posted.user.caller, id)
+            .await
+            .map(|_| "Disconnected: the server no longer synchronizes it. Nothing in the CRM or the mailbox was deleted.".to_string()),
+        Err(e) => Err(e),
     };
     after(&state, &posted, done).await
 }

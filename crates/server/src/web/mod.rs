@@ -56,6 +56,10 @@ pub fn router() -> Router<AppState> {
         .route("/sync/mailboxes/{id}/sync", post(mailboxes::resync))
         .route("/sync/mailboxes/{id}/test", post(mailboxes::test))
         .route("/sync/mailboxes/{id}/reconnect", post(mailboxes::reconnect))
+        .route(
+            "/sync/mailboxes/{id}/disconnect",
+            post(mailboxes::disconnect),
+        )
         .route("/admin", get(work::admin))
         .route("/admin/users", post(work::add_user))
         .route("/admin/users/{id}/password", post(work::set_password))
