@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crmsync_mailbox::settings::{DavSettings, ImapSettings, MailFolders};
 
 use super::store::{self, Mailbox};
-use super::{key_of, own, unreadable, Passwords};
+use super::{checked, key_of, own, unreadable, Passwords};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::Store;
@@ -61,22 +61,10 @@ pub fn connection(store: &Store, mailbox: Mailbox) -> ApiResult<Connection> {
             format!("{e}; change the mailbox's settings (PATCH) to fix it"),
         )
     };
-    let password =
-        |p: Option<String>| move |_| p.ok_or_else(|| "no password is stored".to_string());
-    let dav = match mailbox.settings.dav.clone() {
-        Some(d) => Some(
-            d.check("dav:", password(passwords.dav.clone()))
-                .map_err(stored)?,
-        ),
-        None => None,
-    };
-    let imap = match mailbox.settings.imap.clone() {
-        Some(i) => Some(
-            i.check("imap:", password(passwords.imap.clone()))
-                .map_err(stored)?,
-        ),
-        None => None,
-    };
+    let (imap, dav) = checked(&mailbox.settings, &passwords, |p| {
+        p.clone().ok_or_else(|| "no password is stored".to_string())
+    })
+    .map_err(stored)?;
     Ok(Connection { mailbox, dav, imap })
 }
 

@@ -21,7 +21,9 @@ use uuid::Uuid;
 use crmsync_core::kind::MailboxKind;
 use crmsync_core::time::{format_datetime, now_timestamp};
 use crmsync_core::EntitySet;
-use crmsync_mailbox::settings::{DavSection, ImapSection, Secret};
+use crmsync_mailbox::settings::{
+    DavSection, DavSettings, ImapSection, ImapSettings, MailFolders, Secret,
+};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -197,17 +199,8 @@ fn inline(label: &str, s: Secret) -> ApiResult<Option<String>> {
 
 /// Checks the sections with the agent configuration's rules (SPEC §13).
 fn check(settings: &Settings, passwords: &Passwords) -> ApiResult<Vec<MailboxKind>> {
-    let given = |p: &Option<String>| p.clone().unwrap_or_default();
-    if let Some(imap) = &settings.imap {
-        imap.clone()
-            .check("imap:", |_| Ok(given(&passwords.imap)))
-            .map_err(ApiError::invalid)?;
-    }
-    if let Some(dav) = &settings.dav {
-        dav.clone()
-            .check("dav:", |_| Ok(given(&passwords.dav)))
-            .map_err(ApiError::invalid)?;
-    }
+    checked(settings, passwords, |p| Ok(p.clone().unwrap_or_default()))
+        .map_err(ApiError::invalid)?;
     let kinds = kinds_of(settings);
     if kinds.is_empty() {
         return Err(ApiError::invalid(
@@ -215,6 +208,26 @@ fn check(settings: &Settings, passwords: &Passwords) -> ApiResult<Vec<MailboxKin
         ));
     }
     Ok(kinds)
+}
+
+/// The sections as the agent checks its configuration's
+/// (`crmsync_mailbox::settings`), each with its password as `password`
+/// makes it of the stored one.
+#[allow(clippy::type_complexity)]
+fn checked(
+    settings: &Settings,
+    passwords: &Passwords,
+    password: impl Fn(&Option<String>) -> Result<String, String>,
+) -> Result<(Option<(ImapSettings, MailFolders)>, Option<DavSettings>), String> {
+    let imap = match &settings.imap {
+        Some(i) => Some(i.clone().check("imap:", |_| password(&passwords.imap))?),
+        None => None,
+    };
+    let dav = match &settings.dav {
+        Some(d) => Some(d.clone().check("dav:", |_| password(&passwords.dav))?),
+        None => None,
+    };
+    Ok((imap, dav))
 }
 
 /// Sets (or, with `None`, removes) one section's password.
@@ -319,22 +332,7 @@ pub async fn create(store: &Store, caller: Caller, body: &Value) -> ApiResult<Va
     };
     let mut settings = Settings::default();
     let mut passwords = Passwords::default();
-    patch_section(
-        "imap",
-        map.get("imap"),
-        &mut settings.imap,
-        &mut passwords.imap,
-        &mut settings.password_set,
-        ImapSection::take_secret,
-    )?;
-    patch_section(
-        "dav",
-        map.get("dav"),
-        &mut settings.dav,
-        &mut passwords.dav,
-        &mut settings.password_set,
-        DavSection::take_secret,
-    )?;
+    patch_sections(map, &mut settings, &mut passwords)?;
     let kinds = check(&settings, &passwords)?;
     let key = key_of(store)?;
     let id = Uuid::new_v4();
@@ -434,6 +432,30 @@ fn patched_section<T: DeserializeOwned + Serialize>(
 /// password: absent changes nothing, null removes the section, an object
 /// changes the keys it names (a new mailbox's sections are changes to
 /// nothing).
+/// Applies a body's `imap` and `dav` (a creation is a change of nothing).
+fn patch_sections(
+    map: &Map<String, Value>,
+    settings: &mut Settings,
+    passwords: &mut Passwords,
+) -> ApiResult<()> {
+    patch_section(
+        "imap",
+        map.get("imap"),
+        &mut settings.imap,
+        &mut passwords.imap,
+        &mut settings.password_set,
+        ImapSection::take_secret,
+    )?;
+    patch_section(
+        "dav",
+        map.get("dav"),
+        &mut settings.dav,
+        &mut passwords.dav,
+        &mut settings.password_set,
+        DavSection::take_secret,
+    )
+}
+
 fn patch_section<T: DeserializeOwned + Serialize>(
     name: &str,
     patch: Option<&Value>,
@@ -493,22 +515,7 @@ pub async fn patch(store: &Store, caller: Caller, id: Uuid, body: &Value) -> Api
             Err(e) => return Err(unreadable(e)),
         };
         let mut settings = m.settings.clone();
-        patch_section(
-            "imap",
-            map.get("imap"),
-            &mut settings.imap,
-            &mut passwords.imap,
-            &mut settings.password_set,
-            ImapSection::take_secret,
-        )?;
-        patch_section(
-            "dav",
-            map.get("dav"),
-            &mut settings.dav,
-            &mut passwords.dav,
-            &mut settings.password_set,
-            DavSection::take_secret,
-        )?;
+        patch_sections(map, &mut settings, &mut passwords)?;
         kinds = Some(check(&settings, &passwords)?);
         m.secret = passwords.seal(key, m.id);
         m.settings = settings;
