@@ -4,13 +4,15 @@
 //! other; SQLite's single writer serializes claims). A claim is a lease:
 //! 90 s, renewed every 30 s while the worker works, with a token that
 //! increases at every claim. Every write of a cycle first checks that the
-//! token is still the row's ([`hold`]), so a worker that lost its lease
-//! (paused, cut off, too slow) writes nothing; a dead holder's lease
-//! expires and the next claim takes the mailbox.
+//! token is still the row's (the engine's cache does it in each write
+//! transaction, `crmsync_agent::cache::Fence`; `renew` and `finish` here),
+//! so a worker that lost its lease (paused, cut off, too slow) writes
+//! nothing; a dead holder's lease expires and the next claim takes the
+//! mailbox.
 
 use std::time::Duration;
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::MailboxState;
@@ -147,28 +149,6 @@ pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), 
     match done.rows_affected() {
         1 => Ok(()),
         _ => Err(LeaseError::Lost(lease.mailbox)),
-    }
-}
-
-/// The fence: run first in every write transaction of a cycle. On
-/// PostgreSQL the row is locked for share until the transaction ends, so a
-/// claim (which updates the row) cannot slip in between the check and the
-/// commit; on SQLite the write transaction already excludes it.
-pub async fn hold(conn: &mut AnyConnection, kind: DbKind, lease: &Lease) -> Result<(), LeaseError> {
-    let lock = match kind {
-        DbKind::Postgres => " FOR SHARE",
-        DbKind::Sqlite => "",
-    };
-    let held = sqlx::query(&format!(
-        "SELECT 1 FROM mailboxes WHERE id = $1 AND lease_token = $2{lock}"
-    ))
-    .bind(lease.mailbox.to_string())
-    .bind(lease.token)
-    .fetch_optional(conn)
-    .await?;
-    match held {
-        Some(_) => Ok(()),
-        None => Err(LeaseError::Lost(lease.mailbox)),
     }
 }
 
