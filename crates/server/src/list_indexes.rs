@@ -36,22 +36,21 @@ const MIN_INDEXED_QUERY: usize = 3;
 const FTS_ROWS_WORTH_READING: i64 = 5000;
 
 /// The text search as one FTS5 phrase (its trigrams in a row: the
-/// substring), or `None` when it is too short for the trigram index.
-pub fn fts_phrase(text: &str) -> Option<String> {
-    (text.chars().count() >= MIN_INDEXED_QUERY)
-        .then(|| format!("\"{}\"", text.replace('"', "\"\"")))
-}
-
-/// Whether SQLite should answer a search from its full-text index: when
-/// the index holds few matches (counted up to a cap, which is cheap).
-pub async fn worth_reading_by_fts(pool: &AnyPool, phrase: &str) -> Result<bool, sqlx::Error> {
+/// substring) when SQLite should answer it from its full-text index: long
+/// enough for trigrams, and few matches there (counted up to a cap, which
+/// is cheap). `None`: walk the set instead.
+pub async fn sqlite_fts_phrase(pool: &AnyPool, text: &str) -> Result<Option<String>, sqlx::Error> {
+    if text.chars().count() < MIN_INDEXED_QUERY {
+        return Ok(None);
+    }
+    let phrase = format!("\"{}\"", text.replace('"', "\"\""));
     let matches: i64 = sqlx::query_scalar(&format!(
         "SELECT COUNT(*) FROM (SELECT rowid FROM {SQLITE_SEARCH_TABLE} WHERE {SQLITE_SEARCH_TABLE} MATCH $1 LIMIT {FTS_ROWS_WORTH_READING})"
     ))
-    .bind(phrase)
+    .bind(&phrase)
     .fetch_one(pool)
     .await?;
-    Ok(matches < FTS_ROWS_WORTH_READING)
+    Ok((matches < FTS_ROWS_WORTH_READING).then_some(phrase))
 }
 
 /// Creates what is missing and drops stale sort indexes. On PostgreSQL

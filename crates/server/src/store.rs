@@ -664,13 +664,13 @@ impl Store {
         // name and field names of the core tables; every value is bound.
         // The set is written as a literal so that the partial indexes of
         // `list_indexes` apply (R-W8).
-        let fts_query = q.text.as_ref().map(|t| crate::list_indexes::fts_phrase(t));
-        let indexed_search = match (&fts_query, self.kind) {
-            (Some(Some(phrase)), DbKind::Sqlite) => {
-                crate::list_indexes::worth_reading_by_fts(&self.pool, phrase).await?
+        let fts_phrase = match (self.kind, q.text.as_deref()) {
+            (DbKind::Sqlite, Some(text)) => {
+                crate::list_indexes::sqlite_fts_phrase(&self.pool, text).await?
             }
-            _ => false,
+            _ => None,
         };
+        let indexed_search = fts_phrase.is_some();
         let table = match self.kind {
             DbKind::Sqlite => crate::list_indexes::sqlite_table_clause(
                 set,
@@ -753,7 +753,7 @@ impl Store {
             query = query.bind(since.clone());
         }
         if let Some(text) = &q.text {
-            if let (true, Some(Some(phrase))) = (indexed_search, &fts_query) {
+            if let Some(phrase) = &fts_phrase {
                 query = query.bind(phrase.clone());
             }
             let escaped = text
