@@ -6,7 +6,8 @@
 //!
 //! 1. First full synchronization: from the first mailbox connected until
 //!    every mailbox has a success and all N×M messages are CRM emails.
-//! 2. Steady cycle: "Resync" of every mailbox at once (nothing changed),
+//! 2. Steady cycle: once no mailbox synchronizes any more, "Resync" of
+//!    every mailbox at once (nothing changed),
 //!    until each has a newer success; the engine's time per cycle (the
 //!    mailboxes' `last_counts.elapsed_ms`), and PostgreSQL transactions per
 //!    cycle (`pg_stat_database.xact_commit`, every statement outside a
@@ -31,8 +32,11 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{cpu_time, free_port, postgres_admin, postgres_db, Server, BIN};
+use serde_json::Value;
+use support::{
+    connect_mailboxes, cpu_time, crm_users, postgres_admin, postgres_db, serve_processes,
+    tracked_message, Server,
+};
 
 fn arg(name: &str, default: usize) -> usize {
     let argv: Vec<String> = std::env::args().collect();
@@ -41,13 +45,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| argv.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn message(user: usize, i: usize) -> Vec<u8> {
-    format!(
-        "Message-ID: <m{i}.u{user}@example.org>\r\nFrom: lee@example.org\r\nTo: user{user}@example.com\r\nSubject: Deal {i}\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nHello\r\n"
-    )
-    .into_bytes()
 }
 
 /// Peak resident memory of a process, in MiB.
@@ -87,43 +84,16 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (db_name, db) = postgres_db().await;
     let token = Server::init(&db);
-    let key = dir.path().join("secret.key");
-    let made = Command::new(BIN)
-        .args(["admin", "gen-key"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let key = key.to_string_lossy().to_string();
-    let mut servers = Vec::new();
-    for _ in 0..p {
-        servers.push(
-            Server::serve_with(
-                &db,
-                token.clone(),
-                free_port(),
-                &["--secret-key-file", &key],
-            )
-            .await,
-        );
-    }
+    let mut servers = serve_processes(dir.path(), &db, &token, p, &[]).await;
     let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
     let http = reqwest::Client::new();
-    let mut users = Vec::new();
     let setup = Instant::now();
     for u in 0..n {
         let name = format!("user{u}");
         dovecot.add_user(&name, "pw");
-        dovecot.seed_maildir_of(&name, "CRM", m, |i| message(u, i));
-        let user = servers[0]
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/users",
-                Some(json!({"email": format!("{name}@example.com"), "name": name})),
-            )
-            .await;
-        users.push(user["token"].as_str().unwrap().to_string());
+        dovecot.seed_maildir_of(&name, "CRM", m, |i| tracked_message(u, i));
     }
+    let users = crm_users(&servers[0], n).await;
     eprintln!(
         "{n} users with {m} messages each in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -133,22 +103,7 @@ async fn main() {
     let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
     let base = |i: usize| bases[if kill { 1 + i % (p - 1) } else { i % p }].clone();
     let started = Instant::now();
-    let mut ids = Vec::new();
-    for (u, t) in users.iter().enumerate() {
-        let body = json!({"name": "mail", "imap": {"host": "127.0.0.1", "port": dovecot.port,
-            "security": "none", "username": format!("user{u}"), "password": "pw"}});
-        let r: Value = http
-            .post(format!("{}/api/v1/mailboxes", base(u)))
-            .bearer_auth(t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(r["id"].as_str().unwrap().to_string());
-    }
+    let ids = connect_mailboxes(&users, dovecot.port, base).await;
     // Phase 1: every mailbox synchronized once, every message an email.
     let asked = servers.last().unwrap().base.clone();
     let mailbox = |u: usize| {
@@ -220,14 +175,28 @@ async fn main() {
         "every message tracked exactly once"
     );
     // Phase 2: one no-change cycle of every mailbox.
-    let mut before = Vec::new();
-    for u in 0..n {
-        before.push(
-            mailbox(u).await["last_success_at"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+    // Quiet first: a cycle's own pushes wake its mailbox once more (R-T7),
+    // so wait until no success changes for two seconds.
+    let successes = || async {
+        let mut all = Vec::new();
+        for u in 0..n {
+            all.push(
+                mailbox(u).await["last_success_at"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        all
+    };
+    let mut before = successes().await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = successes().await;
+        if now == before {
+            break;
+        }
+        before = now;
     }
     let xact_before = transactions(&db_name).await;
     let steady = Instant::now();

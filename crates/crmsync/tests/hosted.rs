@@ -12,71 +12,31 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use support::{free_port, postgres_db, Server, BIN};
+use support::{
+    connect_mailboxes, crm_users, postgres_db, serve_processes, tracked_message, Server,
+};
 
 const USERS: usize = 12;
 const MESSAGES: usize = 15;
-
-fn message(user: usize, i: usize) -> Vec<u8> {
-    format!(
-        "Message-ID: <m{i}.u{user}@example.org>\r\nFrom: lee@example.org\r\nTo: user{user}@example.com\r\nSubject: Deal {i}\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nHello\r\n"
-    )
-    .into_bytes()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_v4_three_serve_processes_one_killed_track_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let (_, db) = postgres_db().await;
     let token = Server::init(&db);
-    let key = dir.path().join("secret.key");
-    let made = Command::new(BIN)
-        .args(["admin", "gen-key"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let key = key.to_string_lossy().to_string();
-    let args = ["--secret-key-file", key.as_str(), "--sync-workers", "2"];
-    let mut servers = Vec::new();
-    for _ in 0..3 {
-        servers.push(Server::serve_with(&db, token.clone(), free_port(), &args).await);
-    }
+    let servers = serve_processes(dir.path(), &db, &token, 3, &["--sync-workers", "2"]).await;
     let dovecot = imap_servers::Dovecot::start(imap_servers::Flavor::Qresync).await;
-    let mut tokens = Vec::new();
     for u in 0..USERS {
         let name = format!("user{u}");
         dovecot.add_user(&name, "pw");
         // Messages put in the tracked folder are tracked (R-M4).
-        dovecot.seed_maildir_of(&name, "CRM", MESSAGES, |i| message(u, i));
-        let user = servers[0]
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/users",
-                Some(json!({"email": format!("{name}@example.com"), "name": name})),
-            )
-            .await;
-        tokens.push(user["token"].as_str().unwrap().to_string());
+        dovecot.seed_maildir_of(&name, "CRM", MESSAGES, |i| tracked_message(u, i));
     }
+    let tokens = crm_users(&servers[0], USERS).await;
     let http = reqwest::Client::new();
-    for (u, t) in tokens.iter().enumerate() {
-        let body = json!({"name": "mail", "imap": {"host": "127.0.0.1", "port": dovecot.port,
-            "security": "none", "username": format!("user{u}"), "password": "pw"}});
-        let r = http
-            .post(format!("{}/api/v1/mailboxes", servers[u % 3].base))
-            .bearer_auth(t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    }
+    connect_mailboxes(&tokens, dovecot.port, |u| servers[u % 3].base.clone()).await;
     // The tracked emails each user's API shows, by Message-ID, asked of a
     // process that stays.
     let asked = servers[2].base.clone();
@@ -120,6 +80,7 @@ async fn r_v4_three_serve_processes_one_killed_track_every_message_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut servers = servers;
     let killed = servers.remove(0);
     let status = Command::new("kill")
         .args(["-KILL", &killed.pid().to_string()])

@@ -219,3 +219,85 @@ impl Server {
         config
     }
 }
+
+/// Server-side synchronization across processes (R-V4, R-V6; the
+/// `hosted` test and bench): `p` `serve` processes on one database sharing
+/// a new secret key (made in `dir`), each with `extra` arguments.
+pub async fn serve_processes(
+    dir: &Path,
+    db: &str,
+    token: &str,
+    p: usize,
+    extra: &[&str],
+) -> Vec<Server> {
+    let key = dir.join("secret.key");
+    let made = Command::new(BIN)
+        .args(["admin", "gen-key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key = key.to_string_lossy().to_string();
+    let mut args = vec!["--secret-key-file", key.as_str()];
+    args.extend_from_slice(extra);
+    let mut servers = Vec::new();
+    for _ in 0..p {
+        servers.push(Server::serve_with(db, token.to_string(), free_port(), &args).await);
+    }
+    servers
+}
+
+/// Message `i` of mail user `user{user}`, from lee@example.org.
+pub fn tracked_message(user: usize, i: usize) -> Vec<u8> {
+    format!(
+        "Message-ID: <m{i}.u{user}@example.org>\r\nFrom: lee@example.org\r\nTo: user{user}@example.com\r\nSubject: Deal {i}\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nHello\r\n"
+    )
+    .into_bytes()
+}
+
+/// CRM users `user0`…: their tokens.
+pub async fn crm_users(server: &Server, n: usize) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for u in 0..n {
+        let name = format!("user{u}");
+        let user = server
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(serde_json::json!({"email": format!("{name}@example.com"), "name": name})),
+            )
+            .await;
+        tokens.push(user["token"].as_str().unwrap().to_string());
+    }
+    tokens
+}
+
+/// Each user connects mail user `user{u}` (password `pw`) of the IMAP
+/// server on `imap_port`, through the server `base(u)`: the mailboxes' ids.
+pub async fn connect_mailboxes(
+    tokens: &[String],
+    imap_port: u16,
+    base: impl Fn(usize) -> String,
+) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (u, t) in tokens.iter().enumerate() {
+        let body = serde_json::json!({"name": "mail", "imap": {"host": "127.0.0.1", "port": imap_port,
+            "security": "none", "username": format!("user{u}"), "password": "pw"}});
+        let r = http
+            .post(format!("{}/api/v1/mailboxes", base(u)))
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let created: serde_json::Value = r.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
