@@ -26,8 +26,6 @@ use crmsync_server::changes::{Kinds, Look};
 use crmsync_server::db::DbKind;
 use crmsync_server::mailboxes::lease::{self, CycleEnd, Lease, RENEW_EVERY};
 use crmsync_server::mailboxes::{self, Connection, MailboxState};
-use crmsync_server::sync::clients::schedule;
-use crmsync_server::sync::context::MailboxOwner;
 use crmsync_server::Store;
 
 /// How long one cycle may take; its progress is saved as it goes (every
@@ -268,15 +266,6 @@ async fn cycle(shared: &Shared, claimed: &Lease) -> Result<(SyncReport, i64), Fa
             .map_err(transient)?
             .ok_or_else(|| Failure::LeaseLost("the mailbox was deleted".into()))?
     };
-    let owner = MailboxOwner::load(store, mailbox.user_id)
-        .await
-        .map_err(|e| Failure::Transient(e.message))?;
-    let (scheduled, interval) = schedule(&owner);
-    let interval = if scheduled {
-        interval as i64
-    } else {
-        UNSCHEDULED_SECS
-    };
     let connection =
         mailboxes::connection(store, mailbox).map_err(|e| Failure::Transient(e.message))?;
     let _permit = host_permit(shared, &connection).await;
@@ -286,12 +275,12 @@ async fn cycle(shared: &Shared, claimed: &Lease) -> Result<(SyncReport, i64), Fa
     // The budget bounds the engine only, so the token is revoked either way.
     let synced = tokio::time::timeout(
         CYCLE_BUDGET,
-        sync_once(shared, claimed, &connection, &token.token, interval),
+        sync_once(shared, claimed, &connection, &token.token),
     )
     .await;
     token.revoke(store).await;
     match synced {
-        Ok(done) => Ok((done.map_err(classify)?, interval)),
+        Ok(done) => done.map_err(classify),
         Err(_) => Err(Failure::Transient(format!(
             "the cycle took longer than {} s; it goes on from where it stopped at the next run",
             CYCLE_BUDGET.as_secs()
@@ -304,8 +293,7 @@ async fn sync_once(
     claimed: &Lease,
     connection: &Connection,
     token: &str,
-    interval: i64,
-) -> anyhow::Result<SyncReport> {
+) -> anyhow::Result<(SyncReport, i64)> {
     let m = &connection.mailbox;
     let id = m.id.to_string();
     let cache_file = shared.settings.cache_dir.join(format!("{id}.db"));
@@ -327,7 +315,8 @@ async fn sync_once(
         cache: cache_file,
         on_behalf_of: None,
         local_root: None,
-        interval: Duration::from_secs(interval as u64),
+        // Replaced by the owner's R-T1 schedule at registration.
+        interval: Duration::from_secs(UNSCHEDULED_SECS as u64),
         max_message_size: MAX_MESSAGE_SIZE,
         mail: connection
             .imap
@@ -338,7 +327,12 @@ async fn sync_once(
         imap: connection.imap.as_ref().map(|(imap, _)| imap.clone()),
     };
     let agent = Agent::with_cache(config, cache).await?;
-    agent.sync_once(SyncOptions::default()).await
+    let report = agent.sync_once(SyncOptions::default()).await?;
+    // R-T1 as the registration answered it (the owner's settings).
+    let interval = agent
+        .scheduled_interval()
+        .map_or(UNSCHEDULED_SECS, |d| d.as_secs() as i64);
+    Ok((report, interval))
 }
 
 /// R-V5: waits for a free connection slot on the mailbox's mail server.

@@ -77,7 +77,7 @@ fn schedule_json(o: &MailboxOwner) -> Value {
 }
 
 /// R-T1: whether the owner's scheduled sync is on, and its interval in seconds.
-pub fn schedule(o: &MailboxOwner) -> (bool, u64) {
+fn schedule(o: &MailboxOwner) -> (bool, u64) {
     use crmsync_core::settings::parse_interval;
     let fallback = parse_interval(&o.org.sync_interval).unwrap_or(15 * 60);
     let chosen = parse_interval(&o.settings.schedule_interval).unwrap_or(fallback);
