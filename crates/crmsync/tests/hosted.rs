@@ -22,7 +22,7 @@ const USERS: usize = 12;
 const MESSAGES: usize = 15;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r_v4_three_serve_processes_one_killed_track_every_message_once() {
+async fn r_v6_three_serve_processes_one_killed_track_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let (_, db) = postgres_db().await;
     let token = Server::init(&db);

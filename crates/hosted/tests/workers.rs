@@ -2,7 +2,7 @@
 //! mailboxes connected to it (R-V4) with the agent's engine, on a real
 //! Dovecot and Radicale, over SQLite and PostgreSQL; their health follows
 //! R-V5 (a refused password waits for new credentials while the other
-//! mailboxes go on).
+//! mailboxes go on); a CRM change wakes them as it wakes an agent (R-T7).
 
 // Both test-server modules start Cyrus from the same file.
 #![allow(clippy::duplicate_mod)]
@@ -142,30 +142,6 @@ async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) 
         .count();
     assert_eq!(copies, 1, "tracked once, however many cycles");
 
-    // R-T7: a CRM change reaches the connected address book without
-    // waiting for the next scheduled cycle (15 minutes away).
-    let next = s.mailbox(&ann, &id).await["next_run_at"].clone();
-    assert!(next.is_string(), "{next}");
-    let (status, _) = s
-        .call(
-            &ann,
-            reqwest::Method::POST,
-            "/api/v1/contacts",
-            Some(json!({"last_name": "Newer"})),
-        )
-        .await;
-    assert_eq!(status, 201);
-    let woken = Instant::now();
-    eventually("the new contact in the address book", || async {
-        let listed = dav.changes_since("contacts", None).await.ok()?;
-        (listed.changed.len() == 2).then_some(())
-    })
-    .await;
-    assert!(
-        woken.elapsed() < Duration::from_secs(30),
-        "woken by the change, not the schedule"
-    );
-
     // The engine's state lives in the database on PostgreSQL (any process
     // continues the mailbox), in a file beside the database on SQLite.
     let cache_file = s.dir.path().join("mailbox-caches").join(format!("{id}.db"));
@@ -279,6 +255,51 @@ async fn r_v5_a_refused_password_waits_for_new_credentials_while_others_sync(pos
     );
 }
 
+async fn r_t7_a_crm_change_reaches_a_connected_mailbox_without_waiting_for_the_schedule(
+    postgres: bool,
+) {
+    let s = serve(postgres, true).await;
+    let ann = s.user("ann@example.com").await;
+    let radicale = dav_servers::Server::start(dav_servers::Kind::Radicale).await;
+    let body = json!({"name": "work",
+        "dav": {"contacts": radicale.url_of("contacts").to_string(),
+                "username": dav_servers::USER, "password": dav_servers::PASSWORD}});
+    let (status, created) = s
+        .call(&ann, reqwest::Method::POST, "/api/v1/mailboxes", Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    eventually("a first success", || async {
+        s.mailbox(&ann, &id).await["last_success_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    let dav = crmsync_dav::DavMailbox::new(&dav_servers::Server::config(&radicale)).unwrap();
+    // The next scheduled cycle is 15 minutes away.
+    let next = s.mailbox(&ann, &id).await["next_run_at"].clone();
+    assert!(next.is_string(), "{next}");
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"last_name": "Newer"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let woken = Instant::now();
+    eventually("the new contact in the address book", || async {
+        let listed = dav.changes_since("contacts", None).await.ok()?;
+        (listed.changed.len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        woken.elapsed() < Duration::from_secs(30),
+        "woken by the change, not the schedule"
+    );
+}
+
 macro_rules! both_dbs {
     ($($name:ident),*) => {$(
         mod $name {
@@ -292,5 +313,6 @@ macro_rules! both_dbs {
 
 both_dbs!(
     r_v4_a_connected_mailbox_is_synchronized_by_the_server,
-    r_v5_a_refused_password_waits_for_new_credentials_while_others_sync
+    r_v5_a_refused_password_waits_for_new_credentials_while_others_sync,
+    r_t7_a_crm_change_reaches_a_connected_mailbox_without_waiting_for_the_schedule
 );
