@@ -349,6 +349,22 @@ impl Cache {
         Ok(())
     }
 
+    /// Removes from a server's PostgreSQL database the caches of mailboxes
+    /// that are no longer connected (R-V1: a deleted mailbox leaves no
+    /// state behind). Returns the rows removed.
+    pub async fn forget_disconnected(pool: &AnyPool) -> anyhow::Result<u64> {
+        Cache::require_postgres(pool)?;
+        let mut removed = 0;
+        for table in TABLES {
+            let sql = format!(
+                "DELETE FROM {SHARED_PREFIX}{table} WHERE mailbox_id NOT IN \
+                 (SELECT {LEASE_KEY_COLUMN} FROM {LEASE_TABLE})"
+            );
+            removed += sqlx::query(&sql).execute(pool).await?.rows_affected();
+        }
+        Ok(removed)
+    }
+
     /// The cache of the mailbox `mailbox` in a server's PostgreSQL database
     /// (prepared by [`Cache::prepare_database`]); with `fence`, every write
     /// is made only while that lease is held (R-V4).

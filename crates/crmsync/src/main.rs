@@ -71,6 +71,11 @@ enum Command {
         /// (default 4 on PostgreSQL, 1 on SQLite; 0: none).
         #[arg(long)]
         sync_workers: Option<usize>,
+        /// At most this many synchronizations of this process at once
+        /// against one mail or DAV server.
+        #[arg(long, default_value_t = crmsync_hosted::DEFAULT_CONNECTIONS_PER_HOST as u64,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        sync_connections_per_host: u64,
     },
     /// Organization administration.
     Admin {
@@ -411,6 +416,7 @@ async fn start_workers(
     db: &str,
     address: std::net::SocketAddr,
     count: Option<usize>,
+    connections_per_host: usize,
 ) -> anyhow::Result<Option<crmsync_hosted::Workers>> {
     let count = count.unwrap_or(match store.kind {
         crmsync_server::db::DbKind::Postgres => 4,
@@ -430,6 +436,7 @@ async fn start_workers(
         cache_dir: crmsync_server::db::beside_sqlite(db, "mailbox-caches")
             .unwrap_or_else(|| std::env::temp_dir().join("crmsync-mailbox-spool")),
         holder: format!("pid {}", std::process::id()),
+        connections_per_host,
     };
     Ok(Some(
         crmsync_hosted::start_workers(store.clone(), settings).await?,
@@ -752,6 +759,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_body,
             key,
             sync_workers,
+            sync_connections_per_host,
         } => {
             let mut store = Store::connect(&db.db)
                 .await?
@@ -770,8 +778,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "crmsync server listening on http://{}",
                 listener.local_addr()?
             );
-            let _workers =
-                start_workers(&store, &db.db, listener.local_addr()?, sync_workers).await?;
+            let _workers = start_workers(
+                &store,
+                &db.db,
+                listener.local_addr()?,
+                sync_workers,
+                sync_connections_per_host as usize,
+            )
+            .await?;
             crmsync_server::serve(store, listener, max_body, shutdown_signal()).await
         }
         Command::Agent { config } => {

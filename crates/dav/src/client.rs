@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crmsync_mailbox::Error;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
@@ -225,6 +225,9 @@ pub fn status_error(url: &Url, what: &str, answer: &Answer) -> Error {
         405 => format!(
             "{what}: 405 Method Not Allowed: this URL is not a CalDAV/CardDAV collection; point [mailbox.dav] at the address book or calendar itself, not at a file or the home folder"
         ),
+        429 => format!(
+            "{what}: 429 Too Many Requests: the server limits how often this user may ask; retried later"
+        ),
         500..=599 => format!(
             "{what}: server error {code} ({}); retried at the next sync",
             answer.snippet()
@@ -240,9 +243,86 @@ pub fn status_error(url: &Url, what: &str, answer: &Answer) -> Error {
             reason,
         };
     }
+    if matches!(code, 429 | 503) {
+        if let Some(after) = retry_after(&answer.headers, std::time::SystemTime::now()) {
+            return Error::Throttled {
+                url: url.to_string(),
+                reason: format!(
+                    "{reason}; the server asks to wait {} s before trying again",
+                    after.as_secs()
+                ),
+                retry_after: after,
+            };
+        }
+    }
     Error::Remote {
         url: url.to_string(),
         status: Some(code),
         reason,
+    }
+}
+
+/// RFC 9110 §10.2.3: `Retry-After` is a number of seconds or an HTTP date;
+/// `None` when absent or unreadable (then the usual backoff applies).
+pub fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(code: u16, retry: Option<&str>) -> Answer {
+        let mut headers = HeaderMap::new();
+        if let Some(r) = retry {
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(r).unwrap());
+        }
+        Answer {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn r_v5_retry_after_in_seconds_or_as_a_date_is_read() {
+        let now = httpdate::parse_http_date("Thu, 03 Dec 2026 10:00:00 GMT").unwrap();
+        let read = |v: &str| retry_after(&answer(503, Some(v)).headers, now);
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            read("Thu, 03 Dec 2026 10:05:00 GMT"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            read("Thu, 03 Dec 2026 09:00:00 GMT"),
+            Some(Duration::ZERO),
+            "a past date: now"
+        );
+        assert_eq!(read("soon"), None);
+        assert_eq!(retry_after(&answer(503, None).headers, now), None);
+    }
+
+    #[test]
+    fn r_v5_a_busy_server_that_says_when_to_come_back_is_throttled() {
+        let url = Url::parse("http://dav.example/ann/contacts/").unwrap();
+        let busy = status_error(&url, "REPORT", &answer(429, Some("90")));
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(90)), "{busy}");
+        assert!(busy.to_string().contains("wait 90 s"), "{busy}");
+        let unavailable = status_error(&url, "REPORT", &answer(503, Some("30")));
+        assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(30)));
+        // Without the header, or on another status, the usual backoff applies.
+        assert_eq!(
+            status_error(&url, "REPORT", &answer(503, None)).retry_after(),
+            None
+        );
+        assert_eq!(
+            status_error(&url, "REPORT", &answer(500, Some("30"))).retry_after(),
+            None
+        );
     }
 }

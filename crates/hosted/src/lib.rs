@@ -3,8 +3,9 @@
 //! mailboxes' rows, API and leases; this crate brings the mail backends
 //! and the agent's engine to them.
 
+pub mod sweep;
 mod test;
 mod worker;
 
 pub use test::MailboxTester;
-pub use worker::{start as start_workers, WorkerSettings, Workers};
+pub use worker::{start as start_workers, WorkerSettings, Workers, DEFAULT_CONNECTIONS_PER_HOST};

@@ -2,6 +2,10 @@
 //! a synchronization would, and says what works and what does not, with
 //! the fix. It reads and changes nothing in the mailbox.
 
+use std::time::Duration;
+
+use tokio::time::timeout;
+
 use crmsync_agent::backends::{dav_config, imap_config};
 use crmsync_dav::DavMailbox;
 use crmsync_imap::ImapMailbox;
@@ -16,13 +20,44 @@ impl ConnectionTest for MailboxTester {
     async fn test(&self, connection: &Connection) -> Vec<Check> {
         let mut checks = Vec::new();
         if let Some((imap, folders)) = &connection.imap {
-            test_imap(&imap_config(imap, folders), &mut checks).await;
+            let config = imap_config(imap, folders);
+            let mut part = Vec::new();
+            let finished = timeout(TEST_LIMIT, test_imap(&config, &mut part)).await;
+            checks.append(&mut part);
+            if finished.is_err() {
+                checks.push(no_answer(
+                    "IMAP",
+                    &format!("the IMAP server {}", config.url()),
+                ));
+            }
         }
         if let Some(dav) = &connection.dav {
-            test_dav(dav, &mut checks).await;
+            let mut part = Vec::new();
+            let finished = timeout(TEST_LIMIT, test_dav(dav, &mut part)).await;
+            checks.append(&mut part);
+            if finished.is_err() {
+                checks.push(no_answer("DAV", "the DAV server"));
+            }
         }
         checks
     }
+}
+
+/// How long one part of the test (IMAP, DAV) may take: the person who
+/// pressed "Test" waits for the answer, and an unreachable host would
+/// otherwise keep them until the connection's own timeout. What the part
+/// found before is kept.
+const TEST_LIMIT: Duration = Duration::from_secs(15);
+
+fn no_answer(part: &str, server: &str) -> Check {
+    check(
+        part,
+        CheckStatus::Failed,
+        format!(
+            "{server} did not answer within {} s; check the host, port and security settings, and that the server is running and reachable from the CRM server",
+            TEST_LIMIT.as_secs()
+        ),
+    )
 }
 
 fn check(what: &str, status: CheckStatus, detail: impl Into<String>) -> Check {

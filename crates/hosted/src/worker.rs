@@ -28,6 +28,8 @@ use crmsync_server::mailboxes::lease::{self, CycleEnd, Lease, RENEW_EVERY};
 use crmsync_server::mailboxes::{self, Connection, MailboxState};
 use crmsync_server::Store;
 
+use crate::sweep;
+
 /// How long one cycle may take; its progress is saved as it goes (every
 /// item is committed), so the next cycle goes on from there.
 const CYCLE_BUDGET: Duration = Duration::from_secs(300);
@@ -36,8 +38,11 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// R-V5: backoff after transient failures: 1 minute, doubling, at most 1 hour.
 const BACKOFF_FIRST_SECS: i64 = 60;
 const BACKOFF_MAX_SECS: i64 = 3600;
-/// R-V5: at most this many cycles at once against one mail server.
-const PER_HOST: usize = 8;
+/// R-V5: the default cap of cycles at once against one mail or DAV server
+/// (`serve --sync-connections-per-host`).
+pub const DEFAULT_CONNECTIONS_PER_HOST: usize = 8;
+/// The longest wait a server's `Retry-After` can impose (R-V5).
+const RETRY_AFTER_MAX_SECS: i64 = 86_400;
 /// The next run of a mailbox whose owner turned the scheduled sync off:
 /// a daily look (a "Resync" runs it at once).
 const UNSCHEDULED_SECS: i64 = 86_400;
@@ -54,6 +59,9 @@ pub struct WorkerSettings {
     pub cache_dir: PathBuf,
     /// Names this process in `lease_holder` (host and process id).
     pub holder: String,
+    /// R-V5: at most this many cycles of this process at once against one
+    /// mail or DAV server.
+    pub connections_per_host: usize,
 }
 
 /// The running workers; dropping it stops them (a cycle cut off loses
@@ -97,12 +105,29 @@ pub async fn start(store: Store, settings: WorkerSettings) -> anyhow::Result<Wor
     tasks.push(tokio::spawn(
         async move { wake_on_crm_changes(&waker).await },
     ));
+    let sweeper = shared.clone();
+    tasks.push(tokio::spawn(async move { sweep_forever(&sweeper).await }));
     Ok(Workers { tasks })
 }
 
+/// R-V1: the caches of disconnected mailboxes go, whichever process
+/// disconnected them.
+async fn sweep_forever(shared: &Shared) {
+    loop {
+        match sweep::sweep(&shared.store, &shared.settings.cache_dir).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed the caches of disconnected mailboxes"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the caches of disconnected mailboxes")
+            }
+        }
+        tokio::time::sleep(sweep::SWEEP_EVERY).await;
+    }
+}
+
 /// R-T7 for connected mailboxes: a CRM change (committed by any process
-/// of the database, heard through the change feed) makes the mailboxes
-/// of the changed records' owners due now, as a running agent is woken.
+/// of the database, heard through the change feed) makes the mailboxes it
+/// may concern due now, as a running agent is woken.
 async fn wake_on_crm_changes(shared: &Shared) {
     let feed = &shared.store.changes;
     let mut seen = feed.version();
@@ -123,7 +148,7 @@ async fn wake_on_crm_changes(shared: &Shared) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let upto = feed.version();
         if upto > seen {
-            match lease::wake_owners_of_changes(&shared.store, seen, upto, unix_now()).await {
+            match lease::wake_mailboxes_of_changes(&shared.store, seen, upto, unix_now()).await {
                 Ok(_) => seen = upto,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make the mailboxes of changed records due")
@@ -155,6 +180,8 @@ enum Failure {
     /// more may be written, the outcome included.
     LeaseLost(String),
     Transient(String),
+    /// The server asked to be left alone this long (`Retry-After`).
+    Throttled(String, Duration),
 }
 
 /// One cycle under the lease, renewed while it runs; then its outcome.
@@ -174,7 +201,7 @@ async fn run(shared: &Shared, claimed: &Lease) {
     let label = match &outcome {
         Ok(_) => "ok",
         Err(Failure::Credentials(_)) => "needs_reconnect",
-        Err(Failure::Transient(_)) => "failing",
+        Err(Failure::Transient(_)) | Err(Failure::Throttled(..)) => "failing",
         Err(Failure::LeaseLost(_)) => "lease_lost",
     };
     metrics::counter!("crmsync_mailbox_cycles_total", "outcome" => label).increment(1);
@@ -201,12 +228,18 @@ async fn cycle_end(
     claimed: &Lease,
     outcome: Result<(SyncReport, i64), Failure>,
 ) -> anyhow::Result<CycleEnd> {
-    let now = unix_now();
     let mut conn = shared.store.pool.acquire().await?;
     let failures = mailboxes::store::get(&mut conn, claimed.mailbox)
         .await?
         .map_or(0, |m| m.failures)
         + 1;
+    Ok(end_of(outcome, unix_now(), failures))
+}
+
+/// R-V5 as a table: the state and next run after a cycle that ended at
+/// `now` with `outcome`, `failures` being the failures in a row this one
+/// included.
+fn end_of(outcome: Result<(SyncReport, i64), Failure>, now: i64, failures: i64) -> CycleEnd {
     let failed = |state, next_run_at, error| CycleEnd {
         state,
         next_run_at,
@@ -215,7 +248,7 @@ async fn cycle_end(
         counts: None,
         failures,
     };
-    Ok(match outcome {
+    match outcome {
         Ok((report, interval)) => CycleEnd {
             state: MailboxState::Active,
             next_run_at: now + interval,
@@ -232,7 +265,16 @@ async fn cycle_end(
         Err(Failure::Transient(e)) | Err(Failure::LeaseLost(e)) => {
             failed(MailboxState::Failing, now + backoff(failures), e)
         }
-    })
+        // R-V5: the server's word, not the backoff, says when to come back.
+        Err(Failure::Throttled(e, after)) => {
+            let wait = i64::try_from(after.as_secs()).unwrap_or(RETRY_AFTER_MAX_SECS);
+            failed(
+                MailboxState::Failing,
+                now + wait.clamp(1, RETRY_AFTER_MAX_SECS),
+                e,
+            )
+        }
+    }
 }
 
 /// R-V5: 1 minute after the first failure, doubling, at most an hour, with
@@ -268,7 +310,7 @@ async fn cycle(shared: &Shared, claimed: &Lease) -> Result<(SyncReport, i64), Fa
     };
     let connection =
         mailboxes::connection(store, mailbox).map_err(|e| Failure::Transient(e.message))?;
-    let _permit = host_permit(shared, &connection).await;
+    let _permits = host_permits(shared, &connection).await;
     let token = CycleToken::mint(store, connection.mailbox.user_id)
         .await
         .map_err(transient)?;
@@ -335,17 +377,35 @@ async fn sync_once(
     Ok((report, interval))
 }
 
-/// R-V5: waits for a free connection slot on the mailbox's mail server.
-async fn host_permit(shared: &Shared, c: &Connection) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let host = c.imap.as_ref().map(|(i, _)| i.host.clone())?;
-    let slots = shared
-        .hosts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(host)
-        .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
-        .clone();
-    slots.acquire_owned().await.ok()
+/// R-V5: waits for a free connection slot on each server the mailbox
+/// uses (its IMAP host, its DAV hosts), taken in name order so that two
+/// cycles never wait on each other.
+async fn host_permits(shared: &Shared, c: &Connection) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+    let mut hosts: Vec<String> = c.imap.iter().map(|(i, _)| i.host.clone()).collect();
+    if let Some(dav) = &c.dav {
+        let urls = [&dav.contacts, &dav.calendar, &dav.tasks, &dav.server];
+        hosts.extend(
+            urls.into_iter()
+                .flatten()
+                .filter_map(|u| url::Url::parse(u).ok()?.host_str().map(str::to_string)),
+        );
+    }
+    hosts.sort();
+    hosts.dedup();
+    let mut permits = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let slots = shared
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(shared.settings.connections_per_host.max(1)))
+            })
+            .clone();
+        permits.extend(slots.acquire_owned().await.ok());
+    }
+    permits
 }
 
 fn transient(e: impl std::fmt::Display) -> Failure {
@@ -355,12 +415,16 @@ fn transient(e: impl std::fmt::Display) -> Failure {
 /// A refused password stops the mailbox until new credentials come; a
 /// lost lease ends the cycle; anything else is retried with backoff.
 fn classify(e: anyhow::Error) -> Failure {
-    let refused = e.chain().any(|c| {
-        c.downcast_ref::<crmsync_mailbox::Error>()
-            .is_some_and(|m| m.is_authentication_failure())
-    });
+    let mailbox_errors = || {
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<crmsync_mailbox::Error>())
+    };
+    let refused = mailbox_errors().any(|m| m.is_authentication_failure());
+    let retry_after = mailbox_errors().find_map(|m| m.retry_after());
     if refused {
         Failure::Credentials(format!("{e:#}"))
+    } else if let Some(after) = retry_after {
+        Failure::Throttled(format!("{e:#}"), after)
     } else if e.is::<LeaseLost>() {
         Failure::LeaseLost(format!("{e:#}"))
     } else {
@@ -403,4 +467,58 @@ impl CycleToken {
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(e: crmsync_mailbox::Error) -> Failure {
+        classify(anyhow::Error::new(e).context("synchronizing the address book"))
+    }
+
+    #[test]
+    fn r_v5_a_server_asking_to_wait_is_left_alone_that_long() {
+        let busy = failure(crmsync_mailbox::Error::Throttled {
+            url: "http://dav.example/".into(),
+            reason: "429 Too Many Requests".into(),
+            retry_after: Duration::from_secs(600),
+        });
+        let end = end_of(Err(busy), 1_000, 1);
+        assert_eq!((end.state, end.next_run_at), (MailboxState::Failing, 1_600));
+        // Without a Retry-After the backoff applies: 1 minute (+ jitter).
+        let lost = failure(crmsync_mailbox::Error::Remote {
+            url: "http://dav.example/".into(),
+            status: None,
+            reason: "cannot connect".into(),
+        });
+        let end = end_of(Err(lost), 1_000, 1);
+        assert!(
+            (1_060..=1_072).contains(&end.next_run_at),
+            "{}",
+            end.next_run_at
+        );
+    }
+
+    #[test]
+    fn r_v5_refused_credentials_wait_for_new_ones() {
+        let refused = failure(crmsync_mailbox::Error::AuthenticationFailed {
+            url: "imap://mail.example".into(),
+            reason: "the server refused the password".into(),
+        });
+        let end = end_of(Err(refused), 1_000, 3);
+        assert_eq!(end.state, MailboxState::NeedsReconnect);
+        assert!(end.error.unwrap().contains("refused the password"));
+    }
+
+    #[test]
+    fn r_v5_backoff_doubles_from_a_minute_to_at_most_an_hour() {
+        for (failures, base) in [(1, 60), (2, 120), (3, 240), (7, 3600), (30, 3600)] {
+            let wait = backoff(failures);
+            assert!(
+                (base..=base + base / 5).contains(&wait),
+                "{failures}: {wait}"
+            );
+        }
+    }
 }

@@ -157,6 +157,49 @@ async fn r_v1_resync_makes_the_mailbox_due_now() {
     assert!(next <= unix_now(), "due now, not in an hour");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_v1_test_of_a_server_that_never_answers_ends_in_seconds_with_the_fix() {
+    let s = common::serve(false, false).await;
+    // Accepts the connection and says nothing: no IMAP greeting ever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let (status, created) = s
+        .call(
+            &s.admin,
+            reqwest::Method::POST,
+            "/api/v1/mailboxes",
+            Some(
+                json!({"name": "work", "imap": {"host": "127.0.0.1", "port": port, "username": "u",
+                                                 "password": "p", "security": "none"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let test = format!("/api/v1/mailboxes/{}/test", created["id"].as_str().unwrap());
+    let started = std::time::Instant::now();
+    let (status, answer) = s.call(&s.admin, reqwest::Method::POST, &test, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer["ok"], false, "{answer}");
+    let (status, detail) = check(&answer, "IMAP");
+    assert_eq!(status, "failed");
+    assert!(
+        detail.contains("did not answer") && detail.contains("check the host, port"),
+        "{detail}"
+    );
+    held.abort();
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

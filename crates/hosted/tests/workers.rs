@@ -157,6 +157,32 @@ async fn r_v4_a_connected_mailbox_is_synchronized_by_the_server(postgres: bool) 
     } else {
         assert!(cache_file.exists());
     }
+
+    // R-V1: disconnected, the mailbox leaves no engine state behind once
+    // the workers have swept (they do at start and every few minutes).
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/mailboxes/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let removed = crmsync_hosted::sweep::sweep(&s.store, &s.dir.path().join("mailbox-caches"))
+        .await
+        .unwrap();
+    assert!(removed >= 1, "something was swept");
+    assert!(!cache_file.exists(), "the cache file went");
+    if postgres {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM mailbox_cache_items WHERE mailbox_id = $1")
+                .bind(&id)
+                .fetch_one(&s.store.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 0, "the cache rows went");
+    }
 }
 
 async fn r_v5_a_refused_password_waits_for_new_credentials_while_others_sync(postgres: bool) {
@@ -263,6 +289,7 @@ async fn r_t7_a_crm_change_reaches_a_connected_mailbox_without_waiting_for_the_s
     let radicale = dav_servers::Server::start(dav_servers::Kind::Radicale).await;
     let body = json!({"name": "work",
         "dav": {"contacts": radicale.url_of("contacts").to_string(),
+                "calendar": radicale.url_of("calendar").to_string(),
                 "username": dav_servers::USER, "password": dav_servers::PASSWORD}});
     let (status, created) = s
         .call(&ann, reqwest::Method::POST, "/api/v1/mailboxes", Some(body))
@@ -297,6 +324,55 @@ async fn r_t7_a_crm_change_reaches_a_connected_mailbox_without_waiting_for_the_s
     assert!(
         woken.elapsed() < Duration::from_secs(30),
         "woken by the change, not the schedule"
+    );
+
+    // A record the mailbox holds that someone else owns (an invitation,
+    // fetched by a Resync), edited by its owner, wakes the mailbox too.
+    let (status, meeting) = s
+        .call(
+            &s.admin,
+            reqwest::Method::POST,
+            "/api/v1/appointments",
+            Some(json!({"subject": "Kick-off", "start": "2030-01-07T09:00:00Z", "end": "2030-01-07T10:00:00Z",
+                        "attendees": [{"email": "ann@example.com"}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{meeting}");
+    let (status, _) = s
+        .call(
+            &ann,
+            reqwest::Method::POST,
+            &format!("/api/v1/mailboxes/{id}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let etag = eventually("the invitation in the calendar", || async {
+        let listed = dav.changes_since("calendar", None).await.ok()?;
+        listed.changed.first().map(|c| c.etag.clone())
+    })
+    .await;
+    // Let the cycle that wrote it end, so that only the edit can wake it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let path = format!("/api/v1/appointments/{}", meeting["id"].as_str().unwrap());
+    let (status, _) = s
+        .call(
+            &s.admin,
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"subject": "Kick-off, moved"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let edited = Instant::now();
+    eventually("the edit in the calendar", || async {
+        let listed = dav.changes_since("calendar", None).await.ok()?;
+        (listed.changed.first()?.etag != etag).then_some(())
+    })
+    .await;
+    assert!(
+        edited.elapsed() < Duration::from_secs(30),
+        "an edit of a record the mailbox holds wakes it"
     );
 }
 

@@ -2,6 +2,7 @@
 //! which collection/item, and what happens next or what to do (STYLE.md §8).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::types::Etag;
 
@@ -95,6 +96,16 @@ pub enum Error {
     #[error("{url}: {reason}")]
     AuthenticationFailed { url: String, reason: String },
 
+    /// The server is busy or limits requests (HTTP 429 or 503) and said
+    /// when to come back (`Retry-After`); a server-side mailbox waits that
+    /// long before its next cycle (R-V5).
+    #[error("{url}: {reason}")]
+    Throttled {
+        url: String,
+        reason: String,
+        retry_after: Duration,
+    },
+
     #[error("mailbox backend task failed: {0}")]
     Task(String),
 }
@@ -110,6 +121,14 @@ impl Error {
     /// True when the server refused the user name or password.
     pub fn is_authentication_failure(&self) -> bool {
         matches!(self, Error::AuthenticationFailed { .. })
+    }
+
+    /// How long the server asked to be left alone, when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// True if the write was refused because another client changed the item.

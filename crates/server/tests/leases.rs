@@ -100,4 +100,34 @@ both_dbs! {
         assert_eq!([first.mailbox.to_string(), second.mailbox.to_string()], [ids[1].clone(), ids[0].clone()]);
         assert!(lease::claim(&s.store, "w", at).await.unwrap().is_none(), "needs_reconnect and disabled wait");
     }
+
+    async fn r_v5_new_credentials_during_a_cycle_win_over_its_outcome(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let body = json!({"name": "work",
+            "imap": {"host": "127.0.0.1", "port": 143, "security": "none", "username": "ann", "password": "old"}});
+        s.post(&ann, "/api/v1/mailboxes", body).await.expect(201);
+        let t0 = now() + 1;
+        let claimed = lease::claim(&s.store, "w", t0).await.unwrap().unwrap();
+        // While the cycle fails on the old password, the user gives a new one.
+        let path = format!("/api/v1/mailboxes/{}", claimed.mailbox);
+        s.patch(&ann, &path, json!({"imap": {"password": "new"}})).await.expect(200);
+        let refused = CycleEnd {
+            state: MailboxState::NeedsReconnect,
+            next_run_at: t0 + 3600,
+            succeeded_at: None,
+            error: Some("the server refused the password".into()),
+            counts: None,
+            failures: 1,
+        };
+        lease::finish(&s.store, &claimed, &refused).await.unwrap();
+        let m = s.get(&ann, &path).await.expect(200);
+        assert_eq!((m["state"].clone(), m["last_error"].clone()), (json!("active"), json!(null)), "{m}");
+        // Due at once with the new password, and freed.
+        let again = lease::claim(&s.store, "w", t0 + 1).await.unwrap().expect("due again");
+        assert!(again.generation > claimed.generation);
+        // A cycle with no change meanwhile records its outcome as before.
+        lease::finish(&s.store, &again, &refused).await.unwrap();
+        let m = s.get(&ann, &path).await.expect(200);
+        assert_eq!(m["state"], json!("needs_reconnect"), "{m}");
+    }
 }

@@ -239,6 +239,23 @@ both_dbs! {
         assert_eq!(s.post(&ann, "/api/v1/mailboxes", connect_body("laptop")).await.error(409), "name_taken");
     }
 
+    async fn r_v3_disconnecting_a_primary_mailbox_retires_its_client_and_the_laptop_takes_over(s: TestServer) {
+        let (_, ann) = s.add_user("ann@example.com").await;
+        let laptop = s.register(&ann, "laptop").await;
+        let created = s.post(&ann, "/api/v1/mailboxes", connect_body("work")).await.expect(201);
+        let client = created["client_id"].as_str().unwrap().to_string();
+        s.post(&ann, &format!("/api/v1/sync/clients/{client}/primary"), json!({})).await.expect(200);
+        assert_eq!(s.delete(&ann, &format!("/api/v1/mailboxes/{}", id(&created))).await.status, 204);
+        let clients = s.get(&ann, "/api/v1/sync/clients").await.expect(200);
+        let left: Vec<(Value, Value)> = clients["items"].as_array().unwrap().iter().map(|c| (c["id"].clone(), c["role"].clone())).collect();
+        assert_eq!(left, [(laptop["id"].clone(), json!("primary"))], "the mailbox's client is gone, the laptop is primary again");
+        for table in ["sync_entries", "sync_ops", "sync_batches"] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE client_id = $1"))
+                .bind(&client).fetch_one(&s.store.pool).await.unwrap();
+            assert_eq!(n, 0, "{table} of the retired client");
+        }
+    }
+
     async fn r_v5_new_credentials_make_a_mailbox_needing_them_active(s: TestServer) {
         let (_, ann) = s.add_user("ann@example.com").await;
         let created = s.post(&ann, "/api/v1/mailboxes", connect_body("work")).await.expect(201);

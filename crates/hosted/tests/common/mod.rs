@@ -61,6 +61,7 @@ pub async fn serve(postgres: bool, workers: bool) -> Server {
         crm_url: base.clone(),
         cache_dir: dir.path().join("mailbox-caches"),
         holder: "test".into(),
+        connections_per_host: crmsync_hosted::DEFAULT_CONNECTIONS_PER_HOST,
     };
     let workers = match workers {
         true => Some(

@@ -30,6 +30,9 @@ pub struct Lease {
     pub mailbox: Uuid,
     /// The fencing token: the row's `lease_token` when this claim took it.
     pub token: i64,
+    /// The row's `settings_generation` when this claim took it: a PATCH of
+    /// the connection settings meanwhile wins over the cycle's outcome.
+    pub generation: i64,
 }
 
 /// The lease was taken by another claim (or the mailbox deleted): the
@@ -61,7 +64,7 @@ pub async fn claim(store: &Store, holder: &str, now: i64) -> Result<Option<Lease
            AND id = (SELECT id FROM mailboxes WHERE {CLAIMABLE} AND next_run_at <= $3 \
            AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
            ORDER BY next_run_at LIMIT 1{skip_locked}) \
-         RETURNING id, lease_token"
+         RETURNING id, lease_token, settings_generation"
     );
     // Idle workers ask often: look first without taking SQLite's write lock.
     let due = sqlx::query(&format!(
@@ -88,6 +91,7 @@ pub async fn claim(store: &Store, holder: &str, now: i64) -> Result<Option<Lease
             mailbox: Uuid::parse_str(&id)
                 .map_err(|_| sqlx::Error::Decode("stored mailbox id is not a UUID".into()))?,
             token: r.try_get("lease_token")?,
+            generation: r.try_get("settings_generation")?,
         })
     })
     .transpose()
@@ -128,12 +132,18 @@ pub struct CycleEnd {
 
 /// Ends the cycle: records its outcome, sets the next run and frees the
 /// lease, if the lease is still this holder's (else `Lost`, and nothing
-/// changes).
+/// changes). When the connection settings changed during the cycle (a new
+/// password, say), the state, error and next run the change set stay: the
+/// outcome was reached with the old settings.
 pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), LeaseError> {
     let done = sqlx::query(
-        "UPDATE mailboxes SET lease_holder = NULL, lease_expires_at = NULL, next_run_at = $3, \
-           state = $4, last_success_at = COALESCE($5, last_success_at), last_error = $6, \
-           last_counts = COALESCE($7, last_counts), failures = $8 \
+        "UPDATE mailboxes SET lease_holder = NULL, lease_expires_at = NULL, \
+           next_run_at = CASE WHEN settings_generation = $9 THEN $3 ELSE next_run_at END, \
+           state = CASE WHEN settings_generation = $9 THEN $4 ELSE state END, \
+           last_success_at = COALESCE($5, last_success_at), \
+           last_error = CASE WHEN settings_generation = $9 THEN $6 ELSE last_error END, \
+           last_counts = COALESCE($7, last_counts), \
+           failures = CASE WHEN settings_generation = $9 THEN $8 ELSE failures END \
          WHERE id = $1 AND lease_token = $2",
     )
     .bind(lease.mailbox.to_string())
@@ -144,6 +154,7 @@ pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), 
     .bind(end.error.clone())
     .bind(end.counts.clone())
     .bind(end.failures)
+    .bind(lease.generation)
     .execute(&store.pool)
     .await?;
     match done.rows_affected() {
@@ -152,18 +163,24 @@ pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), 
     }
 }
 
-/// R-T7 for connected mailboxes: the active mailboxes of the owners of
-/// the records changed after version `after` (up to `upto`) are due at
-/// `now`. Proportional to the changes (a range of the version index).
-pub async fn wake_owners_of_changes(
+/// R-T7 for connected mailboxes: the active mailboxes that a record
+/// changed after version `after` (up to `upto`) may concern are due at
+/// `now`: its owner's, and those whose mailbox holds it (`sync_entries`,
+/// say an appointment Ann was invited to, edited by its organizer). Each
+/// is a range of the version index (joined by an index), so the cost
+/// follows the changes. A record new to a mailbox through another user's
+/// filter match (a new invitation) waits for the schedule.
+pub async fn wake_mailboxes_of_changes(
     store: &Store,
     after: i64,
     upto: i64,
     now: i64,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE mailboxes SET next_run_at = $1 WHERE state = 'active' AND next_run_at > $1 \
-         AND user_id IN (SELECT owner_id FROM records WHERE version > $2 AND version <= $3)",
+        "UPDATE mailboxes SET next_run_at = $1 WHERE state = 'active' AND next_run_at > $1 AND ( \
+           user_id IN (SELECT owner_id FROM records WHERE version > $2 AND version <= $3) \
+           OR client_id IN (SELECT e.client_id FROM records r JOIN sync_entries e ON e.record_id = r.id \
+                            WHERE r.version > $2 AND r.version <= $3))",
     )
     .bind(now)
     .bind(after)

@@ -542,7 +542,7 @@ pub async fn patch(store: &Store, caller: Caller, id: Uuid, body: &Value) -> Api
         }
     }
     m.modified_at = now_timestamp();
-    store::update_settings(&mut tx, &m).await?;
+    store::update_settings(&mut tx, &m, sections_changed).await?;
     tx.commit().await?;
     if kinds_changed {
         // SPEC §13: the next prepare of its client looks at the kinds again.
@@ -552,12 +552,19 @@ pub async fn patch(store: &Store, caller: Caller, id: Uuid, body: &Value) -> Api
 }
 
 /// R-V1: disconnects a mailbox: it is no longer synchronized; nothing in
-/// the CRM or in the mailbox is deleted. Its sync client stays registered
-/// (the API has no way to retire a client yet), with its role.
+/// the CRM or in the mailbox is deleted. Its sync client goes with it (the
+/// primary role passing to the user's oldest other client); the workers
+/// remove its engine cache (`crmsync_hosted`'s sweep).
 pub async fn delete(store: &Store, caller: Caller, id: Uuid) -> ApiResult<()> {
     let m = own(store, caller, id).await?;
-    let mut conn = store.pool.acquire().await?;
-    store::delete(&mut conn, m.id).await?;
+    let mut tx = store.begin().await?;
+    store::delete(&mut tx, m.id).await?;
+    if let Some(client) = crate::sync::store::get_client(&mut tx, m.client_id).await? {
+        crate::sync::store::retire_client(&mut tx, &client).await?;
+    }
+    tx.commit().await?;
+    // The user's other clients may have a new primary.
+    store.rules_changed().await?;
     Ok(())
 }
 

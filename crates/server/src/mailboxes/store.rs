@@ -118,10 +118,18 @@ pub async fn of_user(conn: &mut AnyConnection, user: Uuid) -> Result<Vec<Mailbox
 
 /// Writes what a PATCH changes: name, settings, secret, and the schedule
 /// and health a change of settings resets. The worker's columns (lease,
-/// last success, counts) are left alone.
-pub async fn update_settings(conn: &mut AnyConnection, m: &Mailbox) -> Result<(), sqlx::Error> {
+/// last success, counts) are left alone. `sections_changed` counts up the
+/// settings generation, so that a cycle already running on the old
+/// settings does not overwrite this state with its outcome
+/// (`lease::finish`).
+pub async fn update_settings(
+    conn: &mut AnyConnection,
+    m: &Mailbox,
+    sections_changed: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE mailboxes SET name = $1, settings = $2, secret = $3, modified_at = $4, state = $5, next_run_at = $6, failures = $7, last_error = $8 WHERE id = $9",
+        "UPDATE mailboxes SET name = $1, settings = $2, secret = $3, modified_at = $4, state = $5, next_run_at = $6, failures = $7, last_error = $8, \
+         settings_generation = settings_generation + $10 WHERE id = $9",
     )
     .bind(m.name.clone())
     .bind(settings_json(&m.settings))
@@ -132,6 +140,7 @@ pub async fn update_settings(conn: &mut AnyConnection, m: &Mailbox) -> Result<()
     .bind(m.failures)
     .bind(m.last_error.clone())
     .bind(m.id.to_string())
+    .bind(i64::from(sections_changed))
     .execute(conn)
     .await?;
     Ok(())
@@ -143,6 +152,15 @@ pub async fn delete(conn: &mut AnyConnection, id: Uuid) -> Result<bool, sqlx::Er
         .execute(conn)
         .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Every connected mailbox's id (the workers' sweep of disconnected
+/// mailboxes' caches).
+pub async fn ids(conn: &mut AnyConnection) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows = sqlx::query("SELECT id FROM mailboxes")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| uuid_col(r, "id")).collect()
 }
 
 /// Every mailbox's id and secret envelope (R-V2's key rotation).

@@ -280,6 +280,38 @@ pub async fn set_primary(
     Ok(())
 }
 
+/// Forgets a client that no longer exists (a disconnected mailbox, R-V1):
+/// its subscription, batches and stored push answers. The conflicts it
+/// logged stay (R-F6: nothing disappears silently). When it was the
+/// primary, the mailbox user's oldest other client takes the role, so the
+/// user keeps one (R-C1).
+pub async fn retire_client(conn: &mut AnyConnection, c: &Client) -> Result<(), sqlx::Error> {
+    drop_batches(&mut *conn, c.id).await?;
+    for sql in [
+        "DELETE FROM sync_pending WHERE client_id = $1",
+        "DELETE FROM sync_entries WHERE client_id = $1",
+        "DELETE FROM sync_ops WHERE client_id = $1",
+        "DELETE FROM sync_clients WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(c.id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    if c.is_primary {
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM sync_clients WHERE mailbox_user_id = $1 ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(c.mailbox_user_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(next) = next.and_then(|n| Uuid::parse_str(&n).ok()) {
+            set_primary(conn, c.mailbox_user_id, next).await?;
+        }
+    }
+    Ok(())
+}
+
 /// After a prepare: what has been considered, the batch now current, and
 /// when (the client's last synchronization).
 pub async fn advance_client(
