@@ -33,7 +33,13 @@ pub struct Config {
     pub dav: Option<DavSettings>,
     /// `[mailbox.imap]`: mail folders on an IMAP server.
     pub imap: Option<ImapSettings>,
+    /// `[offline]` (R-O1): where the offline copy is served, when it is
+    /// kept (`enabled = true`).
+    pub offline: Option<std::net::SocketAddr>,
 }
+
+/// `[offline] listen`'s default (SPEC §13).
+pub const OFFLINE_LISTEN: &str = "127.0.0.1:8481";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +59,14 @@ struct Raw {
     client: Option<RawClient>,
     mailbox: Option<RawMailbox>,
     sync: Option<RawSync>,
+    offline: Option<RawOffline>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffline {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +258,20 @@ impl Config {
                 ))
             })?,
         };
+        let offline = match raw.offline {
+            Some(RawOffline {
+                enabled: Some(true),
+                listen,
+            }) => {
+                let listen = listen.unwrap_or_else(|| OFFLINE_LISTEN.to_string());
+                Some(listen.parse().map_err(|_| {
+                    invalid(format!(
+                        "[offline] listen = {listen:?} is not an address; write it like \"{OFFLINE_LISTEN}\""
+                    ))
+                })?)
+            }
+            _ => None,
+        };
         Ok(Config {
             crm_url: url.trim_end_matches('/').to_string(),
             token,
@@ -256,6 +284,7 @@ impl Config {
             mail,
             dav,
             imap,
+            offline,
         })
     }
 }

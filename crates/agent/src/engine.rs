@@ -620,7 +620,8 @@ impl Agent {
         &self.mailbox
     }
 
-    pub(crate) fn crm(&self) -> &CrmClient {
+    /// The CRM server's API client (also the offline copy's, R-O1).
+    pub fn crm(&self) -> &CrmClient {
         &self.crm
     }
 

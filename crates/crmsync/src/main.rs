@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use crmsync_server::Store;
 
+mod offline;
+
 const DEFAULT_DB: &str = "sqlite://./crmsync-data/crm.db";
 
 #[derive(Parser)]
@@ -184,6 +186,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// Serve the offline copy of the CRM (the API and the web pages) at
+    /// [offline] listen, for working without a connection; the changes
+    /// made there go to the CRM at the next sync.
+    Offline {
+        /// The agent configuration (SPEC §13).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -401,6 +411,80 @@ impl std::fmt::Display for BadUsage {
 }
 
 impl std::error::Error for BadUsage {}
+
+/// R-O1 after a sync: the offline changes played back and the replica
+/// refreshed. A failure is reported and the sync's result stands.
+async fn keep_offline_copy(agent: &crmsync_agent::Agent) {
+    let cfg = agent.config();
+    if cfg.offline.is_none() {
+        return;
+    }
+    let Some((client, _)) = agent.crm_position() else {
+        return;
+    };
+    match offline::go_online(
+        agent.crm(),
+        &cfg.token,
+        &client,
+        &offline::replica_path(&cfg.cache),
+    )
+    .await
+    {
+        Ok(r) => {
+            if r.played_back > 0 || !r.refused.is_empty() {
+                eprintln!(
+                    "offline changes sent: {} ({} values discarded by merges: `crmsync status --conflicts`)",
+                    r.played_back, r.conflicts
+                );
+            }
+            for refused in &r.refused {
+                eprintln!("offline change refused, the CRM's version kept: {refused}");
+            }
+        }
+        Err(e) => eprintln!("offline copy: {e:#}"),
+    }
+}
+
+/// `crmsync agent` with an offline copy: after each sync the copy is kept
+/// (`keep_offline_copy`); while the CRM server cannot be reached the copy
+/// is served at `listen`, and it stops being served once a sync succeeds.
+async fn run_with_offline_copy(
+    agent: &crmsync_agent::Agent,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let (synced, mut outcomes) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let running = crmsync_agent::run::run(agent, shutdown_signal(), |result| {
+        log_sync(result);
+        let _ = synced.send(result.is_ok());
+    });
+    let offline = async {
+        let path = offline::replica_path(&agent.config().cache);
+        let mut serving: Option<tokio::sync::oneshot::Sender<()>> = None;
+        while let Some(ok) = outcomes.recv().await {
+            if ok {
+                if let Some(stop) = serving.take() {
+                    let _ = stop.send(());
+                    eprintln!("crmsync agent: the CRM server answers again; the offline copy is no longer served");
+                }
+                keep_offline_copy(agent).await;
+            } else if serving.is_none() && path.exists() {
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let until = async {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = offline::serve(&path, listen, until).await {
+                        eprintln!("offline copy: {e:#}");
+                    }
+                });
+                serving = Some(stop);
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(running, offline);
+    result
+}
 
 fn log_sync(result: &anyhow::Result<crmsync_agent::SyncReport>) {
     match result {
@@ -795,7 +879,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.display(),
                 agent.config().interval
             );
-            crmsync_agent::run::run(&agent, shutdown_signal(), log_sync).await
+            match agent.config().offline {
+                None => crmsync_agent::run::run(&agent, shutdown_signal(), log_sync).await,
+                Some(listen) => run_with_offline_copy(&agent, listen).await,
+            }
+        }
+        Command::Offline { config } => {
+            let cfg = crmsync_agent::Config::load(&config).map_err(|e| BadUsage(e.to_string()))?;
+            let Some(listen) = cfg.offline else {
+                return Err(BadUsage(format!(
+                    "{}: the offline copy is not enabled; add [offline] enabled = true and run `crmsync sync` once while the CRM server can be reached",
+                    config.display()
+                ))
+                .into());
+            };
+            offline::serve(
+                &offline::replica_path(&cfg.cache),
+                listen,
+                shutdown_signal(),
+            )
+            .await
         }
         Command::Up { dir, listen } => up(&dir, &listen).await,
         Command::Sync {
@@ -810,7 +913,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 })
                 .await?;
-            print_sync(&report, json)
+            print_sync(&report, json)?;
+            keep_offline_copy(&agent).await;
+            Ok(())
         }
         c @ (Command::Status {
             conflicts: true, ..
@@ -824,9 +929,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { config, json, .. } => {
             let agent = open_agent(&config).await?;
             let s = agent.status().await?;
+            let replica = match agent.config().offline {
+                Some(_) => offline::status(&offline::replica_path(&agent.config().cache)).await?,
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut out = serde_json::to_value(&s)?;
+                out["offline"] = match &replica {
+                    Some(r) => {
+                        serde_json::json!({"records": r.records, "bytes": r.bytes, "changes_waiting": r.waiting})
+                    }
+                    None => serde_json::Value::Null,
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
+                if let Some(r) = &replica {
+                    println!(
+                        "offline copy: {} records, {:.1} MB, {} changes waiting to be sent",
+                        r.records,
+                        r.bytes as f64 / 1e6,
+                        r.waiting
+                    );
+                }
                 println!(
                     "client: {}\nnot tracked (0): {}\nto be tracked (1): {}\ntracked (2): {}\npending operations: {}",
                     s.client_id.as_deref().unwrap_or("(not registered yet; run `crmsync sync`)"),

@@ -367,6 +367,7 @@ async fn sync_once(
             .unwrap_or_default(),
         dav: connection.dav.clone(),
         imap: connection.imap.as_ref().map(|(imap, _)| imap.clone()),
+        offline: None,
     };
     let agent = Agent::with_cache(config, cache).await?;
     let report = agent.sync_once(SyncOptions::default()).await?;

@@ -14,6 +14,7 @@ pub mod mailboxes;
 pub mod metrics;
 pub mod passwords;
 pub mod records;
+pub mod replica;
 pub mod secrets;
 pub mod store;
 pub mod sync;

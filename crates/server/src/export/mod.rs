@@ -12,6 +12,7 @@
 //! memory whole.
 
 mod records;
+pub(crate) use records::record_from_line;
 mod tables;
 
 use anyhow::{bail, Context};

@@ -58,7 +58,7 @@ pub async fn export_records(
 }
 
 /// Rebuilds a record from its export line, validating its fields as the API would.
-fn record_from_line(v: &Value) -> anyhow::Result<Record> {
+pub(crate) fn record_from_line(v: &Value) -> anyhow::Result<Record> {
     let set: EntitySet = text(v, "entity_set")?.parse()?;
     let mut fields: Map<String, Value> = v.as_object().cloned().unwrap_or_default();
     for k in ["type", "entity_set"]
