@@ -58,6 +58,7 @@ impl MailboxOwner {
             me: self.user.id,
             me_email: self.email.clone(),
             now,
+            regarding_owners: Default::default(),
         }
     }
 
