@@ -367,11 +367,13 @@ pub async fn init_organization(store: &Store, email: &str, name: &str) -> anyhow
     let org_name = email.rsplit_once('@').map_or(email, |(_, domain)| domain);
     let mut tx = store.begin().await?;
     store::insert_organization(&mut tx, Uuid::new_v4(), org_name, &now_timestamp()).await?;
+    let sync = crate::config::FilterKind::Sync;
     for (filter_name, set, condition) in crmsync_core::filter::default_filters() {
-        let filter = crate::config::SyncFilter::system(filter_name, set, condition);
+        let filter =
+            crate::config::Filter::system(sync, Uuid::new_v4(), filter_name, set, condition);
         store::put_config(
             &mut tx,
-            crate::config::FILTER_KIND,
+            sync.config_kind(),
             &filter.id.to_string(),
             &filter.to_json(),
         )
