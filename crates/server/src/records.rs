@@ -112,6 +112,19 @@ pub async fn create_in(
     body: &Value,
     version: i64,
 ) -> ApiResult<Created> {
+    create_with_id_in(conn, caller, set, body, version, Uuid::new_v4()).await
+}
+
+/// [`create_in`] under an id the client chose (an offline replica's,
+/// R-O1); the caller makes sure no row has it.
+pub async fn create_with_id_in(
+    conn: &mut AnyConnection,
+    caller: Caller,
+    set: EntitySet,
+    body: &Value,
+    version: i64,
+    id: Uuid,
+) -> ApiResult<Created> {
     let mut input = parse_input(set, body)?;
     if set == EntitySet::Users {
         caller.require_admin()?;
@@ -123,7 +136,6 @@ pub async fn create_in(
         user_defaults(&mut input.fields);
     }
     let fields = apply_input(set, None, &input)?;
-    let id = Uuid::new_v4();
     let owner_id = if set == EntitySet::Users {
         id
     } else {

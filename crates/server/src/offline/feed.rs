@@ -45,7 +45,7 @@ fn fingerprint(user: &MailboxOwner, filters: &[Filter], now: OffsetDateTime) -> 
 
 /// The record as the replica keeps it: as `GET /{set}/{id}` shows it,
 /// less the fields the user may not read (R-F3), plus its set.
-fn replica_record(user: &MailboxOwner, r: &Record) -> Value {
+pub(crate) fn replica_record(user: &MailboxOwner, r: &Record) -> Value {
     let mut out = r.to_json();
     let map: &mut Map<String, Value> = out.as_object_mut().expect("a record is an object");
     map.retain(|k, _| r.set.field(k).is_none() || user.may_read(r.set, k));
