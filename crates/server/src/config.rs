@@ -351,23 +351,22 @@ fn check_filter_access(caller: Caller, f: &Filter) -> ApiResult<()> {
 /// existed gets them too); their ids are fixed, so two servers doing this
 /// at once store the same documents.
 async fn stored_filters(store: &Store, kind: FilterKind) -> ApiResult<Vec<Value>> {
-    let all = store.list_config(kind.config_kind()).await?;
-    if !all.is_empty() || kind == FilterKind::Sync {
-        return Ok(all.into_iter().map(|(_, v)| v).collect());
+    let mut all = store.list_config(kind.config_kind()).await?;
+    if all.is_empty() && kind == FilterKind::Offline {
+        let mut tx = store.begin().await?;
+        for (name, set, condition) in crmsync_core::filter::default_offline_filters() {
+            let digest = sha2::Sha256::digest(format!("offline-filter:{name}").as_bytes());
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+            let filter = Filter::system(kind, id, name, set, condition);
+            store::put_config(&mut tx, kind.config_kind(), &id.to_string(), &filter.to_json())
+                .await?;
+        }
+        tx.commit().await?;
+        all = store.list_config(kind.config_kind()).await?;
     }
-    let mut tx = store.begin().await?;
-    let mut out = Vec::new();
-    for (name, set, condition) in crmsync_core::filter::default_offline_filters() {
-        let digest = sha2::Sha256::digest(format!("offline-filter:{name}").as_bytes());
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-        let filter = Filter::system(kind, id, name, set, condition);
-        store::put_config(&mut tx, kind.config_kind(), &id.to_string(), &filter.to_json()).await?;
-        out.push(filter.to_json());
-    }
-    tx.commit().await?;
-    Ok(out)
+    Ok(all.into_iter().map(|(_, v)| v).collect())
 }
 
 pub async fn list_filters(store: &Store, kind: FilterKind, caller: Caller) -> ApiResult<Vec<Value>> {
