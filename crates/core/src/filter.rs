@@ -211,7 +211,14 @@ impl Condition {
     /// name `regarding.owner_id` on sets that have a regarding.
     pub fn parse_offline(set: EntitySet, value: &Value) -> Result<Condition, String> {
         let mut nodes = 0;
-        parse_node(set, Fields::WithRegardingOwner, value, 0, &mut nodes, "condition")
+        parse_node(
+            set,
+            Fields::WithRegardingOwner,
+            value,
+            0,
+            &mut nodes,
+            "condition",
+        )
     }
 
     pub fn to_json(&self) -> Value {
@@ -278,7 +285,14 @@ fn parse_node(
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                parse_node(set, fields, c, depth + 1, nodes, &format!("{path}.{key}[{i}]"))
+                parse_node(
+                    set,
+                    fields,
+                    c,
+                    depth + 1,
+                    nodes,
+                    &format!("{path}.{key}[{i}]"),
+                )
             })
             .collect()
     };
@@ -870,7 +884,10 @@ mod tests {
         let mut task = contact(json!({"regarding": {"set": "accounts", "id": account}}));
         task.set = EntitySet::Tasks;
         let mut c = ctx();
-        assert!(!parsed.matches(EntitySet::Tasks, &task, &c), "owner unknown");
+        assert!(
+            !parsed.matches(EntitySet::Tasks, &task, &c),
+            "owner unknown"
+        );
         c.regarding_owners.insert(account, c.me);
         assert!(parsed.matches(EntitySet::Tasks, &task, &c));
         c.regarding_owners.insert(account, Uuid::new_v4());

@@ -11,8 +11,8 @@ use crmsync_core::field_rules::{
 };
 use crmsync_core::filter::{Condition, FilterScope};
 use crmsync_core::settings::{merge_patch, OrgSettings, UserSettings, MAILBOX_TYPES};
-use sha2::Digest;
 use crmsync_core::EntitySet;
+use sha2::Digest;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -360,8 +360,13 @@ async fn stored_filters(store: &Store, kind: FilterKind) -> ApiResult<Vec<Value>
             bytes.copy_from_slice(&digest[..16]);
             let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
             let filter = Filter::system(kind, id, name, set, condition);
-            store::put_config(&mut tx, kind.config_kind(), &id.to_string(), &filter.to_json())
-                .await?;
+            store::put_config(
+                &mut tx,
+                kind.config_kind(),
+                &id.to_string(),
+                &filter.to_json(),
+            )
+            .await?;
         }
         tx.commit().await?;
         all = store.list_config(kind.config_kind()).await?;
@@ -369,7 +374,11 @@ async fn stored_filters(store: &Store, kind: FilterKind) -> ApiResult<Vec<Value>
     Ok(all.into_iter().map(|(_, v)| v).collect())
 }
 
-pub async fn list_filters(store: &Store, kind: FilterKind, caller: Caller) -> ApiResult<Vec<Value>> {
+pub async fn list_filters(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+) -> ApiResult<Vec<Value>> {
     let all = stored_filters(store, kind).await?;
     Ok(all
         .into_iter()

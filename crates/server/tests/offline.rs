@@ -14,7 +14,10 @@ async fn feed(s: &TestServer, token: &str, since: i64) -> (Vec<Value>, Vec<Value
     let (mut records, mut removed, mut since) = (Vec::new(), Vec::new(), since);
     loop {
         let page = s
-            .get(token, &format!("/api/v1/offline/changes?since={since}&limit=2"))
+            .get(
+                token,
+                &format!("/api/v1/offline/changes?since={since}&limit=2"),
+            )
             .await
             .expect(200);
         records.extend(page["records"].as_array().unwrap().iter().cloned());
@@ -23,7 +26,12 @@ async fn feed(s: &TestServer, token: &str, since: i64) -> (Vec<Value>, Vec<Value
         assert!(next >= since, "{page}");
         since = next;
         if page["more"] == false {
-            return (records, removed, since, page["filters"].as_str().unwrap().into());
+            return (
+                records,
+                removed,
+                since,
+                page["filters"].as_str().unwrap().into(),
+            );
         }
     }
 }

@@ -551,7 +551,12 @@ fn admin_paths(paths: &mut Paths) {
     );
 
     filter_paths(paths, FilterKind::Sync, "sync-filters", "sync_filter");
-    filter_paths(paths, FilterKind::Offline, "offline-filters", "offline_filter");
+    filter_paths(
+        paths,
+        FilterKind::Offline,
+        "offline-filters",
+        "offline_filter",
+    );
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some("list_user_offline_filters"))
@@ -829,12 +834,7 @@ fn filter_paths(paths: &mut Paths, kind: FilterKind, path: &str, id: &str) {
                 Some(any_object().into()),
             ),
         );
-    add(
-        paths,
-        &base,
-        HttpMethod::Get,
-        error_responses(op, &["401"]),
-    );
+    add(paths, &base, HttpMethod::Get, error_responses(op, &["401"]));
     let op = OperationBuilder::new()
         .tag(tag)
         .operation_id(Some(format!("create_{id}")))
@@ -881,7 +881,6 @@ fn filter_paths(paths: &mut Paths, kind: FilterKind, path: &str, id: &str) {
         HttpMethod::Delete,
         error_responses(op, &["400", "401", "403", "404"]),
     );
-
 }
 
 /// R-O1: the change feed and identity of an offline replica.
@@ -991,7 +990,8 @@ fn sync_paths(paths: &mut Paths) {
         .property("mailbox_modified_at", string(Some("date-time")))
         .property(
             "modified_at",
-            string(Some("date-time")).description(Some("offline_update: when the replica changed the record")),
+            string(Some("date-time"))
+                .description(Some("offline_update: when the replica changed the record")),
         )
         .property(
             "delete_in_crm",

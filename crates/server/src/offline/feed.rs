@@ -141,7 +141,11 @@ pub async fn changes(store: &Store, caller: Caller, since: i64, limit: i64) -> A
         }
     }
     let last = rows.last().map_or(since, |r| r.position().0);
-    let next_since = if more { last } else { last.max(committed).max(since) };
+    let next_since = if more {
+        last
+    } else {
+        last.max(committed).max(since)
+    };
     Ok(json!({
         "records": records, "removed": removed, "next_since": next_since, "more": more,
         "filters": fingerprint(&user, &filters, now),

@@ -90,7 +90,9 @@ pub(super) async fn create(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &V
         Some((_, true)) => {
             let mut r = refuse(
                 "not_found",
-                format!("{set} {id} was created and then deleted in the CRM; the offline copy drops it"),
+                format!(
+                    "{set} {id} was created and then deleted in the CRM; the offline copy drops it"
+                ),
             );
             r.record = Some(Value::Null);
             return Err(r);
