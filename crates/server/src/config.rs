@@ -56,11 +56,12 @@ pub async fn patch_org_settings(
     Ok(next)
 }
 
-async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> {
+/// Only the user or an admin may see `what` of a user.
+async fn check_user(store: &Store, caller: Caller, user: Uuid, what: &str) -> ApiResult<()> {
     if !caller.is_admin && caller.user_id != user {
-        return Err(ApiError::forbidden(
-            "users may read and change only their own settings",
-        ));
+        return Err(ApiError::forbidden(format!(
+            "users may see only their own {what}; an admin sees everyone's"
+        )));
     }
     let mut conn = store.pool.acquire().await?;
     if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
@@ -70,7 +71,7 @@ async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> 
 }
 
 pub async fn user_settings(store: &Store, caller: Caller, user: Uuid) -> ApiResult<UserSettings> {
-    check_user(store, caller, user).await?;
+    check_user(store, caller, user, "settings").await?;
     stored_user_settings(store, user).await
 }
 
@@ -566,7 +567,7 @@ pub async fn filters_of_user(
     caller: Caller,
     user: Uuid,
 ) -> ApiResult<Vec<Value>> {
-    check_user(store, caller, user).await?;
+    check_user(store, caller, user, &format!("{}s", kind.noun())).await?;
     Ok(filters_for(store, kind, user)
         .await?
         .iter()
