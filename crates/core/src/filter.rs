@@ -1,6 +1,6 @@
-//! Sync filters (R-S6): condition trees over a record's fields, with `@me`
-//! and relative dates. This module parses and validates them; evaluation
-//! comes with the sync protocol.
+//! Sync filters (R-S6) and offline filters (R-O1): condition trees over a
+//! record's fields, with `@me` and relative dates. This module parses,
+//! validates and evaluates them in memory; the SQL form is the server's.
 //!
 //! JSON form: `{"all": [..]}`, `{"any": [..]}`, `{"not": {..}}` or
 //! `{"field": "owner_id", "op": "eq", "value": "@me"}`.
@@ -12,6 +12,10 @@ use uuid::Uuid;
 use crate::entity::EntitySet;
 use crate::field::FieldKind;
 use crate::record::Record;
+
+/// The owner of the record a `regarding` field points to: a condition
+/// field of offline filters only (R-O1), as it needs a second record.
+pub const REGARDING_OWNER: &str = "regarding.owner_id";
 
 const MAX_DEPTH: usize = 16;
 const MAX_NODES: usize = 256;
@@ -77,9 +81,23 @@ enum Subject {
     Timestamp,
 }
 
-fn subject(set: EntitySet, field: &str) -> Option<Subject> {
+/// Which condition fields a tree may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fields {
+    /// The record's own fields (sync filters, R-S6).
+    Own,
+    /// Also `regarding.owner_id` (offline filters, R-O1).
+    WithRegardingOwner,
+}
+
+fn subject(set: EntitySet, field: &str, fields: Fields) -> Option<Subject> {
     match field {
         "owner_id" => Some(Subject::Owner),
+        REGARDING_OWNER
+            if fields == Fields::WithRegardingOwner && set.field("regarding").is_some() =>
+        {
+            Some(Subject::Owner)
+        }
         "state" => Some(Subject::State),
         "created_at" | "modified_at" => Some(Subject::Timestamp),
         _ => set.field(field).map(|f| Subject::Kind(f.kind)),
@@ -186,7 +204,21 @@ impl Condition {
     /// Parses and validates a condition tree for one entity set.
     pub fn parse(set: EntitySet, value: &Value) -> Result<Condition, String> {
         let mut nodes = 0;
-        parse_node(set, value, 0, &mut nodes, "condition")
+        parse_node(set, Fields::Own, value, 0, &mut nodes, "condition")
+    }
+
+    /// [`Condition::parse`] for an offline filter (R-O1), which may also
+    /// name `regarding.owner_id` on sets that have a regarding.
+    pub fn parse_offline(set: EntitySet, value: &Value) -> Result<Condition, String> {
+        let mut nodes = 0;
+        parse_node(
+            set,
+            Fields::WithRegardingOwner,
+            value,
+            0,
+            &mut nodes,
+            "condition",
+        )
     }
 
     pub fn to_json(&self) -> Value {
@@ -227,6 +259,7 @@ impl Condition {
 
 fn parse_node(
     set: EntitySet,
+    fields: Fields,
     value: &Value,
     depth: usize,
     nodes: &mut usize,
@@ -251,7 +284,16 @@ fn parse_node(
         items
             .iter()
             .enumerate()
-            .map(|(i, c)| parse_node(set, c, depth + 1, nodes, &format!("{path}.{key}[{i}]")))
+            .map(|(i, c)| {
+                parse_node(
+                    set,
+                    fields,
+                    c,
+                    depth + 1,
+                    nodes,
+                    &format!("{path}.{key}[{i}]"),
+                )
+            })
             .collect()
     };
     if obj.len() == 1 {
@@ -262,7 +304,7 @@ fn parse_node(
             return children("any", list, nodes).map(Condition::Any);
         }
         if let Some(inner) = obj.get("not") {
-            return parse_node(set, inner, depth + 1, nodes, &format!("{path}.not"))
+            return parse_node(set, fields, inner, depth + 1, nodes, &format!("{path}.not"))
                 .map(|c| Condition::Not(Box::new(c)));
         }
     }
@@ -276,8 +318,8 @@ fn parse_node(
         .get("field")
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{path}: needs 'field'"))?;
-    let s =
-        subject(set, field).ok_or_else(|| format!("{path}: '{field}' is not a field of {set}"))?;
+    let s = subject(set, field, fields)
+        .ok_or_else(|| format!("{path}: '{field}' is not a field of {set}"))?;
     let op_name = obj
         .get("op")
         .and_then(Value::as_str)
@@ -365,12 +407,24 @@ fn parse_node(
 }
 
 /// What a condition is evaluated against besides the record: who "@me"
-/// is and what time "@now" is.
+/// is, what time "@now" is, and for `regarding.owner_id` the owners of the
+/// records that regarding fields point to (the caller looks up those of
+/// the records it evaluates; a regarding missing here matches nothing).
 #[derive(Debug, Clone)]
 pub struct EvalContext {
     pub me: Uuid,
     pub me_email: String,
     pub now: time::OffsetDateTime,
+    pub regarding_owners: std::collections::HashMap<Uuid, Uuid>,
+}
+
+/// The id of the record a record's `regarding` points to.
+pub fn regarding_id(r: &Record) -> Option<Uuid> {
+    r.fields
+        .get("regarding")?
+        .get("id")?
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 impl EvalContext {
@@ -386,10 +440,13 @@ impl EvalContext {
 }
 
 /// The value of a field as filters see it: the common columns come from
-/// the record itself.
-fn field_value(r: &Record, field: &str) -> Option<Value> {
+/// the record itself, the regarding's owner from the context.
+fn field_value(r: &Record, field: &str, ctx: &EvalContext) -> Option<Value> {
     match field {
         "owner_id" => Some(json!(r.owner_id)),
+        REGARDING_OWNER => regarding_id(r)
+            .and_then(|id| ctx.regarding_owners.get(&id))
+            .map(|owner| json!(owner)),
         "state" => Some(json!(r.state)),
         "created_at" => Some(json!(r.created_at)),
         "modified_at" => Some(json!(r.modified_at)),
@@ -442,12 +499,14 @@ impl Condition {
             Condition::Not(c) => !c.matches(set, r, ctx),
             Condition::Compare { field, op, value } => {
                 let kind = set.field(field).map(|f| f.kind);
-                let actual = field_value(r, field);
+                let actual = field_value(r, field, ctx);
                 let Some(actual) = actual else {
                     return *op == Op::IsNull;
                 };
                 let target = match value {
-                    Operand::Me if field == "owner_id" => json!(ctx.me),
+                    Operand::Me if field == "owner_id" || field == REGARDING_OWNER => {
+                        json!(ctx.me)
+                    }
                     Operand::Me => json!(ctx.me_email),
                     Operand::Now(offset) => json!(ctx.now_text(field, *offset)),
                     Operand::Literal(v) => v.clone(),
@@ -478,6 +537,16 @@ impl Condition {
                     },
                 }
             }
+        }
+    }
+
+    /// Whether the condition compares with a time relative to now, so
+    /// that its result can change from one day to the next.
+    pub fn uses_now(&self) -> bool {
+        match self {
+            Condition::All(c) | Condition::Any(c) => c.iter().any(Condition::uses_now),
+            Condition::Not(c) => c.uses_now(),
+            Condition::Compare { value, .. } => matches!(value, Operand::Now(_)),
         }
     }
 
@@ -586,6 +655,47 @@ pub fn default_filters() -> Vec<(String, EntitySet, Value)> {
     out
 }
 
+/// The default offline filters (R-O1): the active accounts, contacts,
+/// leads, opportunities and cases the user owns, and the activities and
+/// emails regarding them from the last 90 days.
+pub fn default_offline_filters() -> Vec<(String, EntitySet, Value)> {
+    let mut out = Vec::new();
+    for (set, active) in [
+        (EntitySet::Accounts, "active"),
+        (EntitySet::Contacts, "active"),
+        (EntitySet::Leads, "open"),
+        (EntitySet::Opportunities, "open"),
+        (EntitySet::Cases, "active"),
+    ] {
+        out.push((
+            format!("My active {set}"),
+            set,
+            json!({"all": [
+                {"field": "owner_id", "op": "eq", "value": "@me"},
+                {"field": "state", "op": "eq", "value": active}
+            ]}),
+        ));
+    }
+    for set in [
+        EntitySet::Appointments,
+        EntitySet::Tasks,
+        EntitySet::Phonecalls,
+        EntitySet::Letters,
+        EntitySet::Faxes,
+        EntitySet::Emails,
+    ] {
+        out.push((
+            format!("Recent {set} regarding my records"),
+            set,
+            json!({"all": [
+                {"field": REGARDING_OWNER, "op": "eq", "value": "@me"},
+                {"field": "modified_at", "op": "ge", "value": "@now-90d"}
+            ]}),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +760,7 @@ mod tests {
             me: Uuid::nil(),
             me_email: "Me@Example.com".into(),
             now: crate::time::parse_datetime("2026-11-25T00:00:00Z").unwrap(),
+            regarding_owners: Default::default(),
         }
     }
 
@@ -755,6 +866,35 @@ mod tests {
                     .may_gain_matches_over_time(),
                 "{set}"
             );
+        }
+    }
+
+    #[test]
+    fn r_o1_regarding_owner_is_an_offline_field_looked_up_in_the_context() {
+        let cond = json!({"field": REGARDING_OWNER, "op": "eq", "value": "@me"});
+        assert!(Condition::parse(EntitySet::Tasks, &cond)
+            .unwrap_err()
+            .contains("not a field"));
+        assert!(Condition::parse_offline(EntitySet::Contacts, &cond)
+            .unwrap_err()
+            .contains("not a field"));
+        let parsed = Condition::parse_offline(EntitySet::Tasks, &cond).unwrap();
+        assert_eq!(parsed.to_json(), cond);
+        let account = Uuid::new_v4();
+        let mut task = contact(json!({"regarding": {"set": "accounts", "id": account}}));
+        task.set = EntitySet::Tasks;
+        let mut c = ctx();
+        assert!(
+            !parsed.matches(EntitySet::Tasks, &task, &c),
+            "owner unknown"
+        );
+        c.regarding_owners.insert(account, c.me);
+        assert!(parsed.matches(EntitySet::Tasks, &task, &c));
+        c.regarding_owners.insert(account, Uuid::new_v4());
+        assert!(!parsed.matches(EntitySet::Tasks, &task, &c));
+        for (_, set, cond) in default_offline_filters() {
+            let parsed = Condition::parse_offline(set, &cond).unwrap();
+            assert_eq!(parsed.to_json(), cond, "{set}");
         }
     }
 

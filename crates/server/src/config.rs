@@ -1,6 +1,6 @@
 //! Admin-managed configuration: organization and user settings, sync
-//! filters (R-S6), sync-field directions (R-F1) and field-level security
-//! (R-F3). Validation lives in crmsync-core; this module stores documents
+//! filters (R-S6) and offline filters (R-O1), sync-field directions (R-F1)
+//! and field-level security (R-F3). Validation lives in crmsync-core; this module stores documents
 //! and applies who-may-change-what.
 
 use serde_json::{json, Value};
@@ -12,6 +12,7 @@ use crmsync_core::field_rules::{
 use crmsync_core::filter::{Condition, FilterScope};
 use crmsync_core::settings::{merge_patch, OrgSettings, UserSettings, MAILBOX_TYPES};
 use crmsync_core::EntitySet;
+use sha2::Digest;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -19,7 +20,6 @@ use crate::store::{self, Store};
 use crate::sync::store::{self as sync_store, reevaluate};
 
 pub const SETTINGS_KIND: &str = "settings";
-pub const FILTER_KIND: &str = "sync_filter";
 pub const SYNC_FIELDS_KIND: &str = "sync_fields";
 pub const FIELD_SECURITY_KIND: &str = "field_security";
 const ORG_KEY: &str = "organization";
@@ -56,11 +56,12 @@ pub async fn patch_org_settings(
     Ok(next)
 }
 
-async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> {
+/// Only the user or an admin may see `what` of a user.
+async fn check_user(store: &Store, caller: Caller, user: Uuid, what: &str) -> ApiResult<()> {
     if !caller.is_admin && caller.user_id != user {
-        return Err(ApiError::forbidden(
-            "users may read and change only their own settings",
-        ));
+        return Err(ApiError::forbidden(format!(
+            "users may see only their own {what}; an admin sees everyone's"
+        )));
     }
     let mut conn = store.pool.acquire().await?;
     if !store::record_exists(&mut conn, EntitySet::Users, user).await? {
@@ -70,7 +71,7 @@ async fn check_user(store: &Store, caller: Caller, user: Uuid) -> ApiResult<()> 
 }
 
 pub async fn user_settings(store: &Store, caller: Caller, user: Uuid) -> ApiResult<UserSettings> {
-    check_user(store, caller, user).await?;
+    check_user(store, caller, user, "settings").await?;
     stored_user_settings(store, user).await
 }
 
@@ -102,9 +103,85 @@ pub async fn patch_user_settings(
     Ok(next)
 }
 
-/// A sync filter (R-S6) as stored and shown.
+/// The two kinds of filter: what goes to mailboxes (R-S6) and what an
+/// offline replica keeps (R-O1). Same condition trees, same access rules,
+/// stored apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterKind {
+    Sync,
+    Offline,
+}
+
+impl FilterKind {
+    /// The kind of its documents in the config table.
+    pub fn config_kind(self) -> &'static str {
+        match self {
+            FilterKind::Sync => "sync_filter",
+            FilterKind::Offline => "offline_filter",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            FilterKind::Sync => "sync filter",
+            FilterKind::Offline => "offline filter",
+        }
+    }
+
+    /// The sets a filter of this kind may select.
+    pub fn sets(self) -> Vec<EntitySet> {
+        match self {
+            FilterKind::Sync => MAILBOX_TYPES.to_vec(),
+            FilterKind::Offline => EntitySet::ALL
+                .into_iter()
+                .filter(|s| *s != EntitySet::Users)
+                .collect(),
+        }
+    }
+
+    fn check_set(self, set: EntitySet) -> ApiResult<()> {
+        if self.sets().contains(&set) {
+            return Ok(());
+        }
+        let allowed = self.sets().iter().map(|s| s.as_str()).collect::<Vec<_>>();
+        let why = match self {
+            FilterKind::Sync => "is never delivered to mailboxes",
+            FilterKind::Offline => "are never kept offline",
+        };
+        Err(ApiError::invalid(format!(
+            "entity_set: {set} {why}; {}s apply to {}",
+            self.noun(),
+            allowed.join(", ")
+        )))
+    }
+
+    fn parse_condition(self, set: EntitySet, condition: &Value) -> Result<Condition, String> {
+        match self {
+            FilterKind::Sync => Condition::parse(set, condition),
+            FilterKind::Offline => Condition::parse_offline(set, condition),
+        }
+    }
+
+    /// After a filter changed: sync filters decide deliveries, so the
+    /// clients concerned re-evaluate (R-S6). Offline replicas see the
+    /// change in the feed's filter fingerprint (R-O1).
+    async fn changed(
+        self,
+        store: &Store,
+        conn: &mut sqlx::AnyConnection,
+        user: Option<Uuid>,
+    ) -> ApiResult<()> {
+        if self == FilterKind::Sync {
+            reevaluate(conn, user).await?;
+            store.rules_changed().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A filter (R-S6, R-O1) as stored and shown.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SyncFilter {
+pub struct Filter {
     pub id: Uuid,
     pub name: String,
     pub entity_set: EntitySet,
@@ -114,23 +191,32 @@ pub struct SyncFilter {
     pub condition: Condition,
 }
 
-impl SyncFilter {
-    pub fn system(name: String, entity_set: EntitySet, condition: Value) -> SyncFilter {
-        SyncFilter {
-            id: Uuid::new_v4(),
+impl Filter {
+    /// A default system filter.
+    pub fn system(
+        kind: FilterKind,
+        id: Uuid,
+        name: String,
+        entity_set: EntitySet,
+        condition: Value,
+    ) -> Filter {
+        Filter {
+            id,
             name,
             entity_set,
             scope: FilterScope::System,
             user_id: None,
             active: true,
-            condition: Condition::parse(entity_set, &condition).expect("default filters are valid"),
+            condition: kind
+                .parse_condition(entity_set, &condition)
+                .expect("default filters are valid"),
         }
     }
 
     /// A filter as stored (validated when it was written).
-    pub fn from_stored(v: &Value) -> Option<SyncFilter> {
+    pub fn from_stored(kind: FilterKind, v: &Value) -> Option<Filter> {
         let set: EntitySet = v.get("entity_set")?.as_str()?.parse().ok()?;
-        Some(SyncFilter {
+        Some(Filter {
             id: Uuid::parse_str(v.get("id")?.as_str()?).ok()?,
             name: v.get("name")?.as_str()?.to_string(),
             entity_set: set,
@@ -140,7 +226,7 @@ impl SyncFilter {
                 .and_then(Value::as_str)
                 .and_then(|u| Uuid::parse_str(u).ok()),
             active: v.get("active")?.as_bool()?,
-            condition: Condition::parse(set, v.get("condition")?).ok()?,
+            condition: kind.parse_condition(set, v.get("condition")?).ok()?,
         })
     }
 
@@ -153,7 +239,12 @@ impl SyncFilter {
 
     /// Parses a filter from its JSON form; `base` holds the current values
     /// for a PATCH (keys missing from `body` keep them).
-    fn parse(body: &Value, base: Option<&Value>, caller: Caller) -> ApiResult<SyncFilter> {
+    fn parse(
+        kind: FilterKind,
+        body: &Value,
+        base: Option<&Value>,
+        caller: Caller,
+    ) -> ApiResult<Filter> {
         const KEYS: &[&str] = &[
             "id",
             "name",
@@ -195,12 +286,7 @@ impl SyncFilter {
             .map_err(|e: crmsync_core::entity::UnknownEntitySet| {
                 ApiError::invalid(format!("entity_set: {e}"))
             })?;
-        if !MAILBOX_TYPES.contains(&set) {
-            return Err(ApiError::invalid(format!(
-                "entity_set: {set} is never delivered to mailboxes; filters apply to {}",
-                MAILBOX_TYPES.map(|s| s.as_str()).join(", ")
-            )));
-        }
+        kind.check_set(set)?;
         let scope: FilterScope = match get("scope") {
             None => FilterScope::User,
             Some(v) => serde_json::from_value(v.clone())
@@ -227,13 +313,15 @@ impl SyncFilter {
                 .ok_or_else(|| ApiError::invalid("active: must be true or false"))?,
         };
         let condition = get("condition").ok_or_else(|| ApiError::invalid("condition: required"))?;
-        let condition = Condition::parse(set, condition).map_err(ApiError::invalid)?;
+        let condition = kind
+            .parse_condition(set, condition)
+            .map_err(ApiError::invalid)?;
         let id = merged
             .get("id")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok())
             .unwrap_or_else(Uuid::new_v4);
-        Ok(SyncFilter {
+        Ok(Filter {
             id,
             name: name.trim().to_string(),
             entity_set: set,
@@ -246,7 +334,7 @@ impl SyncFilter {
 }
 
 /// System filters are the admin's; user filters belong to their user.
-fn check_filter_access(caller: Caller, f: &SyncFilter) -> ApiResult<()> {
+fn check_filter_access(caller: Caller, f: &Filter) -> ApiResult<()> {
     match (f.scope, f.user_id) {
         _ if caller.is_admin => Ok(()),
         (FilterScope::User, Some(u)) if u == caller.user_id => Ok(()),
@@ -259,11 +347,42 @@ fn check_filter_access(caller: Caller, f: &SyncFilter) -> ApiResult<()> {
     }
 }
 
-pub async fn list_filters(store: &Store, caller: Caller) -> ApiResult<Vec<Value>> {
-    let all = store.list_config(FILTER_KIND).await?;
+/// The stored filters of a kind. Offline filters start as the defaults
+/// of R-O1, stored when none are (an organization made before they
+/// existed gets them too); their ids are fixed, so two servers doing this
+/// at once store the same documents.
+async fn stored_filters(store: &Store, kind: FilterKind) -> ApiResult<Vec<Value>> {
+    let mut all = store.list_config(kind.config_kind()).await?;
+    if all.is_empty() && kind == FilterKind::Offline {
+        let mut tx = store.begin().await?;
+        for (name, set, condition) in crmsync_core::filter::default_offline_filters() {
+            let digest = sha2::Sha256::digest(format!("offline-filter:{name}").as_bytes());
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+            let filter = Filter::system(kind, id, name, set, condition);
+            store::put_config(
+                &mut tx,
+                kind.config_kind(),
+                &id.to_string(),
+                &filter.to_json(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        all = store.list_config(kind.config_kind()).await?;
+    }
+    Ok(all.into_iter().map(|(_, v)| v).collect())
+}
+
+pub async fn list_filters(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+) -> ApiResult<Vec<Value>> {
+    let all = stored_filters(store, kind).await?;
     Ok(all
         .into_iter()
-        .map(|(_, v)| v)
         .filter(|v| {
             caller.is_admin
                 || v["scope"] == "system"
@@ -272,22 +391,33 @@ pub async fn list_filters(store: &Store, caller: Caller) -> ApiResult<Vec<Value>
         .collect())
 }
 
-pub async fn get_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult<Value> {
+pub async fn get_filter(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+    id: Uuid,
+) -> ApiResult<Value> {
+    let missing = || ApiError::not_found(format!("no {} has id {id}", kind.noun()));
     let v = store
-        .get_config(FILTER_KIND, &id.to_string())
+        .get_config(kind.config_kind(), &id.to_string())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no sync filter has id {id}")))?;
+        .ok_or_else(missing)?;
     let visible = caller.is_admin
         || v["scope"] == "system"
         || v["user_id"].as_str() == Some(caller.user_id.to_string().as_str());
     if visible {
         Ok(v)
     } else {
-        Err(ApiError::not_found(format!("no sync filter has id {id}")))
+        Err(missing())
     }
 }
 
-async fn save_filter(store: &Store, caller: Caller, filter: &SyncFilter) -> ApiResult<Value> {
+async fn save_filter(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+    filter: &Filter,
+) -> ApiResult<Value> {
     check_filter_access(caller, filter)?;
     let mut conn = store.pool.acquire().await?;
     if let Some(user) = filter.user_id {
@@ -296,47 +426,58 @@ async fn save_filter(store: &Store, caller: Caller, filter: &SyncFilter) -> ApiR
         }
     }
     let v = filter.to_json();
-    store::put_config(&mut conn, FILTER_KIND, &filter.id.to_string(), &v).await?;
-    reevaluate(&mut conn, filter.user_id).await?;
-    store.rules_changed().await?;
+    store::put_config(&mut conn, kind.config_kind(), &filter.id.to_string(), &v).await?;
+    kind.changed(store, &mut conn, filter.user_id).await?;
     Ok(v)
 }
 
-pub async fn create_filter(store: &Store, caller: Caller, body: &Value) -> ApiResult<Value> {
-    let filter = SyncFilter::parse(body, None, caller)?;
-    save_filter(store, caller, &filter).await
+pub async fn create_filter(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+    body: &Value,
+) -> ApiResult<Value> {
+    let filter = Filter::parse(kind, body, None, caller)?;
+    // The defaults first: a first filter must not stand in for them.
+    stored_filters(store, kind).await?;
+    save_filter(store, kind, caller, &filter).await
 }
 
 pub async fn patch_filter(
     store: &Store,
+    kind: FilterKind,
     caller: Caller,
     id: Uuid,
     body: &Value,
 ) -> ApiResult<Value> {
-    let current = get_filter(store, caller, id).await?;
-    let before = SyncFilter::parse(&json!({}), Some(&current), caller)?;
+    let current = get_filter(store, kind, caller, id).await?;
+    let before = Filter::parse(kind, &json!({}), Some(&current), caller)?;
     check_filter_access(caller, &before)?;
-    let next = SyncFilter::parse(body, Some(&current), caller)?;
+    let next = Filter::parse(kind, body, Some(&current), caller)?;
     if next == before {
         return Ok(current);
     }
-    save_filter(store, caller, &next).await
+    save_filter(store, kind, caller, &next).await
 }
 
-pub async fn delete_filter(store: &Store, caller: Caller, id: Uuid) -> ApiResult<()> {
-    let current = get_filter(store, caller, id).await?;
+pub async fn delete_filter(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+    id: Uuid,
+) -> ApiResult<()> {
+    let current = get_filter(store, kind, caller, id).await?;
     check_filter_access(
         caller,
-        &SyncFilter::parse(&json!({}), Some(&current), caller)?,
+        &Filter::parse(kind, &json!({}), Some(&current), caller)?,
     )?;
     let mut conn = store.pool.acquire().await?;
-    store::delete_config(&mut conn, FILTER_KIND, &id.to_string()).await?;
+    store::delete_config(&mut conn, kind.config_kind(), &id.to_string()).await?;
     let owner = current
         .get("user_id")
         .and_then(Value::as_str)
         .and_then(|u| Uuid::parse_str(u).ok());
-    reevaluate(&mut conn, owner).await?;
-    store.rules_changed().await?;
+    kind.changed(store, &mut conn, owner).await?;
     Ok(())
 }
 
@@ -405,17 +546,33 @@ pub async fn field_security_rules(store: &Store) -> ApiResult<Vec<FieldSecurityR
         .collect()
 }
 
-/// Every active filter that applies to `user`, parsed (R-S6).
-pub async fn filters_for(store: &Store, user: Uuid) -> ApiResult<Vec<SyncFilter>> {
-    let all = store.list_config(FILTER_KIND).await?;
+/// Every active filter of a kind that applies to `user`, parsed (R-S6, R-O1).
+pub async fn filters_for(store: &Store, kind: FilterKind, user: Uuid) -> ApiResult<Vec<Filter>> {
+    let all = stored_filters(store, kind).await?;
     all.iter()
-        .map(|(_, v)| SyncFilter::from_stored(v).ok_or_else(|| corrupt("sync filter")))
+        .map(|v| Filter::from_stored(kind, v).ok_or_else(|| corrupt(kind.noun())))
         .filter(|f| {
             f.as_ref().map_or(true, |f| {
                 f.active && (f.scope == FilterScope::System || f.user_id == Some(user))
             })
         })
         .collect()
+}
+
+/// `/users/{id}/{kind}-filters`: the active filters that apply to a user
+/// (system and theirs), for that user or an admin.
+pub async fn filters_of_user(
+    store: &Store,
+    kind: FilterKind,
+    caller: Caller,
+    user: Uuid,
+) -> ApiResult<Vec<Value>> {
+    check_user(store, caller, user, &format!("{}s", kind.noun())).await?;
+    Ok(filters_for(store, kind, user)
+        .await?
+        .iter()
+        .map(Filter::to_json)
+        .collect())
 }
 
 pub async fn list_field_security(store: &Store, caller: Caller) -> ApiResult<Vec<Value>> {

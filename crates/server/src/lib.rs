@@ -12,6 +12,7 @@ pub mod list_indexes;
 mod listen;
 pub mod mailboxes;
 pub mod metrics;
+pub mod offline;
 pub mod passwords;
 pub mod records;
 pub mod replica;

@@ -112,6 +112,19 @@ pub async fn create_in(
     body: &Value,
     version: i64,
 ) -> ApiResult<Created> {
+    create_with_id_in(conn, caller, set, body, version, Uuid::new_v4()).await
+}
+
+/// [`create_in`] under an id the client chose (an offline replica's,
+/// R-O1); the caller makes sure no row has it.
+pub async fn create_with_id_in(
+    conn: &mut AnyConnection,
+    caller: Caller,
+    set: EntitySet,
+    body: &Value,
+    version: i64,
+    id: Uuid,
+) -> ApiResult<Created> {
     let mut input = parse_input(set, body)?;
     if set == EntitySet::Users {
         caller.require_admin()?;
@@ -123,7 +136,6 @@ pub async fn create_in(
         user_defaults(&mut input.fields);
     }
     let fields = apply_input(set, None, &input)?;
-    let id = Uuid::new_v4();
     let owner_id = if set == EntitySet::Users {
         id
     } else {
@@ -367,11 +379,13 @@ pub async fn init_organization(store: &Store, email: &str, name: &str) -> anyhow
     let org_name = email.rsplit_once('@').map_or(email, |(_, domain)| domain);
     let mut tx = store.begin().await?;
     store::insert_organization(&mut tx, Uuid::new_v4(), org_name, &now_timestamp()).await?;
+    let sync = crate::config::FilterKind::Sync;
     for (filter_name, set, condition) in crmsync_core::filter::default_filters() {
-        let filter = crate::config::SyncFilter::system(filter_name, set, condition);
+        let filter =
+            crate::config::Filter::system(sync, Uuid::new_v4(), filter_name, set, condition);
         store::put_config(
             &mut tx,
-            crate::config::FILTER_KIND,
+            sync.config_kind(),
             &filter.id.to_string(),
             &filter.to_json(),
         )

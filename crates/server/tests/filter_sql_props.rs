@@ -94,6 +94,7 @@ fn ctx() -> EvalContext {
         me: Uuid::parse_str(ME).unwrap(),
         me_email: ME_EMAIL.into(),
         now: now(),
+        regarding_owners: Default::default(),
     }
 }
 

@@ -1,13 +1,13 @@
-//! Settings, sync filters, sync fields, field security and health.
+//! Settings, sync and offline filters, sync fields, field security and health.
 
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::{parse_id, parse_set, ApiJson, ApiPath};
 use crate::auth::Caller;
-use crate::config;
+use crate::config::{self, FilterKind};
 use crate::error::ApiResult;
 use crate::AppState;
 
@@ -59,51 +59,83 @@ pub async fn patch_user_settings(
     )))
 }
 
-pub async fn list_filters(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({"items": config::list_filters(&state.store, caller).await?}),
-    ))
+/// Sync filters (`/sync-filters`) and offline filters (`/offline-filters`)
+/// share their handlers; the path says which.
+fn filter_kind(uri: &OriginalUri) -> FilterKind {
+    if uri.path().contains("/offline-filters") {
+        FilterKind::Offline
+    } else {
+        FilterKind::Sync
+    }
+}
+
+pub async fn list_filters(
+    State(state): State<AppState>,
+    uri: OriginalUri,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let items = config::list_filters(&state.store, filter_kind(&uri), caller).await?;
+    Ok(Json(json!({ "items": items })))
 }
 
 pub async fn create_filter(
     State(state): State<AppState>,
+    uri: OriginalUri,
     caller: Caller,
     ApiJson(body): ApiJson,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let kind = filter_kind(&uri);
     Ok((
         StatusCode::CREATED,
-        Json(config::create_filter(&state.store, caller, &body).await?),
+        Json(config::create_filter(&state.store, kind, caller, &body).await?),
     ))
 }
 
 pub async fn get_filter(
     State(state): State<AppState>,
+    uri: OriginalUri,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    let kind = filter_kind(&uri);
     Ok(Json(
-        config::get_filter(&state.store, caller, parse_id(&id)?).await?,
+        config::get_filter(&state.store, kind, caller, parse_id(&id)?).await?,
     ))
 }
 
 pub async fn patch_filter(
     State(state): State<AppState>,
+    uri: OriginalUri,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson,
 ) -> ApiResult<Json<Value>> {
+    let kind = filter_kind(&uri);
     Ok(Json(
-        config::patch_filter(&state.store, caller, parse_id(&id)?, &body).await?,
+        config::patch_filter(&state.store, kind, caller, parse_id(&id)?, &body).await?,
     ))
 }
 
 pub async fn delete_filter(
     State(state): State<AppState>,
+    uri: OriginalUri,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    config::delete_filter(&state.store, caller, parse_id(&id)?).await?;
+    let kind = filter_kind(&uri);
+    config::delete_filter(&state.store, kind, caller, parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `/users/{id}/offline-filters`: the active filters that apply to a user.
+pub async fn user_offline_filters(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let items =
+        config::filters_of_user(&state.store, FilterKind::Offline, caller, parse_id(&id)?).await?;
+    Ok(Json(json!({ "items": items })))
 }
 
 pub async fn get_sync_fields(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod mailboxes;
+mod offline;
 pub mod openapi;
 pub(crate) mod records;
 mod sync;
@@ -48,6 +49,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .patch(admin::patch_filter)
                 .delete(admin::delete_filter),
         )
+        .route(
+            "/offline-filters",
+            get(admin::list_filters).post(admin::create_filter),
+        )
+        .route(
+            "/offline-filters/{id}",
+            get(admin::get_filter)
+                .patch(admin::patch_filter)
+                .delete(admin::delete_filter),
+        )
+        .route(
+            "/users/{id}/offline-filters",
+            get(admin::user_offline_filters),
+        )
+        .route("/offline/changes", get(offline::changes))
+        .route("/offline/identity", get(offline::identity))
         .route(
             "/sync-fields/{set}",
             get(admin::get_sync_fields).patch(admin::patch_sync_fields),

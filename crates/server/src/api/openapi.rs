@@ -24,6 +24,7 @@ use crmsync_core::settings::{OrgSettings, UserSettings};
 use crmsync_core::EntitySet;
 
 use crate::auth::Caller;
+use crate::config::FilterKind;
 
 pub async fn serve_openapi(_caller: Caller) -> Json<Value> {
     static DOC: OnceLock<Value> = OnceLock::new();
@@ -549,83 +550,28 @@ fn admin_paths(paths: &mut Paths) {
         error_responses(op, &["400", "401", "403", "404", "422"]),
     );
 
-    let filter = || {
-        ObjectBuilder::new()
-        .property("name", string(None).min_length(Some(1)).max_length(Some(200)))
-        .property("entity_set", string(None).enum_values(Some(mailbox_sets)))
-        .property("scope", string(None).enum_values(Some(["system", "user"])))
-        .property("user_id", uuid())
-        .property("active", ObjectBuilder::new().schema_type(Type::Boolean))
-        .property("condition", ObjectBuilder::new().description(Some("condition tree: {\"all\": [..]}, {\"any\": [..]}, {\"not\": {..}} or {\"field\", \"op\", \"value\"}; values may be @me or @now-30d")))
-        .additional_properties(Some(closed()))
-    };
-    let filter_create: Schema = filter()
-        .required("name")
-        .required("entity_set")
-        .required("condition")
-        .into();
-    // A PATCH also takes the id as the GET returned it.
-    let filter: Schema = filter().property("id", uuid()).into();
+    filter_paths(paths, FilterKind::Sync, "sync-filters", "sync_filter");
+    filter_paths(
+        paths,
+        FilterKind::Offline,
+        "offline-filters",
+        "offline_filter",
+    );
     let op = OperationBuilder::new()
         .tag(tag)
-        .operation_id(Some("list_sync_filters"))
+        .operation_id(Some("list_user_offline_filters"))
+        .parameter(path_param("id", uuid()))
         .response(
             "200",
             response(
-                "system filters and the caller's filters",
+                "the active offline filters that apply to the user: system and theirs",
                 Some(any_object().into()),
             ),
         );
     add(
         paths,
-        "/api/v1/sync-filters",
+        "/api/v1/users/{id}/offline-filters",
         HttpMethod::Get,
-        error_responses(op, &["401"]),
-    );
-    let op = OperationBuilder::new()
-        .tag(tag)
-        .operation_id(Some("create_sync_filter"))
-        .request_body(Some(body(filter_create)))
-        .response("201", response("the filter", Some(any_object().into())));
-    add(
-        paths,
-        "/api/v1/sync-filters",
-        HttpMethod::Post,
-        error_responses(op, &["400", "401", "403", "422"]),
-    );
-    let p = "/api/v1/sync-filters/{id}";
-    let op = OperationBuilder::new()
-        .tag(tag)
-        .operation_id(Some("get_sync_filter"))
-        .parameter(path_param("id", uuid()))
-        .response("200", response("the filter", Some(any_object().into())));
-    add(
-        paths,
-        p,
-        HttpMethod::Get,
-        error_responses(op, &["400", "401", "404"]),
-    );
-    let op = OperationBuilder::new()
-        .tag(tag)
-        .operation_id(Some("patch_sync_filter"))
-        .parameter(path_param("id", uuid()))
-        .request_body(Some(body(filter)))
-        .response("200", response("the filter", Some(any_object().into())));
-    add(
-        paths,
-        p,
-        HttpMethod::Patch,
-        error_responses(op, &["400", "401", "403", "404", "422"]),
-    );
-    let op = OperationBuilder::new()
-        .tag(tag)
-        .operation_id(Some("delete_sync_filter"))
-        .parameter(path_param("id", uuid()))
-        .response("204", response("deleted", None));
-    add(
-        paths,
-        p,
-        HttpMethod::Delete,
         error_responses(op, &["400", "401", "403", "404"]),
     );
 
@@ -855,6 +801,143 @@ fn admin_paths(paths: &mut Paths) {
     );
 }
 
+/// The paths of one kind of filter (R-S6, R-O1): `/api/v1/{path}` and
+/// `/api/v1/{path}/{id}`, operations named after `id`.
+fn filter_paths(paths: &mut Paths, kind: FilterKind, path: &str, id: &str) {
+    let tag = "admin";
+    let sets: Vec<&str> = kind.sets().iter().map(|s| s.as_str()).collect();
+    let base = format!("/api/v1/{path}");
+    let filter = || {
+        ObjectBuilder::new()
+        .property("name", string(None).min_length(Some(1)).max_length(Some(200)))
+        .property("entity_set", string(None).enum_values(Some(sets.clone())))
+        .property("scope", string(None).enum_values(Some(["system", "user"])))
+        .property("user_id", uuid())
+        .property("active", ObjectBuilder::new().schema_type(Type::Boolean))
+        .property("condition", ObjectBuilder::new().description(Some("condition tree: {\"all\": [..]}, {\"any\": [..]}, {\"not\": {..}} or {\"field\", \"op\", \"value\"}; values may be @me or @now-30d")))
+        .additional_properties(Some(closed()))
+    };
+    let filter_create: Schema = filter()
+        .required("name")
+        .required("entity_set")
+        .required("condition")
+        .into();
+    // A PATCH also takes the id as the GET returned it.
+    let filter: Schema = filter().property("id", uuid()).into();
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some(format!("list_{id}s")))
+        .response(
+            "200",
+            response(
+                "system filters and the caller's filters",
+                Some(any_object().into()),
+            ),
+        );
+    add(paths, &base, HttpMethod::Get, error_responses(op, &["401"]));
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some(format!("create_{id}")))
+        .request_body(Some(body(filter_create)))
+        .response("201", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        &base,
+        HttpMethod::Post,
+        error_responses(op, &["400", "401", "403", "422"]),
+    );
+    let p = &format!("/api/v1/{path}/{{id}}");
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some(format!("get_{id}")))
+        .parameter(path_param("id", uuid()))
+        .response("200", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        p,
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "404"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some(format!("patch_{id}")))
+        .parameter(path_param("id", uuid()))
+        .request_body(Some(body(filter)))
+        .response("200", response("the filter", Some(any_object().into())));
+    add(
+        paths,
+        p,
+        HttpMethod::Patch,
+        error_responses(op, &["400", "401", "403", "404", "422"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some(format!("delete_{id}")))
+        .parameter(path_param("id", uuid()))
+        .response("204", response("deleted", None));
+    add(
+        paths,
+        p,
+        HttpMethod::Delete,
+        error_responses(op, &["400", "401", "403", "404"]),
+    );
+}
+
+/// R-O1: the change feed and identity of an offline replica.
+fn offline_paths(paths: &mut Paths) {
+    let tag = "offline";
+    let count = |max: i64| {
+        Schema::from(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(if max == 0 { 0 } else { 1 }))
+                .maximum((max > 0).then_some(max)),
+        )
+    };
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("offline_changes"))
+        .parameter(query_param(
+            "since",
+            count(0),
+            "the next_since of the previous page (0: from the start)",
+        ))
+        .parameter(query_param(
+            "limit",
+            count(crate::offline::feed::MAX_LIMIT),
+            "rows of the change sequence to read (default 1000)",
+        ))
+        .response(
+            "200",
+            response(
+                "records matching the caller's offline filters, records to remove, next_since, more, filters (fingerprint)",
+                Some(any_object().into()),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/offline/changes",
+        HttpMethod::Get,
+        error_responses(op, &["400", "401", "403"]),
+    );
+    let op = OperationBuilder::new()
+        .tag(tag)
+        .operation_id(Some("offline_identity"))
+        .response(
+            "200",
+            response(
+                "the caller's user record and stored password hash (or null)",
+                Some(any_object().into()),
+            ),
+        );
+    add(
+        paths,
+        "/api/v1/offline/identity",
+        HttpMethod::Get,
+        error_responses(op, &["401", "403"]),
+    );
+}
+
 fn sync_paths(paths: &mut Paths) {
     let tag = "sync";
     let obj = |props: &[(&str, Schema)], required: &[&str]| -> Schema {
@@ -867,13 +950,28 @@ fn sync_paths(paths: &mut Paths) {
         }
         o.into()
     };
-    let op_kinds = ["track", "update", "untrack", "delete", "set_regarding"];
+    let op_kinds = [
+        "track",
+        "update",
+        "untrack",
+        "delete",
+        "set_regarding",
+        "offline_create",
+        "offline_update",
+        "offline_delete",
+    ];
     let operation: Schema = ObjectBuilder::new()
         .property(
             "op_id",
             string(None).min_length(Some(1)).max_length(Some(200)),
         )
         .property("kind", string(None).enum_values(Some(op_kinds)))
+        .property(
+            "op",
+            string(None)
+                .enum_values(Some(op_kinds))
+                .description(Some("the same as kind (the offline replica's name for it)")),
+        )
         .property(
             "set",
             string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
@@ -891,6 +989,11 @@ fn sync_paths(paths: &mut Paths) {
         .property("fields", any_object())
         .property("mailbox_modified_at", string(Some("date-time")))
         .property(
+            "modified_at",
+            string(Some("date-time"))
+                .description(Some("offline_update: when the replica changed the record")),
+        )
+        .property(
             "delete_in_crm",
             ObjectBuilder::new().schema_type(Type::Boolean),
         )
@@ -900,7 +1003,6 @@ fn sync_paths(paths: &mut Paths) {
             string(None).description(Some("tracked email: the RFC 5322 message, base64")),
         )
         .required("op_id")
-        .required("kind")
         .into();
     let ok = |what: &str| response(what, Some(any_object().into()));
     let op = OperationBuilder::new()
@@ -1562,6 +1664,7 @@ pub fn document() -> OpenApi {
     record_paths(&mut paths);
     admin_paths(&mut paths);
     sync_paths(&mut paths);
+    offline_paths(&mut paths);
     mailbox_paths(&mut paths);
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("crmsync CRM server").version(env!("CARGO_PKG_VERSION")).description(Some("SPEC §4: records, admin resources and health. Errors are {\"error\": {\"code\", \"message\"}}.")))
@@ -1593,6 +1696,10 @@ mod tests {
             }
         }
         assert!(doc["paths"]["/api/v1/sync-filters"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/offline-filters/{id}"]["patch"].is_object());
+        assert!(doc["paths"]["/api/v1/users/{id}/offline-filters"]["get"].is_object());
+        assert!(doc["paths"]["/api/v1/offline/changes"]["get"].is_object());
+        assert!(doc["paths"]["/api/v1/offline/identity"]["get"].is_object());
         assert!(doc["paths"]["/api/v1/mailboxes/{id}"]["patch"].is_object());
         assert_eq!(
             doc["components"]["schemas"]["ContactsCreate"]["required"],

@@ -12,7 +12,7 @@ use crmsync_core::settings::{OrgSettings, UserSettings};
 use crmsync_core::{EntitySet, Record};
 
 use super::store::Client;
-use crate::config::{self, SyncFilter};
+use crate::config::{self, Filter, FilterKind};
 use crate::error::{ApiError, ApiResult};
 use crate::store::Store;
 
@@ -21,7 +21,7 @@ pub struct MailboxOwner {
     pub email: String,
     pub settings: UserSettings,
     pub org: OrgSettings,
-    pub filters: Vec<SyncFilter>,
+    pub filters: Vec<Filter>,
     pub security: Vec<FieldSecurityRule>,
     sync_fields: HashMap<EntitySet, SyncFields>,
 }
@@ -42,7 +42,7 @@ impl MailboxOwner {
                 .to_string(),
             settings: config::stored_user_settings(store, user_id).await?,
             org: config::org_settings(store).await?,
-            filters: config::filters_for(store, user_id).await?,
+            filters: config::filters_for(store, FilterKind::Sync, user_id).await?,
             security: config::field_security_rules(store).await?,
             sync_fields,
             user,
@@ -58,6 +58,7 @@ impl MailboxOwner {
             me: self.user.id,
             me_email: self.email.clone(),
             now,
+            regarding_owners: Default::default(),
         }
     }
 
@@ -89,12 +90,12 @@ impl MailboxOwner {
     }
 
     /// R-S6/R-S7: the active filters of a set that apply to this user.
-    pub fn filters_of(&self, set: EntitySet) -> impl Iterator<Item = &SyncFilter> {
+    pub fn filters_of(&self, set: EntitySet) -> impl Iterator<Item = &Filter> {
         self.filters.iter().filter(move |f| f.entity_set == set)
     }
 
     /// The first active filter the record matches (R-S6), if any.
-    pub fn matching_filter(&self, r: &Record, now: OffsetDateTime) -> Option<&SyncFilter> {
+    pub fn matching_filter(&self, r: &Record, now: OffsetDateTime) -> Option<&Filter> {
         let ctx = self.eval_context(now);
         self.filters_of(r.set)
             .find(|f| f.condition.matches(r.set, r, &ctx))
@@ -124,12 +125,27 @@ impl MailboxOwner {
             .unwrap_or(Direction::None)
     }
 
+    /// R-F3: may this user read the field?
+    pub fn may_read(&self, set: EntitySet, field: &str) -> bool {
+        self.rule(set, field).is_none_or(|r| r.can_read)
+    }
+
+    /// R-F3: may this user change the field?
+    pub fn may_update(&self, set: EntitySet, field: &str) -> bool {
+        self.rule(set, field).is_none_or(|r| r.can_update)
+    }
+
+    /// R-O1: the go_offline privilege (a replica of the CRM's records).
+    pub fn may_go_offline(&self) -> bool {
+        self.flag("go_offline")
+    }
+
     /// R-F1 + R-F3: may this field be written to the mailbox?
     pub fn to_mailbox(&self, set: EntitySet, field: &str) -> bool {
         matches!(
             self.direction(set, field),
             Direction::ToMailbox | Direction::Both
-        ) && self.rule(set, field).is_none_or(|r| r.can_read)
+        ) && self.may_read(set, field)
     }
 
     /// R-F1 + R-F3: may a mailbox change of this field reach the CRM?
@@ -137,7 +153,7 @@ impl MailboxOwner {
         matches!(
             self.direction(set, field),
             Direction::ToCrm | Direction::Both
-        ) && self.rule(set, field).is_none_or(|r| r.can_update)
+        ) && self.may_update(set, field)
     }
 
     /// The fields of a record as the mailbox gets them.

@@ -31,6 +31,11 @@
 //!   an ASCII-case-insensitive match of any element's address (a string
 //!   element, else its `email`, else its `address` key) on a stored list.
 //!
+//! Sync filters only: offline filters (R-O1) may also name
+//! `regarding.owner_id`, which needs the regarding record; the offline
+//! change feed evaluates them in memory over the page it reads
+//! (`crate::offline::feed`), never here.
+//!
 //! Every value, and every JSON key, is a bound parameter (`$N`, which both
 //! databases accept); only fixed fragments and column names are spliced.
 //!
@@ -460,6 +465,7 @@ mod tests {
             me: Uuid::parse_str("11111111-2222-3333-4444-555555555555").unwrap(),
             me_email: "Me@Example.com".into(),
             now: crmsync_core::time::parse_datetime("2026-11-25T00:00:00Z").unwrap(),
+            regarding_owners: Default::default(),
         }
     }
 

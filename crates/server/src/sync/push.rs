@@ -29,9 +29,9 @@ pub const MAX_OPS: usize = 500;
 
 /// A reasoned refusal of one operation (the batch goes on).
 pub struct Refusal {
-    code: &'static str,
-    message: String,
-    record: Option<Value>,
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    pub(super) record: Option<Value>,
 }
 
 pub fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
@@ -65,13 +65,13 @@ pub struct OpContext<'a> {
     pub now: OffsetDateTime,
 }
 
-fn text<'a>(op: &'a Value, key: &str) -> Result<&'a str, Refusal> {
+pub(super) fn text<'a>(op: &'a Value, key: &str) -> Result<&'a str, Refusal> {
     op.get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| refuse("invalid_operation", format!("'{key}' is required")))
 }
 
-fn set_of(op: &Value) -> Result<EntitySet, Refusal> {
+pub(super) fn set_of(op: &Value) -> Result<EntitySet, Refusal> {
     text(op, "set")?
         .parse()
         .map_err(|e: crmsync_core::entity::UnknownEntitySet| {
@@ -79,12 +79,12 @@ fn set_of(op: &Value) -> Result<EntitySet, Refusal> {
         })
 }
 
-fn id_of(op: &Value) -> Result<Uuid, Refusal> {
+pub(super) fn id_of(op: &Value) -> Result<Uuid, Refusal> {
     Uuid::parse_str(text(op, "id")?)
         .map_err(|_| refuse("invalid_operation", "'id' must be the record's UUID"))
 }
 
-fn object(op: &Value, key: &str) -> Result<Map<String, Value>, Refusal> {
+pub(super) fn object(op: &Value, key: &str) -> Result<Map<String, Value>, Refusal> {
     match op.get(key) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m.clone()),
@@ -112,7 +112,11 @@ fn check_role(ctx: &OpContext, set: EntitySet) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn current(conn: &mut AnyConnection, set: EntitySet, id: Uuid) -> Result<Record, Refusal> {
+pub(super) async fn current(
+    conn: &mut AnyConnection,
+    set: EntitySet,
+    id: Uuid,
+) -> Result<Record, Refusal> {
     match store::get_record(conn, id).await.map_err(ApiError::from)? {
         Some(r) if r.set == set => Ok(r),
         _ => Err(refuse(
@@ -374,6 +378,7 @@ async fn write_exceptions(
                     &mapped(ctx, set, &fields),
                     ex.status.zip(base_state),
                     mailbox_is_later,
+                    Scope::Mailbox,
                 )
                 .await?;
                 conflicts.append(&mut c);
@@ -399,13 +404,66 @@ fn status_of(op: &Value, key: &str) -> Option<Status> {
     op.get(key).and_then(Value::as_str).and_then(Status::parse)
 }
 
+/// Which fields a merge (R-F5) looks at, and which it may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// The fields a mailbox maps, written where their direction (R-F1)
+    /// and field security (R-F3) allow.
+    Mailbox,
+    /// Every field of the set an offline replica holds (R-O1), with the
+    /// record's state and owner, written where field security allows.
+    Offline,
+}
+
+/// The common columns an offline replica edits like fields.
+const OFFLINE_COLUMNS: [&str; 2] = ["state", "owner_id"];
+
+impl Scope {
+    fn holds(self, owner: &MailboxOwner, set: EntitySet, field: &str) -> bool {
+        match self {
+            Scope::Mailbox => owner.to_mailbox(set, field) || owner.to_crm(set, field),
+            Scope::Offline => {
+                OFFLINE_COLUMNS.contains(&field)
+                    || set.field(field).is_some() && owner.may_read(set, field)
+            }
+        }
+    }
+
+    pub(super) fn writes(self, owner: &MailboxOwner, set: EntitySet, field: &str) -> bool {
+        match self {
+            Scope::Mailbox => owner.to_crm(set, field),
+            Scope::Offline => OFFLINE_COLUMNS.contains(&field) || owner.may_update(set, field),
+        }
+    }
+
+    /// The fields of `fields` this scope looks at.
+    pub(super) fn select(
+        self,
+        owner: &MailboxOwner,
+        set: EntitySet,
+        fields: &Map<String, Value>,
+    ) -> Map<String, Value> {
+        fields
+            .iter()
+            .filter(|(k, _)| self.holds(owner, set, k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The CRM side of a merge: the record's fields in scope.
+    fn crm_side(self, owner: &MailboxOwner, r: &Record) -> Map<String, Value> {
+        let mut out = self.select(owner, r.set, &r.fields);
+        if self == Scope::Offline {
+            out.insert("state".into(), json!(r.state));
+            out.insert("owner_id".into(), json!(r.owner_id));
+        }
+        out
+    }
+}
+
 /// The fields the mailbox maps for a set: merging looks at these only.
 fn mapped(ctx: &OpContext, set: EntitySet, fields: &Map<String, Value>) -> Map<String, Value> {
-    fields
-        .iter()
-        .filter(|(k, _)| ctx.owner.to_mailbox(set, k) || ctx.owner.to_crm(set, k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    Scope::Mailbox.select(ctx.owner, set, fields)
 }
 
 /// `update`: the item changed in the mailbox. Merged per field against the
@@ -466,6 +524,7 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
         &mailbox,
         states,
         mailbox_is_later,
+        Scope::Mailbox,
     )
     .await
     {
@@ -493,11 +552,12 @@ async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Ou
     Ok(json!({"id": id, "version": record.version, "record": shown, "conflicts": conflicts}))
 }
 
-/// R-F5: merges the mailbox's fields (and status, given as (mailbox,
-/// baseline)) into the CRM record `crm` against the baseline, writes what
-/// differs, and logs the values discarded (R-F6). A series and each of its
-/// exceptions are merged alike.
-async fn merge_into(
+/// R-F5: merges the client's fields (a mailbox's, with its status given
+/// as (mailbox, baseline); or an offline replica's) into the CRM record
+/// `crm` against the baseline, writes what differs, and logs the values
+/// discarded (R-F6). A series and each of its exceptions are merged alike.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn merge_into(
     conn: &mut AnyConnection,
     ctx: &OpContext<'_>,
     crm: Record,
@@ -505,18 +565,19 @@ async fn merge_into(
     mailbox: &Map<String, Value>,
     states: Option<(Status, Status)>,
     mailbox_is_later: bool,
+    scope: Scope,
 ) -> Result<(Record, Vec<FieldConflict>), Refusal> {
     let (set, id) = (crm.set, crm.id);
-    let crm_mapped = mapped(ctx, set, &crm.fields);
-    let merged = merge(baseline, &crm_mapped, mailbox, mailbox_is_later, |f| {
-        ctx.owner.to_crm(set, f)
+    let crm_side = scope.crm_side(ctx.owner, &crm);
+    let merged = merge(baseline, &crm_side, mailbox, mailbox_is_later, |f| {
+        scope.writes(ctx.owner, set, f)
     });
-    // The CRM write: every mapped field that differs from the CRM now.
+    // The CRM write: every field in scope that differs from the CRM now.
     let mut patch = Map::new();
-    for name in crm_mapped.keys().chain(merged.fields.keys()) {
+    for name in crm_side.keys().chain(merged.fields.keys()) {
         let new = merged.fields.get(name).cloned().unwrap_or(Value::Null);
-        if crm.fields.get(name).cloned().unwrap_or(Value::Null) != new
-            && ctx.owner.to_crm(set, name)
+        if crm_side.get(name).cloned().unwrap_or(Value::Null) != new
+            && scope.writes(ctx.owner, set, name)
         {
             patch.insert(name.clone(), new);
         }
@@ -673,15 +734,23 @@ async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value
 }
 
 async fn apply(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
-    match text(op, "kind")? {
+    // `op` is the same as `kind` (the offline replica's name for it).
+    let kind = match op.get("kind") {
+        Some(_) => text(op, "kind")?,
+        None => text(op, "op").map_err(|_| refuse("invalid_operation", "'kind' is required"))?,
+    };
+    match kind {
         "track" => track(conn, ctx, op).await,
         "update" => update(conn, ctx, op).await,
         "untrack" => remove(conn, ctx, op, true).await,
         "delete" => remove(conn, ctx, op, false).await,
         "set_regarding" => set_regarding(conn, ctx, op).await,
+        "offline_create" => super::push_offline::create(conn, ctx, op).await,
+        "offline_update" => super::push_offline::update(conn, ctx, op).await,
+        "offline_delete" => super::push_offline::delete(conn, ctx, op).await,
         other => Err(refuse(
             "invalid_operation",
-            format!("unknown kind '{other}'; use track, update, untrack, delete or set_regarding"),
+            format!("unknown kind '{other}'; use track, update, untrack, delete, set_regarding, offline_create, offline_update or offline_delete"),
         )),
     }
 }

@@ -399,7 +399,13 @@ async fn filters_page(
     builder: Builder,
     errors: (Option<String>, Option<String>, Option<String>),
 ) -> Response {
-    let filters = match crate::config::list_filters(&state.store, user.caller).await {
+    let filters = match crate::config::list_filters(
+        &state.store,
+        crate::config::FilterKind::Sync,
+        user.caller,
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => return super::error_page_for(user, e),
     };
@@ -474,7 +480,14 @@ pub async fn build_filter(
         return filters_page(&state, user, StatusCode::OK, builder, Default::default()).await;
     }
     let body = builder.body();
-    match crate::config::create_filter(&state.store, user.caller, &body).await {
+    match crate::config::create_filter(
+        &state.store,
+        crate::config::FilterKind::Sync,
+        user.caller,
+        &body,
+    )
+    .await
+    {
         Ok(_) => Redirect::to("/admin/filters").into_response(),
         Err(e) if !e.status.is_server_error() => {
             let errors = builder.place(&e.message);
@@ -491,7 +504,7 @@ pub async fn delete_filter(
 ) -> Response {
     let caller = posted.user.caller;
     delete_rule(&posted, &id, "filter", "/admin/filters", |id| {
-        crate::config::delete_filter(&state.store, caller, id)
+        crate::config::delete_filter(&state.store, crate::config::FilterKind::Sync, caller, id)
     })
     .await
 }
