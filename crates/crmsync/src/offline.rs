@@ -198,10 +198,16 @@ async fn play_back(
 
 /// A change as a person recognizes it: its set and name or subject.
 fn describe(change: &replica::PendingChange) -> String {
-    let label = change.current.as_ref().and_then(|r| {
+    // A record deleted offline is named from the server's version.
+    let fields = match (&change.current, &change.base) {
+        (Some(r), _) => Some(&r.fields),
+        (None, Some(b)) => Some(&b.fields),
+        (None, None) => None,
+    };
+    let label = fields.and_then(|f| {
         ["subject", "name", "full_name", "last_name", "title"]
             .iter()
-            .find_map(|f| r.fields.get(*f).and_then(Value::as_str))
+            .find_map(|k| f.get(*k).and_then(Value::as_str))
             .map(str::to_string)
     });
     match label {
