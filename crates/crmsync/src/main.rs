@@ -445,9 +445,15 @@ async fn keep_offline_copy(agent: &crmsync_agent::Agent) {
     }
 }
 
+/// How often `crmsync agent` with an offline copy checks that the CRM
+/// server answers.
+const OFFLINE_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `crmsync agent` with an offline copy: after each sync the copy is kept
-/// (`keep_offline_copy`); while the CRM server cannot be reached the copy
-/// is served at `listen`, and it stops being served once a sync succeeds.
+/// (`keep_offline_copy`); while the CRM server cannot be reached (a failed
+/// sync, or a probe every few seconds) the copy is served at `listen`, and
+/// once the server answers again it stops being served and what was
+/// changed there is played back.
 async fn run_with_offline_copy(
     agent: &crmsync_agent::Agent,
     listen: std::net::SocketAddr,
@@ -460,13 +466,27 @@ async fn run_with_offline_copy(
     let offline = async {
         let path = offline::replica_path(&agent.config().cache);
         let mut serving: Option<tokio::sync::oneshot::Sender<()>> = None;
-        while let Some(ok) = outcomes.recv().await {
-            if ok {
-                if let Some(stop) = serving.take() {
-                    let _ = stop.send(());
+        let mut probe = tokio::time::interval(OFFLINE_PROBE);
+        loop {
+            // (the server answers, a sync just ended)
+            let (reachable, synced) = tokio::select! {
+                outcome = outcomes.recv() => match outcome {
+                    Some(ok) => (ok, true),
+                    None => return,
+                },
+                _ = probe.tick() => {
+                    let answers = agent.crm().request(reqwest::Method::GET, "/healthz", None).await;
+                    (answers.is_ok(), false)
+                }
+            };
+            if reachable {
+                let was_serving = serving.take().map(|stop| stop.send(()).is_ok()).is_some();
+                if was_serving {
                     eprintln!("crmsync agent: the CRM server answers again; the offline copy is no longer served");
                 }
-                keep_offline_copy(agent).await;
+                if was_serving || synced {
+                    keep_offline_copy(agent).await;
+                }
             } else if serving.is_none() && path.exists() {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let path = path.clone();

@@ -489,3 +489,81 @@ async fn r_o1_without_go_offline_refused_with_the_privilege_named_and_nothing_ke
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Polls `check` every 200 ms for up to 40 s.
+async fn within_40s<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "not within 40 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_o1_the_running_agent_serves_the_offline_copy_while_the_server_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let admin = Server::init(&db);
+    let server = Server::serve(&db, admin.clone()).await;
+    let port = server.port();
+    let (_, ann) = user(&server, "ann@example.com", true).await;
+    let keep = contact(&server, &ann, "Keep").await;
+    let listen = free_port();
+    let config = config(dir.path(), &server.base, &ann, listen);
+    let local = format!("http://127.0.0.1:{listen}");
+    let _agent = Killed(
+        Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let replica = dir.path().join("cache.offline.db");
+    within_40s(
+        "the offline copy made at the agent's first sync",
+        || async { replica.exists() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers = || async { reqwest::get(format!("{local}/healthz")).await.is_ok() };
+    assert!(!answers().await, "not served while the CRM server answers");
+
+    server.terminate();
+    within_40s("the offline copy served once the server is away", answers).await;
+    let (status, edited) = call(
+        &local,
+        &ann,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/contacts/{keep}"),
+        Some(json!({"job_title": "Edited offline"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{edited}");
+
+    let server = Server::serve_on(&db, admin, port).await;
+    within_40s(
+        "the offline edit played back once the server is back",
+        || async {
+            server
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/contacts/{keep}"),
+                    None,
+                )
+                .await["job_title"]
+                == "Edited offline"
+        },
+    )
+    .await;
+    within_40s("the offline copy no longer served", || async {
+        !answers().await
+    })
+    .await;
+}
