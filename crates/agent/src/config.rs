@@ -505,4 +505,31 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn r_o1_offline_section_is_off_by_default_and_listens_where_told() {
+        let local = "[mailbox.local]\nroot = \"/m\"\n";
+        assert_eq!(parse(&format!("{CRM}{local}"), None).unwrap().offline, None);
+        let off = parse(&format!("{CRM}{local}[offline]\nenabled = false\n"), None).unwrap();
+        assert_eq!(off.offline, None);
+        let on = parse(&format!("{CRM}{local}[offline]\nenabled = true\n"), None).unwrap();
+        assert_eq!(on.offline, Some(OFFLINE_LISTEN.parse().unwrap()));
+        let elsewhere = parse(
+            &format!("{CRM}{local}[offline]\nenabled = true\nlisten = \"127.0.0.1:9000\"\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(elsewhere.offline, Some("127.0.0.1:9000".parse().unwrap()));
+        let e = parse(
+            &format!("{CRM}{local}[offline]\nenabled = true\nlisten = \"laptop\"\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("[offline] listen") && e.contains("127.0.0.1:8481"),
+            "{e}"
+        );
+        let e = parse(&format!("{CRM}{local}[offline]\nenable = true\n"), None).unwrap_err();
+        assert!(e.contains("enable"), "{e}");
+    }
 }
