@@ -236,3 +236,63 @@ def test_r_w6_connect_a_mailbox_on_the_server_then_test_it(watched):
     row = result.get_by_role("row", name=re.compile("IMAP sign-in"))
     assert "Does not work" in row.inner_text()
     watched.accessible()
+
+
+def test_r_o1_offline_copy_in_the_browser_with_the_same_password(browser, crm, tmp_path):
+    """R-O1: the offline copy serves the same web interface; its user signs
+    in with their own password, finds their records and creates one, which
+    reaches the CRM at the next sync."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import BIN, Watched, free_port
+
+    pat = [u for u in crm.api("GET", "/users?limit=100")["items"] if u["email"] == USER_EMAIL][0]
+    crm.api("PATCH", f"/users/{pat['id']}", {"go_offline": True})
+    mine = "Offline" + uuid.uuid4().hex[:6]
+    crm.api("POST", "/contacts", {"first_name": "Kim", "last_name": mine}, token=crm.user_token)
+    port = free_port()
+    config = tmp_path / "offline.toml"
+    config.write_text(
+        f'[crm]\nurl = "{crm.base}"\ntoken = "{crm.user_token}"\n'
+        f'[client]\nname = "offline-laptop"\ncache = "{tmp_path / "cache.db"}"\n'
+        f'[mailbox.local]\nroot = "{tmp_path / "mailbox"}"\n'
+        f'[offline]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+    )
+    (tmp_path / "mailbox").mkdir()
+    sync = lambda: subprocess.run([BIN, "sync", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    out = sync()
+    assert out.returncode == 0, out.stderr
+    offline = subprocess.Popen([BIN, "offline", "--config", str(config)], stderr=subprocess.DEVNULL)
+    new = "Metoffline" + uuid.uuid4().hex[:6]
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "crmsync offline did not start"
+                time.sleep(0.1)
+        context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
+        w = Watched(context.new_page())
+        page = w.page
+        sign_in(w, USER_EMAIL, USER_PASSWORD)
+        page.get_by_role("link", name="Contacts", exact=True).first.click()
+        page.get_by_text(mine).first.wait_for()
+        w.accessible()
+        page.get_by_role("link", name="New").or_(page.get_by_role("button", name="New")).first.click()
+        page.get_by_label(field("Last name")).fill(new)
+        page.get_by_role("button", name="Save").click()
+        page.get_by_text(new).first.wait_for()
+        w.accessible()
+        context.close()
+        assert not w.problems, "\n".join(w.problems)
+    finally:
+        offline.terminate()
+        offline.wait(10)
+    out = sync()
+    assert out.returncode == 0, out.stderr
+    found = crm.api("GET", f"/contacts?q={new}", token=crm.user_token)["items"]
+    assert [c["last_name"] for c in found] == [new], "created offline, sent once"
