@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use crmsync_server::Store;
 
-mod offline;
+use crmsync_offline as offline;
 
 const DEFAULT_DB: &str = "sqlite://./crmsync-data/crm.db";
 

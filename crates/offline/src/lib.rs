@@ -1,9 +1,11 @@
 //! R-O1, the agent's side of the offline copy (`[offline] enabled = true`):
-//! after each sync it plays back what was changed offline and refreshes the
-//! replica from the server's offline feed; `crmsync offline` (and `crmsync
-//! agent` while the server cannot be reached) serves the replica's API and
-//! web interface. The replica itself (schema, journal, what to send) is
-//! `crmsync_server::replica`; this module is the I/O around it.
+//! after each sync the binary plays back what was changed offline and
+//! refreshes the replica from the server's offline feed ([`go_online`]);
+//! `crmsync offline` (and `crmsync agent` while the server cannot be
+//! reached) serves the replica's API and web interface ([`serve`]). The
+//! replica itself (schema, journal, what to send) is
+//! `crmsync_server::replica`; this crate is the I/O around it, apart from
+//! the binary so that its benchmark drives it as the agent does.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
