@@ -804,6 +804,33 @@ both_dbs! {
         assert_eq!(count(&s.get(&s.admin, "/api/v1/sync-filters").await.expect(200)), count(&before));
     }
 
+    async fn r_o1_admin_page_shows_and_edits_offline_filters(s: TestServer) {
+        let admin = Browser::as_admin(&s).await;
+        let page = admin.get("/admin/offline-filters").await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        // The defaults are listed, and every set but users can be chosen.
+        let defaults = s.get(&s.admin, "/api/v1/offline-filters").await.expect(200);
+        let first = defaults["items"][0]["name"].as_str().unwrap().to_string();
+        assert!(page.html.contains(&first), "{}", page.html);
+        assert!(page.html.contains("value=\"opportunities\"") && !page.html.contains("value=\"users\""), "{}", page.html);
+        assert!(page.html.contains("action=\"/admin/offline-filters\""));
+        let csrf = page.hidden("_csrf");
+        let saved = admin.post("/admin/offline-filters", &[("_csrf", &csrf), ("name", "Open opportunities"), ("entity_set", "opportunities"), ("combine", "all"), ("field_0", "state"), ("op_0", "eq"), ("value_0", "open"), ("_action", "save")]).await;
+        assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+        let filters = s.get(&s.admin, "/api/v1/offline-filters").await.expect(200);
+        let f = filters["items"].as_array().unwrap().iter().find(|f| f["name"] == "Open opportunities").expect("saved as an offline filter");
+        assert_eq!(f["entity_set"], "opportunities");
+        let sync = s.get(&s.admin, "/api/v1/sync-filters").await.expect(200);
+        assert!(sync["items"].as_array().unwrap().iter().all(|f| f["name"] != "Open opportunities"), "not a sync filter");
+        let fid = f["id"].as_str().unwrap();
+        let (pid, _) = s.add_user("pam@example.com").await;
+        let pam = Browser::as_user(&s, user_id(&json!(pid))).await;
+        assert_eq!(pam.get("/admin/offline-filters").await.status, StatusCode::FORBIDDEN);
+        let deleted = admin.post(&format!("/admin/offline-filters/{fid}/delete"), &[("_csrf", &csrf)]).await;
+        assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.html);
+        assert!(!admin.get("/admin/offline-filters").await.html.contains("Open opportunities"));
+    }
+
     async fn r_w1_unknown_web_paths_answer_the_web_not_found_page(s: TestServer) {
         let b = Browser::as_admin(&s).await;
         for path in ["/contacts/x/y", "/nowhere", "/admin/nothing"] {

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crmsync_core::settings::MAILBOX_TYPES;
 use crmsync_core::EntitySet;
 
 use super::admin_settings::{AdminPosted, AdminUser};
@@ -20,6 +19,7 @@ use super::forms::{display_name, field_value};
 use super::layout::{set_title, Layout};
 use super::pages::page;
 use super::session::WebUser;
+use crate::config::FilterKind;
 use crate::error::ApiError;
 use crate::store::ListQuery;
 use crate::AppState;
@@ -76,6 +76,7 @@ pub struct ConditionRow {
 pub struct FiltersPage {
     layout: Layout,
     csrf: String,
+    words: &'static FilterWords,
     filters: Vec<FilterRow>,
     sets: Vec<(String, &'static str)>,
     ops: &'static [(&'static str, &'static str)],
@@ -392,20 +393,42 @@ impl Builder {
     }
 }
 
+/// What a kind of filter's admin page says and where it posts: system
+/// sync filters (R-S6) decide what reaches mailboxes, offline filters
+/// (R-O1) what offline copies keep.
+pub struct FilterWords {
+    kind: FilterKind,
+    pub title: &'static str,
+    pub path: &'static str,
+    pub intro: &'static str,
+    pub matches: &'static str,
+}
+
+const SYNC_FILTERS: FilterWords = FilterWords {
+    kind: FilterKind::Sync,
+    title: "System sync filters",
+    path: "/admin/filters",
+    intro: "A system filter decides, for every user, which records of a set are delivered to mailboxes.",
+    matches: "Deliver a record when it matches",
+};
+
+const OFFLINE_FILTERS: FilterWords = FilterWords {
+    kind: FilterKind::Offline,
+    title: "Offline filters",
+    path: "/admin/offline-filters",
+    intro: "An offline filter decides, for every user allowed to go offline, which records their offline copy keeps. Without any, the defaults apply: the active records each user owns and the activities about them from the last 90 days.",
+    matches: "Keep a record offline when it matches",
+};
+
 async fn filters_page(
     state: &AppState,
     user: &WebUser,
+    words: &'static FilterWords,
     status: StatusCode,
     builder: Builder,
     errors: (Option<String>, Option<String>, Option<String>),
 ) -> Response {
-    let filters = match crate::config::list_filters(
-        &state.store,
-        crate::config::FilterKind::Sync,
-        user.caller,
-    )
-    .await
-    {
+    let filters = match crate::config::list_filters(&state.store, words.kind, user.caller).await {
         Ok(f) => f,
         Err(e) => return super::error_page_for(user, e),
     };
@@ -423,10 +446,13 @@ async fn filters_page(
         })
         .collect();
     let page = FiltersPage {
-        layout: Layout::new("System sync filters", user, "/admin"),
+        layout: Layout::new(words.title, user, "/admin"),
         csrf: user.csrf.clone(),
+        words,
         filters,
-        sets: MAILBOX_TYPES
+        sets: words
+            .kind
+            .sets()
             .into_iter()
             .map(|s| (s.to_string(), set_title(s)))
             .collect(),
@@ -443,20 +469,63 @@ async fn filters_page(
 }
 
 pub async fn filters(State(state): State<AppState>, AdminUser(user): AdminUser) -> Response {
+    let empty = Builder::empty();
     filters_page(
         &state,
         &user,
+        &SYNC_FILTERS,
         StatusCode::OK,
-        Builder::empty(),
+        empty,
         Default::default(),
     )
     .await
 }
 
+pub async fn offline_filters(
+    State(state): State<AppState>,
+    AdminUser(user): AdminUser,
+) -> Response {
+    let empty = Builder::empty();
+    filters_page(
+        &state,
+        &user,
+        &OFFLINE_FILTERS,
+        StatusCode::OK,
+        empty,
+        Default::default(),
+    )
+    .await
+}
+
+pub async fn build_filter(state: State<AppState>, posted: AdminPosted) -> Response {
+    build(state, posted, &SYNC_FILTERS).await
+}
+
+pub async fn build_offline_filter(state: State<AppState>, posted: AdminPosted) -> Response {
+    build(state, posted, &OFFLINE_FILTERS).await
+}
+
+pub async fn delete_filter(
+    state: State<AppState>,
+    id: Path<String>,
+    posted: AdminPosted,
+) -> Response {
+    delete(state, id, posted, &SYNC_FILTERS).await
+}
+
+pub async fn delete_offline_filter(
+    state: State<AppState>,
+    id: Path<String>,
+    posted: AdminPosted,
+) -> Response {
+    delete(state, id, posted, &OFFLINE_FILTERS).await
+}
+
 /// The builder's buttons: add a row, remove one, or save the filter.
-pub async fn build_filter(
+async fn build(
     State(state): State<AppState>,
     AdminPosted(posted): AdminPosted,
+    words: &'static FilterWords,
 ) -> Response {
     let user = &posted.user;
     let mut builder = Builder::from_form(&posted.form);
@@ -468,7 +537,15 @@ pub async fn build_filter(
             value: String::new(),
             error: None,
         });
-        return filters_page(&state, user, StatusCode::OK, builder, Default::default()).await;
+        return filters_page(
+            &state,
+            user,
+            words,
+            StatusCode::OK,
+            builder,
+            Default::default(),
+        )
+        .await;
     }
     if let Some(i) = action
         .strip_prefix("remove_")
@@ -477,34 +554,36 @@ pub async fn build_filter(
         if i < builder.rows.len() {
             builder.rows.remove(i);
         }
-        return filters_page(&state, user, StatusCode::OK, builder, Default::default()).await;
+        return filters_page(
+            &state,
+            user,
+            words,
+            StatusCode::OK,
+            builder,
+            Default::default(),
+        )
+        .await;
     }
     let body = builder.body();
-    match crate::config::create_filter(
-        &state.store,
-        crate::config::FilterKind::Sync,
-        user.caller,
-        &body,
-    )
-    .await
-    {
-        Ok(_) => Redirect::to("/admin/filters").into_response(),
+    match crate::config::create_filter(&state.store, words.kind, user.caller, &body).await {
+        Ok(_) => Redirect::to(words.path).into_response(),
         Err(e) if !e.status.is_server_error() => {
             let errors = builder.place(&e.message);
-            filters_page(&state, user, e.status, builder, errors).await
+            filters_page(&state, user, words, e.status, builder, errors).await
         }
         Err(e) => super::error_page_for(user, e),
     }
 }
 
-pub async fn delete_filter(
+async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
     AdminPosted(posted): AdminPosted,
+    words: &'static FilterWords,
 ) -> Response {
     let caller = posted.user.caller;
-    delete_rule(&posted, &id, "filter", "/admin/filters", |id| {
-        crate::config::delete_filter(&state.store, crate::config::FilterKind::Sync, caller, id)
+    delete_rule(&posted, &id, "filter", words.path, |id| {
+        crate::config::delete_filter(&state.store, words.kind, caller, id)
     })
     .await
 }

@@ -91,6 +91,14 @@ pub fn router() -> Router<AppState> {
             "/admin/filters/{id}/delete",
             post(admin_rules::delete_filter),
         )
+        .route(
+            "/admin/offline-filters",
+            get(admin_rules::offline_filters).post(admin_rules::build_offline_filter),
+        )
+        .route(
+            "/admin/offline-filters/{id}/delete",
+            post(admin_rules::delete_offline_filter),
+        )
         .route("/admin/sync-fields", get(admin_settings::sync_field_sets))
         .route(
             "/admin/sync-fields/{set}",
