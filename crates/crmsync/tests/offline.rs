@@ -440,7 +440,7 @@ async fn r_o1_playback_killed_midway_and_repeated_duplicates_and_loses_nothing()
     }
     assert!(
         kills >= 10,
-        "killed at every operation of the playback ({kills} kills)"
+        "killed at each durable step of the sync and the playback: before the playback's request and after its answer, before the replica settled it ({kills} kills)"
     );
     synced(&config);
     let mine = names(&server.base, &ann, "owner=me&limit=100").await;

@@ -159,41 +159,48 @@ fn set_of(r: &Value) -> anyhow::Result<EntitySet> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Offline changes sent per push request.
+const PLAYBACK_BATCH: usize = 50;
+
 /// R-O1's go-online: the journal in order, one push operation per
-/// changed record (its op id stored before it is sent, so a playback cut
-/// off and repeated applies nothing twice); each answer settles the
-/// record in the replica with the server's version.
+/// changed record, 50 to a request (each op id stored before it is sent,
+/// so a playback cut off and repeated applies nothing twice); each answer
+/// settles its record in the replica with the server's version.
 async fn play_back(
     replica: &Replica,
     crm: &CrmClient,
     client_id: &str,
 ) -> anyhow::Result<OnlineReport> {
     let mut report = OnlineReport::default();
-    for change in replica.pending().await? {
-        let op_id = replica.op_id(&change).await?;
-        let Some(op) = replica::playback_op(&change, &op_id) else {
-            replica.settle(&change, None).await?;
-            continue;
-        };
-        let answer = crm
-            .push(client_id, &[&op])
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or(Value::Null);
-        let server = match &answer["record"] {
-            Value::Object(_) => Some(replica::record_from_server(change.set, &answer["record"])?),
-            _ => None,
-        };
-        if answer["status"] == "ok" {
-            report.played_back += 1;
-            report.conflicts += answer["conflicts"].as_array().map_or(0, Vec::len);
-        } else {
-            let what = describe(&change);
-            let why = answer["message"].as_str().unwrap_or("refused");
-            report.refused.push(format!("{what}: {why}"));
+    let pending = replica.pending().await?;
+    for batch in pending.chunks(PLAYBACK_BATCH) {
+        let mut sent = Vec::with_capacity(batch.len());
+        for change in batch {
+            let op_id = replica.op_id(change).await?;
+            match replica::playback_op(change, &op_id) {
+                Some(op) => sent.push((change, op)),
+                // Created and deleted offline: nothing to send.
+                None => replica.settle(change, None).await?,
+            }
         }
-        replica.settle(&change, server.as_ref()).await?;
+        let ops: Vec<&Value> = sent.iter().map(|(_, op)| op).collect();
+        let answers = crm.push(client_id, &ops).await?;
+        for ((change, _), answer) in sent.into_iter().zip(answers) {
+            let server = match &answer["record"] {
+                Value::Object(_) => {
+                    Some(replica::record_from_server(change.set, &answer["record"])?)
+                }
+                _ => None,
+            };
+            if answer["status"] == "ok" {
+                report.played_back += 1;
+                report.conflicts += answer["conflicts"].as_array().map_or(0, Vec::len);
+            } else {
+                let why = answer["message"].as_str().unwrap_or("refused");
+                report.refused.push(format!("{}: {why}", describe(change)));
+            }
+            replica.settle(change, server.as_ref()).await?;
+        }
     }
     Ok(report)
 }
