@@ -105,6 +105,21 @@ async fn offline_server(config: &Path, port: u16) -> Killed {
     process
 }
 
+/// A server on SQLite in `dir` and Ann, who may go offline: (the database,
+/// the admin's token, the server, Ann's token).
+async fn ann_on_a_sqlite_server(dir: &Path) -> (String, String, Server, String) {
+    let db = format!("sqlite://{}", dir.join("crm.db").display());
+    let admin = Server::init(&db);
+    let server = Server::serve(&db, admin.clone()).await;
+    let (_, ann) = user(&server, "ann@example.com", true).await;
+    (db, admin, server, ann)
+}
+
+async fn get_contact(base: &str, token: &str, id: &str) -> (u16, Value) {
+    let path = format!("/api/v1/contacts/{id}");
+    call(base, token, reqwest::Method::GET, &path, None).await
+}
+
 async fn names(base: &str, token: &str, query: &str) -> Vec<String> {
     let (status, list) = call(
         base,
@@ -284,32 +299,11 @@ async fn r_o1_work_offline_then_go_online(db: String) {
         .map(|c| c["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["first_name"], "{conflicts}");
-    let (status, _) = call(
-        &server.base,
-        &ann,
-        reqwest::Method::GET,
-        &format!("/api/v1/contacts/{created}"),
-        None,
-    )
-    .await;
+    let (status, _) = get_contact(&server.base, &ann, &created).await;
     assert_eq!(status, 200, "created offline, under its offline id");
-    let (status, _) = call(
-        &server.base,
-        &ann,
-        reqwest::Method::GET,
-        &format!("/api/v1/contacts/{gone}"),
-        None,
-    )
-    .await;
+    let (status, _) = get_contact(&server.base, &ann, &gone).await;
     assert_eq!(status, 404, "deleted offline");
-    let (status, still) = call(
-        &server.base,
-        &ann,
-        reqwest::Method::GET,
-        &format!("/api/v1/contacts/{changed}"),
-        None,
-    )
-    .await;
+    let (status, still) = get_contact(&server.base, &ann, &changed).await;
     assert_eq!(
         (status, still["job_title"].clone()),
         (200, json!("CEO")),
@@ -355,14 +349,7 @@ async fn r_o1_work_offline_then_go_online(db: String) {
     );
     // The replica now holds the server's versions.
     let _offline = offline_server(&config, listen).await;
-    let (_, replica_keep) = call(
-        &local,
-        &ann,
-        reqwest::Method::GET,
-        &format!("/api/v1/contacts/{keep}"),
-        None,
-    )
-    .await;
+    let (_, replica_keep) = get_contact(&local, &ann, &keep).await;
     assert_eq!(replica_keep["first_name"], "Server");
 }
 
@@ -382,11 +369,8 @@ async fn r_o1_work_offline_then_go_online_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_o1_playback_killed_midway_and_repeated_duplicates_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
-    let admin = Server::init(&db);
-    let server = Server::serve(&db, admin.clone()).await;
+    let (db, admin, server, ann) = ann_on_a_sqlite_server(dir.path()).await;
     let port = server.port();
-    let (_, ann) = user(&server, "ann@example.com", true).await;
     let mut edited = Vec::new();
     for i in 0..5 {
         edited.push(contact(&server, &ann, &format!("Edited {i}")).await);
@@ -508,11 +492,8 @@ async fn within_40s<F: std::future::Future<Output = bool>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_o1_the_running_agent_serves_the_offline_copy_while_the_server_is_away() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crm.db").display());
-    let admin = Server::init(&db);
-    let server = Server::serve(&db, admin.clone()).await;
+    let (db, admin, server, ann) = ann_on_a_sqlite_server(dir.path()).await;
     let port = server.port();
-    let (_, ann) = user(&server, "ann@example.com", true).await;
     let keep = contact(&server, &ann, "Keep").await;
     let listen = free_port();
     let config = config(dir.path(), &server.base, &ann, listen);

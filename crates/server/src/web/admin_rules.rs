@@ -537,32 +537,17 @@ async fn build(
             value: String::new(),
             error: None,
         });
-        return filters_page(
-            &state,
-            user,
-            words,
-            StatusCode::OK,
-            builder,
-            Default::default(),
-        )
-        .await;
-    }
-    if let Some(i) = action
+    } else if let Some(i) = action
         .strip_prefix("remove_")
         .and_then(|n| n.parse::<usize>().ok())
     {
         if i < builder.rows.len() {
             builder.rows.remove(i);
         }
-        return filters_page(
-            &state,
-            user,
-            words,
-            StatusCode::OK,
-            builder,
-            Default::default(),
-        )
-        .await;
+    }
+    if action != "save" {
+        let kept = Default::default();
+        return filters_page(&state, user, words, StatusCode::OK, builder, kept).await;
     }
     let body = builder.body();
     match crate::config::create_filter(&state.store, words.kind, user.caller, &body).await {
