@@ -203,11 +203,20 @@ impl Replica {
             store::insert_organization(&mut tx, Uuid::new_v4(), "Offline copy", &now).await?;
         }
         put_record(&mut tx, &user).await?;
-        if let Some(hash) = password_hash {
-            crate::passwords::put_hash(&mut tx, user.id, hash).await?;
+        // The replica signs in exactly what the server does now: the
+        // current password (none if it was removed) and the agent's token
+        // (an older one, revoked since, no longer works here either).
+        match password_hash {
+            Some(hash) => crate::passwords::put_hash(&mut tx, user.id, hash).await?,
+            None => {
+                sqlx::query("DELETE FROM user_passwords WHERE user_id = $1")
+                    .bind(user.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
+        store::delete_tokens(&mut tx, user.id).await?;
         let hash = crate::auth::hash_token(token);
-        store::delete_token(&mut tx, &hash).await?;
         store::insert_token(&mut tx, &hash, user.id, &user.modified_at).await?;
         tx.commit().await?;
         Ok(())

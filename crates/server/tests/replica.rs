@@ -109,6 +109,22 @@ both_dbs! {
         assert!(replica.pending().await.unwrap().iter().all(|c| c.id != keep.id));
     }
 
+    async fn r_o1_the_replica_signs_in_the_current_token_only(s: TestServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let (replica, ann, _, _) = replica_of_ann(&s, dir.path()).await;
+        let user = s.store.get(ann.user_id).await.unwrap().unwrap();
+        let signs_in = |token: &'static str| {
+            let store = replica.store.clone();
+            async move { store.user_by_token(&crmsync_server::auth::hash_token(token)).await.unwrap().is_some() }
+        };
+        replica.set_identity(&user.to_json(), None, "first-token").await.unwrap();
+        assert!(signs_in("first-token").await);
+        replica.set_identity(&user.to_json(), None, "rotated-token").await.unwrap();
+        assert!(signs_in("rotated-token").await);
+        assert!(!signs_in("first-token").await, "a token revoked since no longer signs in offline");
+        assert!(replica.pending().await.unwrap().is_empty(), "the user's record is never journaled");
+    }
+
     async fn r_o1_the_feed_never_overwrites_a_change_waiting_to_be_played_back(s: TestServer) {
         let dir = tempfile::tempdir().unwrap();
         let (replica, ann, keep, gone) = replica_of_ann(&s, dir.path()).await;
