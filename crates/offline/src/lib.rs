@@ -174,13 +174,14 @@ async fn play_back(
     let mut report = OnlineReport::default();
     let pending = replica.pending().await?;
     for batch in pending.chunks(PLAYBACK_BATCH) {
+        let op_ids = replica.op_ids(batch).await?;
+        let mut settled = Vec::with_capacity(batch.len());
         let mut sent = Vec::with_capacity(batch.len());
-        for change in batch {
-            let op_id = replica.op_id(change).await?;
-            match replica::playback_op(change, &op_id) {
+        for (change, op_id) in batch.iter().zip(&op_ids) {
+            match replica::playback_op(change, op_id) {
                 Some(op) => sent.push((change, op)),
                 // Created and deleted offline: nothing to send.
-                None => replica.settle(change, None).await?,
+                None => settled.push((change, None)),
             }
         }
         let ops: Vec<&Value> = sent.iter().map(|(_, op)| op).collect();
@@ -199,8 +200,9 @@ async fn play_back(
                 let why = answer["message"].as_str().unwrap_or("refused");
                 report.refused.push(format!("{}: {why}", describe(change)));
             }
-            replica.settle(change, server.as_ref()).await?;
+            settled.push((change, server));
         }
+        replica.settle(&settled).await?;
     }
     Ok(report)
 }

@@ -329,86 +329,29 @@ impl Replica {
         Ok(out)
     }
 
-    /// The op id of a change being played back: the one stored for it
-    /// when the change is the same (a repeated playback), else a new one,
-    /// stored before it is sent.
-    pub async fn op_id(&self, change: &PendingChange) -> anyhow::Result<String> {
+    /// The op ids of changes being played back, in one transaction: for
+    /// each, the one stored for it when the change is the same (a repeated
+    /// playback), else a new one, stored before it is sent.
+    pub async fn op_ids(&self, changes: &[PendingChange]) -> anyhow::Result<Vec<String>> {
         let mut tx = self.store.begin().await?;
-        let stored = sqlx::query("SELECT upto_seq, op_id FROM replica_ops WHERE record_id = $1")
-            .bind(change.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = stored {
-            if row.try_get::<i64, _>("upto_seq")? == change.upto_seq {
-                return Ok(row.try_get("op_id")?);
-            }
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            out.push(op_id_in(&mut tx, change).await?);
         }
-        let op_id = format!("offline-{}", Uuid::new_v4());
-        sqlx::query("DELETE FROM replica_ops WHERE record_id = $1")
-            .bind(change.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO replica_ops (record_id, upto_seq, op_id) VALUES ($1, $2, $3)")
-            .bind(change.id.to_string())
-            .bind(change.upto_seq)
-            .bind(op_id.clone())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(op_id)
+        Ok(out)
     }
 
-    /// Settles a played-back change: the replica takes `server` (the
-    /// server's record after the change, or `None` when it has none) and
-    /// forgets the journal up to the change. Changes made here meanwhile
-    /// stay journaled, against the server's new version as their base.
-    pub async fn settle(
-        &self,
-        change: &PendingChange,
-        server: Option<&Record>,
-    ) -> anyhow::Result<()> {
+    /// Settles played-back changes, in one transaction: each record takes
+    /// the server's version after its change (`None`: the server has none)
+    /// and its journal up to the change is forgotten. Changes made here
+    /// meanwhile stay journaled, against the server's new version as their
+    /// base.
+    pub async fn settle(&self, settled: &[(&PendingChange, Option<Record>)]) -> anyhow::Result<()> {
         let mut tx = self.store.begin().await?;
         set_applying(&mut tx, true).await?;
-        let id = change.id.to_string();
-        let later: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM replica_journal WHERE record_id = $1 AND seq > $2",
-        )
-        .bind(id.clone())
-        .bind(change.upto_seq)
-        .fetch_one(&mut *tx)
-        .await?;
-        for sql in [
-            "DELETE FROM replica_journal WHERE record_id = $1 AND seq <= $2",
-            "DELETE FROM replica_ops WHERE record_id = $1 AND upto_seq <= $2",
-        ] {
-            sqlx::query(sql)
-                .bind(id.clone())
-                .bind(change.upto_seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM replica_base WHERE record_id = $1")
-            .bind(id.clone())
-            .execute(&mut *tx)
-            .await?;
-        match (server, later) {
-            (Some(r), Some(_)) => {
-                sqlx::query(
-                    "INSERT INTO replica_base (record_id, version, owner_id, state, data) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id.clone())
-                .bind(r.version)
-                .bind(r.owner_id.to_string())
-                .bind(r.state.clone())
-                .bind(Value::Object(r.fields.clone()).to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
-            (Some(r), None) => put_record(&mut tx, r).await?,
-            (None, None) => drop_record(&mut tx, change.id).await?,
-            // Edited here again after the server dropped it: played back
-            // as a new record.
-            (None, Some(_)) => {}
+        for (change, server) in settled {
+            settle_in(&mut tx, change, server.as_ref()).await?;
         }
         set_applying(&mut tx, false).await?;
         tx.commit().await?;
@@ -441,6 +384,79 @@ impl Replica {
             waiting,
         })
     }
+}
+
+async fn op_id_in(conn: &mut AnyConnection, change: &PendingChange) -> anyhow::Result<String> {
+    let stored = sqlx::query("SELECT upto_seq, op_id FROM replica_ops WHERE record_id = $1")
+        .bind(change.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = stored {
+        if row.try_get::<i64, _>("upto_seq")? == change.upto_seq {
+            return Ok(row.try_get("op_id")?);
+        }
+    }
+    let op_id = format!("offline-{}", Uuid::new_v4());
+    sqlx::query("DELETE FROM replica_ops WHERE record_id = $1")
+        .bind(change.id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO replica_ops (record_id, upto_seq, op_id) VALUES ($1, $2, $3)")
+        .bind(change.id.to_string())
+        .bind(change.upto_seq)
+        .bind(op_id.clone())
+        .execute(&mut *conn)
+        .await?;
+    Ok(op_id)
+}
+
+async fn settle_in(
+    conn: &mut AnyConnection,
+    change: &PendingChange,
+    server: Option<&Record>,
+) -> anyhow::Result<()> {
+    let id = change.id.to_string();
+    let later: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(seq) FROM replica_journal WHERE record_id = $1 AND seq > $2",
+    )
+    .bind(id.clone())
+    .bind(change.upto_seq)
+    .fetch_one(&mut *conn)
+    .await?;
+    for sql in [
+        "DELETE FROM replica_journal WHERE record_id = $1 AND seq <= $2",
+        "DELETE FROM replica_ops WHERE record_id = $1 AND upto_seq <= $2",
+    ] {
+        sqlx::query(sql)
+            .bind(id.clone())
+            .bind(change.upto_seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM replica_base WHERE record_id = $1")
+        .bind(id.clone())
+        .execute(&mut *conn)
+        .await?;
+    match (server, later) {
+        (Some(r), Some(_)) => {
+            sqlx::query(
+                "INSERT INTO replica_base (record_id, version, owner_id, state, data) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id.clone())
+            .bind(r.version)
+            .bind(r.owner_id.to_string())
+            .bind(r.state.clone())
+            .bind(Value::Object(r.fields.clone()).to_string())
+            .execute(&mut *conn)
+            .await?;
+        }
+        (Some(r), None) => put_record(conn, r).await?,
+        (None, None) => drop_record(conn, change.id).await?,
+        // Edited here again after the server dropped it: played back as a
+        // new record.
+        (None, Some(_)) => {}
+    }
+    Ok(())
 }
 
 /// A record's set and, unless deleted here, the record.

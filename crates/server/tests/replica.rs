@@ -85,8 +85,9 @@ both_dbs! {
         assert_eq!(ids, [keep.id, gone.id, new_id], "in the order of their first change");
         assert_eq!(replica.size().await.unwrap().waiting, 3);
 
-        let op_id = replica.op_id(&pending[0]).await.unwrap();
-        assert_eq!(replica.op_id(&pending[0]).await.unwrap(), op_id, "a repeated playback sends the same op id");
+        let op_ids = replica.op_ids(&pending).await.unwrap();
+        assert_eq!(replica.op_ids(&pending).await.unwrap(), op_ids, "a repeated playback sends the same op ids");
+        let op_id = op_ids[0].clone();
         let update = playback_op(&pending[0], &op_id).unwrap();
         assert_eq!(update["op"], "offline_update");
         assert_eq!(update["base_version"], keep.version, "the server's version before the first offline change");
@@ -102,7 +103,7 @@ both_dbs! {
         let mut merged = keep.clone();
         merged.version = keep.version + 100;
         merged.fields.insert("first_name".into(), json!("Kimberly"));
-        replica.settle(&pending[0], Some(&merged)).await.unwrap();
+        replica.settle(&[(&pending[0], Some(merged.clone()))]).await.unwrap();
         assert_eq!(replica.store.get(keep.id).await.unwrap().unwrap(), merged);
         let left: Vec<Uuid> = replica.pending().await.unwrap().iter().map(|c| c.id).collect();
         assert_eq!(left, [gone.id, new_id]);
