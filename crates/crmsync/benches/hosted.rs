@@ -16,8 +16,8 @@
 //!    mailboxes at the same concurrency (P × 4), with the project's own
 //!    clients (crmsync_imap, crmsync_dav): per mailbox a login, one
 //!    STATUS per folder (QRESYNC, nothing changed) and one sync-collection
-//!    REPORT per DAV collection; and the same without the login (sessions
-//!    kept open, which the workers do not do).
+//!    REPORT per DAV collection; and the same without the IMAP login (a
+//!    session kept open, which the workers do not do).
 //! 3. Per no-change cycle: database round trips (the Sync and Query
 //!    messages of the servers, counted by a proxy in front of
 //!    PostgreSQL) and transactions (`pg_stat_database`), the servers'
@@ -106,38 +106,42 @@ async fn transactions(db_name: &str) -> i64 {
 /// transactions (statistics, read 11 s later), and when.
 struct Counters {
     trips: u64,
+    /// Of which ran no statement (pool checks, preparations).
+    empty: u64,
     xacts: i64,
     at: Instant,
 }
 
 async fn counters(proxy: &PgRoundTrips, db_name: &str) -> Counters {
-    let (trips, at) = (proxy.count(), Instant::now());
+    let (trips, empty, at) = (proxy.count(), proxy.without_statement(), Instant::now());
     Counters {
         trips,
+        empty,
         xacts: transactions(db_name).await,
         at,
     }
 }
 
-/// `(round trips, transactions)` per second of idle servers.
-fn idle_rates(a: &Counters, b: &Counters) -> (f64, f64) {
+/// `(round trips, of which without statement, transactions)` per second
+/// of idle servers.
+fn idle_rates(a: &Counters, b: &Counters) -> [f64; 3] {
     let secs = (b.at - a.at).as_secs_f64();
-    (
+    [
         (b.trips - a.trips) as f64 / secs,
+        (b.empty - a.empty) as f64 / secs,
         (b.xacts - a.xacts) as f64 / secs,
-    )
+    ]
 }
 
 /// One mailbox as the mail servers' own floor sees it: its IMAP folders
-/// and DAV collections with their current sync states, and sessions kept
-/// open for the floor without login.
+/// and DAV collections with their current sync states, and an IMAP
+/// session kept open for the floor without login.
 struct Floor {
     imap: ImapConfig,
     dav: DavConfig,
     folders: Vec<(String, SyncState)>,
     collections: Vec<(String, SyncState)>,
     open_imap: ImapMailbox,
-    open_dav: DavMailbox,
 }
 
 impl Floor {
@@ -145,7 +149,6 @@ impl Floor {
     /// (not timed).
     async fn of(imap: ImapConfig, dav: DavConfig) -> Floor {
         let open_imap = ImapMailbox::connect(imap.clone()).await.unwrap();
-        let open_dav = DavMailbox::new(&dav).unwrap();
         let mut folders = Vec::new();
         for c in open_imap.collections().await.unwrap() {
             let state = open_imap.changes_since(&c.id, None).await.unwrap().state;
@@ -153,7 +156,12 @@ impl Floor {
         }
         let mut collections = Vec::new();
         for id in ["contacts", "calendar", "tasks"] {
-            let state = open_dav.changes_since(id, None).await.unwrap().state;
+            let state = DavMailbox::new(&dav)
+                .unwrap()
+                .changes_since(id, None)
+                .await
+                .unwrap()
+                .state;
             collections.push((id.to_string(), state));
         }
         Floor {
@@ -162,61 +170,78 @@ impl Floor {
             folders,
             collections,
             open_imap,
-            open_dav,
         }
     }
 
-    /// One no-change pass: with `login`, a new IMAP session and a new HTTP
-    /// client first (as each cycle of the workers does). Its time and its
+    /// One no-change pass: with `login`, a new IMAP session first (as each
+    /// cycle of the workers does), else the open one. DAV has no session
+    /// (Basic authentication on every request): a new HTTP client each
+    /// time, as the workers (Radicale stalls about 1 s on a kept-alive
+    /// connection reused after a pause). Its time, its DAV part and its
     /// requests after the login.
-    async fn pass(&self, login: bool) -> (Duration, u64) {
+    async fn pass(&self, login: bool) -> (Duration, Duration, u64) {
         let t = Instant::now();
-        let (imap, dav) = if login {
-            (
-                ImapMailbox::connect(self.imap.clone()).await.unwrap(),
-                DavMailbox::new(&self.dav).unwrap(),
-            )
+        let imap = if login {
+            ImapMailbox::connect(self.imap.clone()).await.unwrap()
         } else {
-            (self.open_imap.clone(), self.open_dav.clone())
+            self.open_imap.clone()
         };
+        let dav = DavMailbox::new(&self.dav).unwrap();
         let before = imap.round_trips() + dav.request_count();
         for (id, state) in &self.folders {
             let c = imap.changes_since(id, Some(state)).await.unwrap();
             assert!(c.is_empty(), "{id}: {c:?}");
         }
+        let dav_started = Instant::now();
         for (id, state) in &self.collections {
             let c = dav.changes_since(id, Some(state)).await.unwrap();
             assert!(c.is_empty(), "{id}: {c:?}");
         }
         let requests = imap.round_trips() + dav.request_count() - before;
-        (t.elapsed(), requests)
+        (t.elapsed(), dav_started.elapsed(), requests)
     }
 }
 
 /// The floor for every mailbox, `concurrency` at a time: the wall time of
-/// all, each mailbox's time (ms), requests per mailbox.
-async fn floor_pass(floors: &[Floor], login: bool, concurrency: usize) -> (Duration, Vec<f64>, f64) {
+/// all, each mailbox's time and its DAV part (ms), requests per mailbox.
+async fn floor_pass(
+    floors: &[Floor],
+    login: bool,
+    concurrency: usize,
+) -> (Duration, Vec<(f64, f64)>, f64) {
     let t = Instant::now();
-    let done: Vec<(Duration, u64)> = futures_util::stream::iter(floors)
+    let done: Vec<(Duration, Duration, u64)> = futures_util::stream::iter(floors)
         .map(|f| f.pass(login))
         .buffer_unordered(concurrency)
         .collect()
         .await;
     let wall = t.elapsed();
-    let requests = done.iter().map(|d| d.1).sum::<u64>() as f64 / floors.len() as f64;
-    (wall, done.iter().map(|d| d.0.as_secs_f64() * 1e3).collect(), requests)
+    let requests = done.iter().map(|d| d.2).sum::<u64>() as f64 / floors.len() as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (
+        wall,
+        done.iter().map(|d| (ms(d.0), ms(d.1))).collect(),
+        requests,
+    )
 }
 
 /// Each mailbox's lease token, whether a worker holds it, and its last
 /// counts (one statement).
 async fn mailbox_rows(db: &mut PgConnection) -> HashMap<String, (i64, bool, Option<String>)> {
-    sqlx::query("SELECT id, lease_token, lease_holder IS NOT NULL AS held, last_counts FROM mailboxes")
-        .fetch_all(db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.get("id"), (r.get("lease_token"), r.get("held"), r.get("last_counts"))))
-        .collect()
+    sqlx::query(
+        "SELECT id, lease_token, lease_holder IS NOT NULL AS held, last_counts FROM mailboxes",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r.get("id"),
+            (r.get("lease_token"), r.get("held"), r.get("last_counts")),
+        )
+    })
+    .collect()
 }
 
 /// Waits until no mailbox has been claimed for `quiet` (a cycle's own
@@ -226,7 +251,9 @@ async fn wait_quiet(db: &mut PgConnection, quiet: Duration) {
     loop {
         tokio::time::sleep(quiet).await;
         let now = mailbox_rows(db).await;
-        let same = now.iter().all(|(id, r)| !r.1 && before.get(id).map(|b| b.0) == Some(r.0));
+        let same = now
+            .iter()
+            .all(|(id, r)| !r.1 && before.get(id).map(|b| b.0) == Some(r.0));
         if same {
             return;
         }
@@ -258,7 +285,10 @@ async fn cycle_all(db: &mut PgConnection) -> (Duration, Vec<f64>, i64) {
             .values()
             .map(|r| {
                 let counts: Value = serde_json::from_str(r.2.as_deref().unwrap_or("{}")).unwrap();
-                assert_eq!(counts["written_to_mailbox"], 0, "a no-change cycle: {counts}");
+                assert_eq!(
+                    counts["written_to_mailbox"], 0,
+                    "a no-change cycle: {counts}"
+                );
                 counts["elapsed_ms"].as_f64().unwrap_or(f64::NAN)
             })
             .collect();
@@ -306,8 +336,10 @@ async fn main() {
         let r = http
             .post(format!("{}/api/v1/contacts", servers[0].base))
             .bearer_auth(t)
-            .json(&json!({"first_name": "Friend", "last_name": format!("Of User {u}"),
-                          "email": format!("friend{u}@example.net")}))
+            .json(
+                &json!({"first_name": "Friend", "last_name": format!("Of User {u}"),
+                          "email": format!("friend{u}@example.net")}),
+            )
             .send()
             .await
             .unwrap();
@@ -323,8 +355,10 @@ async fn main() {
     let base = |i: usize| bases[if kill { 1 + i % (p - 1) } else { i % p }].clone();
     let started = Instant::now();
     let dav_section = |u: usize| {
-        Some(json!({"contacts": books[u][0].to_string(), "calendar": books[u][1].to_string(),
-                    "tasks": books[u][2].to_string(), "username": format!("user{u}"), "password": PASSWORD}))
+        Some(
+            json!({"contacts": books[u][0].to_string(), "calendar": books[u][1].to_string(),
+                    "tasks": books[u][2].to_string(), "username": format!("user{u}"), "password": PASSWORD}),
+        )
     };
     connect_mailboxes(&users, dovecot.port, dav_section, base).await;
 
@@ -420,14 +454,17 @@ async fn main() {
     wait_quiet(&mut sql, Duration::from_secs(2)).await;
     let idle_a = counters(&proxy, &db_name).await;
     let idle_b = counters(&proxy, &db_name).await;
-    let (idle_trips, idle_xacts) = idle_rates(&idle_a, &idle_b);
+    let [idle_trips, idle_empty, idle_xacts] = idle_rates(&idle_a, &idle_b);
     let mut engine_all = Vec::new();
     let mut engine_ms = Vec::new();
     let mut floor_all = Vec::new();
     let mut floor_ms = Vec::new();
     let mut open_all = Vec::new();
     let mut open_ms = Vec::new();
+    let mut floor_dav_ms = Vec::new();
+    let mut open_dav_ms = Vec::new();
     let mut trips = Vec::new();
+    let mut empty = Vec::new();
     let mut xacts = Vec::new();
     let mut cpu_cycle = Vec::new();
     let mut floor_requests = 0.0;
@@ -452,22 +489,21 @@ async fn main() {
             .sum();
         let after = counters(&proxy, &db_name).await;
         let secs = (after.at - before.at).as_secs_f64();
-        trips.push(
-            ((after.trips - before.trips) as f64 - idle_trips * secs) / n as f64,
-        );
-        xacts.push(
-            ((after.xacts - before.xacts - own) as f64 - idle_xacts * secs) / n as f64,
-        );
+        trips.push(((after.trips - before.trips) as f64 - idle_trips * secs) / n as f64);
+        empty.push(((after.empty - before.empty) as f64 - idle_empty * secs) / n as f64);
+        xacts.push(((after.xacts - before.xacts - own) as f64 - idle_xacts * secs) / n as f64);
         cpu_cycle.push(cpu.as_secs_f64() * 1e3 / n as f64);
         engine_all.push(wall.as_secs_f64());
         engine_ms.extend(ms);
         let (wall, ms, requests) = floor_pass(&floors, true, concurrency).await;
         floor_all.push(wall.as_secs_f64());
-        floor_ms.extend(ms);
+        floor_ms.extend(ms.iter().map(|m| m.0));
+        floor_dav_ms.extend(ms.iter().map(|m| m.1));
         floor_requests = requests;
         let (wall, ms, requests) = floor_pass(&floors, false, concurrency).await;
         open_all.push(wall.as_secs_f64());
-        open_ms.extend(ms);
+        open_ms.extend(ms.iter().map(|m| m.0));
+        open_dav_ms.extend(ms.iter().map(|m| m.1));
         open_requests = requests;
         eprintln!(
             "run {}: engine {:.2} s, floor {:.2} s, without login {:.2} s",
@@ -512,19 +548,30 @@ async fn main() {
         percentile(open_ms, 90)
     );
     println!(
+        "floor's DAV part, p50 / p90 (ms):    {:.1} / {:.1}; without login {:.1} / {:.1}",
+        percentile(floor_dav_ms.clone(), 50),
+        percentile(floor_dav_ms, 90),
+        percentile(open_dav_ms.clone(), 50),
+        percentile(open_dav_ms, 90)
+    );
+    println!(
         "floor requests per mailbox:          {floor_requests:.1} after the login ({:.1} without login), at {concurrency} at a time",
         open_requests
     );
     println!(
-        "per no-change cycle:                 {:.1} database round trips, {:.1} transactions (idle polling of {idle_trips:.1} round trips/s, {idle_xacts:.1} transactions/s subtracted); runs {:?}",
+        "per no-change cycle:                 {:.1} database round trips ({:.1} of them without statement: pool checks, preparations), {:.1} transactions (idle polling of {idle_trips:.1} round trips/s, {idle_xacts:.1} transactions/s subtracted); runs {:?}",
         median(trips.clone()),
+        median(empty),
         median(xacts.clone()),
         trips.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>()
     );
     println!(
         "server CPU per mailbox per cycle:    {:.1} ms (runs {:?})",
         median(cpu_cycle.clone()),
-        cpu_cycle.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>()
+        cpu_cycle
+            .iter()
+            .map(|c| format!("{c:.1}"))
+            .collect::<Vec<_>>()
     );
     println!("server peak memory (MiB):            {}", memory.join(", "));
     if show_statements {

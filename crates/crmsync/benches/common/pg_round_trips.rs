@@ -28,6 +28,10 @@ pub struct PgRoundTrips {
 #[derive(Default)]
 struct Counts {
     trips: AtomicU64,
+    /// Round trips that ran no statement: a Sync alone (sqlx's check of a
+    /// pooled connection before handing it out) or after a Parse (the
+    /// first use of a statement on a connection prepares it).
+    no_statement: AtomicU64,
     statements: Mutex<HashMap<String, u64>>,
 }
 
@@ -56,6 +60,12 @@ impl PgRoundTrips {
     /// Round trips of every client so far.
     pub fn count(&self) -> u64 {
         self.counts.trips.load(Ordering::Relaxed)
+    }
+
+    /// Round trips so far that ran no statement (pool checks, statement
+    /// preparations).
+    pub fn without_statement(&self) -> u64 {
+        self.counts.no_statement.load(Ordering::Relaxed)
     }
 
     /// Statements executed so far, by SQL text.
@@ -107,6 +117,8 @@ struct Messages {
     started: bool,
     /// This connection's prepared statements: name → SQL.
     prepared: HashMap<String, String>,
+    /// Whether a Bind came since the last Sync.
+    bound: bool,
 }
 
 /// The NUL-terminated strings at the start of a message's body.
@@ -120,7 +132,7 @@ impl Messages {
     /// the statements they run.
     fn feed(&mut self, bytes: &[u8], counts: &Counts) {
         self.pending.extend_from_slice(bytes);
-        let (mut at, mut waits) = (0, 0);
+        let (mut at, mut waits, mut empty) = (0, 0, 0);
         let mut ran = Vec::new();
         loop {
             let rest = &self.pending[at..];
@@ -147,7 +159,12 @@ impl Messages {
                 }
                 let body = &rest[5..1 + len];
                 match rest[0] {
-                    b'S' => waits += 1,
+                    b'S' => {
+                        waits += 1;
+                        if !std::mem::take(&mut self.bound) {
+                            empty += 1;
+                        }
+                    }
                     b'Q' => {
                         waits += 1;
                         ran.extend(c_strings(body).next());
@@ -159,6 +176,7 @@ impl Messages {
                         }
                     }
                     b'B' => {
+                        self.bound = true;
                         let name = c_strings(body).nth(1).unwrap_or_default();
                         ran.push(self.prepared.get(&name).cloned().unwrap_or(name));
                     }
@@ -169,6 +187,7 @@ impl Messages {
         }
         self.pending.drain(..at);
         counts.trips.fetch_add(waits, Ordering::Relaxed);
+        counts.no_statement.fetch_add(empty, Ordering::Relaxed);
         if !ran.is_empty() {
             let mut statements = counts.statements.lock().unwrap();
             for sql in ran {
