@@ -426,7 +426,7 @@ impl Cache {
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = &self.fence {
-            check_lease(&mut *tx, fence, " FOR SHARE").await?;
+            check_lease(&mut tx, fence, " FOR SHARE").await?;
         }
         Ok(tx)
     }

@@ -37,6 +37,9 @@
 //!
 //! Defaults (a smoke run of a few seconds): N = 20, M = 5, P = 3, R = 3.
 
+// Both fixtures bring the Cyrus one along.
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 #[path = "../../dav/tests/common/mod.rs"]
 mod dav_servers;
