@@ -179,9 +179,8 @@ impl Floor {
     /// One no-change pass: with `login`, a new IMAP session first (as each
     /// cycle of the workers does), else the open one. DAV has no session
     /// (Basic authentication on every request): a new HTTP client each
-    /// time, as the workers (Radicale stalls about 1 s on a kept-alive
-    /// connection reused after a pause). Its time, its DAV part and its
-    /// requests after the login.
+    /// time, as the workers. Its time, its DAV part and its requests
+    /// after the login.
     async fn pass(&self, login: bool) -> (Duration, Duration, u64) {
         let t = Instant::now();
         let imap = if login {
