@@ -18,12 +18,13 @@
 //! [`LeaseLost`] and writes nothing.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::{Map, Value};
 use sqlx::any::{install_default_drivers, AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 /// The table holding the lease of each connected mailbox (R-V4), its key
 /// column and its lease token column: the names a [`Fence`] checks.
@@ -281,6 +282,26 @@ pub struct Cache {
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
+/// [`LeaseLost`] unless the lease row still has the fence's token;
+/// `lock` (` FOR SHARE`) keeps it so until the transaction ends.
+async fn check_lease(conn: &mut AnyConnection, fence: &Fence, lock: &str) -> anyhow::Result<()> {
+    let held = sqlx::query(&format!(
+        "SELECT 1 FROM {LEASE_TABLE} WHERE {LEASE_KEY_COLUMN} = $1 AND {LEASE_TOKEN_COLUMN} = $2{lock}"
+    ))
+    .bind(fence.key.clone())
+    .bind(fence.token)
+    .fetch_optional(conn)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(LeaseLost {
+            key: fence.key.clone(),
+            token: fence.token,
+        }
+        .into()),
+    }
+}
+
 impl Cache {
     /// Opens (creating if needed) the agent's cache file.
     pub async fn open(path: &Path) -> anyhow::Result<Cache> {
@@ -405,20 +426,7 @@ impl Cache {
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = &self.fence {
-            let held = sqlx::query(&format!(
-                "SELECT 1 FROM {LEASE_TABLE} WHERE {LEASE_KEY_COLUMN} = $1 AND {LEASE_TOKEN_COLUMN} = $2 FOR SHARE"
-            ))
-            .bind(fence.key.clone())
-            .bind(fence.token)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if held.is_none() {
-                return Err(LeaseLost {
-                    key: fence.key.clone(),
-                    token: fence.token,
-                }
-                .into());
-            }
+            check_lease(&mut tx, fence, " FOR SHARE").await?;
         }
         Ok(tx)
     }
@@ -426,10 +434,11 @@ impl Cache {
     /// R-V4: fails with [`LeaseLost`] unless the lease is still held (no
     /// check without a fence). Called before a mailbox write that no
     /// fenced cache write precedes, so that a worker that lost its lease
-    /// does not write into the mailbox either.
+    /// does not write into the mailbox either. One statement: a lock taken
+    /// here would be released as soon as it was taken.
     pub async fn hold_lease(&self) -> anyhow::Result<()> {
-        if self.fence.is_some() {
-            self.begin().await?.commit().await?;
+        if let Some(fence) = &self.fence {
+            check_lease(&mut *self.pool.acquire().await?, fence, "").await?;
         }
         Ok(())
     }
@@ -855,6 +864,19 @@ impl Cache {
             .await?;
         crate::fault::step("write intent done");
         Ok(())
+    }
+
+    /// The collections that hold write intents, so that a sync clears only
+    /// those (one read instead of a fenced write per collection, R-V6).
+    pub async fn write_intent_collections(&self) -> anyhow::Result<HashSet<String>> {
+        let sql = self.sql("SELECT DISTINCT collection FROM {write_intents} {where}");
+        Ok(self
+            .query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect())
     }
 
     /// Forgets the intents of `collection` once a complete scan has looked

@@ -730,7 +730,14 @@ impl Agent {
             .as_str()
             .context("the server answered a registration without id")?
             .to_string();
-        self.cache.set_meta("client_id", &id).await?;
+        // Written once, not at every sync: a fenced write costs a server's
+        // database four round trips (R-V6). Either way the lease is
+        // checked before the prepare that follows (R-V4).
+        if self.cache.meta("client_id").await?.as_deref() == Some(id.as_str()) {
+            self.cache.hold_lease().await?;
+        } else {
+            self.cache.set_meta("client_id", &id).await?;
+        }
         let role = if client["role"] == "delegated" {
             Role::Delegated
         } else if client["acts_as_primary"] == true {
@@ -1253,9 +1260,17 @@ impl Agent {
 
     /// The new state of every complete collection. Settling re-scans a
     /// collection to step over the agent's own writes; with no write into
-    /// the mailbox (`wrote` false) the scan's state is exact.
+    /// the mailbox (`wrote` false) the scan's state is exact. Only what
+    /// changes is written: a state that moved, the intents of a collection
+    /// that has some (a no-change cycle writes nothing, R-V6).
     async fn store_states(&self, wrote: bool, run: &mut ItemPass) -> anyhow::Result<()> {
-        for (collection, state) in std::mem::take(&mut run.new_states) {
+        let new_states = std::mem::take(&mut run.new_states);
+        let with_intents = if new_states.is_empty() {
+            HashSet::new()
+        } else {
+            self.cache.write_intent_collections().await?
+        };
+        for (collection, state) in new_states {
             if run.incomplete.contains(&collection) {
                 continue;
             }
@@ -1269,7 +1284,9 @@ impl Agent {
                     .set_sync_state(&collection, state.as_str())
                     .await?;
             }
-            self.cache.write_intents_clear(&collection).await?;
+            if with_intents.contains(&collection) {
+                self.cache.write_intents_clear(&collection).await?;
+            }
         }
         Ok(())
     }

@@ -660,3 +660,65 @@ async fn r_v4_a_spooled_message_journaled_by_another_process_is_sent_once() {
     assert!(sync(&second).await.pushed.is_empty());
     assert_eq!(w.email_by_mid("big@example.org").await.len(), 1);
 }
+
+/// `url` (`postgres://user@host/db`) as the role `role`.
+fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{role}@{host}")
+}
+
+/// R-V6: a cycle that finds nothing changed writes nothing to the cache
+/// (a fenced write costs a server's database four round trips at every
+/// cycle of every mailbox): the second sync runs as a database role that
+/// may read the caches and write nothing else than the collections'
+/// states, so any other write fails it.
+#[tokio::test]
+async fn r_v6_a_no_change_cycle_writes_nothing_to_the_cache() {
+    let w = world().await;
+    let (_, ann) = w.user("ann@example.com").await;
+    w.contact(&ann, "Alpha").await;
+    let (url, pool) = fresh_database().await;
+    lease_table(&pool, 7).await;
+    let engine = |pool: AnyPool| {
+        let cache = Cache::in_database(
+            pool,
+            "mb-ann",
+            Some(Fence {
+                key: "mb-ann".into(),
+                token: 7,
+            }),
+        )
+        .unwrap();
+        Agent::with_cache(w.config(&ann, "ann", "cache"), cache)
+    };
+    let first = sync(&engine(pool.clone()).await.unwrap()).await;
+    assert_eq!(first.written_to_mailbox, 1);
+
+    let role = format!("reader_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+        // The fence's `FOR SHARE` needs it; the lease is the worker's.
+        format!("GRANT UPDATE ON {LEASE_TABLE} TO {role}"),
+        // A local folder's state carries the time of its scan, so it is
+        // stored at every cycle (an IMAP or DAV state moves only with
+        // the mailbox).
+        format!("GRANT INSERT, UPDATE ON mailbox_cache_collections TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let reader = connect(&as_role(&url, &role)).await;
+    let again = engine(reader.clone())
+        .await
+        .unwrap()
+        .sync_once(SyncOptions::default())
+        .await;
+    reader.close().await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let again = again.expect("a no-change cycle that writes nothing");
+    assert_eq!(again.written_to_mailbox, 0);
+    assert!(again.errors.is_empty(), "{:?}", again.errors);
+}

@@ -36,7 +36,13 @@ async fn r_v6_three_serve_processes_one_killed_track_every_message_once() {
     }
     let tokens = crm_users(&servers[0], USERS).await;
     let http = reqwest::Client::new();
-    connect_mailboxes(&tokens, dovecot.port, |u| servers[u % 3].base.clone()).await;
+    connect_mailboxes(
+        &tokens,
+        dovecot.port,
+        |_| None,
+        |u| servers[u % 3].base.clone(),
+    )
+    .await;
     // The tracked emails each user's API shows, by Message-ID, asked of a
     // process that stays.
     let asked = servers[2].base.clone();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg_round_trips;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

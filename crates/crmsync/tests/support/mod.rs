@@ -277,17 +277,22 @@ pub async fn crm_users(server: &Server, n: usize) -> Vec<String> {
 }
 
 /// Each user connects mail user `user{u}` (password `pw`) of the IMAP
-/// server on `imap_port`, through the server `base(u)`: the mailboxes' ids.
+/// server on `imap_port`, and the `dav` section `dav(u)` if any, through
+/// the server `base(u)`: the mailboxes' ids.
 pub async fn connect_mailboxes(
     tokens: &[String],
     imap_port: u16,
+    dav: impl Fn(usize) -> Option<serde_json::Value>,
     base: impl Fn(usize) -> String,
 ) -> Vec<String> {
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for (u, t) in tokens.iter().enumerate() {
-        let body = serde_json::json!({"name": "mail", "imap": {"host": "127.0.0.1", "port": imap_port,
+        let mut body = serde_json::json!({"name": "mail", "imap": {"host": "127.0.0.1", "port": imap_port,
             "security": "none", "username": format!("user{u}"), "password": "pw"}});
+        if let Some(section) = dav(u) {
+            body["dav"] = section;
+        }
         let r = http
             .post(format!("{}/api/v1/mailboxes", base(u)))
             .bearer_auth(t)

@@ -244,10 +244,23 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(u16, Vec<u8>), reqwest::Error> {
+        self.raw_as((USER, PASSWORD), method, url, headers, body)
+            .await
+    }
+
+    /// [`Server::raw`] logged in as `login` (user, password).
+    async fn raw_as(
+        &self,
+        login: (&str, &str),
+        method: &str,
+        url: Url,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(u16, Vec<u8>), reqwest::Error> {
         let mut req = self
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-            .basic_auth(USER, Some(PASSWORD));
+            .basic_auth(login.0, Some(login.1));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -291,26 +304,57 @@ impl Server {
             .0
     }
 
+    /// Radicale only: another user of the server (a line of its htpasswd
+    /// file, which Radicale reads at every login) with their own
+    /// `contacts`, `calendar` and `tasks`; their URLs in that order (the
+    /// R-V6 benchmark's many mailboxes on one server).
+    pub async fn add_user(&self, user: &str, password: &str) -> [Url; 3] {
+        let Process::Child { dir, .. } = &self.process else {
+            panic!("add_user is for Radicale");
+        };
+        assert_eq!(self.kind, Kind::Radicale, "add_user is for Radicale");
+        let mut htpasswd = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("htpasswd"))
+            .unwrap();
+        std::io::Write::write_all(&mut htpasswd, format!("{user}:{password}\n").as_bytes())
+            .unwrap();
+        let urls = ["contacts", "calendar", "tasks"]
+            .map(|id| self.root().join(&format!("/{user}/{id}/")).unwrap());
+        self.create_collections_as((user, password), &urls).await;
+        urls
+    }
+
     async fn create_collections(&self) {
+        let wanted: Vec<Url> = match self.kind {
+            Kind::Radicale => ["contacts", "calendar", "tasks"]
+                .map(|id| self.url_of(id))
+                .to_vec(),
+            Kind::Xandikos | Kind::Cyrus => vec![self.url_of("tasks")],
+        };
+        self.create_collections_as((USER, PASSWORD), &wanted).await;
+    }
+
+    /// MKCOL of each URL: an address book when it ends in `contacts/`, a
+    /// VEVENT calendar in `calendar/`, a VTODO one otherwise.
+    async fn create_collections_as(&self, login: (&str, &str), urls: &[Url]) {
         let cal = |comp: &str| {
             format!(
                 r#"<?xml version="1.0"?><D:mkcol xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set><D:prop><D:resourcetype><D:collection/><C:calendar/></D:resourcetype><C:supported-calendar-component-set><C:comp name="{comp}"/></C:supported-calendar-component-set></D:prop></D:set></D:mkcol>"#
             )
         };
         let book = r#"<?xml version="1.0"?><D:mkcol xmlns:D="DAV:" xmlns:A="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><A:addressbook/></D:resourcetype></D:prop></D:set></D:mkcol>"#.to_owned();
-        let wanted: Vec<(&str, String)> = match self.kind {
-            Kind::Radicale => vec![
-                ("contacts", book),
-                ("calendar", cal("VEVENT")),
-                ("tasks", cal("VTODO")),
-            ],
-            Kind::Xandikos | Kind::Cyrus => vec![("tasks", cal("VTODO"))],
-        };
-        for (id, body) in wanted {
+        for url in urls {
+            let body = match url.path() {
+                p if p.ends_with("contacts/") => book.clone(),
+                p if p.ends_with("calendar/") => cal("VEVENT"),
+                _ => cal("VTODO"),
+            };
             let (status, answer) = self
-                .raw(
+                .raw_as(
+                    login,
                     "MKCOL",
-                    self.url_of(id),
+                    url.clone(),
                     &[],
                     Some(("application/xml", body.into_bytes())),
                 )
@@ -319,7 +363,7 @@ impl Server {
             assert_eq!(
                 status,
                 201,
-                "MKCOL {id} on {:?}: {}",
+                "MKCOL {url} on {:?}: {}",
                 self.kind,
                 String::from_utf8_lossy(&answer)
             );
