@@ -120,6 +120,11 @@ async fn get_contact(base: &str, token: &str, id: &str) -> (u16, Value) {
     call(base, token, reqwest::Method::GET, &path, None).await
 }
 
+async fn patch_contact(base: &str, token: &str, id: &str, body: Value) -> (u16, Value) {
+    let path = format!("/api/v1/contacts/{id}");
+    call(base, token, reqwest::Method::PATCH, &path, Some(body)).await
+}
+
 async fn names(base: &str, token: &str, query: &str) -> Vec<String> {
     let (status, list) = call(
         base,
@@ -210,12 +215,11 @@ async fn r_o1_work_offline_then_go_online(db: String) {
         ["Keep"],
         "search works offline"
     );
-    let (status, edited) = call(
+    let (status, edited) = patch_contact(
         &local,
         &ann,
-        reqwest::Method::PATCH,
-        &format!("/api/v1/contacts/{keep}"),
-        Some(json!({"first_name": "Offline", "job_title": "CFO"})),
+        &keep,
+        json!({"first_name": "Offline", "job_title": "CFO"}),
     )
     .await;
     assert_eq!(status, 200, "{edited}");
@@ -383,14 +387,8 @@ async fn r_o1_playback_killed_midway_and_repeated_duplicates_and_loses_nothing()
         let local = format!("http://127.0.0.1:{listen}");
         let _offline = offline_server(&config, listen).await;
         for id in &edited {
-            let (status, _) = call(
-                &local,
-                &ann,
-                reqwest::Method::PATCH,
-                &format!("/api/v1/contacts/{id}"),
-                Some(json!({"job_title": "offline"})),
-            )
-            .await;
+            let (status, _) =
+                patch_contact(&local, &ann, &id, json!({"job_title": "offline"})).await;
             assert_eq!(status, 200);
         }
         for i in 0..5 {
@@ -518,14 +516,8 @@ async fn r_o1_the_running_agent_serves_the_offline_copy_while_the_server_is_away
 
     server.terminate();
     within_40s("the offline copy served once the server is away", answers).await;
-    let (status, edited) = call(
-        &local,
-        &ann,
-        reqwest::Method::PATCH,
-        &format!("/api/v1/contacts/{keep}"),
-        Some(json!({"job_title": "Edited offline"})),
-    )
-    .await;
+    let (status, edited) =
+        patch_contact(&local, &ann, &keep, json!({"job_title": "Edited offline"})).await;
     assert_eq!(status, 200, "{edited}");
 
     let server = Server::serve_on(&db, admin, port).await;
