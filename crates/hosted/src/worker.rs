@@ -148,7 +148,10 @@ async fn wake_on_crm_changes(shared: &Shared) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let upto = feed.version();
         if upto > seen {
-            match lease::wake_mailboxes_of_changes(&shared.store, seen, upto, unix_now()).await {
+            let pushed_by = feed.sole_origin(seen, upto);
+            let woken =
+                lease::wake_mailboxes_of_changes(&shared.store, seen, upto, unix_now(), pushed_by);
+            match woken.await {
                 Ok(_) => seen = upto,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make the mailboxes of changed records due")
@@ -370,11 +373,23 @@ async fn sync_once(
         offline: None,
     };
     let agent = Agent::with_cache(config, cache).await?;
+    let feed = &shared.store.changes;
+    let rules = feed.rules_seen();
     let report = agent.sync_once(SyncOptions::default()).await?;
+    // R-T7: a CRM change that concerns the mailbox, committed after this
+    // cycle's prepare (not one of its own pushes), makes it due at once;
+    // the waker's mark would be overwritten by this cycle's end.
+    let changed_since = agent.crm_position().is_some_and(|(client, since)| {
+        uuid::Uuid::parse_str(&client)
+            .is_ok_and(|c| feed.look_now(since, rules, Kinds::ALL, c) == Look::Changed)
+    });
     // R-T1 as the registration answered it (the owner's settings).
-    let interval = agent
-        .scheduled_interval()
-        .map_or(UNSCHEDULED_SECS, |d| d.as_secs() as i64);
+    let interval = match changed_since {
+        true => 0,
+        false => agent
+            .scheduled_interval()
+            .map_or(UNSCHEDULED_SECS, |d| d.as_secs() as i64),
+    };
     Ok((report, interval))
 }
 

@@ -181,6 +181,22 @@ impl Recent {
         self.rules += 1;
     }
 
+    /// The one client whose pushes made every change after `after` up to
+    /// `upto`, if one did (and the feed remembers them all): the mailbox
+    /// of that client already shows them.
+    pub fn sole_origin(&self, after: i64, upto: i64) -> Option<Uuid> {
+        if after < self.floor {
+            return None;
+        }
+        let mut origins = self
+            .changes
+            .iter()
+            .filter(|c| c.version > after && c.version <= upto)
+            .map(|c| c.origin);
+        let first = origins.next()??;
+        origins.all(|o| o == Some(first)).then_some(first)
+    }
+
     /// Whether a change after `since`, or a rule change after the waiter
     /// saw `rules`, may concern a client holding `kinds`.
     pub fn look(&self, since: i64, rules: u64, kinds: Kinds, client: Uuid) -> Look {
@@ -240,6 +256,16 @@ impl ChangeFeed {
 
     pub fn version(&self) -> i64 {
         self.tx.borrow().version()
+    }
+
+    /// [`Recent::look`] now, without waiting.
+    pub fn look_now(&self, since: i64, rules: u64, kinds: Kinds, client: Uuid) -> Look {
+        self.tx.borrow().look(since, rules, kinds, client)
+    }
+
+    /// [`Recent::sole_origin`].
+    pub fn sole_origin(&self, after: i64, upto: i64) -> Option<Uuid> {
+        self.tx.borrow().sole_origin(after, upto)
     }
 
     /// How many rule changes the feed has seen: taken before a waiter
@@ -426,5 +452,30 @@ mod tests {
             .wait(0, 0, CONTACTS, me, Duration::from_millis(10))
             .await;
         assert_eq!(timed_out, Look::Nothing);
+    }
+
+    #[test]
+    fn r_t7_changes_all_pushed_by_one_client_name_it() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let pushed = |version, origin| Committed {
+            version,
+            kinds: CONTACTS,
+            origin: Some(origin),
+        };
+        let mut r = Recent::new(10);
+        r.add(pushed(11, a));
+        r.add(pushed(12, a));
+        assert_eq!(r.sole_origin(10, 12), Some(a));
+        r.add(pushed(13, b));
+        assert_eq!(r.sole_origin(10, 13), None, "two clients");
+        assert_eq!(r.sole_origin(12, 13), Some(b));
+        r.add(change(14, EntitySet::Contacts));
+        assert_eq!(r.sole_origin(13, 14), None, "a change through the API");
+        assert_eq!(r.sole_origin(14, 14), None, "no change");
+        assert_eq!(
+            r.sole_origin(9, 12),
+            None,
+            "the feed does not remember before 10"
+        );
     }
 }

@@ -169,15 +169,18 @@ pub async fn finish(store: &Store, lease: &Lease, end: &CycleEnd) -> Result<(), 
 /// say an appointment Ann was invited to, edited by its organizer). Each
 /// is a range of the version index (joined by an index), so the cost
 /// follows the changes. A record new to a mailbox through another user's
-/// filter match (a new invitation) waits for the schedule.
+/// filter match (a new invitation) waits for the schedule. The mailbox of
+/// `pushed_by`, the client whose pushes made all these changes, already
+/// shows them and is left alone.
 pub async fn wake_mailboxes_of_changes(
     store: &Store,
     after: i64,
     upto: i64,
     now: i64,
+    pushed_by: Option<Uuid>,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE mailboxes SET next_run_at = $1 WHERE state = 'active' AND next_run_at > $1 AND ( \
+        "UPDATE mailboxes SET next_run_at = $1 WHERE state = 'active' AND next_run_at > $1 AND client_id <> $4 AND ( \
            user_id IN (SELECT owner_id FROM records WHERE version > $2 AND version <= $3) \
            OR client_id IN (SELECT e.client_id FROM records r JOIN sync_entries e ON e.record_id = r.id \
                             WHERE r.version > $2 AND r.version <= $3))",
@@ -185,6 +188,8 @@ pub async fn wake_mailboxes_of_changes(
     .bind(now)
     .bind(after)
     .bind(upto)
+    // No client id is empty: nobody is left out.
+    .bind(pushed_by.map(|c| c.to_string()).unwrap_or_default())
     .execute(&store.pool)
     .await?;
     Ok(done.rows_affected())
