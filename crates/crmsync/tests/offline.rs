@@ -388,7 +388,7 @@ async fn r_o1_playback_killed_midway_and_repeated_duplicates_and_loses_nothing()
         let _offline = offline_server(&config, listen).await;
         for id in &edited {
             let (status, _) =
-                patch_contact(&local, &ann, &id, json!({"job_title": "offline"})).await;
+                patch_contact(&local, &ann, id, json!({"job_title": "offline"})).await;
             assert_eq!(status, 200);
         }
         for i in 0..5 {
