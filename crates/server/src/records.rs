@@ -90,6 +90,17 @@ fn change(version: i64, set: EntitySet) -> Committed {
     }
 }
 
+/// Inserts a record exactly as given (an import; an offline replica's
+/// copy of the server's): its row with its unique key, search text and
+/// links, and its addresses.
+pub(crate) async fn insert_as_is(conn: &mut AnyConnection, r: &Record) -> anyhow::Result<()> {
+    let key = unique_key(r.set, &r.fields);
+    store::insert_record(conn, r, key.as_deref()).await?;
+    index_addresses(conn, r, true)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))
+}
+
 /// Creates a record owned by the caller (or by `owner_id` if given).
 pub async fn create(
     store: &Store,

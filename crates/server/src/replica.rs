@@ -495,11 +495,7 @@ async fn journaled(conn: &mut AnyConnection, id: Uuid) -> Result<bool, sqlx::Err
 /// tombstone included), with its derived keys.
 async fn put_record(conn: &mut AnyConnection, r: &Record) -> anyhow::Result<()> {
     drop_record(conn, r.id).await?;
-    let key = crate::records::unique_key(r.set, &r.fields);
-    store::insert_record(conn, r, key.as_deref()).await?;
-    crate::records::index_addresses(conn, r, true)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))
+    crate::records::insert_as_is(conn, r).await
 }
 
 /// Removes a record from the replica altogether (no tombstone: the server

@@ -90,12 +90,7 @@ pub(crate) fn record_from_line(v: &Value) -> anyhow::Result<Record> {
 /// Inserts a `record` line's record, with its derived keys: a user's
 /// unique email, the search text, the series link and the address index.
 pub async fn import_record(conn: &mut AnyConnection, v: &Value) -> anyhow::Result<()> {
-    let r = record_from_line(v)?;
-    let key = crate::records::unique_key(r.set, &r.fields);
-    store::insert_record(conn, &r, key.as_deref()).await?;
-    crate::records::index_addresses(conn, &r, true)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))
+    crate::records::insert_as_is(conn, &record_from_line(v)?).await
 }
 
 /// Inserts a `tombstone` line's tombstone.
