@@ -8,7 +8,8 @@
 //!   the local server (not the ones that apply the server's changes), and
 //!   keep the server's version of a record as it was before its first
 //!   local change (`replica_base`: the R-F5 baseline of the playback);
-//! - `replica_meta`: where the refresh stands in the server's change feed;
+//! - where the refresh stands in the server's change feed: the schema's
+//!   own `config` table, kind `replica`;
 //! - `replica_ops`: the op id of each change being played back, written
 //!   before it is sent, so a playback cut off and repeated sends the same
 //!   ids and the server applies each change once (R-S5's idempotency).
@@ -25,10 +26,12 @@ use crmsync_core::{EntitySet, Record};
 
 use crate::store::{self, Store};
 
+/// The `config` kind of the replica's position in the feed.
+const META_KIND: &str = "replica";
+
 /// The replica's own tables and the journal's triggers. Users are never
 /// journaled: the replica holds only its user's record, from the server.
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS replica_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS replica_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS replica_journal_by_record ON replica_journal (record_id, seq)",
     "CREATE TABLE IF NOT EXISTS replica_base (record_id TEXT PRIMARY KEY, version BIGINT NOT NULL, owner_id TEXT NOT NULL, state TEXT NOT NULL, data TEXT NOT NULL)",
@@ -177,10 +180,11 @@ impl Replica {
 
     pub async fn position(&self) -> anyhow::Result<FeedPosition> {
         let mut conn = self.store.pool.acquire().await?;
-        let since = meta(&mut conn, "since").await?;
+        let stored = store::get_config(&mut conn, META_KIND, "position").await?;
+        let stored = stored.unwrap_or_default();
         Ok(FeedPosition {
-            since: since.and_then(|s| s.parse().ok()).unwrap_or(0),
-            filters: meta(&mut conn, "filters").await?,
+            since: stored["since"].as_i64().unwrap_or(0),
+            filters: stored["filters"].as_str().map(str::to_string),
         })
     }
 
@@ -257,10 +261,8 @@ impl Replica {
             .bind(newest)
             .execute(&mut *tx)
             .await?;
-        set_meta(&mut tx, "since", &position.since.to_string()).await?;
-        if let Some(f) = &position.filters {
-            set_meta(&mut tx, "filters", f).await?;
-        }
+        let stored = json!({"since": position.since, "filters": position.filters});
+        store::put_config(&mut tx, META_KIND, "position", &stored).await?;
         set_applying(&mut tx, false).await?;
         tx.commit().await?;
         Ok(kept)
@@ -517,26 +519,6 @@ async fn drop_record(conn: &mut AnyConnection, id: Uuid) -> Result<(), sqlx::Err
 async fn set_applying(conn: &mut AnyConnection, on: bool) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE replica_applying SET applying = $1 WHERE id = 1")
         .bind(i64::from(on))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn meta(conn: &mut AnyConnection, key: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT value FROM replica_meta WHERE key = $1")
-        .bind(key.to_string())
-        .fetch_optional(conn)
-        .await
-}
-
-async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM replica_meta WHERE key = $1")
-        .bind(key.to_string())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO replica_meta (key, value) VALUES ($1, $2)")
-        .bind(key.to_string())
-        .bind(value.to_string())
         .execute(conn)
         .await?;
     Ok(())
