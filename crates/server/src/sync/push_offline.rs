@@ -66,6 +66,13 @@ fn forbidden_field(
     }
 }
 
+/// The server's version the replica's change was made on.
+fn base_version(op: &Value) -> Result<i64, Refusal> {
+    op.get("base_version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| refuse("invalid_operation", "'base_version' is required"))
+}
+
 fn ok(r: &Record, ctx: &OpContext) -> Value {
     json!({"id": r.id, "version": r.version, "record": replica_record(ctx.owner, r)})
 }
@@ -122,10 +129,7 @@ pub(super) async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &V
         r.record = Some(Value::Null);
         r
     })?;
-    let base_version = op
-        .get("base_version")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| refuse("invalid_operation", "'base_version' is required"))?;
+    let base_version = base_version(op)?;
     if base_version > crm.version {
         return Err(with_record(
             ctx,
@@ -187,10 +191,7 @@ pub(super) async fn update(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &V
 pub(super) async fn delete(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
     let (set, id) = (set_of(op)?, id_of(op)?);
     check_offline(ctx, set)?;
-    let base_version = op
-        .get("base_version")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| refuse("invalid_operation", "'base_version' is required"))?;
+    let base_version = base_version(op)?;
     let Ok(crm) = current(conn, set, id).await else {
         return Ok(json!({"id": id, "deleted": true}));
     };
