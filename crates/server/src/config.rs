@@ -9,9 +9,9 @@ use uuid::Uuid;
 use crmsync_core::field_rules::{
     default_sync_fields, patch_sync_fields, FieldSecurityRule, SyncFields,
 };
-use crmsync_core::filter::{Condition, FilterScope};
+use crmsync_core::filter::{Condition, EvalContext, FilterScope};
 use crmsync_core::settings::{merge_patch, OrgSettings, UserSettings, MAILBOX_TYPES};
-use crmsync_core::EntitySet;
+use crmsync_core::{EntitySet, Record};
 use sha2::Digest;
 
 use crate::auth::Caller;
@@ -177,6 +177,14 @@ impl FilterKind {
         }
         Ok(())
     }
+}
+
+/// The first of `filters` (of any set) that the record matches (R-S6,
+/// R-O1).
+pub fn first_match<'a>(filters: &'a [Filter], r: &Record, ctx: &EvalContext) -> Option<&'a Filter> {
+    filters
+        .iter()
+        .find(|f| f.entity_set == r.set && f.condition.matches(r.set, r, ctx))
 }
 
 /// A filter (R-S6, R-O1) as stored and shown.

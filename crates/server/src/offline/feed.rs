@@ -124,18 +124,13 @@ pub async fn changes(store: &Store, caller: Caller, since: i64, limit: i64) -> A
             StoredRecord::Live(r) => (r.set, r.id),
             StoredRecord::Deleted(t) => (t.set, t.id),
         };
-        if set == EntitySet::Users {
-            continue;
-        }
-        let matching = match row {
-            StoredRecord::Live(r) => filters
-                .iter()
-                .any(|f| f.entity_set == set && f.condition.matches(set, r, &ctx)),
-            StoredRecord::Deleted(_) => false,
-        };
         match row {
-            StoredRecord::Live(r) if matching => records.push(replica_record(&user, r)),
-            // A replica refreshed from 0 holds nothing to remove.
+            _ if set == EntitySet::Users => {}
+            StoredRecord::Live(r) if config::first_match(&filters, r, &ctx).is_some() => {
+                records.push(replica_record(&user, r))
+            }
+            // A tombstone, or a record that does not match (any more); a
+            // replica refreshed from 0 holds nothing to remove.
             _ if since > 0 => removed.push(json!({"set": set, "id": id})),
             _ => {}
         }

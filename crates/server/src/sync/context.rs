@@ -96,9 +96,7 @@ impl MailboxOwner {
 
     /// The first active filter the record matches (R-S6), if any.
     pub fn matching_filter(&self, r: &Record, now: OffsetDateTime) -> Option<&Filter> {
-        let ctx = self.eval_context(now);
-        self.filters_of(r.set)
-            .find(|f| f.condition.matches(r.set, r, &ctx))
+        crate::config::first_match(&self.filters, r, &self.eval_context(now))
     }
 
     fn rule(&self, set: EntitySet, field: &str) -> Option<&FieldSecurityRule> {
