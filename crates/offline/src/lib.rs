@@ -207,24 +207,17 @@ async fn play_back(
     Ok(report)
 }
 
-/// A change as a person recognizes it: its set and name or subject.
+/// A change as a person recognizes it: its set and name (the web pages'
+/// display name; a record deleted offline is named from the server's
+/// version).
 fn describe(change: &replica::PendingChange) -> String {
-    // A record deleted offline is named from the server's version.
     let fields = match (&change.current, &change.base) {
-        (Some(r), _) => Some(&r.fields),
-        (None, Some(b)) => Some(&b.fields),
-        (None, None) => None,
+        (Some(r), _) => &r.fields,
+        (None, Some(b)) => &b.fields,
+        (None, None) => return format!("{} {}", change.set, change.id),
     };
-    let label = fields.and_then(|f| {
-        ["subject", "name", "full_name", "last_name", "title"]
-            .iter()
-            .find_map(|k| f.get(*k).and_then(Value::as_str))
-            .map(str::to_string)
-    });
-    match label {
-        Some(l) => format!("{} \"{l}\"", change.set),
-        None => format!("{} {}", change.set, change.id),
-    }
+    let name = crmsync_server::web::name_of(change.set, fields);
+    format!("{} \"{name}\"", change.set)
 }
 
 /// Serves the replica's API and web interface at `listen` until

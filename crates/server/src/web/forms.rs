@@ -36,7 +36,13 @@ pub struct Shown {
 
 /// A record's display name: its name, title, subject or person's name.
 pub fn display_name(r: &Record) -> String {
-    let text = |k: &str| r.fields.get(k).and_then(Value::as_str).unwrap_or("");
+    name_of(r.set, &r.fields)
+}
+
+/// [`display_name`] of a record's fields (also the offline copy's report
+/// of a change, whose record may be gone).
+pub fn name_of(set: EntitySet, fields: &Map<String, Value>) -> String {
+    let text = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or("");
     let person = format!("{} {}", text("first_name"), text("last_name"));
     for candidate in [
         text("name"),
@@ -49,7 +55,7 @@ pub fn display_name(r: &Record) -> String {
             return candidate.to_string();
         }
     }
-    format!("({} without a name)", super::layout::set_singular(r.set))
+    format!("({} without a name)", super::layout::set_singular(set))
 }
 
 /// The ids a record points to, to look their names up in one query.

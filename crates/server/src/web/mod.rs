@@ -9,6 +9,7 @@ mod admin_settings;
 pub mod csrf;
 mod explain;
 mod forms;
+pub use forms::name_of;
 pub mod layout;
 mod lists;
 mod mailboxes;
