@@ -239,18 +239,19 @@ impl Replica {
     ) -> anyhow::Result<usize> {
         let mut tx = self.store.begin().await?;
         set_applying(&mut tx, true).await?;
+        let waiting = journaled(&mut tx).await?;
         let mut kept = 0;
         let mut newest = 0;
         for r in records {
             newest = newest.max(r.version);
-            if journaled(&mut tx, r.id).await? {
+            if waiting.contains(&r.id) {
                 kept += 1;
                 continue;
             }
             put_record(&mut tx, r).await?;
         }
         for id in removed {
-            if journaled(&mut tx, *id).await? {
+            if waiting.contains(id) {
                 kept += 1;
                 continue;
             }
@@ -483,14 +484,16 @@ async fn store_row(conn: &mut AnyConnection, id: Uuid) -> anyhow::Result<Option<
     Ok(Some(StoredRow { set, live }))
 }
 
-async fn journaled(conn: &mut AnyConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("SELECT 1 FROM replica_journal WHERE record_id = $1 LIMIT 1")
-            .bind(id.to_string())
-            .fetch_optional(conn)
-            .await?
-            .is_some(),
-    )
+/// The records waiting to be played back (the journal is small: what
+/// was changed offline).
+async fn journaled(conn: &mut AnyConnection) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT record_id FROM replica_journal")
+        .fetch_all(conn)
+        .await?;
+    Ok(ids
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect())
 }
 
 /// Writes a server record as the server has it (insert or overwrite,
