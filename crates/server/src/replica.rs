@@ -109,9 +109,9 @@ pub fn playback_op(change: &PendingChange, op_id: &str) -> Option<Value> {
     let id = change.id.to_string();
     match (&change.base, &change.current) {
         (None, None) => None,
-        (None, Some(r)) => Some(json!({"op": "offline_create", "op_id": op_id, "set": set,
+        (None, Some(r)) => Some(json!({"kind": "offline_create", "op_id": op_id, "set": set,
             "id": id, "fields": with_common(r)})),
-        (Some(base), None) => Some(json!({"op": "offline_delete", "op_id": op_id, "set": set,
+        (Some(base), None) => Some(json!({"kind": "offline_delete", "op_id": op_id, "set": set,
             "id": id, "base_version": base.version})),
         (Some(base), Some(r)) => {
             let now = with_common(r);
@@ -128,7 +128,7 @@ pub fn playback_op(change: &PendingChange, op_id: &str) -> Option<Value> {
                 )
                 .collect();
             Some(
-                json!({"op": "offline_update", "op_id": op_id, "set": set, "id": id,
+                json!({"kind": "offline_update", "op_id": op_id, "set": set, "id": id,
                 "base_version": base.version, "baseline": base.fields, "fields": changed,
                 "modified_at": r.modified_at}),
             )

@@ -212,7 +212,7 @@ both_dbs! {
             let message = r.body["error"]["message"].as_str().unwrap();
             assert!(message.contains("Go offline") && message.contains("administrator"), "{message}");
         }
-        let results = s.push(&ann, &laptop, json!([{"op_id": "1", "op": "offline_create", "set": "contacts",
+        let results = s.push(&ann, &laptop, json!([{"op_id": "1", "kind": "offline_create", "set": "contacts",
             "id": Uuid::new_v4(), "fields": {"last_name": "Offline"}}])).await;
         assert_eq!((results[0]["status"].as_str(), results[0]["code"].as_str()), (Some("refused"), Some("no_offline_privilege")));
         assert!(results[0]["message"].as_str().unwrap().contains("Go offline"));
@@ -228,7 +228,7 @@ both_dbs! {
             let cid = id(&c);
             // The server edits A and B; offline, B and C were edited.
             s.patch(&ann, &format!("/api/v1/contacts/{cid}"), json!({"first_name": "A-server", "job_title": "B-server"})).await.expect(200);
-            let r = s.push(&ann, &laptop, json!([{"op_id": format!("u-{cid}"), "op": "offline_update", "set": "contacts", "id": cid,
+            let r = s.push(&ann, &laptop, json!([{"op_id": format!("u-{cid}"), "kind": "offline_update", "set": "contacts", "id": cid,
                 "base_version": c["version"], "baseline": base, "modified_at": offline_time,
                 "fields": {"job_title": "B-offline", "city": "C-offline"}}])).await;
             assert_eq!(r[0]["status"], "ok", "{}", r[0]);
@@ -252,7 +252,7 @@ both_dbs! {
         // R-A: another user's record is refused, with the server's version.
         let (_, bob) = s.add_user("bob@example.com").await;
         let bobs = s.post(&bob, "/api/v1/contacts", json!({"last_name": "Bob"})).await.expect(201);
-        let r = s.push(&ann, &laptop, json!([{"op_id": "not-mine", "op": "offline_update", "set": "contacts", "id": id(&bobs),
+        let r = s.push(&ann, &laptop, json!([{"op_id": "not-mine", "kind": "offline_update", "set": "contacts", "id": id(&bobs),
             "base_version": bobs["version"], "baseline": {"last_name": "Bob"}, "fields": {"last_name": "Robert"},
             "modified_at": "2099-01-01T00:00:00Z"}])).await;
         assert_eq!((r[0]["status"].as_str(), r[0]["record"]["last_name"].as_str()), (Some("refused"), Some("Bob")), "{}", r[0]);
@@ -260,12 +260,12 @@ both_dbs! {
         s.post(&s.admin, "/api/v1/field-security", json!({"entity_set": "contacts", "field": "city",
             "can_read": true, "can_update": false})).await.expect(201);
         let c = s.post(&ann, "/api/v1/contacts", json!({"last_name": "Kim", "city": "Rome"})).await.expect(201);
-        let r = s.push(&ann, &laptop, json!([{"op_id": "fs", "op": "offline_update", "set": "contacts", "id": id(&c),
+        let r = s.push(&ann, &laptop, json!([{"op_id": "fs", "kind": "offline_update", "set": "contacts", "id": id(&c),
             "base_version": c["version"], "baseline": {"last_name": "Kim", "city": "Rome"}, "fields": {"city": "Oslo"}}])).await;
         assert_eq!((r[0]["code"].as_str(), r[0]["record"]["city"].as_str()), (Some("field_security"), Some("Rome")), "{}", r[0]);
         // Deleted on the server: refused, and the record is null.
         s.delete(&ann, &format!("/api/v1/contacts/{}", id(&c))).await.expect(204);
-        let r = s.push(&ann, &laptop, json!([{"op_id": "gone", "op": "offline_update", "set": "contacts", "id": id(&c),
+        let r = s.push(&ann, &laptop, json!([{"op_id": "gone", "kind": "offline_update", "set": "contacts", "id": id(&c),
             "base_version": c["version"], "baseline": {}, "fields": {"last_name": "Kimm"}}])).await;
         assert_eq!((r[0]["status"].as_str(), r[0]["record"].clone()), (Some("refused"), Value::Null), "{}", r[0]);
     }
@@ -274,7 +274,7 @@ both_dbs! {
         let (ann_id, ann) = s.add_user("ann@example.com").await;
         let laptop = client(&s, &ann).await;
         let new_id = Uuid::new_v4();
-        let op = |op_id: &str| json!([{"op_id": op_id, "op": "offline_create", "set": "contacts", "id": new_id,
+        let op = |op_id: &str| json!([{"op_id": op_id, "kind": "offline_create", "set": "contacts", "id": new_id,
             "fields": {"last_name": "Made offline"}}]);
         let first = s.push(&ann, &laptop, op("create-1")).await;
         assert_eq!(first[0]["status"], "ok", "{}", first[0]);
@@ -292,7 +292,7 @@ both_dbs! {
         let stored = s.get(&ann, &format!("/api/v1/contacts/{new_id}")).await.expect(200);
         assert_eq!(stored["last_name"], "Made offline");
         // Invalid input is refused, naming the field.
-        let bad = s.push(&ann, &laptop, json!([{"op_id": "bad", "op": "offline_create", "set": "contacts",
+        let bad = s.push(&ann, &laptop, json!([{"op_id": "bad", "kind": "offline_create", "set": "contacts",
             "id": Uuid::new_v4(), "fields": {"first_name": "no last name"}}])).await;
         assert_eq!((bad[0]["status"].as_str(), bad[0]["code"].as_str()), (Some("refused"), Some("invalid_input")), "{}", bad[0]);
         assert!(bad[0]["message"].as_str().unwrap().contains("last_name"));
@@ -304,7 +304,7 @@ both_dbs! {
         let c = s.post(&ann, "/api/v1/contacts", json!({"last_name": "Lee"})).await.expect(201);
         let cid = id(&c);
         let changed = s.patch(&ann, &format!("/api/v1/contacts/{cid}"), json!({"city": "Oslo"})).await.expect(200);
-        let del = |op_id: &str, base: &Value| json!([{"op_id": op_id, "op": "offline_delete", "set": "contacts", "id": cid, "base_version": base}]);
+        let del = |op_id: &str, base: &Value| json!([{"op_id": op_id, "kind": "offline_delete", "set": "contacts", "id": cid, "base_version": base}]);
         let r = s.push(&ann, &laptop, del("d1", &c["version"])).await;
         assert_eq!((r[0]["status"].as_str(), r[0]["code"].as_str()), (Some("refused"), Some("changed_on_server")), "{}", r[0]);
         assert_eq!(r[0]["record"]["city"], "Oslo");
@@ -318,7 +318,7 @@ both_dbs! {
         // R-A: another user's record stays.
         let (_, bob) = s.add_user("bob@example.com").await;
         let bobs = s.post(&bob, "/api/v1/contacts", json!({"last_name": "Bob"})).await.expect(201);
-        let r = s.push(&ann, &laptop, json!([{"op_id": "d4", "op": "offline_delete", "set": "contacts", "id": id(&bobs), "base_version": bobs["version"]}])).await;
+        let r = s.push(&ann, &laptop, json!([{"op_id": "d4", "kind": "offline_delete", "set": "contacts", "id": id(&bobs), "base_version": bobs["version"]}])).await;
         assert_eq!((r[0]["status"].as_str(), r[0]["code"].as_str()), (Some("refused"), Some("forbidden")), "{}", r[0]);
         assert_eq!(r[0]["record"]["last_name"], "Bob");
     }

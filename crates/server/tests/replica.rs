@@ -89,14 +89,14 @@ both_dbs! {
         assert_eq!(replica.op_ids(&pending).await.unwrap(), op_ids, "a repeated playback sends the same op ids");
         let op_id = op_ids[0].clone();
         let update = playback_op(&pending[0], &op_id).unwrap();
-        assert_eq!(update["op"], "offline_update");
+        assert_eq!(update["kind"], "offline_update");
         assert_eq!(update["base_version"], keep.version, "the server's version before the first offline change");
         assert_eq!(update["fields"], json!({"first_name": "Kimberly", "job_title": "CFO"}));
         assert_eq!(update["baseline"]["first_name"], "Kim");
         let delete = playback_op(&pending[1], "d").unwrap();
-        assert_eq!((delete["op"].clone(), delete["base_version"].clone()), (json!("offline_delete"), json!(gone.version)));
+        assert_eq!((delete["kind"].clone(), delete["base_version"].clone()), (json!("offline_delete"), json!(gone.version)));
         let create = playback_op(&pending[2], "c").unwrap();
-        assert_eq!((create["op"].clone(), create["id"].clone(), create["fields"]["last_name"].clone()),
+        assert_eq!((create["kind"].clone(), create["id"].clone(), create["fields"]["last_name"].clone()),
             (json!("offline_create"), json!(new_id.to_string()), json!("New")));
 
         // The server's answer settles a change; the replica takes its version.

@@ -967,12 +967,6 @@ fn sync_paths(paths: &mut Paths) {
         )
         .property("kind", string(None).enum_values(Some(op_kinds)))
         .property(
-            "op",
-            string(None)
-                .enum_values(Some(op_kinds))
-                .description(Some("the same as kind (the offline replica's name for it)")),
-        )
-        .property(
             "set",
             string(None).enum_values(Some(EntitySet::ALL.map(|s| s.as_str()))),
         )
@@ -1003,6 +997,7 @@ fn sync_paths(paths: &mut Paths) {
             string(None).description(Some("tracked email: the RFC 5322 message, base64")),
         )
         .required("op_id")
+        .required("kind")
         .into();
     let ok = |what: &str| response(what, Some(any_object().into()));
     let op = OperationBuilder::new()

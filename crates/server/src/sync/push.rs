@@ -734,12 +734,7 @@ async fn set_regarding(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value
 }
 
 async fn apply(conn: &mut AnyConnection, ctx: &OpContext<'_>, op: &Value) -> Outcome {
-    // `op` is the same as `kind` (the offline replica's name for it).
-    let kind = match op.get("kind") {
-        Some(_) => text(op, "kind")?,
-        None => text(op, "op").map_err(|_| refuse("invalid_operation", "'kind' is required"))?,
-    };
-    match kind {
+    match text(op, "kind")? {
         "track" => track(conn, ctx, op).await,
         "update" => update(conn, ctx, op).await,
         "untrack" => remove(conn, ctx, op, true).await,
