@@ -414,22 +414,12 @@ impl std::error::Error for BadUsage {}
 
 /// R-O1 after a sync: the offline changes played back and the replica
 /// refreshed. A failure is reported and the sync's result stands.
-async fn keep_offline_copy(agent: &crmsync_agent::Agent) {
+async fn keep_offline_copy(agent: &crmsync_agent::Agent, copy: &mut offline::OfflineCopy) {
     let cfg = agent.config();
-    if cfg.offline.is_none() {
-        return;
-    }
     let Some((client, _)) = agent.crm_position() else {
         return;
     };
-    match offline::go_online(
-        agent.crm(),
-        &cfg.token,
-        &client,
-        &offline::replica_path(&cfg.cache),
-    )
-    .await
-    {
+    match copy.go_online(agent.crm(), &cfg.token, &client).await {
         Ok(r) => {
             if r.played_back > 0 || !r.refused.is_empty() {
                 eprintln!(
@@ -465,6 +455,7 @@ async fn run_with_offline_copy(
     });
     let offline = async {
         let path = offline::replica_path(&agent.config().cache);
+        let mut copy = offline::OfflineCopy::at(path.clone());
         let mut serving: Option<tokio::sync::oneshot::Sender<()>> = None;
         let mut probe = tokio::time::interval(OFFLINE_PROBE);
         loop {
@@ -485,7 +476,7 @@ async fn run_with_offline_copy(
                     eprintln!("crmsync agent: the CRM server answers again; the offline copy is no longer served");
                 }
                 if was_serving || synced {
-                    keep_offline_copy(agent).await;
+                    keep_offline_copy(agent, &mut copy).await;
                 }
             } else if serving.is_none() && path.exists() {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -934,7 +925,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             print_sync(&report, json)?;
-            keep_offline_copy(&agent).await;
+            if agent.config().offline.is_some() {
+                let path = offline::replica_path(&agent.config().cache);
+                keep_offline_copy(&agent, &mut offline::OfflineCopy::at(path)).await;
+            }
             Ok(())
         }
         c @ (Command::Status {

@@ -1,7 +1,7 @@
 //! R-O1's figures (docs/benchmarks.md, "Offline copy"): a replica of N
 //! matching records (default 100,000) made from nothing, refreshed after
 //! 100 and 1,000 server changes, and 1,000 offline edits played back, with
-//! the agent's own code (`crmsync_offline::go_online`) against a served
+//! the agent's own code (`crmsync_offline::OfflineCopy::go_online`) against a served
 //! store on SQLite or PostgreSQL.
 //!
 //!   cargo bench -p crmsync-offline --bench offline -- [--db sqlite|postgres] [--records N] [--samples S]
@@ -90,6 +90,7 @@ async fn main() {
     let client = client["id"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.offline.db");
+    let mut copy = crmsync_offline::OfflineCopy::at(path.clone());
     println!(
         "offline copy, {} database, {records} matching contacts",
         a.db
@@ -97,10 +98,8 @@ async fn main() {
 
     // 1. The first copy.
     let started = Instant::now();
-    let first = crmsync_offline::go_online(&crm, &token, &client, &path)
-        .await
-        .unwrap();
-    let copy = started.elapsed();
+    let first = copy.go_online(&crm, &token, &client).await.unwrap();
+    let first_copy = started.elapsed();
     let size = Replica::open(&path).await.unwrap().size().await.unwrap();
     assert_eq!(
         size.records as usize, records,
@@ -108,7 +107,7 @@ async fn main() {
     );
     println!(
         "first copy: {:.1} s ({} records applied), {:.1} MB on disk ({:.0} bytes per record)",
-        copy.as_secs_f64(),
+        first_copy.as_secs_f64(),
         first.refreshed,
         size.bytes as f64 / 1e6,
         size.bytes as f64 / records as f64
@@ -125,9 +124,7 @@ async fn main() {
             times,
         );
         let started = Instant::now();
-        let r = crmsync_offline::go_online(&crm, &token, &client, &path)
-            .await
-            .unwrap();
+        let r = copy.go_online(&crm, &token, &client).await.unwrap();
         println!(
             "refresh with {changed} changes: {:.1} ms ({} applied)",
             started.elapsed().as_secs_f64() * 1e3,
@@ -152,9 +149,7 @@ async fn main() {
     }
     assert_eq!(replica.size().await.unwrap().waiting, 1000);
     let started = Instant::now();
-    let r = crmsync_offline::go_online(&crm, &token, &client, &path)
-        .await
-        .unwrap();
+    let r = copy.go_online(&crm, &token, &client).await.unwrap();
     let took = started.elapsed();
     assert_eq!(r.played_back, 1000, "{:?}", r.refused);
     println!(

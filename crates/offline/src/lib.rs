@@ -44,31 +44,51 @@ pub struct OnlineReport {
     pub refreshed: usize,
 }
 
-/// Plays back the offline changes, then refreshes the replica. Without
-/// the privilege the replica is deleted and the error says so.
-pub async fn go_online(
-    crm: &CrmClient,
-    token: &str,
-    client_id: &str,
-    path: &Path,
-) -> anyhow::Result<OnlineReport> {
-    let replica = Replica::open(path).await?;
-    let result = async {
-        let mut report = play_back(&replica, crm, client_id).await?;
-        report.refreshed = refresh(&replica, crm, token).await?;
-        Ok::<_, anyhow::Error>(report)
-    }
-    .await;
-    if let Err(e) = &result {
-        if e.downcast_ref::<CrmError>().and_then(CrmError::code) == Some(NO_PRIVILEGE) {
-            replica.store.pool.close().await;
-            remove_replica(path);
-            anyhow::bail!(
-                "the CRM server does not allow this user an offline copy (the \"Go offline\" privilege is missing), so none is kept; ask an administrator to grant \"Go offline\" on the Admin page, or set [offline] enabled = false"
-            );
+/// The offline copy an agent keeps at `path`: its replica, opened once
+/// (opening brings the schema up to date) and kept open across syncs.
+pub struct OfflineCopy {
+    path: PathBuf,
+    replica: Option<Replica>,
+}
+
+impl OfflineCopy {
+    pub fn at(path: PathBuf) -> OfflineCopy {
+        OfflineCopy {
+            path,
+            replica: None,
         }
     }
-    result
+
+    /// Plays back the offline changes, then refreshes the replica. Without
+    /// the privilege the replica is deleted and the error says so.
+    pub async fn go_online(
+        &mut self,
+        crm: &CrmClient,
+        token: &str,
+        client_id: &str,
+    ) -> anyhow::Result<OnlineReport> {
+        let replica = match self.replica.take() {
+            Some(r) => r,
+            None => Replica::open(&self.path).await?,
+        };
+        let result = async {
+            let mut report = play_back(&replica, crm, client_id).await?;
+            report.refreshed = refresh(&replica, crm, token).await?;
+            Ok::<_, anyhow::Error>(report)
+        }
+        .await;
+        if let Err(e) = &result {
+            if e.downcast_ref::<CrmError>().and_then(CrmError::code) == Some(NO_PRIVILEGE) {
+                replica.store.pool.close().await;
+                remove_replica(&self.path);
+                anyhow::bail!(
+                    "the CRM server does not allow this user an offline copy (the \"Go offline\" privilege is missing), so none is kept; ask an administrator to grant \"Go offline\" on the Admin page, or set [offline] enabled = false"
+                );
+            }
+        }
+        self.replica = Some(replica);
+        result
+    }
 }
 
 fn remove_replica(path: &Path) {
