@@ -245,11 +245,16 @@ both_dbs! {
         let created = s.post(&ann, "/api/v1/mailboxes", connect_body("work")).await.expect(201);
         let client = created["client_id"].as_str().unwrap().to_string();
         s.post(&ann, &format!("/api/v1/sync/clients/{client}/primary"), json!({})).await.expect(200);
+        // The mailbox's client has synchronization state: a batch delivering
+        // Ann's contact, not yet acknowledged.
+        s.post(&ann, "/api/v1/contacts", json!({"last_name": "Held"})).await.expect(201);
+        let (batch, delivered) = s.prepare_and_fetch(&ann, &client).await;
+        assert!(batch.is_some() && !delivered.is_empty());
         assert_eq!(s.delete(&ann, &format!("/api/v1/mailboxes/{}", id(&created))).await.status, 204);
         let clients = s.get(&ann, "/api/v1/sync/clients").await.expect(200);
         let left: Vec<(Value, Value)> = clients["items"].as_array().unwrap().iter().map(|c| (c["id"].clone(), c["role"].clone())).collect();
         assert_eq!(left, [(laptop["id"].clone(), json!("primary"))], "the mailbox's client is gone, the laptop is primary again");
-        for table in ["sync_entries", "sync_ops", "sync_batches"] {
+        for table in ["sync_entries", "sync_pending", "sync_ops", "sync_batches"] {
             let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE client_id = $1"))
                 .bind(&client).fetch_one(&s.store.pool).await.unwrap();
             assert_eq!(n, 0, "{table} of the retired client");
